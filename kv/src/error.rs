@@ -1,0 +1,112 @@
+//! The one error type of shoal-kv. Every variant carries enough context (which key,
+//! which database) to be acted on without a debugger.
+
+/// Result alias for this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What can go wrong in the key-value layer.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The backend failed (I/O, a lock held by another process, a backend bug).
+    #[error("storage backend error during {op}: {source}")]
+    Backend {
+        /// The operation that failed.
+        op: &'static str,
+        /// The backend's own error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The store's directory is held by another open store (another process, or this one).
+    #[error("the store at {} is already open in another process (or elsewhere in this one)", path.display())]
+    StoreLocked {
+        /// The store's directory.
+        path: std::path::PathBuf,
+    },
+    /// A stored value does not match its checksum: a flipped bit, a truncated value, or a
+    /// value stored under another key.
+    #[error("checksum mismatch in {what}: the stored value is corrupt")]
+    Checksum {
+        /// Which key, described.
+        what: String,
+    },
+    /// A key or value is malformed in a way a checksum cannot catch (a missing record,
+    /// an impossible length).
+    #[error("corrupt {what}: {reason}")]
+    Corrupt {
+        /// Which key or value.
+        what: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The store, a file or a record was written by a format this build does not read.
+    #[error("unsupported format version {found} in {what} (this build reads version {supported})")]
+    UnsupportedFormat {
+        /// Where the version was found.
+        what: String,
+        /// The version found.
+        found: u8,
+        /// The version this build reads.
+        supported: u8,
+    },
+    /// A guarded batch found its precondition key changed: another writer got there first.
+    #[error("precondition failed on {what}: the value changed underneath this writer")]
+    PreconditionFailed {
+        /// The guarded key, described.
+        what: String,
+    },
+    /// The flush that was to make this request durable failed.
+    #[error("flush failed: {cause}")]
+    FlushFailed {
+        /// The backend's error, as text (one failure is reported to many waiters).
+        cause: String,
+    },
+    /// A flush failed earlier; the store refuses writes until it is reopened.
+    #[error("the store refuses writes after a failed flush ({cause}); reopen it")]
+    Poisoned {
+        /// The error of the flush that failed.
+        cause: String,
+    },
+    /// A database name is not acceptable.
+    #[error("invalid database name {name:?}: {reason}")]
+    InvalidName {
+        /// The name (shortened for the message).
+        name: String,
+        /// Why it is refused.
+        reason: &'static str,
+    },
+    /// The name is already in the catalog.
+    #[error("database {0:?} already exists")]
+    AlreadyExists(String),
+    /// The name is not in the catalog.
+    #[error("no database named {0:?}")]
+    NotFound(String),
+    /// A fault injected by [`crate::FaultyKv`].
+    #[error("injected fault in {op} #{nth}")]
+    Injected {
+        /// The operation that failed.
+        op: &'static str,
+        /// Its index among operations of its kind, from 1.
+        nth: u64,
+    },
+    /// The group committer has shut down.
+    #[error("the group committer has shut down")]
+    Closed,
+}
+
+impl Error {
+    pub(crate) fn backend(
+        op: &'static str,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Error {
+        Error::Backend {
+            op,
+            source: Box::new(source),
+        }
+    }
+
+    /// Whether this error means stored data is damaged (as opposed to an I/O failure).
+    pub fn is_corruption(&self) -> bool {
+        matches!(self, Error::Checksum { .. } | Error::Corrupt { .. })
+    }
+}

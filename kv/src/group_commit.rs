@@ -1,0 +1,197 @@
+//! `GroupCommitter`: many durable commits share one flush.
+//!
+//! One flusher thread takes requests from a crossbeam channel. It blocks for the first,
+//! drains every other request already queued, calls the backend's `flush` once, and
+//! answers them all. A request therefore completes only after a flush that *began after
+//! the request was queued* has completed: exactly what durability needs. While a flush
+//! runs, new requests pile up in the channel and are served together by the next one, so
+//! under load the number of flushes stays far below the number of commits.
+//!
+//! A failed flush is reported to every waiter of that flush and poisons the committer:
+//! later requests and [`GroupCommitter::check_writable`] fail with [`Error::Poisoned`]
+//! until the store is reopened (a backend whose flush failed may have lost writes that
+//! were already acknowledged as applied; writing on would build on sand).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::thread::JoinHandle;
+
+use crossbeam_channel::{Receiver, Sender};
+use parking_lot::Mutex;
+
+use crate::error::{Error, Result};
+use crate::store::KvStore;
+
+type Reply = Sender<Result<(), String>>;
+
+/// Counters of a [`GroupCommitter`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GroupCommitStats {
+    /// Durable requests received.
+    pub requests: u64,
+    /// Requests answered.
+    pub completed: u64,
+    /// Backend flushes performed.
+    pub flushes: u64,
+}
+
+#[derive(Debug, Default)]
+struct Shared {
+    poisoned: Mutex<Option<String>>,
+    requests: AtomicU64,
+    completed: AtomicU64,
+    flushes: AtomicU64,
+}
+
+impl Shared {
+    fn poison_cause(&self) -> Option<String> {
+        self.poisoned.lock().clone()
+    }
+}
+
+/// Batches durability requests onto shared backend flushes.
+#[derive(Debug)]
+pub struct GroupCommitter {
+    tx: Option<Sender<Reply>>,
+    thread: Option<JoinHandle<()>>,
+    shared: Arc<Shared>,
+}
+
+impl GroupCommitter {
+    /// Starts the flusher thread for `backend`.
+    pub fn start(backend: Arc<dyn KvStore>) -> Result<GroupCommitter> {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let shared = Arc::new(Shared::default());
+        let thread = std::thread::Builder::new()
+            .name("shoal-flusher".into())
+            .spawn({
+                let shared = Arc::clone(&shared);
+                move || flusher(&*backend, &rx, &shared)
+            })
+            .map_err(|e| Error::backend("start flusher thread", e))?;
+        Ok(GroupCommitter {
+            tx: Some(tx),
+            thread: Some(thread),
+            shared,
+        })
+    }
+
+    /// Returns once everything applied before the call is durable.
+    pub fn commit_durable(&self) -> Result<()> {
+        self.check_writable()?;
+        let (reply, answer) = crossbeam_channel::bounded(1);
+        self.shared.requests.fetch_add(1, Ordering::SeqCst);
+        let tx = self.tx.as_ref().ok_or(Error::Closed)?;
+        tx.send(reply).map_err(|_| Error::Closed)?;
+        match answer.recv() {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(cause)) => Err(Error::FlushFailed { cause }),
+            Err(_) => Err(Error::Closed),
+        }
+    }
+
+    /// Fails with [`Error::Poisoned`] once a flush has failed.
+    pub fn check_writable(&self) -> Result<()> {
+        match self.shared.poison_cause() {
+            Some(cause) => Err(Error::Poisoned { cause }),
+            None => Ok(()),
+        }
+    }
+
+    /// Requests, completions and flushes so far.
+    pub fn stats(&self) -> GroupCommitStats {
+        GroupCommitStats {
+            requests: self.shared.requests.load(Ordering::SeqCst),
+            completed: self.shared.completed.load(Ordering::SeqCst),
+            flushes: self.shared.flushes.load(Ordering::SeqCst),
+        }
+    }
+}
+
+fn flusher(backend: &dyn KvStore, rx: &Receiver<Reply>, shared: &Shared) {
+    while let Ok(first) = rx.recv() {
+        let mut waiters = vec![first];
+        waiters.extend(rx.try_iter());
+        let result = match shared.poison_cause() {
+            Some(cause) => Err(format!("an earlier flush failed: {cause}")),
+            None => {
+                shared.flushes.fetch_add(1, Ordering::SeqCst);
+                // A panicking backend must not kill the flusher and hang every waiter.
+                match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| backend.flush())) {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(e)) => Err(e.to_string()),
+                    Err(_) => Err("the backend panicked while flushing".to_owned()),
+                }
+            }
+        };
+        if let Err(cause) = &result {
+            shared.poisoned.lock().get_or_insert_with(|| cause.clone());
+        }
+        shared
+            .completed
+            .fetch_add(waiters.len() as u64, Ordering::SeqCst);
+        for w in waiters {
+            // A waiter that gave up (its thread died) is no reason to stop serving others.
+            let _ = w.send(result.clone());
+        }
+    }
+}
+
+impl Drop for GroupCommitter {
+    fn drop(&mut self) {
+        drop(self.tx.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::faulty::{FaultOp, FaultyKv};
+    use crate::mem::MemKv;
+
+    #[test]
+    fn a_single_request_is_one_flush() {
+        let kv = Arc::new(MemKv::new());
+        let gc = GroupCommitter::start(kv.clone()).unwrap();
+        gc.commit_durable().unwrap();
+        assert_eq!(kv.flushes(), 1);
+        assert_eq!(
+            gc.stats(),
+            GroupCommitStats {
+                requests: 1,
+                completed: 1,
+                flushes: 1
+            }
+        );
+    }
+
+    #[test]
+    fn a_failed_flush_poisons() {
+        let kv = Arc::new(FaultyKv::new(MemKv::new()));
+        kv.fail_nth(FaultOp::Flush, 1);
+        let gc = GroupCommitter::start(kv.clone()).unwrap();
+        assert!(matches!(
+            gc.commit_durable(),
+            Err(Error::FlushFailed { .. })
+        ));
+        assert!(matches!(gc.check_writable(), Err(Error::Poisoned { .. })));
+        assert!(matches!(gc.commit_durable(), Err(Error::Poisoned { .. })));
+        assert_eq!(
+            kv.count(FaultOp::Flush),
+            1,
+            "a poisoned committer must not flush again"
+        );
+    }
+
+    #[test]
+    fn a_panicking_flush_is_an_error_not_a_hang() {
+        let kv = Arc::new(FaultyKv::new(MemKv::new()));
+        kv.panic_nth(FaultOp::Flush, 1);
+        let gc = GroupCommitter::start(kv).unwrap();
+        let err = gc.commit_durable().unwrap_err();
+        assert!(err.to_string().contains("panicked"), "{err}");
+    }
+}

@@ -1,0 +1,35 @@
+//! shoal-kv: the key-value layer that every actor database of a process lives in.
+//!
+//! It knows nothing of SQLite. It offers:
+//! - [`KvStore`], the backend trait (ordered keys, refcounted values, atomic guarded
+//!   batches, flush), with [`SledKv`] (the default) and [`MemKv`] (the reference model);
+//! - [`keys`], the only place keys are built and parsed, and [`checksum`], the only place
+//!   values are sealed and verified;
+//! - [`Kv`], the shared handle: catalog of names, file records, and the
+//!   [`GroupCommitter`] that lets many commits share one flush;
+//! - [`FaultyKv`], a wrapper that injects failures for tests.
+
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+#![deny(clippy::indexing_slicing)]
+
+pub mod checksum;
+mod error;
+mod faulty;
+mod group_commit;
+pub mod keys;
+mod mem;
+pub mod records;
+mod shared;
+mod sled_kv;
+mod store;
+
+pub use error::{Error, Result};
+pub use faulty::{FaultMode, FaultOp, FaultyKv};
+pub use group_commit::{GroupCommitStats, GroupCommitter};
+pub use keys::{ChunkNo, DbId, FileKind, KeyRange};
+pub use mem::MemKv;
+pub use records::{CatalogEntry, EntryKind, FileMeta};
+pub use shared::{Kv, StoredMeta};
+pub use sled_kv::{SledConfig, SledKv};
+pub use store::{Batch, Entry, KvStats, KvStore, Op, Precondition, Scan};

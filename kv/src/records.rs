@@ -1,0 +1,252 @@
+//! Layouts of the small records the store keeps beside chunks: file metadata and
+//! catalog entries. Each starts with [`FORMAT_VERSION`] and is sealed with the checksum
+//! trailer of [`crate::checksum`], so a damaged or foreign record is an error, never a
+//! wrong size or a wrong database.
+
+use bytes::Bytes;
+
+use crate::checksum;
+use crate::error::{Error, Result};
+use crate::keys::{self, DbId, FORMAT_VERSION, FileKind};
+
+/// The metadata of one stored file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileMeta {
+    /// Bytes per chunk; 0 until the first write fixes it (the main database's page size).
+    pub chunk_size: u32,
+    /// Logical file size in bytes.
+    pub size: u64,
+    /// Incremented by every write of this record; guards against a stale writer.
+    pub generation: u64,
+}
+
+const META_LEN: usize = 1 + 4 + 8 + 8;
+
+impl FileMeta {
+    /// An empty file whose chunk size is not yet known.
+    pub const EMPTY: FileMeta = FileMeta {
+        chunk_size: 0,
+        size: 0,
+        generation: 0,
+    };
+
+    /// The sealed value stored under `meta_key(id, kind)`.
+    pub fn encode(&self, id: DbId, kind: FileKind) -> Bytes {
+        let mut v = Vec::with_capacity(META_LEN + checksum::TRAILER_LEN);
+        v.push(FORMAT_VERSION);
+        v.extend_from_slice(&self.chunk_size.to_be_bytes());
+        v.extend_from_slice(&self.size.to_be_bytes());
+        v.extend_from_slice(&self.generation.to_be_bytes());
+        checksum::seal(&keys::meta_key(id, kind), v)
+    }
+
+    /// Verifies and parses a value read under `meta_key(id, kind)`.
+    pub fn decode(id: DbId, kind: FileKind, value: Bytes) -> Result<FileMeta> {
+        let key = keys::meta_key(id, kind);
+        let payload = checksum::open(&key, value)?;
+        let corrupt = |reason: String| Error::Corrupt {
+            what: keys::describe(&key),
+            reason,
+        };
+        let (version, rest) = payload
+            .split_first()
+            .ok_or_else(|| corrupt("empty record".into()))?;
+        check_version(*version, &key)?;
+        let (chunk_size, rest) = rest
+            .split_first_chunk::<4>()
+            .ok_or_else(|| corrupt("short record".into()))?;
+        let (size, rest) = rest
+            .split_first_chunk::<8>()
+            .ok_or_else(|| corrupt("short record".into()))?;
+        let (generation, rest) = rest
+            .split_first_chunk::<8>()
+            .ok_or_else(|| corrupt("short record".into()))?;
+        if !rest.is_empty() {
+            return Err(corrupt(format!("{} trailing bytes", rest.len())));
+        }
+        Ok(FileMeta {
+            chunk_size: u32::from_be_bytes(*chunk_size),
+            size: u64::from_be_bytes(*size),
+            generation: u64::from_be_bytes(*generation),
+        })
+    }
+}
+
+/// What a catalog name refers to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum EntryKind {
+    /// A database (its files are `FileKind::Main` and `FileKind::MainJournal`).
+    Database = 0,
+    /// A super-journal of a multi-database commit (`FileKind::SuperJournal`).
+    SuperJournal = 1,
+}
+
+impl EntryKind {
+    /// The file kind holding this entry's primary file.
+    pub fn primary_file(self) -> FileKind {
+        match self {
+            EntryKind::Database => FileKind::Main,
+            EntryKind::SuperJournal => FileKind::SuperJournal,
+        }
+    }
+}
+
+/// One catalog entry: the id a name maps to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CatalogEntry {
+    /// The id of the named database.
+    pub id: DbId,
+    /// What the name refers to.
+    pub kind: EntryKind,
+}
+
+const ENTRY_LEN: usize = 1 + 8 + 1;
+
+impl CatalogEntry {
+    /// The sealed value stored under `catalog_key(name)`.
+    pub fn encode(&self, name: &[u8]) -> Bytes {
+        let mut v = Vec::with_capacity(ENTRY_LEN + checksum::TRAILER_LEN);
+        v.push(FORMAT_VERSION);
+        v.extend_from_slice(&self.id.0.to_be_bytes());
+        v.push(self.kind as u8);
+        checksum::seal(&keys::catalog_key(name), v)
+    }
+
+    /// Verifies and parses a value read under `catalog_key(name)`.
+    pub fn decode(name: &[u8], value: Bytes) -> Result<CatalogEntry> {
+        let key = keys::catalog_key(name);
+        let payload = checksum::open(&key, value)?;
+        let corrupt = |reason: &str| Error::Corrupt {
+            what: keys::describe(&key),
+            reason: reason.to_owned(),
+        };
+        let (version, rest) = payload
+            .split_first()
+            .ok_or_else(|| corrupt("empty record"))?;
+        check_version(*version, &key)?;
+        let (id, rest) = rest
+            .split_first_chunk::<8>()
+            .ok_or_else(|| corrupt("short record"))?;
+        let kind = match rest {
+            [0] => EntryKind::Database,
+            [1] => EntryKind::SuperJournal,
+            [_] => return Err(corrupt("unknown entry kind")),
+            _ => return Err(corrupt("wrong record length")),
+        };
+        Ok(CatalogEntry {
+            id: DbId(u64::from_be_bytes(*id)),
+            kind,
+        })
+    }
+}
+
+/// The sealed value of a `u64` record (the DbId counter) stored under `key`.
+pub fn encode_u64(key: &[u8], n: u64) -> Bytes {
+    checksum::seal_copy(key, &n.to_be_bytes())
+}
+
+/// Verifies and parses a `u64` record.
+pub fn decode_u64(key: &[u8], value: Bytes) -> Result<u64> {
+    let payload = checksum::open(key, value)?;
+    let bytes: [u8; 8] = payload[..].try_into().map_err(|_| Error::Corrupt {
+        what: keys::describe(key),
+        reason: format!("{} bytes where 8 were expected", payload.len()),
+    })?;
+    Ok(u64::from_be_bytes(bytes))
+}
+
+/// The sealed store-version record.
+pub fn encode_store_version() -> Bytes {
+    checksum::seal_copy(&keys::store_version_key(), &[FORMAT_VERSION])
+}
+
+/// Verifies the store-version record: it must name this build's format.
+pub fn check_store_version(value: Bytes) -> Result<()> {
+    let key = keys::store_version_key();
+    let payload = checksum::open(&key, value)?;
+    match payload[..] {
+        [v] => check_version(v, &key),
+        _ => Err(Error::Corrupt {
+            what: keys::describe(&key),
+            reason: "wrong record length".into(),
+        }),
+    }
+}
+
+/// Accepts only the version this build writes.
+pub(crate) fn check_version(found: u8, key: &[u8]) -> Result<()> {
+    if found == FORMAT_VERSION {
+        Ok(())
+    } else {
+        Err(Error::UnsupportedFormat {
+            what: keys::describe(key),
+            found,
+            supported: FORMAT_VERSION,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn meta_round_trips_and_is_bound_to_its_key() {
+        let meta = FileMeta {
+            chunk_size: 4096,
+            size: 1 << 33,
+            generation: 17,
+        };
+        let v = meta.encode(DbId(3), FileKind::Main);
+        assert_eq!(
+            FileMeta::decode(DbId(3), FileKind::Main, v.clone()).unwrap(),
+            meta
+        );
+        assert!(FileMeta::decode(DbId(4), FileKind::Main, v.clone()).is_err());
+        assert!(FileMeta::decode(DbId(3), FileKind::MainJournal, v).is_err());
+    }
+
+    #[test]
+    fn unknown_versions_are_named() {
+        let key = keys::meta_key(DbId(1), FileKind::Main);
+        let mut payload = vec![9u8];
+        payload.extend_from_slice(&[0; META_LEN - 1]);
+        let err =
+            FileMeta::decode(DbId(1), FileKind::Main, checksum::seal(&key, payload)).unwrap_err();
+        assert!(
+            matches!(err, Error::UnsupportedFormat { found: 9, .. }),
+            "{err}"
+        );
+
+        let ckey = keys::catalog_key(b"a");
+        let err = CatalogEntry::decode(b"a", checksum::seal(&ckey, vec![2, 0, 0])).unwrap_err();
+        assert!(
+            matches!(err, Error::UnsupportedFormat { found: 2, .. }),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn catalog_entries_round_trip() {
+        for kind in [EntryKind::Database, EntryKind::SuperJournal] {
+            let e = CatalogEntry { id: DbId(99), kind };
+            assert_eq!(CatalogEntry::decode(b"n", e.encode(b"n")).unwrap(), e);
+            assert!(CatalogEntry::decode(b"m", e.encode(b"n")).is_err());
+        }
+    }
+
+    #[test]
+    fn wrong_lengths_are_corrupt() {
+        let key = keys::meta_key(DbId(1), FileKind::Main);
+        for len in 0..META_LEN + 3 {
+            if len == META_LEN {
+                continue;
+            }
+            let mut payload = vec![FORMAT_VERSION];
+            payload.resize(len.max(1), 0);
+            let r = FileMeta::decode(DbId(1), FileKind::Main, checksum::seal(&key, payload));
+            assert!(r.is_err(), "length {len} accepted");
+        }
+    }
+}

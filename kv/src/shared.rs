@@ -1,0 +1,347 @@
+//! `Kv`: the one handle the layers above use. It owns the backend and its group
+//! committer, refuses writes once a flush has failed, keeps the catalog of database names,
+//! and reads and seals file records so that checksums never leave this crate.
+//!
+//! Catalog invariants: a name maps to at most one `DbId`; ids come from a counter that only
+//! grows (a dropped database's id is never reused, so stale keys can never be mistaken
+//! for a new database's); creating an entry writes the entry, the counter and the entry's
+//! empty file metadata in one guarded batch, and dropping one removes the entry and every
+//! key of the database in one batch.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+
+use crate::checksum;
+use crate::error::{Error, Result};
+use crate::group_commit::{GroupCommitStats, GroupCommitter};
+use crate::keys::{self, ChunkNo, DbId, FileKind, KeyRange};
+use crate::records::{self, CatalogEntry, EntryKind, FileMeta};
+use crate::store::{Batch, KvStats, KvStore, Scan};
+
+/// A file's metadata as stored, with the raw value that guards the next write of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredMeta {
+    /// The parsed record.
+    pub meta: FileMeta,
+    /// The stored bytes (the expected value of the next write's precondition).
+    pub raw: Bytes,
+}
+
+/// The shared key-value layer: backend, group commit and catalog.
+#[derive(Debug)]
+pub struct Kv {
+    backend: Arc<dyn KvStore>,
+    committer: GroupCommitter,
+    /// Serialises catalog changes (lookup-then-insert must not race).
+    catalog_lock: Mutex<()>,
+}
+
+impl Kv {
+    /// Opens the layer over `backend`: checks (or, on an empty store, writes) the format
+    /// version and starts the group committer.
+    pub fn open(backend: Arc<dyn KvStore>) -> Result<Kv> {
+        let version_key = keys::store_version_key();
+        match backend.get(&version_key)? {
+            Some(v) => records::check_store_version(v)?,
+            None => {
+                if let Some(first) = backend.scan(KeyRange::prefix(&[]))?.next() {
+                    let (key, _) = first?;
+                    return Err(Error::Corrupt {
+                        what: "store".into(),
+                        reason: format!(
+                            "it has no format version record but holds {}",
+                            keys::describe(&key)
+                        ),
+                    });
+                }
+                let mut b = Batch::new();
+                b.put(version_key.to_vec(), records::encode_store_version())
+                    .guard(version_key.to_vec(), None);
+                backend.apply(b)?;
+            }
+        }
+        let committer = GroupCommitter::start(Arc::clone(&backend))?;
+        Ok(Kv {
+            backend,
+            committer,
+            catalog_lock: Mutex::new(()),
+        })
+    }
+
+    /// The backend (for statistics and tests).
+    pub fn backend(&self) -> &Arc<dyn KvStore> {
+        &self.backend
+    }
+
+    /// Raw value under `key`.
+    pub fn get(&self, key: &[u8]) -> Result<Option<Bytes>> {
+        self.backend.get(key)
+    }
+
+    /// Raw entries in `range`.
+    pub fn scan(&self, range: KeyRange) -> Result<Scan<'_>> {
+        self.backend.scan(range)
+    }
+
+    /// Applies `batch` atomically, unless a failed flush has poisoned the store.
+    pub fn apply(&self, batch: Batch) -> Result<()> {
+        self.committer.check_writable()?;
+        self.backend.apply(batch)
+    }
+
+    /// Returns once everything applied so far is durable (shares flushes, see
+    /// [`GroupCommitter`]).
+    pub fn commit_durable(&self) -> Result<()> {
+        self.committer.commit_durable()
+    }
+
+    /// Fails once a flush has failed.
+    pub fn check_writable(&self) -> Result<()> {
+        self.committer.check_writable()
+    }
+
+    /// Backend statistics.
+    pub fn stats(&self) -> Result<KvStats> {
+        self.backend.stats()
+    }
+
+    /// Group-commit counters.
+    pub fn commit_stats(&self) -> GroupCommitStats {
+        self.committer.stats()
+    }
+
+    // ---- files: metadata and chunks ----
+
+    /// A file's metadata, verified; `None` if the file does not exist.
+    pub fn read_meta(&self, id: DbId, kind: FileKind) -> Result<Option<StoredMeta>> {
+        let Some(raw) = self.backend.get(&keys::meta_key(id, kind))? else {
+            return Ok(None);
+        };
+        let meta = FileMeta::decode(id, kind, raw.clone())?;
+        Ok(Some(StoredMeta { meta, raw }))
+    }
+
+    /// One chunk's bytes, verified and sharing the backend's buffer; `None` if absent.
+    pub fn read_chunk(&self, id: DbId, kind: FileKind, no: ChunkNo) -> Result<Option<Bytes>> {
+        let key = keys::chunk_key(id, kind, no);
+        match self.backend.get(&key)? {
+            Some(v) => checksum::open(&key, v).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Adds a put of one chunk to `batch`. `data` should have
+    /// [`checksum::TRAILER_LEN`] bytes of spare capacity, so sealing does not reallocate.
+    pub fn put_chunk(batch: &mut Batch, id: DbId, kind: FileKind, no: ChunkNo, data: Vec<u8>) {
+        let key = keys::chunk_key(id, kind, no);
+        let value = checksum::seal(&key, data);
+        batch.put(key.to_vec(), value);
+    }
+
+    /// Adds a put of a file's metadata to `batch`, guarded on the previous record.
+    pub fn put_meta(
+        batch: &mut Batch,
+        id: DbId,
+        kind: FileKind,
+        meta: &FileMeta,
+        previous: Option<&StoredMeta>,
+    ) -> Bytes {
+        let key = keys::meta_key(id, kind);
+        let value = meta.encode(id, kind);
+        batch
+            .put(key.to_vec(), value.clone())
+            .guard(key.to_vec(), previous.map(|p| p.raw.clone()));
+        value
+    }
+
+    // ---- catalog ----
+
+    /// The entry for `name`, if any.
+    pub fn lookup(&self, name: &str) -> Result<Option<CatalogEntry>> {
+        keys::validate_name(name)?;
+        match self.backend.get(&keys::catalog_key(name.as_bytes()))? {
+            Some(v) => CatalogEntry::decode(name.as_bytes(), v).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Creates `name` with a fresh id and an empty primary file; fails if it exists.
+    pub fn create(&self, name: &str, kind: EntryKind) -> Result<CatalogEntry> {
+        match self.lookup_or_create(name, kind)? {
+            (entry, true) => Ok(entry),
+            (_, false) => Err(Error::AlreadyExists(name.to_owned())),
+        }
+    }
+
+    /// The entry for `name`, created if absent; the flag says whether it was created.
+    pub fn lookup_or_create(&self, name: &str, kind: EntryKind) -> Result<(CatalogEntry, bool)> {
+        let _serial = self.catalog_lock.lock();
+        if let Some(entry) = self.lookup(name)? {
+            return Ok((entry, false));
+        }
+        let counter_key = keys::next_db_id_key();
+        let previous = self.backend.get(&counter_key)?;
+        let id = match &previous {
+            Some(v) => records::decode_u64(&counter_key, v.clone())?,
+            None => 1,
+        };
+        let next = id.checked_add(1).ok_or_else(|| Error::Corrupt {
+            what: keys::describe(&counter_key),
+            reason: "the id space is exhausted".into(),
+        })?;
+        let entry = CatalogEntry { id: DbId(id), kind };
+        let mut batch = Batch::new();
+        batch
+            .put(
+                keys::catalog_key(name.as_bytes()),
+                entry.encode(name.as_bytes()),
+            )
+            .put(
+                counter_key.to_vec(),
+                records::encode_u64(&counter_key, next),
+            );
+        let primary = kind.primary_file();
+        batch.put(
+            keys::meta_key(entry.id, primary).to_vec(),
+            FileMeta::EMPTY.encode(entry.id, primary),
+        );
+        batch.guard(counter_key.to_vec(), previous);
+        self.apply(batch)?;
+        Ok((entry, true))
+    }
+
+    /// Every catalog entry, in name order.
+    pub fn list(&self) -> Result<Vec<(String, CatalogEntry)>> {
+        let mut out = Vec::new();
+        for item in self.backend.scan(keys::catalog_range())? {
+            let (key, value) = item?;
+            let keys::Key::Catalog(name) = keys::Key::decode(&key)? else {
+                continue;
+            };
+            let entry = CatalogEntry::decode(&name, value)?;
+            let name = String::from_utf8(name).map_err(|e| Error::Corrupt {
+                what: keys::describe(&key),
+                reason: format!("the name is not UTF-8: {e}"),
+            })?;
+            out.push((name, entry));
+        }
+        Ok(out)
+    }
+
+    /// Removes `name` and every key of its database, in one batch.
+    pub fn drop_entry(&self, name: &str) -> Result<CatalogEntry> {
+        let _serial = self.catalog_lock.lock();
+        let entry = self
+            .lookup(name)?
+            .ok_or_else(|| Error::NotFound(name.to_owned()))?;
+        let mut batch = Batch::new();
+        batch
+            .delete(keys::catalog_key(name.as_bytes()))
+            .delete_range(keys::db_range(entry.id));
+        self.apply(batch)?;
+        Ok(entry)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mem::MemKv;
+
+    fn kv() -> Kv {
+        Kv::open(Arc::new(MemKv::new())).unwrap()
+    }
+
+    #[test]
+    fn ids_are_allocated_once_and_never_reused() {
+        let kv = kv();
+        let a = kv.create("a", EntryKind::Database).unwrap();
+        let b = kv.create("b", EntryKind::Database).unwrap();
+        assert_ne!(a.id, b.id);
+        assert!(matches!(
+            kv.create("a", EntryKind::Database),
+            Err(Error::AlreadyExists(_))
+        ));
+        kv.drop_entry("a").unwrap();
+        let a2 = kv.create("a", EntryKind::Database).unwrap();
+        assert!(a2.id > b.id);
+        assert_eq!(kv.lookup("a").unwrap(), Some(a2));
+    }
+
+    #[test]
+    fn creating_writes_an_empty_primary_file() {
+        let kv = kv();
+        let e = kv.create("sj", EntryKind::SuperJournal).unwrap();
+        assert_eq!(
+            kv.read_meta(e.id, FileKind::SuperJournal)
+                .unwrap()
+                .unwrap()
+                .meta,
+            FileMeta::EMPTY
+        );
+        assert!(kv.read_meta(e.id, FileKind::Main).unwrap().is_none());
+    }
+
+    #[test]
+    fn dropping_removes_every_key_of_the_database_only() {
+        let kv = kv();
+        let a = kv.create("a", EntryKind::Database).unwrap();
+        let b = kv.create("b", EntryKind::Database).unwrap();
+        for e in [a, b] {
+            let mut batch = Batch::new();
+            Kv::put_chunk(&mut batch, e.id, FileKind::Main, ChunkNo(0), vec![1; 16]);
+            Kv::put_chunk(
+                &mut batch,
+                e.id,
+                FileKind::MainJournal,
+                ChunkNo(3),
+                vec![2; 16],
+            );
+            kv.apply(batch).unwrap();
+        }
+        kv.drop_entry("a").unwrap();
+        assert_eq!(kv.scan(keys::db_range(a.id)).unwrap().count(), 0);
+        assert_eq!(kv.scan(keys::db_range(b.id)).unwrap().count(), 3);
+        assert_eq!(kv.list().unwrap(), vec![("b".to_owned(), b)]);
+        assert!(matches!(kv.drop_entry("a"), Err(Error::NotFound(_))));
+    }
+
+    #[test]
+    fn a_store_from_another_format_is_refused() {
+        let backend = Arc::new(MemKv::new());
+        let key = keys::store_version_key();
+        let mut b = Batch::new();
+        b.put(key.to_vec(), checksum::seal_copy(&key, &[99]));
+        backend.apply(b).unwrap();
+        let err = Kv::open(backend).unwrap_err();
+        assert!(
+            matches!(err, Error::UnsupportedFormat { found: 99, .. }),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_store_without_version_but_with_data_is_refused() {
+        let backend = Arc::new(MemKv::new());
+        let mut b = Batch::new();
+        b.put(keys::catalog_key(b"x"), Bytes::from_static(b"junk"));
+        backend.apply(b).unwrap();
+        assert!(matches!(Kv::open(backend), Err(Error::Corrupt { .. })));
+    }
+
+    #[test]
+    fn corrupt_catalog_entries_are_errors() {
+        let backend = Arc::new(MemKv::new());
+        let kv = Kv::open(backend.clone()).unwrap();
+        let mut b = Batch::new();
+        b.put(
+            keys::catalog_key(b"x"),
+            Bytes::from_static(b"not a sealed entry"),
+        );
+        backend.apply(b).unwrap();
+        assert!(kv.lookup("x").unwrap_err().is_corruption());
+        assert!(kv.list().unwrap_err().is_corruption());
+    }
+}

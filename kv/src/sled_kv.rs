@@ -1,0 +1,198 @@
+//! `SledKv`: the default backend, sled 0.34.7 behind the [`KvStore`] trait.
+//!
+//! No sled type crosses this module's boundary. Facts about sled this module respects:
+//! - `cache_capacity` defaults to 1 GiB, so [`SledConfig`] always sets it explicitly;
+//! - writes are durable only after `flush` (or sled's own timer, [`SledConfig::flush_every_ms`]);
+//! - `apply_batch` is atomic and already serialises on a process-wide lock, so the extra
+//!   mutex that makes preconditions atomic costs nothing in concurrency;
+//! - a sled directory can be opened once at a time (a file lock), reported as
+//!   [`Error::StoreLocked`];
+//! - `get` returns a reference-counted `IVec`, wrapped here as [`Bytes`] without a copy.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+
+use crate::error::{Error, Result};
+use crate::keys::{self, KeyRange};
+use crate::store::{Batch, KvStats, KvStore, Op, Scan};
+
+/// How to open a [`SledKv`].
+#[derive(Debug, Clone)]
+pub struct SledConfig {
+    /// Directory of the store.
+    pub path: PathBuf,
+    /// Bytes of sled's page cache (part of the process memory budget).
+    pub cache_capacity: u64,
+    /// sled's background flush interval; `None` flushes only when asked.
+    pub flush_every_ms: Option<u64>,
+}
+
+impl SledConfig {
+    /// Defaults for `path`: a 64 MiB cache and sled's 500 ms background flush.
+    pub fn new(path: impl Into<PathBuf>) -> SledConfig {
+        SledConfig {
+            path: path.into(),
+            cache_capacity: 64 << 20,
+            flush_every_ms: Some(500),
+        }
+    }
+}
+
+/// The sled backend.
+#[derive(Debug)]
+pub struct SledKv {
+    db: sled::Db,
+    /// Held across precondition check and apply so no other batch slips between them.
+    write_lock: Mutex<()>,
+    path: PathBuf,
+    cache_capacity: u64,
+}
+
+fn sled_err(op: &'static str) -> impl Fn(sled::Error) -> Error {
+    move |e| Error::backend(op, e)
+}
+
+impl SledKv {
+    /// Opens (or creates) the store described by `config`.
+    pub fn open(config: &SledConfig) -> Result<SledKv> {
+        let db = sled::Config::new()
+            .path(&config.path)
+            .cache_capacity(config.cache_capacity)
+            .flush_every_ms(config.flush_every_ms)
+            .open()
+            .map_err(|e| match e {
+                sled::Error::Io(io) if io.to_string().contains("could not acquire lock") => {
+                    Error::StoreLocked {
+                        path: config.path.clone(),
+                    }
+                }
+                other => Error::backend("open", other),
+            })?;
+        Ok(SledKv {
+            db,
+            write_lock: Mutex::new(()),
+            path: config.path.clone(),
+            cache_capacity: config.cache_capacity,
+        })
+    }
+
+    /// The store's directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Writes raw bytes under `key`, bypassing every check: for tests that corrupt data.
+    #[doc(hidden)]
+    pub fn put_raw(&self, key: &[u8], value: &[u8]) -> Result<()> {
+        self.db
+            .insert(key, value)
+            .map(drop)
+            .map_err(sled_err("put_raw"))
+    }
+
+    fn range_iter(&self, range: &KeyRange) -> sled::Iter {
+        if range.end.is_empty() {
+            self.db.range(range.start.as_slice()..)
+        } else {
+            self.db.range(range.start.as_slice()..range.end.as_slice())
+        }
+    }
+}
+
+fn to_bytes(v: sled::IVec) -> Bytes {
+    Bytes::from_owner(v)
+}
+
+impl KvStore for SledKv {
+    fn get(&self, key: &[u8]) -> Result<Option<Bytes>> {
+        Ok(self.db.get(key).map_err(sled_err("get"))?.map(to_bytes))
+    }
+
+    fn scan(&self, range: KeyRange) -> Result<Scan<'_>> {
+        if !range.end.is_empty() && range.end <= range.start {
+            return Ok(Box::new(std::iter::empty()));
+        }
+        let iter = self.range_iter(&range).map(|r| {
+            r.map(|(k, v)| (to_bytes(k), to_bytes(v)))
+                .map_err(sled_err("scan"))
+        });
+        Ok(Box::new(iter))
+    }
+
+    fn apply(&self, batch: Batch) -> Result<()> {
+        let _serial = self.write_lock.lock();
+        if let Some(pre) = &batch.precondition {
+            let current = self.db.get(&pre.key).map_err(sled_err("precondition"))?;
+            if current.as_deref() != pre.expected.as_deref() {
+                return Err(Error::PreconditionFailed {
+                    what: keys::describe(&pre.key),
+                });
+            }
+        }
+        // sled's batch keeps one write per key, so ops are folded in order first: a
+        // range delete must also remove puts made earlier in the same batch.
+        let mut writes: BTreeMap<Bytes, Option<Bytes>> = BTreeMap::new();
+        for op in batch.ops {
+            match op {
+                Op::Put(k, v) => {
+                    writes.insert(k, Some(v));
+                }
+                Op::Delete(k) => {
+                    writes.insert(k, None);
+                }
+                Op::DeleteRange(range) => {
+                    if !range.end.is_empty() && range.end <= range.start {
+                        continue;
+                    }
+                    for w in writes.iter_mut().filter(|(k, _)| range.contains(k)) {
+                        *w.1 = None;
+                    }
+                    for key in self.range_iter(&range).keys() {
+                        let key = key.map_err(sled_err("delete_range"))?;
+                        writes.insert(to_bytes(key), None);
+                    }
+                }
+            }
+        }
+        let mut sled_batch = sled::Batch::default();
+        for (k, v) in writes {
+            match v {
+                Some(v) => sled_batch.insert(&k[..], &v[..]),
+                None => sled_batch.remove(&k[..]),
+            }
+        }
+        self.db
+            .apply_batch(sled_batch)
+            .map_err(sled_err("apply_batch"))
+    }
+
+    fn flush(&self) -> Result<()> {
+        self.db.flush().map(drop).map_err(sled_err("flush"))
+    }
+
+    fn stats(&self) -> Result<KvStats> {
+        let mut keys = 0u64;
+        let mut logical_bytes = 0u64;
+        for entry in self.db.iter() {
+            let (k, v) = entry.map_err(sled_err("stats"))?;
+            keys += 1;
+            logical_bytes += (k.len() + v.len()) as u64;
+        }
+        Ok(KvStats {
+            keys,
+            logical_bytes,
+            disk_bytes: self.db.size_on_disk().map_err(sled_err("stats"))?,
+            cache_capacity: self.cache_capacity,
+        })
+    }
+}
+
+impl Drop for SledKv {
+    fn drop(&mut self) {
+        // sled flushes on its timer, not on drop; a clean close must not lose the tail.
+        let _ = self.db.flush();
+    }
+}

@@ -1,0 +1,1 @@
+//! shoal-vfs (work in progress).
