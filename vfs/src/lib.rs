@@ -1,1 +1,152 @@
-//! shoal-vfs (work in progress).
+//! shoal-vfs: a SQLite VFS that stores every database's pages in one shared
+//! [`shoal_kv::Kv`].
+//!
+//! ```no_run
+//! # use std::sync::Arc;
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let kv = Arc::new(shoal_kv::Kv::open(Arc::new(shoal_kv::MemKv::new()))?);
+//! let vfs = shoal_vfs::register(kv, shoal_vfs::VfsOptions::default())?;
+//! let conn = rusqlite::Connection::open_with_flags_and_vfs(
+//!     "actor-1",
+//!     rusqlite::OpenFlags::default(),
+//!     vfs.name(),
+//! )?;
+//! conn.execute_batch("CREATE TABLE t(x); INSERT INTO t VALUES (1);")?;
+//! println!("{}", vfs.stats("actor-1")?.unwrap_or_default().batch_commits);
+//! # Ok(()) }
+//! ```
+//!
+//! How it works, and why each rule holds, is in `docs/design.md`; in short:
+//! - every commit SQLite makes through its atomic-write interface is ONE kv batch (pages
+//!   plus file metadata); commits SQLite sends through its rollback journal keep the
+//!   journal in the kv, so they are just as crash-safe;
+//! - xRead copies once, from the kv's buffer into SQLite's; xFetch lends SQLite the kv's
+//!   buffer itself;
+//! - xSync waits for the group committer's shared flush (or, with
+//!   `PRAGMA shoal_durability=relaxed`, not at all after an atomic batch);
+//! - pragmas that would make commits non-atomic are refused.
+//!
+//! All unsafe code is in the `ffi` module.
+
+#![deny(unsafe_code)]
+#![deny(missing_docs)]
+#![deny(clippy::indexing_slicing)]
+
+mod error;
+#[allow(unsafe_code)]
+mod ffi;
+mod file;
+mod lock;
+mod memfile;
+mod names;
+mod pragma;
+mod stats;
+mod vfs;
+
+use std::sync::Arc;
+
+use shoal_kv::Kv;
+
+pub use error::{Error, Result};
+pub use pragma::Durability;
+pub use stats::DbStats;
+
+/// Process-wide and per-connection SQLite memory controls.
+pub mod sqlite {
+    pub use crate::ffi::sqlite::{
+        cache_used, connection_memory, memory_highwater, memory_used, release_memory,
+        set_lookaside, set_soft_heap_limit,
+    };
+}
+
+/// How to register the VFS.
+#[derive(Debug, Clone)]
+pub struct VfsOptions {
+    /// The name connections pass to `sqlite3_open_v2` (default `shoal`).
+    pub name: String,
+    /// Durability of new connections (changed per connection by
+    /// `PRAGMA shoal_durability`).
+    pub durability: Durability,
+}
+
+impl Default for VfsOptions {
+    fn default() -> VfsOptions {
+        VfsOptions {
+            name: "shoal".to_owned(),
+            durability: Durability::Full,
+        }
+    }
+}
+
+/// A registered shoal VFS. Dropping it unregisters the VFS if no file is open.
+#[derive(Debug)]
+pub struct Vfs {
+    registered: ffi::RegisteredVfs,
+}
+
+/// Registers a VFS over `kv`. Fails if the name is taken in this process, or if the
+/// linked SQLite lacks `SQLITE_ENABLE_BATCH_ATOMIC_WRITE`.
+pub fn register(kv: Arc<Kv>, options: VfsOptions) -> Result<Vfs> {
+    let state = Arc::new(vfs::VfsState::new(options.name, kv, options.durability));
+    Ok(Vfs {
+        registered: ffi::register(state)?,
+    })
+}
+
+/// Whether the linked SQLite was built with `SQLITE_ENABLE_BATCH_ATOMIC_WRITE`.
+pub fn sqlite_has_batch_atomic_write() -> bool {
+    ffi::has_batch_atomic_write()
+}
+
+impl Vfs {
+    fn state(&self) -> &Arc<vfs::VfsState> {
+        self.registered.state()
+    }
+
+    /// The name to open connections with.
+    pub fn name(&self) -> &str {
+        &self.state().name
+    }
+
+    /// The shared kv.
+    pub fn kv(&self) -> &Arc<Kv> {
+        &self.state().kv
+    }
+
+    /// Counters of database `name` since the VFS was registered; `None` if no such
+    /// database exists.
+    pub fn stats(&self, name: &str) -> Result<Option<DbStats>> {
+        self.state().stats(name)
+    }
+
+    /// Files currently open through this VFS.
+    pub fn open_files(&self) -> usize {
+        self.state()
+            .open_files
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Whether any connection has database `name` open.
+    pub fn is_open(&self, name: &str) -> Result<bool> {
+        Ok(match self.kv().lookup(name)? {
+            Some(entry) => self.state().is_open(entry.id),
+            None => false,
+        })
+    }
+
+    /// Deletes database `name` and every key it has, durably. Refused while any
+    /// connection has it open.
+    pub fn delete_database(&self, name: &str) -> Result<()> {
+        let state = self.state();
+        let entry = state
+            .kv
+            .lookup(name)?
+            .ok_or_else(|| Error::Kv(shoal_kv::Error::NotFound(name.to_owned())))?;
+        if state.is_open(entry.id) {
+            return Err(Error::InUse(name.to_owned()));
+        }
+        state.kv.drop_entry(name)?;
+        state.kv.commit_durable()?;
+        Ok(())
+    }
+}

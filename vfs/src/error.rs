@@ -1,0 +1,181 @@
+//! The error type of shoal-vfs and the one function that maps errors to SQLite codes.
+
+use rusqlite::ffi;
+
+/// Result alias for this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What can go wrong in the VFS.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The key-value layer failed (I/O, checksum, poisoned store, ...).
+    #[error(transparent)]
+    Kv(#[from] shoal_kv::Error),
+    /// A stored file is inconsistent in a way the checksums cannot see (a chunk of the
+    /// wrong length, a chunk missing inside the file).
+    #[error("corrupt {file}: {reason}")]
+    Corrupt {
+        /// The file, named as SQLite names it.
+        file: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// SQLite asked to open something this VFS cannot or will not open.
+    #[error("cannot open {name:?}: {reason}")]
+    CantOpen {
+        /// The name SQLite gave.
+        name: String,
+        /// Why.
+        reason: String,
+    },
+    /// A pragma that would make commits non-atomic, or an invalid shoal pragma value.
+    #[error("{0}")]
+    Refused(String),
+    /// No such file (xDelete of a name that does not exist).
+    #[error("no file named {0:?}")]
+    NoSuchFile(String),
+    /// The database has open connections.
+    #[error("database {0:?} is open; close its connections first")]
+    InUse(String),
+    /// A VFS of this name is already registered in this process.
+    #[error("a SQLite VFS named {0:?} is already registered in this process")]
+    AlreadyRegistered(String),
+    /// The linked SQLite lacks a compile option shoal depends on.
+    #[error(
+        "the linked SQLite was built without SQLITE_ENABLE_BATCH_ATOMIC_WRITE, so every commit \
+         would go through a rollback journal; build it with that flag (see .cargo/config.toml)"
+    )]
+    NoBatchAtomicWrite,
+    /// A file would grow past what the chunk numbering can address.
+    #[error("{file} would grow past {max} bytes")]
+    TooLarge {
+        /// The file.
+        file: String,
+        /// The largest size it can have.
+        max: u64,
+    },
+    /// A call SQLite refused (registration, configuration).
+    #[error("SQLite refused {what} with code {code}")]
+    Sqlite {
+        /// What was attempted.
+        what: &'static str,
+        /// SQLite's result code.
+        code: i32,
+    },
+}
+
+/// The VFS operation an error happened in; it picks the extended SQLite error code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Op {
+    Open,
+    Close,
+    Read,
+    Write,
+    Truncate,
+    Sync,
+    FileSize,
+    Lock,
+    Unlock,
+    CheckReservedLock,
+    Delete,
+    Access,
+    BeginAtomic,
+    CommitAtomic,
+    Control,
+}
+
+impl Error {
+    pub(crate) fn corrupt(file: &str, reason: impl Into<String>) -> Error {
+        Error::Corrupt {
+            file: file.to_owned(),
+            reason: reason.into(),
+        }
+    }
+
+    pub(crate) fn cant_open(name: &str, reason: impl Into<String>) -> Error {
+        Error::CantOpen {
+            name: name.to_owned(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// The SQLite result code for `err` raised during `op`. The one place codes are chosen:
+/// - damaged data: `SQLITE_IOERR_DATA` for a checksum mismatch (what SQLite's own
+///   checksum VFS returns), `SQLITE_CORRUPT` for structural damage;
+/// - a failed atomic commit must be an `SQLITE_IOERR` code, or SQLite cannot fall back to
+///   its rollback journal;
+/// - every other failure is the operation's `SQLITE_IOERR_*` code.
+pub(crate) fn sqlite_code(err: &Error, op: Op) -> i32 {
+    match op {
+        Op::CommitAtomic => return ffi::SQLITE_IOERR_COMMIT_ATOMIC,
+        Op::BeginAtomic => return ffi::SQLITE_IOERR_BEGIN_ATOMIC,
+        _ => {}
+    }
+    match err {
+        Error::Kv(shoal_kv::Error::Checksum { .. }) => ffi::SQLITE_IOERR_DATA,
+        Error::Kv(e) if e.is_corruption() => ffi::SQLITE_CORRUPT,
+        Error::Kv(shoal_kv::Error::UnsupportedFormat { .. }) => ffi::SQLITE_CORRUPT,
+        Error::Corrupt { .. } => ffi::SQLITE_CORRUPT,
+        Error::CantOpen { .. } => ffi::SQLITE_CANTOPEN,
+        Error::Refused(_) => ffi::SQLITE_ERROR,
+        Error::InUse(_) => ffi::SQLITE_BUSY,
+        Error::NoSuchFile(_) if op == Op::Delete => ffi::SQLITE_IOERR_DELETE_NOENT,
+        Error::TooLarge { .. } => ffi::SQLITE_FULL,
+        _ => io_code(op),
+    }
+}
+
+fn io_code(op: Op) -> i32 {
+    match op {
+        Op::Open => ffi::SQLITE_CANTOPEN,
+        Op::Close => ffi::SQLITE_IOERR_CLOSE,
+        Op::Read => ffi::SQLITE_IOERR_READ,
+        Op::Write => ffi::SQLITE_IOERR_WRITE,
+        Op::Truncate => ffi::SQLITE_IOERR_TRUNCATE,
+        Op::Sync => ffi::SQLITE_IOERR_FSYNC,
+        Op::FileSize => ffi::SQLITE_IOERR_FSTAT,
+        Op::Lock => ffi::SQLITE_IOERR_LOCK,
+        Op::Unlock => ffi::SQLITE_IOERR_UNLOCK,
+        Op::CheckReservedLock => ffi::SQLITE_IOERR_CHECKRESERVEDLOCK,
+        Op::Delete => ffi::SQLITE_IOERR_DELETE,
+        Op::Access => ffi::SQLITE_IOERR_ACCESS,
+        Op::BeginAtomic => ffi::SQLITE_IOERR_BEGIN_ATOMIC,
+        Op::CommitAtomic => ffi::SQLITE_IOERR_COMMIT_ATOMIC,
+        Op::Control => ffi::SQLITE_IOERR,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_atomic_commit_is_always_an_ioerr() {
+        let errs = [
+            Error::corrupt("a", "x"),
+            Error::Kv(shoal_kv::Error::Poisoned { cause: "x".into() }),
+            Error::Kv(shoal_kv::Error::PreconditionFailed { what: "x".into() }),
+        ];
+        for e in errs {
+            assert_eq!(
+                sqlite_code(&e, Op::CommitAtomic) & 0xff,
+                ffi::SQLITE_IOERR,
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn damaged_data_is_never_a_plain_io_error() {
+        let checksum = Error::Kv(shoal_kv::Error::Checksum { what: "x".into() });
+        assert_eq!(sqlite_code(&checksum, Op::Read), ffi::SQLITE_IOERR_DATA);
+        assert_eq!(
+            sqlite_code(&Error::corrupt("a", "short"), Op::Read),
+            ffi::SQLITE_CORRUPT
+        );
+        let injected = Error::Kv(shoal_kv::Error::Injected { op: "get", nth: 1 });
+        assert_eq!(sqlite_code(&injected, Op::Read), ffi::SQLITE_IOERR_READ);
+    }
+}

@@ -1,0 +1,334 @@
+//! The `sqlite3_io_methods` table (version 3: with xFetch/xUnfetch, without shared
+//! memory) and its trampolines.
+
+use std::ffi::{c_char, c_int, c_void};
+
+use rusqlite::ffi as sys;
+
+use super::{OpenFile, ShoalFile, c_str, catch, sqlite_string};
+use crate::error::{Error, Op, Result, sqlite_code};
+use crate::lock::LockLevel;
+use crate::vfs::{Control, FileHandle, Reply};
+
+pub(super) static IO_METHODS: sys::sqlite3_io_methods = sys::sqlite3_io_methods {
+    iVersion: 3,
+    xClose: Some(x_close),
+    xRead: Some(x_read),
+    xWrite: Some(x_write),
+    xTruncate: Some(x_truncate),
+    xSync: Some(x_sync),
+    xFileSize: Some(x_file_size),
+    xLock: Some(x_lock),
+    xUnlock: Some(x_unlock),
+    xCheckReservedLock: Some(x_check_reserved_lock),
+    xFileControl: Some(x_file_control),
+    xSectorSize: Some(x_sector_size),
+    xDeviceCharacteristics: Some(x_device_characteristics),
+    xShmMap: None,
+    xShmLock: None,
+    xShmBarrier: None,
+    xShmUnmap: None,
+    xFetch: Some(x_fetch),
+    xUnfetch: Some(x_unfetch),
+};
+
+/// The handle of an open file.
+///
+/// # Safety
+/// `file` must be a file xOpen opened successfully and xClose has not closed, used by
+/// one thread at a time (SQLite serialises calls on one connection's files).
+unsafe fn handle<'a>(file: *mut sys::sqlite3_file) -> Result<&'a mut FileHandle> {
+    // SAFETY: per this function's contract the file is a ShoalFile.
+    let open = unsafe { (*file.cast::<ShoalFile>()).open };
+    // SAFETY: `open` is null or the live box xOpen made; no other reference exists now.
+    let open = unsafe { open.as_mut() };
+    open.map(|o| &mut o.file).ok_or_else(|| Error::Sqlite {
+        what: "an I/O call on a closed file",
+        code: sys::SQLITE_MISUSE,
+    })
+}
+
+fn offset(offset: sys::sqlite3_int64) -> Result<u64> {
+    u64::try_from(offset).map_err(|_| Error::Sqlite {
+        what: "a negative file offset",
+        code: sys::SQLITE_MISUSE,
+    })
+}
+
+fn length(amount: c_int) -> Result<usize> {
+    usize::try_from(amount).map_err(|_| Error::Sqlite {
+        what: "a negative length",
+        code: sys::SQLITE_MISUSE,
+    })
+}
+
+unsafe extern "C" fn x_close(file: *mut sys::sqlite3_file) -> c_int {
+    catch(Op::Close, || {
+        let file = file.cast::<ShoalFile>();
+        // SAFETY: SQLite closes a file it opened successfully, once.
+        let open = unsafe { std::mem::replace(&mut (*file).open, std::ptr::null_mut()) };
+        if open.is_null() {
+            return Ok(sys::SQLITE_OK);
+        }
+        // SAFETY: `open` is the box xOpen made; taking it back frees it exactly once.
+        let OpenFile { vfs, file } = *unsafe { Box::from_raw(open) };
+        file.close(&vfs)?;
+        Ok(sys::SQLITE_OK)
+    })
+}
+
+/// xRead. SQLite's contract: a short read fills the rest of the buffer with zeros and
+/// returns SQLITE_IOERR_SHORT_READ.
+unsafe extern "C" fn x_read(
+    file: *mut sys::sqlite3_file,
+    buf: *mut c_void,
+    amount: c_int,
+    at: sys::sqlite3_int64,
+) -> c_int {
+    catch(Op::Read, || {
+        // SAFETY: see `handle`.
+        let h = unsafe { handle(file) }?;
+        let len = length(amount)?;
+        // SAFETY: SQLite passes `amount` writable bytes at `buf`.
+        let buf = unsafe { std::slice::from_raw_parts_mut(buf.cast::<u8>(), len) };
+        let n = h.read(buf, offset(at)?)?;
+        if n < len {
+            buf.get_mut(n..).unwrap_or_default().fill(0);
+            return Ok(sys::SQLITE_IOERR_SHORT_READ);
+        }
+        Ok(sys::SQLITE_OK)
+    })
+}
+
+unsafe extern "C" fn x_write(
+    file: *mut sys::sqlite3_file,
+    buf: *const c_void,
+    amount: c_int,
+    at: sys::sqlite3_int64,
+) -> c_int {
+    catch(Op::Write, || {
+        // SAFETY: see `handle`.
+        let h = unsafe { handle(file) }?;
+        // SAFETY: SQLite passes `amount` readable bytes at `buf`.
+        let data = unsafe { std::slice::from_raw_parts(buf.cast::<u8>(), length(amount)?) };
+        h.write(data, offset(at)?)?;
+        Ok(sys::SQLITE_OK)
+    })
+}
+
+unsafe extern "C" fn x_truncate(file: *mut sys::sqlite3_file, size: sys::sqlite3_int64) -> c_int {
+    catch(Op::Truncate, || {
+        // SAFETY: see `handle`.
+        let h = unsafe { handle(file) }?;
+        h.truncate(offset(size)?)?;
+        Ok(sys::SQLITE_OK)
+    })
+}
+
+unsafe extern "C" fn x_sync(file: *mut sys::sqlite3_file, _flags: c_int) -> c_int {
+    catch(Op::Sync, || {
+        // SAFETY: see `handle`.
+        let h = unsafe { handle(file) }?;
+        h.sync()?;
+        Ok(sys::SQLITE_OK)
+    })
+}
+
+unsafe extern "C" fn x_file_size(
+    file: *mut sys::sqlite3_file,
+    out: *mut sys::sqlite3_int64,
+) -> c_int {
+    catch(Op::FileSize, || {
+        // SAFETY: see `handle`.
+        let h = unsafe { handle(file) }?;
+        let size =
+            i64::try_from(h.file_size()).map_err(|_| Error::corrupt("file", "size beyond i64"))?;
+        // SAFETY: SQLite passes a writable i64.
+        unsafe { *out = size };
+        Ok(sys::SQLITE_OK)
+    })
+}
+
+fn level(level: c_int) -> Result<LockLevel> {
+    LockLevel::from_sqlite(level).ok_or(Error::Sqlite {
+        what: "an unknown lock level",
+        code: sys::SQLITE_MISUSE,
+    })
+}
+
+unsafe extern "C" fn x_lock(file: *mut sys::sqlite3_file, lock: c_int) -> c_int {
+    catch(Op::Lock, || {
+        // SAFETY: see `handle`.
+        let h = unsafe { handle(file) }?;
+        Ok(if h.lock(level(lock)?) {
+            sys::SQLITE_OK
+        } else {
+            sys::SQLITE_BUSY
+        })
+    })
+}
+
+unsafe extern "C" fn x_unlock(file: *mut sys::sqlite3_file, lock: c_int) -> c_int {
+    catch(Op::Unlock, || {
+        // SAFETY: see `handle`.
+        let h = unsafe { handle(file) }?;
+        h.unlock(level(lock)?)?;
+        Ok(sys::SQLITE_OK)
+    })
+}
+
+unsafe extern "C" fn x_check_reserved_lock(file: *mut sys::sqlite3_file, out: *mut c_int) -> c_int {
+    catch(Op::CheckReservedLock, || {
+        // SAFETY: see `handle`.
+        let h = unsafe { handle(file) }?;
+        // SAFETY: SQLite passes a writable int.
+        unsafe { *out = c_int::from(h.check_reserved_lock()) };
+        Ok(sys::SQLITE_OK)
+    })
+}
+
+/// xFileControl. Unknown ops answer SQLITE_NOTFOUND, as SQLite requires.
+unsafe extern "C" fn x_file_control(
+    file: *mut sys::sqlite3_file,
+    op: c_int,
+    arg: *mut c_void,
+) -> c_int {
+    let error_op = match op {
+        sys::SQLITE_FCNTL_BEGIN_ATOMIC_WRITE => Op::BeginAtomic,
+        sys::SQLITE_FCNTL_COMMIT_ATOMIC_WRITE => Op::CommitAtomic,
+        _ => Op::Control,
+    };
+    let pragma_args = arg.cast::<*mut c_char>();
+    let result = catch(error_op, || {
+        // SAFETY: see `handle`.
+        let h = unsafe { handle(file) }?;
+        let control = match op {
+            sys::SQLITE_FCNTL_BEGIN_ATOMIC_WRITE => Control::BeginAtomicWrite,
+            sys::SQLITE_FCNTL_COMMIT_ATOMIC_WRITE => Control::CommitAtomicWrite,
+            sys::SQLITE_FCNTL_ROLLBACK_ATOMIC_WRITE => Control::RollbackAtomicWrite,
+            sys::SQLITE_FCNTL_PRAGMA => {
+                // SAFETY: for PRAGMA, `arg` is char*[3]: [out, name, value or NULL].
+                let args = unsafe { std::slice::from_raw_parts(pragma_args, 3) };
+                let (name, value) = match args {
+                    [_, name, value] => (*name, *value),
+                    _ => return Ok(sys::SQLITE_NOTFOUND),
+                };
+                // SAFETY: SQLite's pragma strings are NUL-terminated for this call.
+                let (Ok(Some(name)), Ok(value)) = (unsafe { c_str(name) }, unsafe { c_str(value) })
+                else {
+                    return Ok(sys::SQLITE_NOTFOUND);
+                };
+                return pragma(h, pragma_args, name, value);
+            }
+            sys::SQLITE_FCNTL_MMAP_SIZE => {
+                // SAFETY: for MMAP_SIZE, `arg` points at an i64 (in and out).
+                Control::MmapSize(unsafe { *arg.cast::<i64>() })
+            }
+            sys::SQLITE_FCNTL_LOCKSTATE => Control::LockState,
+            sys::SQLITE_FCNTL_HAS_MOVED => Control::HasMoved,
+            sys::SQLITE_FCNTL_POWERSAFE_OVERWRITE => {
+                // SAFETY: for POWERSAFE_OVERWRITE, `arg` points at an int; < 0 asks.
+                if unsafe { *arg.cast::<c_int>() } >= 0 {
+                    return Ok(sys::SQLITE_OK);
+                }
+                Control::PowersafeOverwrite
+            }
+            sys::SQLITE_FCNTL_VFSNAME => Control::VfsName,
+            sys::SQLITE_FCNTL_SIZE_HINT | sys::SQLITE_FCNTL_CHUNK_SIZE => Control::Hint,
+            _ => Control::Other,
+        };
+        match h.control(control)? {
+            Reply::NotFound => Ok(sys::SQLITE_NOTFOUND),
+            Reply::Done => Ok(sys::SQLITE_OK),
+            Reply::Int(v) => {
+                match op {
+                    // SAFETY: MMAP_SIZE's argument is an i64.
+                    sys::SQLITE_FCNTL_MMAP_SIZE => unsafe { *arg.cast::<i64>() = v },
+                    // SAFETY: the other int-answering ops take an int.
+                    _ => unsafe { *arg.cast::<c_int>() = c_int::try_from(v).unwrap_or(c_int::MAX) },
+                }
+                Ok(sys::SQLITE_OK)
+            }
+            Reply::Text(text) => {
+                // SAFETY: VFSNAME's argument is a char* out-parameter SQLite frees.
+                unsafe { *arg.cast::<*mut c_char>() = sqlite_string(&text) };
+                Ok(sys::SQLITE_OK)
+            }
+        }
+    });
+    // SQLite's contract for the atomic-write ops: only an SQLITE_IOERR family code lets it
+    // fall back to the journal; `catch` maps these ops' errors accordingly.
+    result
+}
+
+/// Answers an SQLITE_FCNTL_PRAGMA: a result or an error message goes in `args[0]`.
+fn pragma(
+    h: &mut FileHandle,
+    args: *mut *mut c_char,
+    name: &str,
+    value: Option<&str>,
+) -> Result<c_int> {
+    let (rc, text) = match h.control(Control::Pragma { name, value }) {
+        Ok(Reply::Text(text)) => (sys::SQLITE_OK, Some(text)),
+        Ok(Reply::NotFound) => (sys::SQLITE_NOTFOUND, None),
+        Ok(_) => (sys::SQLITE_OK, None),
+        Err(e @ Error::Refused(_)) => (sqlite_code(&e, Op::Control), Some(e.to_string())),
+        Err(e) => return Err(e),
+    };
+    if let Some(text) = text {
+        // SAFETY: args[0] is SQLite's out-parameter for the result or message; it frees it.
+        unsafe { *args = sqlite_string(&text) };
+    }
+    Ok(rc)
+}
+
+unsafe extern "C" fn x_sector_size(_file: *mut sys::sqlite3_file) -> c_int {
+    512
+}
+
+unsafe extern "C" fn x_device_characteristics(file: *mut sys::sqlite3_file) -> c_int {
+    // SAFETY: see `handle`.
+    match unsafe { handle(file) } {
+        Ok(h) => h.device_characteristics(),
+        Err(_) => 0,
+    }
+}
+
+/// xFetch: `*pp` gets a pointer into a stored page, or NULL to make SQLite use xRead.
+unsafe extern "C" fn x_fetch(
+    file: *mut sys::sqlite3_file,
+    at: sys::sqlite3_int64,
+    amount: c_int,
+    pp: *mut *mut c_void,
+) -> c_int {
+    if pp.is_null() {
+        return sys::SQLITE_OK;
+    }
+    // SAFETY: SQLite passes a writable pointer slot.
+    unsafe { *pp = std::ptr::null_mut() };
+    catch(Op::Read, || {
+        // SAFETY: see `handle`.
+        let h = unsafe { handle(file) }?;
+        if let Some(ptr) = h.fetch(offset(at)?, length(amount)?) {
+            // SAFETY: as above. SQLite only reads through the pointer; the buffer stays
+            // pinned in the handle until xUnfetch.
+            unsafe { *pp = ptr.cast_mut().cast() };
+        }
+        Ok(sys::SQLITE_OK)
+    })
+}
+
+unsafe extern "C" fn x_unfetch(
+    file: *mut sys::sqlite3_file,
+    _at: sys::sqlite3_int64,
+    p: *mut c_void,
+) -> c_int {
+    catch(Op::Read, || {
+        // SAFETY: see `handle`.
+        let h = unsafe { handle(file) }?;
+        if !p.is_null() {
+            h.unfetch(p.addr());
+        }
+        Ok(sys::SQLITE_OK)
+    })
+}

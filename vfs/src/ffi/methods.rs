@@ -1,0 +1,287 @@
+//! The `sqlite3_vfs` method table and its trampolines (xOpen, xDelete, xAccess,
+//! xFullPathname, xGetLastError; the rest delegate to the default VFS).
+
+use std::ffi::{c_char, c_int, c_void};
+
+use rusqlite::ffi as sys;
+
+use super::io::IO_METHODS;
+use super::{LAST_ERROR, OpenFile, Registration, ShoalFile, c_str, catch};
+use crate::error::{Error, Op};
+
+pub(super) fn vfs_table(size: c_int, max_pathname: c_int, name: *const c_char) -> sys::sqlite3_vfs {
+    sys::sqlite3_vfs {
+        iVersion: 2,
+        szOsFile: size,
+        mxPathname: max_pathname,
+        pNext: std::ptr::null_mut(),
+        zName: name,
+        pAppData: std::ptr::null_mut(),
+        xOpen: Some(x_open),
+        xDelete: Some(x_delete),
+        xAccess: Some(x_access),
+        xFullPathname: Some(x_full_pathname),
+        xDlOpen: Some(x_dl_open),
+        xDlError: Some(x_dl_error),
+        xDlSym: Some(x_dl_sym),
+        xDlClose: Some(x_dl_close),
+        xRandomness: Some(x_randomness),
+        xSleep: Some(x_sleep),
+        xCurrentTime: Some(x_current_time),
+        xGetLastError: Some(x_get_last_error),
+        xCurrentTimeInt64: Some(x_current_time_int64),
+        xSetSystemCall: None,
+        xGetSystemCall: None,
+        xNextSystemCall: None,
+    }
+}
+
+/// The registration behind a `sqlite3_vfs` pointer SQLite passes back.
+///
+/// # Safety
+/// `vfs` must be the table of a live [`Registration`] (SQLite only calls a VFS it found
+/// registered, and registrations are freed only after unregistering).
+unsafe fn registration<'a>(vfs: *mut sys::sqlite3_vfs) -> &'a Registration {
+    // SAFETY: per this function's contract pAppData points at the Registration.
+    let app = unsafe { (*vfs).pAppData };
+    // SAFETY: as above; Registration is never mutated while registered.
+    unsafe { &*app.cast::<Registration>() }
+}
+
+/// The default VFS this one delegates to.
+///
+/// # Safety
+/// As [`registration`].
+unsafe fn parent<'a>(vfs: *mut sys::sqlite3_vfs) -> &'a mut sys::sqlite3_vfs {
+    // SAFETY: per this function's contract.
+    let reg = unsafe { registration(vfs) };
+    // SAFETY: the default VFS is registered for the life of the process.
+    unsafe { &mut *reg.parent }
+}
+
+/// xOpen. SQLite's contract: on failure `pMethods` must be NULL, so xClose is not called.
+unsafe extern "C" fn x_open(
+    vfs: *mut sys::sqlite3_vfs,
+    name: sys::sqlite3_filename,
+    file: *mut sys::sqlite3_file,
+    flags: c_int,
+    out_flags: *mut c_int,
+) -> c_int {
+    let file = file.cast::<ShoalFile>();
+    // SAFETY: SQLite passes szOsFile writable bytes for the file.
+    unsafe {
+        file.write(ShoalFile {
+            base: sys::sqlite3_file {
+                pMethods: std::ptr::null(),
+            },
+            open: std::ptr::null_mut(),
+        })
+    };
+    catch(Op::Open, || {
+        // SAFETY: SQLite passes the VFS it found registered.
+        let reg = unsafe { registration(vfs) };
+        // SAFETY: SQLite's file name is NUL-terminated (or NULL for a temp file) and lives
+        // until the file is closed.
+        let name = unsafe { c_str(name) }?;
+        let handle = reg.state.open(name, flags)?;
+        let open = Box::into_raw(Box::new(OpenFile {
+            vfs: std::sync::Arc::clone(&reg.state),
+            file: handle,
+        }));
+        // SAFETY: `file` was initialised above; setting pMethods last marks success.
+        unsafe {
+            file.write(ShoalFile {
+                base: sys::sqlite3_file {
+                    pMethods: &IO_METHODS,
+                },
+                open,
+            })
+        };
+        if !out_flags.is_null() {
+            // SAFETY: SQLite passes a writable int or NULL.
+            unsafe { *out_flags = flags };
+        }
+        Ok(sys::SQLITE_OK)
+    })
+}
+
+unsafe extern "C" fn x_delete(
+    vfs: *mut sys::sqlite3_vfs,
+    name: *const c_char,
+    _sync_dir: c_int,
+) -> c_int {
+    catch(Op::Delete, || {
+        // SAFETY: SQLite passes the VFS it found registered.
+        let reg = unsafe { registration(vfs) };
+        // SAFETY: SQLite passes a NUL-terminated name.
+        let name = unsafe { c_str(name) }?.ok_or_else(|| Error::NoSuchFile(String::new()))?;
+        reg.state.delete(name)?;
+        Ok(sys::SQLITE_OK)
+    })
+}
+
+unsafe extern "C" fn x_access(
+    vfs: *mut sys::sqlite3_vfs,
+    name: *const c_char,
+    _flags: c_int,
+    out: *mut c_int,
+) -> c_int {
+    if !out.is_null() {
+        // SAFETY: SQLite passes a writable int.
+        unsafe { *out = 0 };
+    }
+    catch(Op::Access, || {
+        // SAFETY: SQLite passes the VFS it found registered.
+        let reg = unsafe { registration(vfs) };
+        // SAFETY: SQLite passes a NUL-terminated name.
+        let Ok(Some(name)) = (unsafe { c_str(name) }) else {
+            return Ok(sys::SQLITE_OK);
+        };
+        let exists = reg.state.access(name)?;
+        if !out.is_null() {
+            // SAFETY: as above.
+            unsafe { *out = c_int::from(exists) };
+        }
+        Ok(sys::SQLITE_OK)
+    })
+}
+
+/// xFullPathname: names are catalog keys, already absolute; copy them through.
+unsafe extern "C" fn x_full_pathname(
+    _vfs: *mut sys::sqlite3_vfs,
+    name: *const c_char,
+    n_out: c_int,
+    out: *mut c_char,
+) -> c_int {
+    catch(Op::Open, || {
+        // SAFETY: SQLite passes a NUL-terminated name.
+        let name = unsafe { c_str(name) }?.unwrap_or_default();
+        let capacity = usize::try_from(n_out).unwrap_or(0);
+        if name.len() >= capacity || out.is_null() {
+            return Err(Error::cant_open(
+                name,
+                "the name is longer than SQLite's path limit",
+            ));
+        }
+        // SAFETY: `out` has `n_out` writable bytes and name.len() + 1 <= n_out.
+        let out = unsafe { std::slice::from_raw_parts_mut(out.cast::<u8>(), capacity) };
+        copy_c_string(name.as_bytes(), out);
+        Ok(sys::SQLITE_OK)
+    })
+}
+
+unsafe extern "C" fn x_get_last_error(
+    _vfs: *mut sys::sqlite3_vfs,
+    n: c_int,
+    out: *mut c_char,
+) -> c_int {
+    let capacity = usize::try_from(n).unwrap_or(0);
+    if capacity == 0 || out.is_null() {
+        return 0;
+    }
+    LAST_ERROR.with(|e| {
+        let e = e.borrow();
+        // SAFETY: `out` has `n` writable bytes.
+        let out = unsafe { std::slice::from_raw_parts_mut(out.cast::<u8>(), capacity) };
+        copy_c_string(e.as_bytes(), out);
+    });
+    0
+}
+
+/// Copies `src` into `out` NUL-terminated, truncating it to fit.
+fn copy_c_string(src: &[u8], out: &mut [u8]) {
+    let len = src.len().min(out.len().saturating_sub(1));
+    if let (Some(dst), Some(src)) = (out.get_mut(..len), src.get(..len)) {
+        dst.copy_from_slice(src);
+    }
+    if let Some(nul) = out.get_mut(len) {
+        *nul = 0;
+    }
+}
+
+// The rest delegate to the default VFS, which knows the platform. None of them can
+// panic on our side; the parent is C code.
+
+unsafe extern "C" fn x_dl_open(vfs: *mut sys::sqlite3_vfs, name: *const c_char) -> *mut c_void {
+    // SAFETY: SQLite passes the VFS it found registered.
+    let p = unsafe { parent(vfs) };
+    match p.xDlOpen {
+        // SAFETY: delegating with the parent's own table and SQLite's argument.
+        Some(f) => unsafe { f(p, name) },
+        None => std::ptr::null_mut(),
+    }
+}
+
+unsafe extern "C" fn x_dl_error(vfs: *mut sys::sqlite3_vfs, n: c_int, out: *mut c_char) {
+    // SAFETY: SQLite passes the VFS it found registered.
+    let p = unsafe { parent(vfs) };
+    if let Some(f) = p.xDlError {
+        // SAFETY: delegating with the parent's own table and SQLite's arguments.
+        unsafe { f(p, n, out) }
+    }
+}
+
+type DlSym = unsafe extern "C" fn(*mut sys::sqlite3_vfs, *mut c_void, *const c_char);
+
+unsafe extern "C" fn x_dl_sym(
+    vfs: *mut sys::sqlite3_vfs,
+    handle: *mut c_void,
+    symbol: *const c_char,
+) -> Option<DlSym> {
+    // SAFETY: SQLite passes the VFS it found registered.
+    let p = unsafe { parent(vfs) };
+    // SAFETY: delegating with the parent's own table and SQLite's arguments.
+    p.xDlSym.and_then(|f| unsafe { f(p, handle, symbol) })
+}
+
+unsafe extern "C" fn x_dl_close(vfs: *mut sys::sqlite3_vfs, handle: *mut c_void) {
+    // SAFETY: SQLite passes the VFS it found registered.
+    let p = unsafe { parent(vfs) };
+    if let Some(f) = p.xDlClose {
+        // SAFETY: delegating with the parent's own table and SQLite's argument.
+        unsafe { f(p, handle) }
+    }
+}
+
+unsafe extern "C" fn x_randomness(vfs: *mut sys::sqlite3_vfs, n: c_int, out: *mut c_char) -> c_int {
+    // SAFETY: SQLite passes the VFS it found registered.
+    let p = unsafe { parent(vfs) };
+    match p.xRandomness {
+        // SAFETY: delegating with the parent's own table and SQLite's arguments.
+        Some(f) => unsafe { f(p, n, out) },
+        None => 0,
+    }
+}
+
+unsafe extern "C" fn x_sleep(vfs: *mut sys::sqlite3_vfs, micros: c_int) -> c_int {
+    // SAFETY: SQLite passes the VFS it found registered.
+    let p = unsafe { parent(vfs) };
+    match p.xSleep {
+        // SAFETY: delegating with the parent's own table and SQLite's argument.
+        Some(f) => unsafe { f(p, micros) },
+        None => 0,
+    }
+}
+
+unsafe extern "C" fn x_current_time(vfs: *mut sys::sqlite3_vfs, out: *mut f64) -> c_int {
+    // SAFETY: SQLite passes the VFS it found registered.
+    let p = unsafe { parent(vfs) };
+    match p.xCurrentTime {
+        // SAFETY: delegating with the parent's own table and SQLite's argument.
+        Some(f) => unsafe { f(p, out) },
+        None => sys::SQLITE_ERROR,
+    }
+}
+
+unsafe extern "C" fn x_current_time_int64(
+    vfs: *mut sys::sqlite3_vfs,
+    out: *mut sys::sqlite3_int64,
+) -> c_int {
+    // SAFETY: SQLite passes the VFS it found registered.
+    let p = unsafe { parent(vfs) };
+    match p.xCurrentTimeInt64 {
+        // SAFETY: delegating with the parent's own table and SQLite's argument.
+        Some(f) => unsafe { f(p, out) },
+        None => sys::SQLITE_ERROR,
+    }
+}

@@ -1,0 +1,104 @@
+//! Safe wrappers for the few process-wide and per-connection SQLite calls that
+//! rusqlite does not expose: memory accounting, heap limits, lookaside, page-cache use.
+
+use std::ffi::c_int;
+
+use rusqlite::Connection;
+use rusqlite::ffi as sys;
+
+use crate::error::{Error, Result};
+
+/// Bytes SQLite currently has allocated, process-wide.
+pub fn memory_used() -> i64 {
+    // SAFETY: no arguments; thread-safe in SQLite's serialized/multi-thread modes.
+    unsafe { sys::sqlite3_memory_used() }
+}
+
+/// The most SQLite has had allocated at once since the last reset.
+pub fn memory_highwater(reset: bool) -> i64 {
+    // SAFETY: plain integer argument.
+    unsafe { sys::sqlite3_memory_highwater(c_int::from(reset)) }
+}
+
+/// Sets SQLite's soft heap limit (0 disables it); returns the previous limit. Past it
+/// SQLite frees page-cache memory before allocating more.
+pub fn set_soft_heap_limit(bytes: i64) -> i64 {
+    // SAFETY: plain integer argument.
+    unsafe { sys::sqlite3_soft_heap_limit64(bytes) }
+}
+
+/// Bytes of page cache `conn` holds (SQLITE_DBSTATUS_CACHE_USED).
+pub fn cache_used(conn: &Connection) -> Result<i64> {
+    db_status(conn, sys::SQLITE_DBSTATUS_CACHE_USED)
+}
+
+/// Bytes of heap `conn` holds for page cache, schema and prepared statements.
+pub fn connection_memory(conn: &Connection) -> Result<i64> {
+    let mut total = 0;
+    for op in [
+        sys::SQLITE_DBSTATUS_CACHE_USED,
+        sys::SQLITE_DBSTATUS_SCHEMA_USED,
+        sys::SQLITE_DBSTATUS_STMT_USED,
+    ] {
+        total += db_status(conn, op)?;
+    }
+    Ok(total)
+}
+
+/// The raw handle of `conn`, valid while `conn` is borrowed.
+fn handle(conn: &Connection) -> *mut sys::sqlite3 {
+    // SAFETY: only the pointer is taken; callers use it while `conn` is borrowed and never
+    // close it.
+    unsafe { conn.handle() }
+}
+
+fn db_status(conn: &Connection, op: c_int) -> Result<i64> {
+    let (mut current, mut highwater) = (0 as c_int, 0 as c_int);
+    // SAFETY: the handle is valid while `conn` is borrowed; the out-pointers are locals.
+    let rc = unsafe { sys::sqlite3_db_status(handle(conn), op, &mut current, &mut highwater, 0) };
+    if rc != sys::SQLITE_OK {
+        return Err(Error::Sqlite {
+            what: "sqlite3_db_status",
+            code: rc,
+        });
+    }
+    Ok(i64::from(current))
+}
+
+/// Sets `conn`'s lookaside allocator to `slots` slots of `slot_size` bytes (0 slots
+/// disables it). SQLite only changes it while no lookaside memory is in use, so call
+/// this right after opening.
+pub fn set_lookaside(conn: &Connection, slot_size: u32, slots: u32) -> Result<()> {
+    let size = c_int::try_from(slot_size).map_err(|_| Error::Sqlite {
+        what: "a lookaside slot size",
+        code: sys::SQLITE_RANGE,
+    })?;
+    let count = c_int::try_from(slots).map_err(|_| Error::Sqlite {
+        what: "a lookaside slot count",
+        code: sys::SQLITE_RANGE,
+    })?;
+    // SAFETY: LOOKASIDE takes (void* buffer, int size, int count); a NULL buffer makes
+    // SQLite allocate it; the handle is valid while `conn` is borrowed.
+    let rc = unsafe {
+        sys::sqlite3_db_config(
+            handle(conn),
+            sys::SQLITE_DBCONFIG_LOOKASIDE,
+            std::ptr::null_mut::<std::ffi::c_void>(),
+            size,
+            count,
+        )
+    };
+    if rc != sys::SQLITE_OK {
+        return Err(Error::Sqlite {
+            what: "setting lookaside",
+            code: rc,
+        });
+    }
+    Ok(())
+}
+
+/// Frees what `conn` can of its page cache (unpinned pages).
+pub fn release_memory(conn: &Connection) {
+    // SAFETY: the handle is valid while `conn` is borrowed.
+    unsafe { sys::sqlite3_db_release_memory(handle(conn)) };
+}

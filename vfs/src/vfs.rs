@@ -1,0 +1,517 @@
+//! The VFS in safe Rust: what each SQLite method does, with the FFI layer
+//! (`crate::ffi`) only converting arguments and results.
+//!
+//! [`VfsState`] is one registered VFS: the shared [`Kv`], the registry of live inodes
+//! (one per open stored file, shared by every handle on it) and the per-database
+//! counters. A [`FileHandle`] is one `sqlite3_file`: a stored file ([`KvHandle`]) or an
+//! in-memory one ([`MemFile`]) for temp databases, temp and statement journals.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use rusqlite::ffi;
+use shoal_kv::{Batch, DbId, EntryKind, FileKind, Kv, keys};
+
+use crate::error::{Error, Result};
+use crate::file::Inode;
+use crate::lock::LockLevel;
+use crate::memfile::MemFile;
+use crate::names::{self, Target};
+use crate::pragma::{self, Durability, Pragma};
+use crate::stats::{DbCounters, DbStats};
+
+/// One registered VFS.
+#[derive(Debug)]
+pub(crate) struct VfsState {
+    pub(crate) name: String,
+    pub(crate) kv: Arc<Kv>,
+    pub(crate) durability: Durability,
+    inodes: Mutex<HashMap<(DbId, FileKind), Weak<Inode>>>,
+    counters: Mutex<HashMap<DbId, Arc<DbCounters>>>,
+    pub(crate) open_files: AtomicUsize,
+}
+
+/// A file control request, decoded from SQLite's op code and argument.
+#[derive(Debug)]
+pub(crate) enum Control<'a> {
+    BeginAtomicWrite,
+    CommitAtomicWrite,
+    RollbackAtomicWrite,
+    Pragma {
+        name: &'a str,
+        value: Option<&'a str>,
+    },
+    MmapSize(i64),
+    LockState,
+    HasMoved,
+    PowersafeOverwrite,
+    VfsName,
+    /// SIZE_HINT, CHUNK_SIZE and SYNC: accepted, nothing to do.
+    Hint,
+    Other,
+}
+
+/// The answer to a [`Control`].
+#[derive(Debug)]
+pub(crate) enum Reply {
+    NotFound,
+    Done,
+    Text(String),
+    Int(i64),
+}
+
+impl VfsState {
+    pub(crate) fn new(name: String, kv: Arc<Kv>, durability: Durability) -> VfsState {
+        VfsState {
+            name,
+            kv,
+            durability,
+            inodes: Mutex::default(),
+            counters: Mutex::default(),
+            open_files: AtomicUsize::new(0),
+        }
+    }
+
+    pub(crate) fn counters(&self, id: DbId) -> Arc<DbCounters> {
+        Arc::clone(self.counters.lock().entry(id).or_default())
+    }
+
+    pub(crate) fn stats(&self, name: &str) -> Result<Option<DbStats>> {
+        let Some(entry) = self.kv.lookup(name)? else {
+            return Ok(None);
+        };
+        Ok(Some(
+            self.counters
+                .lock()
+                .get(&entry.id)
+                .map(|c| c.snapshot())
+                .unwrap_or_default(),
+        ))
+    }
+
+    fn live_inode(&self, id: DbId, kind: FileKind) -> Option<Arc<Inode>> {
+        self.inodes.lock().get(&(id, kind)).and_then(Weak::upgrade)
+    }
+
+    /// Whether any handle has a file of database `id` open.
+    pub(crate) fn is_open(&self, id: DbId) -> bool {
+        FileKind::ALL
+            .into_iter()
+            .any(|k| self.live_inode(id, k).is_some())
+    }
+
+    /// The shared inode of a stored file, loaded on first use.
+    fn inode(
+        &self,
+        id: DbId,
+        kind: FileKind,
+        name: &str,
+        counters_of: DbId,
+        may_be_absent: bool,
+    ) -> Result<Arc<Inode>> {
+        let mut inodes = self.inodes.lock();
+        if let Some(inode) = inodes.get(&(id, kind)).and_then(Weak::upgrade) {
+            return Ok(inode);
+        }
+        let inode = Arc::new(Inode::load(
+            &self.kv,
+            id,
+            kind,
+            name,
+            self.counters(counters_of),
+            may_be_absent,
+        )?);
+        if inodes.len() >= 64 && inodes.len().is_power_of_two() {
+            inodes.retain(|_, w| w.strong_count() > 0);
+        }
+        inodes.insert((id, kind), Arc::downgrade(&inode));
+        Ok(inode)
+    }
+
+    /// xOpen. `name` is `None` for SQLite's anonymous temp files.
+    pub(crate) fn open(self: &Arc<Self>, name: Option<&str>, flags: i32) -> Result<FileHandle> {
+        let temp_kinds = ffi::SQLITE_OPEN_TEMP_DB
+            | ffi::SQLITE_OPEN_TEMP_JOURNAL
+            | ffi::SQLITE_OPEN_SUBJOURNAL
+            | ffi::SQLITE_OPEN_TRANSIENT_DB;
+        let Some(name) = name else {
+            return Ok(self.opened(FileHandle::Mem(MemFile::default())));
+        };
+        let create = flags & ffi::SQLITE_OPEN_CREATE != 0;
+        let inode = if flags & ffi::SQLITE_OPEN_MAIN_DB != 0 {
+            if let Some(reason) = names::refuse_as_database(name) {
+                return Err(Error::cant_open(name, reason));
+            }
+            let entry = if create {
+                self.kv.lookup_or_create(name, EntryKind::Database)?.0
+            } else {
+                self.kv.lookup(name)?.ok_or_else(|| {
+                    Error::cant_open(
+                        name,
+                        "no such database (open it with SQLITE_OPEN_CREATE to create it)",
+                    )
+                })?
+            };
+            if entry.kind != EntryKind::Database {
+                return Err(Error::cant_open(
+                    name,
+                    "the name belongs to a super-journal",
+                ));
+            }
+            self.inode(entry.id, FileKind::Main, name, entry.id, false)?
+        } else if flags & ffi::SQLITE_OPEN_MAIN_JOURNAL != 0 {
+            let Target::Journal(db) = names::classify(name) else {
+                return Err(Error::cant_open(
+                    name,
+                    "a journal name must end in -journal",
+                ));
+            };
+            let entry = self
+                .kv
+                .lookup(db)?
+                .filter(|e| e.kind == EntryKind::Database)
+                .ok_or_else(|| Error::cant_open(name, format!("no database {db:?} to journal")))?;
+            let inode = self.inode(entry.id, FileKind::MainJournal, name, entry.id, true)?;
+            if !create && !inode.exists_nonempty() {
+                return Err(Error::cant_open(name, "no such journal"));
+            }
+            DbCounters::add(&inode.counters.journal_opens, 1);
+            inode
+        } else if flags & ffi::SQLITE_OPEN_SUPER_JOURNAL != 0 {
+            let entry = if create {
+                self.kv.lookup_or_create(name, EntryKind::SuperJournal)?.0
+            } else {
+                self.kv
+                    .lookup(name)?
+                    .ok_or_else(|| Error::cant_open(name, "no such super-journal"))?
+            };
+            if entry.kind != EntryKind::SuperJournal {
+                return Err(Error::cant_open(name, "the name belongs to a database"));
+            }
+            self.inode(entry.id, FileKind::SuperJournal, name, entry.id, false)?
+        } else if flags & ffi::SQLITE_OPEN_WAL != 0 {
+            return Err(Error::cant_open(
+                name,
+                "WAL files are not supported (journal_mode=WAL is refused)",
+            ));
+        } else if flags & temp_kinds != 0 || flags & ffi::SQLITE_OPEN_DELETEONCLOSE != 0 {
+            return Ok(self.opened(FileHandle::Mem(MemFile::default())));
+        } else {
+            return Err(Error::cant_open(name, "unknown kind of file"));
+        };
+        Ok(self.opened(FileHandle::Kv(KvHandle {
+            vfs: Arc::clone(self),
+            inode,
+            lock: LockLevel::None,
+            durability: self.durability,
+            batch_committed: false,
+            pins: HashMap::new(),
+            mmap_size: 0,
+        })))
+    }
+
+    fn opened(&self, handle: FileHandle) -> FileHandle {
+        self.open_files.fetch_add(1, Ordering::SeqCst);
+        handle
+    }
+
+    /// xDelete: journals and super-journals. Deleting a journal commits a journal-path
+    /// transaction, so the delete is made durable before it returns.
+    pub(crate) fn delete(&self, name: &str) -> Result<()> {
+        match names::classify(name) {
+            Target::Wal => Err(Error::NoSuchFile(name.to_owned())),
+            Target::Journal(db) => {
+                let entry = self
+                    .kv
+                    .lookup(db)?
+                    .filter(|e| e.kind == EntryKind::Database)
+                    .ok_or_else(|| Error::NoSuchFile(name.to_owned()))?;
+                if let Some(inode) = self.live_inode(entry.id, FileKind::MainJournal) {
+                    inode.forget();
+                }
+                let mut batch = Batch::new();
+                batch.delete_range(keys::file_range(entry.id, FileKind::MainJournal));
+                self.kv.apply(batch)?;
+                self.kv.commit_durable()?;
+                let counters = self.counters(entry.id);
+                DbCounters::add(&counters.kv_batches, 1);
+                DbCounters::add(&counters.durable_syncs, 1);
+                Ok(())
+            }
+            Target::Catalog(n) => match self.kv.lookup(n)? {
+                Some(e) if e.kind == EntryKind::SuperJournal => {
+                    if let Some(inode) = self.live_inode(e.id, FileKind::SuperJournal) {
+                        inode.forget();
+                    }
+                    self.kv.drop_entry(n)?;
+                    self.kv.commit_durable()?;
+                    Ok(())
+                }
+                Some(_) => Err(Error::Refused(format!(
+                    "{n:?} is a database; shoal does not delete databases through SQLite's xDelete"
+                ))),
+                None => Err(Error::NoSuchFile(name.to_owned())),
+            },
+        }
+    }
+
+    /// xAccess (EXISTS and READWRITE alike): a file exists when it is stored and not
+    /// empty, as the unix VFS answers for regular files.
+    pub(crate) fn access(&self, name: &str) -> Result<bool> {
+        let (entry_name, kind) = match names::classify(name) {
+            Target::Wal => return Ok(false),
+            Target::Journal(db) => (db, FileKind::MainJournal),
+            Target::Catalog(n) => (n, FileKind::Main),
+        };
+        if shoal_kv::keys::validate_name(entry_name).is_err() {
+            return Ok(false);
+        }
+        let Some(entry) = self.kv.lookup(entry_name)? else {
+            return Ok(false);
+        };
+        let kind = match (kind, entry.kind) {
+            (FileKind::MainJournal, EntryKind::Database) => FileKind::MainJournal,
+            (FileKind::MainJournal, EntryKind::SuperJournal) => return Ok(false),
+            (_, k) => k.primary_file(),
+        };
+        if let Some(inode) = self.live_inode(entry.id, kind) {
+            return Ok(inode.exists_nonempty());
+        }
+        Ok(self
+            .kv
+            .read_meta(entry.id, kind)?
+            .is_some_and(|m| m.meta.size > 0))
+    }
+}
+
+/// One open `sqlite3_file`.
+#[derive(Debug)]
+pub(crate) enum FileHandle {
+    Kv(KvHandle),
+    Mem(MemFile),
+}
+
+/// An open stored file.
+#[derive(Debug)]
+pub(crate) struct KvHandle {
+    vfs: Arc<VfsState>,
+    inode: Arc<Inode>,
+    lock: LockLevel,
+    durability: Durability,
+    /// An atomic batch was committed since the last xSync.
+    batch_committed: bool,
+    /// Buffers lent to SQLite by xFetch, by address, with their lend count.
+    pins: HashMap<usize, (Bytes, usize)>,
+    mmap_size: i64,
+}
+
+impl FileHandle {
+    /// xRead: bytes filled (fewer than `buf.len()` at end of file).
+    pub(crate) fn read(&mut self, buf: &mut [u8], offset: u64) -> Result<usize> {
+        match self {
+            FileHandle::Kv(h) => h.inode.read(&h.vfs.kv, buf, offset),
+            FileHandle::Mem(m) => Ok(m.read(buf, offset)),
+        }
+    }
+
+    pub(crate) fn write(&mut self, data: &[u8], offset: u64) -> Result<()> {
+        match self {
+            FileHandle::Kv(h) => h.inode.write(&h.vfs.kv, data, offset),
+            FileHandle::Mem(m) => m.write(data, offset).ok_or_else(|| Error::TooLarge {
+                file: "temp file".into(),
+                max: usize::MAX as u64,
+            }),
+        }
+    }
+
+    pub(crate) fn truncate(&mut self, size: u64) -> Result<()> {
+        match self {
+            FileHandle::Kv(h) => h.inode.truncate(&h.vfs.kv, size),
+            FileHandle::Mem(m) => m.truncate(size).ok_or_else(|| Error::TooLarge {
+                file: "temp file".into(),
+                max: usize::MAX as u64,
+            }),
+        }
+    }
+
+    pub(crate) fn sync(&mut self) -> Result<()> {
+        match self {
+            FileHandle::Kv(h) => h.sync(),
+            FileHandle::Mem(_) => Ok(()),
+        }
+    }
+
+    pub(crate) fn file_size(&self) -> u64 {
+        match self {
+            FileHandle::Kv(h) => h.inode.size(),
+            FileHandle::Mem(m) => m.size(),
+        }
+    }
+
+    /// xLock: `false` means SQLITE_BUSY.
+    pub(crate) fn lock(&mut self, level: LockLevel) -> bool {
+        match self {
+            FileHandle::Kv(h) => h.inode.locks.lock().lock(&mut h.lock, level),
+            FileHandle::Mem(_) => true,
+        }
+    }
+
+    pub(crate) fn unlock(&mut self, level: LockLevel) -> Result<()> {
+        match self {
+            FileHandle::Kv(h) => h.unlock(level),
+            FileHandle::Mem(_) => Ok(()),
+        }
+    }
+
+    pub(crate) fn check_reserved_lock(&self) -> bool {
+        match self {
+            FileHandle::Kv(h) => h.inode.locks.lock().reserved(),
+            FileHandle::Mem(_) => false,
+        }
+    }
+
+    pub(crate) fn control(&mut self, control: Control<'_>) -> Result<Reply> {
+        match self {
+            FileHandle::Kv(h) => h.control(control),
+            FileHandle::Mem(_) => Ok(match control {
+                Control::Hint => Reply::Done,
+                _ => Reply::NotFound,
+            }),
+        }
+    }
+
+    /// xDeviceCharacteristics: only what this VFS honours. Every flush of a stored file is
+    /// one atomic batch, so SQLite's batches are atomic, a write never disturbs bytes
+    /// outside it, and an append never shows a size without its data.
+    pub(crate) fn device_characteristics(&self) -> i32 {
+        match self {
+            FileHandle::Kv(_) => {
+                ffi::SQLITE_IOCAP_BATCH_ATOMIC
+                    | ffi::SQLITE_IOCAP_POWERSAFE_OVERWRITE
+                    | ffi::SQLITE_IOCAP_SAFE_APPEND
+            }
+            FileHandle::Mem(_) => ffi::SQLITE_IOCAP_POWERSAFE_OVERWRITE,
+        }
+    }
+
+    /// xFetch: a pointer into a stored page, kept alive until xUnfetch; `None` lets
+    /// SQLite fall back to xRead (which then reports any error properly).
+    pub(crate) fn fetch(&mut self, offset: u64, len: usize) -> Option<*const u8> {
+        let FileHandle::Kv(h) = self else {
+            return None;
+        };
+        let page = h.inode.fetch(&h.vfs.kv, offset, len).ok()??;
+        let ptr = page.as_ptr();
+        h.pins.entry(ptr.addr()).or_insert((page, 0)).1 += 1;
+        Some(ptr)
+    }
+
+    /// xUnfetch of a pointer xFetch returned.
+    pub(crate) fn unfetch(&mut self, ptr: usize) {
+        let FileHandle::Kv(h) = self else {
+            return;
+        };
+        if let std::collections::hash_map::Entry::Occupied(mut e) = h.pins.entry(ptr) {
+            e.get_mut().1 -= 1;
+            if e.get().1 == 0 {
+                e.remove();
+            }
+        }
+    }
+
+    /// xClose: releases locks and writes back anything still dirty.
+    pub(crate) fn close(self, vfs: &VfsState) -> Result<()> {
+        vfs.open_files.fetch_sub(1, Ordering::SeqCst);
+        match self {
+            FileHandle::Kv(mut h) => {
+                h.pins.clear();
+                let flushed = h.inode.flush(&h.vfs.kv).map(drop);
+                h.inode.locks.lock().unlock(&mut h.lock, LockLevel::None);
+                flushed
+            }
+            FileHandle::Mem(_) => Ok(()),
+        }
+    }
+}
+
+impl KvHandle {
+    fn kv(&self) -> &Kv {
+        &self.vfs.kv
+    }
+
+    fn sync(&mut self) -> Result<()> {
+        let flushed = self.inode.flush(self.kv())?;
+        let counters = &self.inode.counters;
+        if self.inode.kind == FileKind::Main && flushed.chunks > 0 {
+            DbCounters::add(&counters.journal_commits, 1);
+        }
+        let relaxed = self.inode.kind == FileKind::Main
+            && self.durability == Durability::Relaxed
+            && self.batch_committed;
+        self.batch_committed = false;
+        if relaxed {
+            DbCounters::add(&counters.relaxed_syncs, 1);
+            return Ok(());
+        }
+        self.kv().commit_durable()?;
+        DbCounters::add(&counters.durable_syncs, 1);
+        Ok(())
+    }
+
+    fn unlock(&mut self, level: LockLevel) -> Result<()> {
+        // Nothing dirty may outlive the writer's lock: readers read the kv.
+        let flushed = if self.lock > LockLevel::Shared && level <= LockLevel::Shared {
+            self.inode.flush(self.kv()).map(drop)
+        } else {
+            Ok(())
+        };
+        self.inode.locks.lock().unlock(&mut self.lock, level);
+        flushed
+    }
+
+    fn control(&mut self, control: Control<'_>) -> Result<Reply> {
+        let main = self.inode.kind == FileKind::Main;
+        Ok(match control {
+            Control::BeginAtomicWrite if main => {
+                self.inode.begin_batch(self.kv())?;
+                Reply::Done
+            }
+            Control::CommitAtomicWrite if main => {
+                self.inode.commit_batch(self.kv())?;
+                self.batch_committed = true;
+                Reply::Done
+            }
+            Control::RollbackAtomicWrite if main => {
+                self.inode.rollback_batch();
+                Reply::Done
+            }
+            Control::Pragma { name, value } if main => match pragma::classify(name, value) {
+                Pragma::NotOurs => Reply::NotFound,
+                Pragma::Refused(msg) => return Err(Error::Refused(msg)),
+                Pragma::Durability(set) => {
+                    if let Some(d) = set {
+                        self.durability = d;
+                    }
+                    Reply::Text(self.durability.as_str().to_owned())
+                }
+                Pragma::Stats => Reply::Text(self.inode.counters.snapshot().to_string()),
+            },
+            Control::MmapSize(new) => {
+                let current = self.mmap_size;
+                if new >= 0 {
+                    self.mmap_size = new;
+                }
+                Reply::Int(current)
+            }
+            Control::LockState => Reply::Int(self.lock as i64),
+            Control::HasMoved => Reply::Int(0),
+            Control::PowersafeOverwrite => Reply::Int(1),
+            Control::VfsName => Reply::Text(self.vfs.name.clone()),
+            Control::Hint => Reply::Done,
+            _ => Reply::NotFound,
+        })
+    }
+}
