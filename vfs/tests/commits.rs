@@ -1,0 +1,222 @@
+//! How commits travel: one atomic kv batch for ordinary transactions, the stored rollback
+//! journal for the cases SQLite sends there, and durability through the group committer.
+#![allow(clippy::unwrap_used, clippy::indexing_slicing)]
+
+mod common;
+
+use common::*;
+use rusqlite::ErrorCode;
+
+#[test]
+fn sql_round_trips_on_both_backends_and_survive_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    for vfs in [mem_vfs(), sled_vfs(dir.path())] {
+        let conn = open(&vfs, "actor");
+        conn.execute_batch(
+            "CREATE TABLE msg(id INTEGER PRIMARY KEY, body TEXT);
+             INSERT INTO msg(body) VALUES ('hello'), ('world');",
+        )
+        .unwrap();
+        assert_eq!(
+            rows(&conn, "SELECT body FROM msg ORDER BY id"),
+            [["'hello'"], ["'world'"]]
+        );
+        assert_eq!(integrity(&conn), "ok");
+    }
+    // The sled store from the loop above is closed; reopen it in a new VFS.
+    let vfs = sled_vfs(dir.path());
+    let conn = open(&vfs, "actor");
+    assert_eq!(
+        rows(&conn, "SELECT body FROM msg ORDER BY id"),
+        [["'hello'"], ["'world'"]]
+    );
+    conn.execute("INSERT INTO msg(body) VALUES ('again')", [])
+        .unwrap();
+    drop(conn);
+    drop(vfs);
+    let vfs = sled_vfs(dir.path());
+    assert_eq!(count(&open(&vfs, "actor"), "msg"), 3);
+}
+
+/// SQLite takes the batch path whenever the journal would have stayed in memory
+/// (pager.c, `jrnlBufferSize` and `pager_commit_phase_one`): every ordinary transaction
+/// after the first must be exactly one kv batch and open no journal.
+#[test]
+fn ordinary_transactions_are_one_kv_batch_each_and_never_touch_a_journal() {
+    let vfs = mem_vfs();
+    let conn = open(&vfs, "a");
+    conn.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT); CREATE INDEX tv ON t(v);")
+        .unwrap();
+    let before = stats(&vfs, "a");
+    assert_eq!(
+        before.journal_commits, 1,
+        "the first transaction of an empty database is journaled"
+    );
+    for i in 0..1000 {
+        match i % 3 {
+            0 => conn
+                .execute("INSERT INTO t(v) VALUES (?1)", [format!("row {i}")])
+                .unwrap(),
+            1 => conn
+                .execute(
+                    "UPDATE t SET v = v || '!' WHERE id = (SELECT max(id) FROM t)",
+                    [],
+                )
+                .unwrap(),
+            _ => conn
+                .execute("DELETE FROM t WHERE id = (SELECT min(id) FROM t)", [])
+                .unwrap(),
+        };
+    }
+    let after = stats(&vfs, "a");
+    assert_eq!(after.batch_commits - before.batch_commits, 1000);
+    assert_eq!(
+        after.kv_batches - before.kv_batches,
+        1000,
+        "exactly one kv batch per transaction"
+    );
+    assert_eq!(
+        after.journal_commits, before.journal_commits,
+        "no journal commits"
+    );
+    assert_eq!(
+        after.journal_opens, before.journal_opens,
+        "no journal opened"
+    );
+    assert_eq!(after.durable_syncs - before.durable_syncs, 1000);
+    assert_eq!(integrity(&conn), "ok");
+}
+
+/// A transaction that spills the page cache must write pages before commit, so SQLite
+/// creates a real journal (pager.c `pagerStress` -> `sqlite3JournalCreate`).
+#[test]
+fn a_transaction_larger_than_the_page_cache_commits_through_the_journal() {
+    let dir = tempfile::tempdir().unwrap();
+    let vfs = sled_vfs(dir.path());
+    let conn = open(&vfs, "big");
+    conn.execute_batch("PRAGMA cache_size = 20; CREATE TABLE t(x BLOB);")
+        .unwrap();
+    conn.execute("INSERT INTO t VALUES (zeroblob(10))", [])
+        .unwrap();
+    let before = stats(&vfs, "big");
+    conn.execute_batch(
+        "BEGIN; WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM n WHERE i < 2000)
+         INSERT INTO t SELECT randomblob(500) FROM n; COMMIT;",
+    )
+    .unwrap();
+    let after = stats(&vfs, "big");
+    assert_eq!(after.journal_commits - before.journal_commits, 1);
+    assert!(after.journal_opens > before.journal_opens);
+    assert_eq!(after.batch_commits, before.batch_commits);
+    assert_eq!(integrity(&conn), "ok");
+    assert_eq!(count(&conn, "t"), 2001);
+    drop(conn);
+    drop(vfs);
+    let vfs = sled_vfs(dir.path());
+    let conn = open(&vfs, "big");
+    assert_eq!(count(&conn, "t"), 2001);
+    assert_eq!(integrity(&conn), "ok");
+    // No journal is left behind after a committed journal-path transaction.
+    assert!(
+        !vfs.kv()
+            .read_meta(
+                vfs.kv().lookup("big").unwrap().unwrap().id,
+                shoal_kv::FileKind::MainJournal
+            )
+            .unwrap()
+            .is_some()
+    );
+}
+
+#[test]
+fn pragmas_that_would_break_atomic_commits_are_refused() {
+    let vfs = mem_vfs();
+    let conn = open(&vfs, "p");
+    conn.execute_batch("CREATE TABLE t(x)").unwrap();
+    for pragma in [
+        "PRAGMA synchronous = OFF",
+        "PRAGMA synchronous = 0",
+        "PRAGMA main.synchronous = off",
+        "PRAGMA journal_mode = WAL",
+        "PRAGMA journal_mode = OFF",
+        "PRAGMA journal_mode = MEMORY",
+    ] {
+        let err = conn.execute_batch(pragma).unwrap_err();
+        assert!(err.to_string().contains("shoal refuses"), "{pragma}: {err}");
+        assert_eq!(
+            err.sqlite_error_code(),
+            Some(ErrorCode::Unknown),
+            "{pragma}"
+        );
+    }
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(mode, "delete");
+    let sync: i64 = conn
+        .query_row("PRAGMA synchronous", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(sync, 2, "synchronous stays FULL");
+    // The modes that keep commits atomic are still allowed.
+    for mode in ["truncate", "persist", "delete"] {
+        let got: String = conn
+            .query_row(&format!("PRAGMA journal_mode = {mode}"), [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(got, mode);
+        conn.execute("INSERT INTO t VALUES (1)", []).unwrap();
+    }
+    conn.execute_batch("PRAGMA synchronous = NORMAL").unwrap();
+    conn.execute("INSERT INTO t VALUES (1)", []).unwrap();
+    assert_eq!(count(&conn, "t"), 4);
+}
+
+#[test]
+fn relaxed_durability_skips_the_flush_wait_after_a_batch() {
+    let vfs = mem_vfs();
+    let conn = open(&vfs, "r");
+    conn.execute_batch("CREATE TABLE t(x)").unwrap();
+    let mode: String = conn
+        .query_row("PRAGMA shoal_durability", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(mode, "full");
+    let mode: String = conn
+        .query_row("PRAGMA shoal_durability = relaxed", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(mode, "relaxed");
+    let before = stats(&vfs, "r");
+    let flushes_before = vfs.kv().commit_stats().flushes;
+    for i in 0..50 {
+        conn.execute("INSERT INTO t VALUES (?1)", [i]).unwrap();
+    }
+    let after = stats(&vfs, "r");
+    assert_eq!(after.relaxed_syncs - before.relaxed_syncs, 50);
+    assert_eq!(after.durable_syncs, before.durable_syncs);
+    assert_eq!(vfs.kv().commit_stats().flushes, flushes_before);
+    assert!(
+        conn.execute_batch("PRAGMA shoal_durability = sometimes")
+            .is_err()
+    );
+    let line: String = conn
+        .query_row("PRAGMA shoal_stats", [], |r| r.get(0))
+        .unwrap();
+    assert!(line.contains("relaxed_syncs=50"), "{line}");
+}
+
+#[test]
+fn registration_is_refused_twice_under_one_name() {
+    let vfs = mem_vfs();
+    let kv = vfs.kv().clone();
+    let err = shoal_vfs::register(
+        kv,
+        shoal_vfs::VfsOptions {
+            name: vfs.name().to_owned(),
+            ..Default::default()
+        },
+    )
+    .unwrap_err();
+    assert!(
+        matches!(err, shoal_vfs::Error::AlreadyRegistered(_)),
+        "{err}"
+    );
+    assert!(shoal_vfs::sqlite_has_batch_atomic_write());
+}
