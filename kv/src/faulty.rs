@@ -92,6 +92,11 @@ impl<K: KvStore> FaultyKv<K> {
         self.plan_fault(op, nth, FaultMode::Panic, false);
     }
 
+    /// Makes the `nth` operation of kind `op` and every later one panic.
+    pub fn panic_from(&self, op: FaultOp, nth: u64) {
+        self.plan_fault(op, nth, FaultMode::Panic, true);
+    }
+
     fn plan_fault(&self, op: FaultOp, nth: u64, mode: FaultMode, sticky: bool) {
         self.reset_counts();
         *self.plan.lock() = Some(Plan {

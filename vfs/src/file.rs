@@ -439,11 +439,8 @@ impl Inode {
 
     /// SQLITE_FCNTL_ROLLBACK_ATOMIC_WRITE: forget the gathered pages.
     pub(crate) fn rollback_batch(&self) {
-        let mut st = self.state.lock();
-        if st.in_batch || !st.dirty.is_empty() {
-            DbCounters::add(&self.counters.batch_rollbacks, 1);
-        }
-        st.reset_to_persisted();
+        DbCounters::add(&self.counters.batch_rollbacks, 1);
+        self.state.lock().reset_to_persisted();
     }
 
     /// The file was deleted: every open handle now sees an empty, unstored file.
