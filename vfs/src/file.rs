@@ -59,6 +59,8 @@ pub(crate) struct FileState {
     dirty_bytes: usize,
     truncate_from: Option<u32>,
     in_batch: bool,
+    /// The metadata generation last made durable by a flush of the kv (`None`: unknown).
+    durable_generation: Option<u64>,
 }
 
 /// One stored file, shared by every handle that has it open.
@@ -124,6 +126,7 @@ impl Inode {
                 dirty_bytes: 0,
                 truncate_from: None,
                 in_batch: false,
+                durable_generation: None,
             }),
         })
     }
@@ -420,6 +423,28 @@ impl Inode {
         }
     }
 
+    /// The generation of the file as last flushed, if it was ever stored.
+    pub(crate) fn generation(&self) -> Option<u64> {
+        self.state
+            .lock()
+            .persisted
+            .as_ref()
+            .map(|p| p.meta.generation)
+    }
+
+    /// Whether generation `generation` is known to be durable already.
+    pub(crate) fn is_durable(&self, generation: Option<u64>) -> bool {
+        generation.is_some() && self.state.lock().durable_generation == generation
+    }
+
+    /// Records that a kv flush completed after generation `generation` was applied.
+    pub(crate) fn mark_durable(&self, generation: Option<u64>) {
+        let mut st = self.state.lock();
+        if generation > st.durable_generation {
+            st.durable_generation = generation;
+        }
+    }
+
     /// SQLITE_FCNTL_BEGIN_ATOMIC_WRITE: later writes gather until commit or rollback.
     pub(crate) fn begin_batch(&self, kv: &Kv) -> Result<()> {
         let mut st = self.state.lock();
@@ -453,6 +478,8 @@ impl Inode {
         st.in_batch = false;
         st.size = 0;
         st.chunk_size = 0;
+        // A recreated file counts generations from 1 again.
+        st.durable_generation = None;
     }
 }
 

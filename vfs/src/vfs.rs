@@ -456,7 +456,14 @@ impl KvHandle {
             DbCounters::add(&counters.relaxed_syncs, 1);
             return Ok(());
         }
+        // A second sync with nothing applied since the last durable flush (SQLite syncs
+        // the journal again before each round of spilled pages) costs nothing.
+        let generation = self.inode.generation();
+        if self.inode.is_durable(generation) {
+            return Ok(());
+        }
         self.kv().commit_durable()?;
+        self.inode.mark_durable(generation);
         DbCounters::add(&counters.durable_syncs, 1);
         Ok(())
     }
