@@ -1,1 +1,435 @@
-fn main() {}
+//! Benchmarks of the kv layer on `SledKv` (in a temporary directory), with `MemKv` as the
+//! in-run baseline: point gets of 4 KiB chunks, atomic batches of chunk puts, flush
+//! latency, and the group-commit effect (durable commits per second and commits per
+//! flush as committing threads grow).
+//!
+//! Run: `cargo bench -p shoal-kv --bench kv` (about 20 s). Without `--bench` (as
+//! `cargo test --all-targets` runs it) it does a few-millisecond smoke pass instead.
+//! Timing is `std::time::Instant`; each figure is a count over a fixed time budget.
+//! The store's directory is `$SHOAL_BENCH_DIR` if set, else the system temp directory:
+//! flush figures are only as real as that file system's fsync.
+
+#![allow(clippy::unwrap_used, clippy::indexing_slicing)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use shoal_kv::keys::chunk_key;
+use shoal_kv::{Batch, ChunkNo, DbId, FileKind, Kv, KvStore, MemKv, SledConfig, SledKv};
+
+const CHUNK: usize = 4096;
+/// Chunks preloaded for the read benchmarks: 16 MiB, well inside the 64 MiB cache.
+const CHUNKS: u32 = 4096;
+const READS: DbId = DbId(1);
+const WRITES: DbId = DbId(2);
+const COMMITS: DbId = DbId(3);
+
+/// Time budgets: the real run, or a smoke pass that only proves the code runs.
+#[derive(Clone, Copy)]
+struct Budget {
+    read: Duration,
+    write: Duration,
+    flush: Duration,
+    group: Duration,
+    chunks: u32,
+    /// Chunks written between flushes by the batch benchmark.
+    round: u32,
+}
+
+const FULL: Budget = Budget {
+    read: Duration::from_millis(1500),
+    write: Duration::from_millis(2000),
+    flush: Duration::from_millis(3000),
+    group: Duration::from_millis(3000),
+    chunks: CHUNKS,
+    round: 16 * 1024,
+};
+
+const SMOKE: Budget = Budget {
+    read: Duration::from_millis(20),
+    write: Duration::from_millis(20),
+    flush: Duration::from_millis(20),
+    group: Duration::from_millis(50),
+    chunks: 64,
+    round: 64,
+};
+
+/// A cheap deterministic sequence of chunk numbers (xorshift), so reads are not
+/// sequential and every run reads the same ones.
+struct Chunks(u64, u32);
+
+impl Chunks {
+    fn new(seed: u64, count: u32) -> Chunks {
+        Chunks(seed | 1, count)
+    }
+
+    fn next(&mut self) -> ChunkNo {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        ChunkNo((self.0 % u64::from(self.1)) as u32)
+    }
+}
+
+fn page(no: u32) -> Vec<u8> {
+    let mut v = Vec::with_capacity(CHUNK + shoal_kv::checksum::TRAILER_LEN);
+    v.extend((0..CHUNK).map(|i| (i as u32 ^ no) as u8));
+    v
+}
+
+/// Calls `op` until `budget` has passed; returns the number of calls and the time taken.
+fn run_for(budget: Duration, mut op: impl FnMut()) -> (u64, Duration) {
+    let start = Instant::now();
+    let mut n = 0u64;
+    loop {
+        for _ in 0..16 {
+            op();
+        }
+        n += 16;
+        let elapsed = start.elapsed();
+        if elapsed >= budget {
+            return (n, elapsed);
+        }
+    }
+}
+
+fn per_sec(n: u64, d: Duration) -> f64 {
+    n as f64 / d.as_secs_f64()
+}
+
+/// `1234567.8` -> `"1,234,568"`.
+fn thousands(x: f64) -> String {
+    let digits = format!("{:.0}", x.max(0.0));
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn micros(d: Duration) -> String {
+    format!("{:.1} µs", d.as_secs_f64() * 1e6)
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let i = ((sorted.len() - 1) as f64 * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+/// One row of the results table.
+fn row(name: &str, figure: &str, note: &str) {
+    println!("| {name} | {figure} | {note} |");
+}
+
+fn load(kv: &Kv, chunks: u32) {
+    for first in (0..chunks).step_by(256) {
+        let mut batch = Batch::new();
+        for no in first..(first + 256).min(chunks) {
+            Kv::put_chunk(&mut batch, READS, FileKind::Main, ChunkNo(no), page(no));
+        }
+        kv.apply(batch).unwrap();
+    }
+    kv.backend().flush().unwrap();
+}
+
+/// Raw point gets (no checksum), warm; returns gets per second.
+fn bench_gets(backend: &dyn KvStore, b: Budget) -> f64 {
+    let mut order = Chunks::new(42, b.chunks);
+    // Warm: touch every chunk once.
+    for no in 0..b.chunks {
+        backend
+            .get(&chunk_key(READS, FileKind::Main, ChunkNo(no)))
+            .unwrap()
+            .unwrap();
+    }
+    let (n, d) = run_for(b.read, || {
+        let key = chunk_key(READS, FileKind::Main, order.next());
+        let v = backend.get(&key).unwrap().unwrap();
+        std::hint::black_box(v);
+    });
+    per_sec(n, d)
+}
+
+/// Verified chunk reads through `Kv` (get + checksum), warm; returns reads per second.
+fn bench_read_chunk(kv: &Kv, b: Budget) -> f64 {
+    let mut order = Chunks::new(7, b.chunks);
+    let (n, d) = run_for(b.read, || {
+        let v = kv.read_chunk(READS, FileKind::Main, order.next()).unwrap();
+        std::hint::black_box(v.unwrap());
+    });
+    per_sec(n, d)
+}
+
+struct BatchResult {
+    batches: u64,
+    applying: Duration,
+    flushing: Duration,
+}
+
+/// Atomic batches of `per_batch` sealed 4 KiB chunk puts (sealing included), in rounds
+/// of `b.round` chunks each ended by a flush, so the figure is a rate the disk sustains
+/// rather than how fast sled buffers writes in memory.
+fn bench_batches(kv: &Kv, per_batch: u32, b: Budget) -> BatchResult {
+    let mut order = Chunks::new(99, b.chunks);
+    let mut r = BatchResult {
+        batches: 0,
+        applying: Duration::ZERO,
+        flushing: Duration::ZERO,
+    };
+    while r.applying + r.flushing < b.write {
+        let start = Instant::now();
+        for _ in 0..b.round / per_batch {
+            let mut batch = Batch::new();
+            for _ in 0..per_batch {
+                let no = order.next();
+                Kv::put_chunk(&mut batch, WRITES, FileKind::Main, no, page(no.0));
+            }
+            kv.apply(batch).unwrap();
+            r.batches += 1;
+        }
+        let applied = Instant::now();
+        kv.backend().flush().unwrap();
+        r.applying += applied - start;
+        r.flushing += applied.elapsed();
+    }
+    r
+}
+
+/// Flush latencies, each right after a one-chunk batch (or with nothing applied).
+fn bench_flush(kv: &Kv, after_batch: bool, b: Budget) -> Vec<Duration> {
+    let mut order = Chunks::new(5, b.chunks);
+    let mut lat = Vec::new();
+    let start = Instant::now();
+    while start.elapsed() < b.flush && lat.len() < 5000 {
+        if after_batch {
+            let mut batch = Batch::new();
+            let no = order.next();
+            Kv::put_chunk(&mut batch, WRITES, FileKind::Main, no, page(no.0));
+            kv.apply(batch).unwrap();
+        }
+        let t = Instant::now();
+        kv.backend().flush().unwrap();
+        lat.push(t.elapsed());
+    }
+    lat.sort();
+    lat
+}
+
+struct GroupResult {
+    commits: u64,
+    flushes: u64,
+    elapsed: Duration,
+    latencies: Vec<Duration>,
+}
+
+/// `threads` threads each applying a one-chunk batch and committing it durably, in a loop.
+fn bench_group(kv: &Arc<Kv>, threads: u32, b: Budget) -> GroupResult {
+    let before = kv.commit_stats();
+    let stop = Arc::new(AtomicBool::new(false));
+    let start = Instant::now();
+    let workers: Vec<_> = (0..threads)
+        .map(|t| {
+            let (kv, stop) = (Arc::clone(kv), Arc::clone(&stop));
+            std::thread::spawn(move || {
+                let mut lat = Vec::new();
+                let mut i = 0u32;
+                while !stop.load(Ordering::Relaxed) {
+                    let t0 = Instant::now();
+                    let no = ChunkNo(t * 64 + i % 64);
+                    let mut batch = Batch::new();
+                    Kv::put_chunk(&mut batch, COMMITS, FileKind::Main, no, page(no.0));
+                    kv.apply(batch).unwrap();
+                    kv.commit_durable().unwrap();
+                    lat.push(t0.elapsed());
+                    i += 1;
+                }
+                lat
+            })
+        })
+        .collect();
+    std::thread::sleep(b.group);
+    stop.store(true, Ordering::Relaxed);
+    let mut latencies: Vec<Duration> = workers
+        .into_iter()
+        .flat_map(|w| w.join().unwrap())
+        .collect();
+    let elapsed = start.elapsed();
+    latencies.sort();
+    let after = kv.commit_stats();
+    GroupResult {
+        commits: after.completed - before.completed,
+        flushes: after.flushes - before.flushes,
+        elapsed,
+        latencies,
+    }
+}
+
+/// Today's date (UTC) from the system clock.
+fn today() -> String {
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    // Howard Hinnant's civil_from_days.
+    let z = (secs / 86_400) as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    let hms = secs % 86_400;
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02} UTC",
+        hms / 3600,
+        hms % 3600 / 60
+    )
+}
+
+fn proc_field(file: &str, field: &str) -> Option<String> {
+    let text = std::fs::read_to_string(file).ok()?;
+    text.lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_once(':'))
+        .map(|(_, v)| v.trim().to_owned())
+}
+
+fn memory() -> String {
+    proc_field("/proc/meminfo", "MemTotal")
+        .and_then(|v| v.trim_end_matches(" kB").trim().parse::<f64>().ok())
+        .map(|kb| format!("{:.1} GiB", kb / (1024.0 * 1024.0)))
+        .unwrap_or_else(|| "unknown".into())
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let full = args.iter().any(|a| a == "--bench");
+    let b = if full { FULL } else { SMOKE };
+    let base = std::env::var_os("SHOAL_BENCH_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir);
+    let dir = tempfile::tempdir_in(&base).unwrap();
+    let config = SledConfig::new(dir.path());
+
+    println!(
+        "# shoal-kv benchmark{}",
+        if full {
+            ""
+        } else {
+            " (smoke pass: figures meaningless)"
+        }
+    );
+    println!("command: cargo bench -p shoal-kv --bench kv");
+    println!("binary: {}", args.join(" "));
+    println!("date: {}", today());
+    println!(
+        "machine: nproc {}, memory {}, cpu {}",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        memory(),
+        proc_field("/proc/cpuinfo", "model name").unwrap_or_else(|| "unknown".into())
+    );
+    println!(
+        "store: sled 0.34.7 in {} (cache {} MiB, flush_every_ms {:?}); {} chunks of {} B preloaded",
+        base.display(),
+        config.cache_capacity >> 20,
+        config.flush_every_ms,
+        b.chunks,
+        CHUNK
+    );
+    println!();
+
+    let mem = Kv::open(Arc::new(MemKv::new())).unwrap();
+    let sled = Arc::new(Kv::open(Arc::new(SledKv::open(&config).unwrap())).unwrap());
+    load(&mem, b.chunks);
+    load(&sled, b.chunks);
+
+    println!("| benchmark | figure | notes |");
+    println!("| --- | --- | --- |");
+
+    let mem_gets = bench_gets(mem.backend().as_ref(), b);
+    row(
+        "MemKv get, 4 KiB chunk (baseline)",
+        &format!("{} gets/s", thousands(mem_gets)),
+        "raw `KvStore::get`, random chunk of 16 MiB",
+    );
+    let sled_gets = bench_gets(sled.backend().as_ref(), b);
+    row(
+        "SledKv get, 4 KiB chunk, warm",
+        &format!("{} gets/s", thousands(sled_gets)),
+        &format!("{:.2}x MemKv", sled_gets / mem_gets),
+    );
+    let reads = bench_read_chunk(&sled, b);
+    row(
+        "SledKv `Kv::read_chunk` (get + checksum), warm",
+        &format!("{} reads/s", thousands(reads)),
+        &format!("{:.2}x MemKv get", reads / mem_gets),
+    );
+
+    for per_batch in [1u32, 16] {
+        let r = bench_batches(&sled, per_batch, b);
+        let total = r.applying + r.flushing;
+        let chunks = r.batches * u64::from(per_batch);
+        row(
+            &format!("SledKv atomic batch of {per_batch} chunk put(s), flushed every 64 MiB"),
+            &format!("{} batches/s", thousands(per_sec(r.batches, total))),
+            &format!(
+                "{} chunks/s, {:.0} MiB/s sustained; applying alone {} batches/s; flushing {:.0}% of the time",
+                thousands(per_sec(chunks, total)),
+                per_sec(chunks, total) * CHUNK as f64 / f64::from(1 << 20),
+                thousands(per_sec(r.batches, r.applying)),
+                100.0 * r.flushing.as_secs_f64() / total.as_secs_f64(),
+            ),
+        );
+    }
+
+    for (after_batch, what) in [(true, "after a 1-chunk batch"), (false, "nothing to flush")] {
+        let lat = bench_flush(&sled, after_batch, b);
+        let mean = lat.iter().sum::<Duration>() / u32::try_from(lat.len().max(1)).unwrap();
+        row(
+            &format!("SledKv flush, {what}"),
+            &format!("p50 {}", micros(percentile(&lat, 0.5))),
+            &format!(
+                "p99 {}, mean {}, n={}",
+                micros(percentile(&lat, 0.99)),
+                micros(mean),
+                lat.len()
+            ),
+        );
+    }
+
+    let mut single = 0.0;
+    for threads in [1u32, 16, 64] {
+        let r = bench_group(&sled, threads, b);
+        let rate = per_sec(r.commits, r.elapsed);
+        if threads == 1 {
+            single = rate;
+        }
+        row(
+            &format!("group commit, {threads} thread(s): apply + commit_durable"),
+            &format!("{} durable commits/s", thousands(rate)),
+            &format!(
+                "{:.2}x 1 thread; {:.1} commits/flush ({} commits, {} flushes); latency p50 {}, p99 {}",
+                rate / single,
+                r.commits as f64 / r.flushes.max(1) as f64,
+                r.commits,
+                r.flushes,
+                micros(percentile(&r.latencies, 0.5)),
+                micros(percentile(&r.latencies, 0.99)),
+            ),
+        );
+    }
+    println!();
+    println!(
+        "peak RSS of the benchmark process (VmHWM): {}",
+        proc_field("/proc/self/status", "VmHWM").unwrap_or_else(|| "unknown".into())
+    );
+}

@@ -27,7 +27,8 @@ type Reply = Sender<Result<(), String>>;
 /// Counters of a [`GroupCommitter`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct GroupCommitStats {
-    /// Durable requests received.
+    /// Durable requests queued to the flusher. Counted just after queueing, so for an
+    /// instant it may trail `completed`.
     pub requests: u64,
     /// Requests answered.
     pub completed: u64,
@@ -80,9 +81,11 @@ impl GroupCommitter {
     pub fn commit_durable(&self) -> Result<()> {
         self.check_writable()?;
         let (reply, answer) = crossbeam_channel::bounded(1);
-        self.shared.requests.fetch_add(1, Ordering::SeqCst);
         let tx = self.tx.as_ref().ok_or(Error::Closed)?;
         tx.send(reply).map_err(|_| Error::Closed)?;
+        // Counted once queued, so `requests` never includes a request the flusher cannot
+        // yet see, and one refused with `Closed` is not counted as pending forever.
+        self.shared.requests.fetch_add(1, Ordering::SeqCst);
         match answer.recv() {
             Ok(Ok(())) => Ok(()),
             Ok(Err(cause)) => Err(Error::FlushFailed { cause }),

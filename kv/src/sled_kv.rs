@@ -11,6 +11,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use parking_lot::Mutex;
@@ -18,6 +19,9 @@ use parking_lot::Mutex;
 use crate::error::{Error, Result};
 use crate::keys::{self, KeyRange};
 use crate::store::{Batch, KvStats, KvStore, Op, Scan};
+
+/// How long [`SledKv::open`] waits for a directory lock that sled has not yet released.
+const LOCK_RETRY: Duration = Duration::from_secs(1);
 
 /// How to open a [`SledKv`].
 #[derive(Debug, Clone)]
@@ -57,7 +61,26 @@ fn sled_err(op: &'static str) -> impl Fn(sled::Error) -> Error {
 
 impl SledKv {
     /// Opens (or creates) the store described by `config`.
+    ///
+    /// A held directory lock is retried for up to a second: sled releases its
+    /// directory lock from background I/O threads that can outlive `Db::drop` (sled issues
+    /// #1234 and #1289), so a store closed a moment ago here can briefly look held. A store
+    /// really open elsewhere stays held and is reported as [`Error::StoreLocked`].
     pub fn open(config: &SledConfig) -> Result<SledKv> {
+        let deadline = Instant::now() + LOCK_RETRY;
+        let mut pause = Duration::from_millis(1);
+        loop {
+            match SledKv::open_once(config) {
+                Err(Error::StoreLocked { .. }) if Instant::now() < deadline => {
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(Duration::from_millis(50));
+                }
+                done => return done,
+            }
+        }
+    }
+
+    fn open_once(config: &SledConfig) -> Result<SledKv> {
         let db = sled::Config::new()
             .path(&config.path)
             .cache_capacity(config.cache_capacity)

@@ -1,0 +1,424 @@
+//! `SledKv` through `Kv`: what is written survives closing and reopening the store, and
+//! what is damaged on disk (a flipped byte, a truncated value, a valid value stored under
+//! the wrong key) is reported as corruption, never returned as data and never a panic.
+//! Damage is written with `SledKv::put_raw`, which bypasses every check.
+
+#![allow(clippy::unwrap_used, clippy::indexing_slicing)]
+
+use std::path::Path;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use shoal_kv::checksum::TRAILER_LEN;
+use shoal_kv::keys::{catalog_key, chunk_key, meta_key};
+use shoal_kv::{
+    Batch, CatalogEntry, ChunkNo, DbId, EntryKind, Error, FileKind, FileMeta, Kv, SledConfig,
+    SledKv, StoredMeta,
+};
+
+const PAGE: usize = 4096;
+
+fn config(dir: &Path) -> SledConfig {
+    SledConfig {
+        path: dir.to_path_buf(),
+        cache_capacity: 1 << 20,
+        flush_every_ms: None,
+    }
+}
+
+/// The backend (kept concrete for `put_raw`) and the `Kv` over it.
+fn open(dir: &Path) -> (Arc<SledKv>, Kv) {
+    let sled = Arc::new(SledKv::open(&config(dir)).unwrap());
+    let kv = Kv::open(sled.clone()).unwrap();
+    (sled, kv)
+}
+
+/// Closes the store: the `Kv` (and its flusher, which holds the backend) first.
+fn close((sled, kv): (Arc<SledKv>, Kv)) {
+    drop(kv);
+    assert_eq!(Arc::strong_count(&sled), 1, "the backend is still shared");
+    drop(sled);
+}
+
+/// A page whose bytes depend on where it belongs, with room for the trailer.
+fn page(id: DbId, kind: FileKind, no: u32, len: usize) -> Vec<u8> {
+    let mut v = Vec::with_capacity(len + TRAILER_LEN);
+    let seed = id.0 as u8 ^ (kind as u8).wrapping_mul(31) ^ (no as u8).wrapping_mul(7);
+    v.extend((0..len).map(|i| seed.wrapping_add(i as u8)));
+    v
+}
+
+/// Writes chunks `0..chunks` of a file and its metadata in one guarded batch.
+fn write_file(kv: &Kv, id: DbId, kind: FileKind, chunks: u32, generation: u64) -> FileMeta {
+    let previous = kv.read_meta(id, kind).unwrap();
+    let meta = FileMeta {
+        chunk_size: PAGE as u32,
+        size: u64::from(chunks) * PAGE as u64,
+        generation,
+    };
+    let mut batch = Batch::new();
+    for no in 0..chunks {
+        Kv::put_chunk(&mut batch, id, kind, ChunkNo(no), page(id, kind, no, PAGE));
+    }
+    Kv::put_meta(&mut batch, id, kind, &meta, previous.as_ref());
+    kv.apply(batch).unwrap();
+    meta
+}
+
+fn assert_file(kv: &Kv, id: DbId, kind: FileKind, chunks: u32, meta: FileMeta) {
+    assert_eq!(kv.read_meta(id, kind).unwrap().unwrap().meta, meta);
+    for no in 0..chunks {
+        let got = kv.read_chunk(id, kind, ChunkNo(no)).unwrap();
+        assert_eq!(
+            got.as_deref(),
+            Some(&page(id, kind, no, PAGE)[..]),
+            "{id} {kind} chunk {no}"
+        );
+    }
+    assert_eq!(kv.read_chunk(id, kind, ChunkNo(chunks)).unwrap(), None);
+}
+
+#[test]
+fn everything_written_through_kv_survives_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let kv = &store.1;
+    let alpha = kv.create("alpha", EntryKind::Database).unwrap();
+    let beta = kv.create("actors/beta", EntryKind::Database).unwrap();
+    let sj = kv.create("alpha-mj01", EntryKind::SuperJournal).unwrap();
+
+    let alpha_main = write_file(kv, alpha.id, FileKind::Main, 8, 1);
+    let alpha_journal = write_file(kv, alpha.id, FileKind::MainJournal, 2, 1);
+    kv.commit_durable().unwrap();
+    // Applied but never committed durably: a clean close must still keep it.
+    let beta_main = write_file(kv, beta.id, FileKind::Main, 3, 1);
+    let sj_file = write_file(kv, sj.id, FileKind::SuperJournal, 1, 1);
+    let catalog = kv.list().unwrap();
+    let alpha_meta_before = kv.read_meta(alpha.id, FileKind::Main).unwrap().unwrap();
+    close(store);
+
+    let store = open(dir.path());
+    let kv = &store.1;
+    assert_eq!(kv.list().unwrap(), catalog);
+    assert_eq!(kv.lookup("alpha").unwrap(), Some(alpha));
+    assert_eq!(kv.lookup("actors/beta").unwrap(), Some(beta));
+    assert_eq!(kv.lookup("alpha-mj01").unwrap(), Some(sj));
+    assert_eq!(kv.lookup("gamma").unwrap(), None);
+    assert_file(kv, alpha.id, FileKind::Main, 8, alpha_main);
+    assert_file(kv, alpha.id, FileKind::MainJournal, 2, alpha_journal);
+    assert_file(kv, beta.id, FileKind::Main, 3, beta_main);
+    assert_file(kv, sj.id, FileKind::SuperJournal, 1, sj_file);
+    assert_eq!(kv.read_meta(beta.id, FileKind::MainJournal).unwrap(), None);
+
+    // The metadata guard works across the reopen: the stored record is the one read
+    // before closing, so it guards the next write, and a stale one is refused.
+    let current = kv.read_meta(alpha.id, FileKind::Main).unwrap().unwrap();
+    assert_eq!(current, alpha_meta_before);
+    let stale = StoredMeta {
+        meta: FileMeta::EMPTY,
+        raw: FileMeta::EMPTY.encode(alpha.id, FileKind::Main),
+    };
+    let mut batch = Batch::new();
+    Kv::put_meta(
+        &mut batch,
+        alpha.id,
+        FileKind::Main,
+        &FileMeta::EMPTY,
+        Some(&stale),
+    );
+    assert!(matches!(
+        kv.apply(batch),
+        Err(Error::PreconditionFailed { .. })
+    ));
+    assert_file(kv, alpha.id, FileKind::Main, 8, alpha_main);
+
+    // The id counter survived too: a new name gets an id never used before.
+    let gamma = kv.create("gamma", EntryKind::Database).unwrap();
+    assert!(gamma.id > alpha.id.max(beta.id).max(sj.id), "{gamma:?}");
+    close(store);
+}
+
+/// Two databases with a few chunks each (main and journal) to copy values between.
+struct Fixture {
+    dir: tempfile::TempDir,
+    a: CatalogEntry,
+    b: CatalogEntry,
+}
+
+fn fixture() -> (Fixture, (Arc<SledKv>, Kv)) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let kv = &store.1;
+    let a = kv.create("a", EntryKind::Database).unwrap();
+    let b = kv.create("b", EntryKind::Database).unwrap();
+    for e in [a, b] {
+        write_file(kv, e.id, FileKind::Main, 2, 1);
+        write_file(kv, e.id, FileKind::MainJournal, 1, 1);
+    }
+    (Fixture { dir, a, b }, store)
+}
+
+fn flip(v: &Bytes, at: usize) -> Vec<u8> {
+    let mut v = v.to_vec();
+    v[at] ^= 0x10;
+    v
+}
+
+/// Which error a damaged value must give.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Expect {
+    Checksum,
+    Corrupt,
+}
+
+fn assert_corruption<T: std::fmt::Debug>(
+    r: shoal_kv::Result<T>,
+    expect: Expect,
+    case: &str,
+    names: &str,
+) {
+    let err = match r {
+        Ok(v) => {
+            let shown: String = format!("{v:?}").chars().take(120).collect();
+            panic!("{case}: damaged value read as data: {shown}...")
+        }
+        Err(e) => e,
+    };
+    assert!(err.is_corruption(), "{case}: {err}");
+    let variant = match err {
+        Error::Checksum { .. } => Expect::Checksum,
+        Error::Corrupt { .. } => Expect::Corrupt,
+        _ => unreachable!("is_corruption"),
+    };
+    assert_eq!(variant, expect, "{case}: {err}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains(names),
+        "{case}: {msg:?} does not name {names:?}"
+    );
+}
+
+#[test]
+fn corrupt_chunks_are_errors_never_data() {
+    let (fx, store) = fixture();
+    let (sled, kv) = (&store.0, &store.1);
+    let (a, b) = (fx.a.id, fx.b.id);
+    let key = chunk_key(a, FileKind::Main, ChunkNo(0));
+    let good = kv.get(&key).unwrap().unwrap();
+    let raw = |id, kind, no| kv.get(&chunk_key(id, kind, ChunkNo(no))).unwrap().unwrap();
+    let names = format!("{a} main chunk 0");
+
+    let cases: Vec<(&str, Vec<u8>, Expect)> = vec![
+        (
+            "flipped payload byte",
+            flip(&good, PAGE / 2),
+            Expect::Checksum,
+        ),
+        ("flipped first byte", flip(&good, 0), Expect::Checksum),
+        (
+            "flipped trailer byte",
+            flip(&good, good.len() - 1),
+            Expect::Checksum,
+        ),
+        (
+            "truncated by one byte",
+            good[..good.len() - 1].to_vec(),
+            Expect::Checksum,
+        ),
+        (
+            "truncated to the payload",
+            good[..PAGE].to_vec(),
+            Expect::Checksum,
+        ),
+        (
+            "shorter than a trailer",
+            good[..TRAILER_LEN - 3].to_vec(),
+            Expect::Corrupt,
+        ),
+        ("empty", Vec::new(), Expect::Corrupt),
+        (
+            "chunk 1 of the same file",
+            raw(a, FileKind::Main, 1).to_vec(),
+            Expect::Checksum,
+        ),
+        (
+            "chunk 0 of another database",
+            raw(b, FileKind::Main, 0).to_vec(),
+            Expect::Checksum,
+        ),
+        (
+            "chunk 0 of the journal",
+            raw(a, FileKind::MainJournal, 0).to_vec(),
+            Expect::Checksum,
+        ),
+        (
+            "the metadata record",
+            kv.get(&meta_key(a, FileKind::Main))
+                .unwrap()
+                .unwrap()
+                .to_vec(),
+            Expect::Checksum,
+        ),
+    ];
+    for (case, bytes, expect) in cases {
+        sled.put_raw(&key, &bytes).unwrap();
+        assert_corruption(
+            kv.read_chunk(a, FileKind::Main, ChunkNo(0)),
+            expect,
+            case,
+            &names,
+        );
+        // The damage stays where it is.
+        assert!(
+            kv.read_chunk(a, FileKind::Main, ChunkNo(1))
+                .unwrap()
+                .is_some()
+        );
+        assert!(
+            kv.read_chunk(b, FileKind::Main, ChunkNo(0))
+                .unwrap()
+                .is_some()
+        );
+    }
+
+    // Damage that reached the disk is still caught after a reopen (read from the files,
+    // not from a cache that saw it written).
+    sled.put_raw(&key, &flip(&good, 100)).unwrap();
+    close(store);
+    let store = open(fx.dir.path());
+    assert_corruption(
+        store.1.read_chunk(a, FileKind::Main, ChunkNo(0)),
+        Expect::Checksum,
+        "flipped byte, after reopening",
+        &names,
+    );
+    store.0.put_raw(&key, &good).unwrap();
+    assert_eq!(
+        store
+            .1
+            .read_chunk(a, FileKind::Main, ChunkNo(0))
+            .unwrap()
+            .unwrap(),
+        page(a, FileKind::Main, 0, PAGE)
+    );
+    close(store);
+}
+
+#[test]
+fn corrupt_metadata_is_an_error() {
+    let (fx, store) = fixture();
+    let (sled, kv) = (&store.0, &store.1);
+    let (a, b) = (fx.a.id, fx.b.id);
+    let key = meta_key(a, FileKind::Main);
+    let good = kv.get(&key).unwrap().unwrap();
+    let names = format!("{a} main metadata");
+
+    let cases: Vec<(&str, Vec<u8>, Expect)> = vec![
+        ("flipped size byte", flip(&good, 6), Expect::Checksum),
+        ("flipped version byte", flip(&good, 0), Expect::Checksum),
+        (
+            "flipped trailer byte",
+            flip(&good, good.len() - 1),
+            Expect::Checksum,
+        ),
+        (
+            "truncated by one byte",
+            good[..good.len() - 1].to_vec(),
+            Expect::Checksum,
+        ),
+        (
+            "shorter than a trailer",
+            good[..3].to_vec(),
+            Expect::Corrupt,
+        ),
+        ("empty", Vec::new(), Expect::Corrupt),
+        (
+            "another database's record",
+            kv.get(&meta_key(b, FileKind::Main))
+                .unwrap()
+                .unwrap()
+                .to_vec(),
+            Expect::Checksum,
+        ),
+        (
+            "the journal's record",
+            kv.get(&meta_key(a, FileKind::MainJournal))
+                .unwrap()
+                .unwrap()
+                .to_vec(),
+            Expect::Checksum,
+        ),
+        (
+            "a chunk",
+            kv.get(&chunk_key(a, FileKind::Main, ChunkNo(0)))
+                .unwrap()
+                .unwrap()
+                .to_vec(),
+            Expect::Checksum,
+        ),
+    ];
+    for (case, bytes, expect) in cases {
+        sled.put_raw(&key, &bytes).unwrap();
+        assert_corruption(kv.read_meta(a, FileKind::Main), expect, case, &names);
+        assert!(kv.read_meta(b, FileKind::Main).unwrap().is_some());
+    }
+    close(store);
+}
+
+#[test]
+fn corrupt_catalog_entries_are_errors() {
+    let (fx, store) = fixture();
+    let (sled, kv) = (&store.0, &store.1);
+    let key = catalog_key(b"a");
+    let good = kv.get(&key).unwrap().unwrap();
+    let names = "catalog entry \"a\"";
+
+    let cases: Vec<(&str, Vec<u8>, Expect)> = vec![
+        ("flipped id byte", flip(&good, 8), Expect::Checksum),
+        ("flipped kind byte", flip(&good, 9), Expect::Checksum),
+        (
+            "truncated by one byte",
+            good[..good.len() - 1].to_vec(),
+            Expect::Checksum,
+        ),
+        (
+            "shorter than a trailer",
+            good[..2].to_vec(),
+            Expect::Corrupt,
+        ),
+        (
+            "another name's entry",
+            kv.get(&catalog_key(b"b")).unwrap().unwrap().to_vec(),
+            Expect::Checksum,
+        ),
+    ];
+    for (case, bytes, expect) in cases {
+        sled.put_raw(&key, &bytes).unwrap();
+        assert_corruption(kv.lookup("a"), expect, case, names);
+        assert_corruption(kv.list(), expect, case, names);
+        assert!(
+            matches!(kv.create("a", EntryKind::Database), Err(e) if e.is_corruption()),
+            "{case}: a damaged entry was treated as absent"
+        );
+        assert_eq!(kv.lookup("b").unwrap(), Some(fx.b));
+    }
+    close(store);
+}
+
+#[test]
+fn opening_a_store_twice_is_store_locked() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = SledKv::open(&config(dir.path())).unwrap();
+    let err = SledKv::open(&config(dir.path())).unwrap_err();
+    match &err {
+        Error::StoreLocked { path } => assert_eq!(path, dir.path()),
+        other => panic!("expected StoreLocked, got {other:?}"),
+    }
+    let msg = err.to_string();
+    assert!(
+        msg.contains(&dir.path().display().to_string()) && msg.contains("already open"),
+        "{msg}"
+    );
+    drop(first);
+    SledKv::open(&config(dir.path())).unwrap();
+}
