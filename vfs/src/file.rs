@@ -217,7 +217,7 @@ impl Inode {
             if st.in_batch
                 || cs == 0
                 || len as u64 != cs
-                || offset % cs != 0
+                || !offset.is_multiple_of(cs)
                 || offset + cs > st.size
             {
                 return Ok(None);
@@ -344,7 +344,7 @@ impl Inode {
             if keep < old_size.div_ceil(cs) {
                 st.truncate_from = Some(st.truncate_from.map_or(keep32, |t| t.min(keep32)));
             }
-            if new_size % cs != 0 {
+            if !new_size.is_multiple_of(cs) {
                 let last = keep32 - 1;
                 let mut v = self.take_chunk(kv, st, last)?;
                 v.truncate(usize_of(new_size % cs));
@@ -353,7 +353,7 @@ impl Inode {
             st.size = new_size;
         } else if new_size > old_size {
             let first_new = old_size.div_ceil(cs);
-            if old_size % cs != 0 {
+            if !old_size.is_multiple_of(cs) {
                 let last = u32::try_from(old_size / cs).map_err(|_| self.too_large(cs))?;
                 let mut v = self.take_chunk(kv, st, last)?;
                 v.resize(usize_of(chunk_len(new_size, cs, u64::from(last))), 0);

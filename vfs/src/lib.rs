@@ -50,6 +50,7 @@ use shoal_kv::Kv;
 pub use error::{Error, Result};
 pub use pragma::Durability;
 pub use stats::DbStats;
+pub use vfs::Audit;
 
 /// Process-wide and per-connection SQLite memory controls.
 pub mod sqlite {
@@ -132,6 +133,17 @@ impl Vfs {
             Some(entry) => self.state().is_open(entry.id),
             None => false,
         })
+    }
+
+    /// Verifies every stored record of database `name` (checksums, chunk numbering and
+    /// lengths); `None` if no such database exists.
+    pub fn audit(&self, name: &str) -> Result<Option<Audit>> {
+        self.state().audit(name)
+    }
+
+    /// The size in bytes of database `name`'s main file; `None` if it does not exist.
+    pub fn file_size(&self, name: &str) -> Result<Option<u64>> {
+        self.state().file_size(name)
     }
 
     /// Deletes database `name` and every key it has, durably. Refused while any

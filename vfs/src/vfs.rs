@@ -92,6 +92,93 @@ impl VfsState {
         ))
     }
 
+    /// Verifies every stored record of database `name`: checksums, chunk numbering and
+    /// lengths against the metadata, no chunk missing inside a file.
+    pub(crate) fn audit(&self, name: &str) -> Result<Option<Audit>> {
+        let Some(entry) = self.kv.lookup(name)? else {
+            return Ok(None);
+        };
+        let mut audit = Audit::default();
+        for kind in FileKind::ALL {
+            let range = keys::file_range(entry.id, kind);
+            let mut meta = None;
+            let mut expected_next = 0u64;
+            for item in self.kv.scan(range)? {
+                let (key, value) = item?;
+                audit.records += 1;
+                audit.bytes += value.len() as u64;
+                match keys::Key::decode(&key) {
+                    Ok(keys::Key::Meta(..)) => {
+                        match shoal_kv::FileMeta::decode(entry.id, kind, value) {
+                            Ok(m) => meta = Some(m),
+                            Err(e) => audit.problems.push(format!("{kind} metadata: {e}")),
+                        }
+                    }
+                    Ok(keys::Key::Chunk(_, _, no)) => {
+                        let Some(m) = meta else {
+                            audit
+                                .problems
+                                .push(format!("{kind} chunk {} without metadata", no.0));
+                            continue;
+                        };
+                        let cs = u64::from(m.chunk_size.max(1));
+                        let c = u64::from(no.0);
+                        if c != expected_next {
+                            audit
+                                .problems
+                                .push(format!("{kind} chunks {expected_next}..{c} are missing"));
+                        }
+                        expected_next = c + 1;
+                        match shoal_kv::checksum::open(&key, value) {
+                            Ok(data) => {
+                                audit.chunks += 1;
+                                let want = m.size.saturating_sub(c * cs).min(cs);
+                                if data.len() as u64 != want {
+                                    audit.problems.push(format!(
+                                        "{kind} chunk {c} is {} bytes where the size implies {want}",
+                                        data.len()
+                                    ));
+                                }
+                            }
+                            Err(e) => audit.problems.push(format!("{kind} chunk {c}: {e}")),
+                        }
+                    }
+                    Ok(other) => audit
+                        .problems
+                        .push(format!("unexpected key {other} in the file range")),
+                    Err(e) => audit.problems.push(e.to_string()),
+                }
+            }
+            if let Some(m) = meta {
+                let want = m.size.div_ceil(u64::from(m.chunk_size.max(1)));
+                if expected_next < want {
+                    audit
+                        .problems
+                        .push(format!("{kind} chunks {expected_next}..{want} are missing"));
+                }
+            } else if kind == FileKind::Main && entry.kind == EntryKind::Database {
+                audit
+                    .problems
+                    .push("the database's metadata is missing".to_owned());
+            }
+        }
+        Ok(Some(audit))
+    }
+
+    /// The stored size of database `name`'s main file.
+    pub(crate) fn file_size(&self, name: &str) -> Result<Option<u64>> {
+        let Some(entry) = self.kv.lookup(name)? else {
+            return Ok(None);
+        };
+        if let Some(inode) = self.live_inode(entry.id, FileKind::Main) {
+            return Ok(Some(inode.size()));
+        }
+        Ok(self
+            .kv
+            .read_meta(entry.id, FileKind::Main)?
+            .map(|m| m.meta.size))
+    }
+
     fn live_inode(&self, id: DbId, kind: FileKind) -> Option<Arc<Inode>> {
         self.inodes.lock().get(&(id, kind)).and_then(Weak::upgrade)
     }
@@ -285,6 +372,20 @@ impl VfsState {
             .read_meta(entry.id, kind)?
             .is_some_and(|m| m.meta.size > 0))
     }
+}
+
+/// The result of [`VfsState::audit`]: what was checked and what was wrong.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Audit {
+    /// Records read (metadata and chunks).
+    pub records: u64,
+    /// Chunks whose checksum verified.
+    pub chunks: u64,
+    /// Stored bytes read.
+    pub bytes: u64,
+    /// Every problem found, described; empty when the database is sound.
+    pub problems: Vec<String>,
 }
 
 /// One open `sqlite3_file`.

@@ -1,0 +1,221 @@
+//! The `shoal` command: the mass-wake replay (`shoal wake`) and actor housekeeping.
+//!
+//! Errors print one line on stderr (`shoal: <what went wrong>`) and exit with status 1;
+//! a command given bad input writes nothing.
+
+mod plot;
+mod wake;
+mod workload;
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use shoal::rusqlite::fallible_iterator::FallibleIterator as _;
+use shoal::{Backing, Config, Store};
+
+/// Many SQLite databases, one per actor, in one shared key-value store.
+#[derive(Debug, Parser)]
+#[command(name = "shoal", version, about)]
+struct Cli {
+    /// The store directory.
+    #[arg(long, global = true, default_value = "./shoal-data")]
+    store: PathBuf,
+    /// Where actors live: kv (the shared store), files (one SQLite file per actor with
+    /// SQLite's defaults), files-tuned (one file per actor with shoal's pragmas).
+    #[arg(long, global = true, default_value = Backing::DEFAULT.as_str(), value_parser = Backing::parse)]
+    backing: Backing,
+    /// The process memory budget in MiB (kv cache, SQLite heap limit, awake actors).
+    #[arg(long, global = true, default_value_t = 256)]
+    budget_mb: u64,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Replay a mass wake: populate actors (once), wake them all at once, put them to
+    /// sleep, and report memory and wake latency.
+    Wake(wake::WakeArgs),
+    /// Populate actors for `wake` (run by `wake` in a child process).
+    #[command(hide = true)]
+    Populate(wake::PopulateArgs),
+    /// List actors.
+    Ls,
+    /// Store-wide statistics, or one actor's.
+    Stats {
+        /// An actor name.
+        name: Option<String>,
+    },
+    /// Write an actor to a standard SQLite file.
+    Export {
+        /// The actor.
+        name: String,
+        /// The file to create (must not exist).
+        file: PathBuf,
+    },
+    /// Create an actor from a SQLite file.
+    Import {
+        /// The SQLite database file.
+        file: PathBuf,
+        /// The new actor's name (must not exist).
+        name: String,
+    },
+    /// Delete an actor.
+    Rm {
+        /// The actor.
+        name: String,
+    },
+    /// Check an actor (or every actor): integrity_check and a checksum audit.
+    Check {
+        /// An actor name.
+        name: Option<String>,
+    },
+    /// Run SQL statements on an actor and print result rows, tab-separated.
+    Sql {
+        /// The actor (must exist).
+        name: String,
+        /// One or more SQL statements.
+        statements: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("shoal: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn config(cli: &Cli) -> Config {
+    Config {
+        backing: cli.backing,
+        memory_budget: cli.budget_mb << 20,
+        ..Config::default()
+    }
+}
+
+fn open_existing(cli: &Cli) -> anyhow::Result<Store> {
+    Ok(Store::open_existing(&cli.store, config(cli))?)
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let mut out = std::io::stdout().lock();
+    match &cli.command {
+        Command::Wake(args) => wake::wake(&cli.store, config(&cli), args)?,
+        Command::Populate(args) => wake::populate(&cli.store, config(&cli), args)?,
+        Command::Ls => {
+            for name in open_existing(&cli)?.list_actors()? {
+                writeln!(out, "{name}")?;
+            }
+        }
+        Command::Stats { name: Some(name) } => {
+            let store = open_existing(&cli)?;
+            let s = store.actor_stats(name)?;
+            writeln!(out, "actor\t{}\nsize_bytes\t{}", s.name, s.size)?;
+            if let Some(io) = s.io {
+                for field in io.to_string().split(' ') {
+                    writeln!(out, "{}", field.replacen('=', "\t", 1))?;
+                }
+            }
+        }
+        Command::Stats { name: None } => {
+            let store = open_existing(&cli)?;
+            let actors = store.list_actors()?;
+            writeln!(
+                out,
+                "backing\t{}\nactors\t{}",
+                store.backing().as_str(),
+                actors.len()
+            )?;
+            #[cfg(feature = "kv-vfs")]
+            if let Some(vfs) = store.vfs() {
+                let kv = vfs.kv().stats()?;
+                writeln!(
+                    out,
+                    "kv_keys\t{}\nkv_logical_bytes\t{}\nkv_disk_bytes\t{}\nkv_cache_capacity\t{}",
+                    kv.keys, kv.logical_bytes, kv.disk_bytes, kv.cache_capacity
+                )?;
+            }
+        }
+        Command::Export { name, file } => {
+            open_existing(&cli)?.export_actor(name, file)?;
+        }
+        Command::Import { file, name } => {
+            shoal::validate_actor_name(name)?;
+            std::fs::metadata(file).with_context(|| format!("cannot read {}", file.display()))?;
+            Store::open(&cli.store, config(&cli))?.import_actor(file, name)?;
+        }
+        Command::Rm { name } => open_existing(&cli)?.delete_actor(name)?,
+        Command::Check { name } => {
+            let store = open_existing(&cli)?;
+            let names = match name {
+                Some(n) => vec![n.clone()],
+                None => store.list_actors()?,
+            };
+            let mut bad = 0;
+            for n in &names {
+                let report = store.check_actor(n)?;
+                if report.is_ok() {
+                    let audited = report
+                        .audit
+                        .map(|a| format!(", {} chunks verified", a.chunks))
+                        .unwrap_or_default();
+                    writeln!(out, "{n}: ok{audited}")?;
+                } else {
+                    bad += 1;
+                    let problems = report
+                        .integrity
+                        .iter()
+                        .filter(|l| *l != "ok")
+                        .cloned()
+                        .chain(report.audit.into_iter().flat_map(|a| a.problems))
+                        .collect::<Vec<_>>();
+                    writeln!(out, "{n}: {}", problems.join("; "))?;
+                }
+            }
+            if bad > 0 {
+                bail!("{bad} of {} actors failed the check", names.len());
+            }
+        }
+        Command::Sql { name, statements } => {
+            let store = open_existing(&cli)?;
+            if !store.actor_exists(name)? {
+                bail!("no actor named {name:?}");
+            }
+            let actor = store.actor(name)?;
+            let mut batch = rusqlite::Batch::new(&actor, statements);
+            while let Some(mut stmt) = batch.next()? {
+                let columns = stmt.column_count();
+                let mut rows = stmt.raw_query();
+                while let Some(row) = rows.next()? {
+                    let cells = (0..columns)
+                        .map(|i| row.get_ref(i).map(render))
+                        .collect::<rusqlite::Result<Vec<_>>>()?;
+                    writeln!(out, "{}", cells.join("\t"))?;
+                }
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn render(v: rusqlite::types::ValueRef<'_>) -> String {
+    use rusqlite::types::ValueRef;
+    match v {
+        ValueRef::Null => "NULL".into(),
+        ValueRef::Integer(i) => i.to_string(),
+        ValueRef::Real(f) => f.to_string(),
+        ValueRef::Text(t) => String::from_utf8_lossy(t).into_owned(),
+        ValueRef::Blob(b) => format!(
+            "x'{}'",
+            b.iter().map(|x| format!("{x:02x}")).collect::<String>()
+        ),
+    }
+}

@@ -1,0 +1,402 @@
+//! `shoal wake`: the mass wake that made this project necessary, replayed and measured.
+//!
+//! Population runs once per store and backing, in a child process (`shoal populate`), so
+//! the measuring process starts clean: its baseline is a store opened and idle, its
+//! spike is every actor awake at once, its post-sleep figure is after all of them were put
+//! to sleep. RSS is what the kernel reports (allocator, SQLite, sled, everything), sampled
+//! every 10 ms for the peak and the plot.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::Args;
+use hdrhistogram::Histogram;
+use indicatif::{ProgressBar, ProgressStyle};
+use shoal::{Backing, Config, Durability, MemoryReport, Store};
+
+use crate::{plot, workload};
+
+#[derive(Debug, Args)]
+pub struct WakeArgs {
+    /// How many actors wake at once.
+    #[arg(long, default_value_t = 1000)]
+    actors: usize,
+    /// Worker threads waking them.
+    #[arg(long, default_value_t = 8)]
+    concurrency: usize,
+    /// Transcript messages (about 1 KB each) per actor when populating.
+    #[arg(long, default_value_t = 250)]
+    messages: usize,
+    /// Other actors whose stored pages are read through the store before the baseline,
+    /// so the key-value layer is at its steady-state size (cache full) as in a process
+    /// that has been serving actors; 0 measures from a cold store.
+    #[arg(long, default_value_t = 300)]
+    warmup: usize,
+    /// Draw RSS over the run into this SVG file.
+    #[arg(long)]
+    plot: Option<PathBuf>,
+    /// Print one JSON object instead of the table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct PopulateArgs {
+    #[arg(long)]
+    actors: usize,
+    #[arg(long)]
+    messages: usize,
+    #[arg(long, default_value_t = 8)]
+    concurrency: usize,
+}
+
+pub fn actor_name(i: usize) -> String {
+    format!("actor-{i:05}")
+}
+
+/// The data a backing reads: `kv` in the kv store, both file backings the same files.
+fn data_kind(backing: Backing) -> &'static str {
+    match backing {
+        Backing::Files | Backing::FilesTuned => "files",
+        #[allow(unreachable_patterns)]
+        _ => "kv",
+    }
+}
+
+fn marker(dir: &Path, backing: Backing) -> PathBuf {
+    dir.join(format!("populated-{}", data_kind(backing)))
+}
+
+fn populated(dir: &Path, backing: Backing, actors: usize, messages: usize) -> bool {
+    std::fs::read_to_string(marker(dir, backing)).is_ok_and(|s| {
+        let mut it = s.split_whitespace().map(str::parse::<usize>);
+        matches!((it.next(), it.next()), (Some(Ok(a)), Some(Ok(m))) if a >= actors && m == messages)
+    })
+}
+
+/// Creates the actors `wake` needs (skipping those that exist), then writes the marker.
+pub fn populate(dir: &Path, mut config: Config, args: &PopulateArgs) -> anyhow::Result<()> {
+    config.durability = Durability::Relaxed;
+    config.max_awake = Some(args.concurrency.max(1) * 2);
+    let store = Store::open(dir, config)?;
+    let next = AtomicUsize::new(0);
+    let bar = progress(args.actors as u64, "populating");
+    std::thread::scope(|s| -> anyhow::Result<()> {
+        let workers: Vec<_> = (0..args.concurrency.max(1))
+            .map(|_| {
+                s.spawn(|| -> anyhow::Result<()> {
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        if i >= args.actors {
+                            return Ok(());
+                        }
+                        let name = actor_name(i);
+                        if !store.actor_exists(&name)? {
+                            let conn = store.open_actor(&name)?;
+                            workload::populate(&conn, args.messages, i as u64)
+                                .with_context(|| format!("populating {name}"))?;
+                        }
+                        bar.inc(1);
+                    }
+                })
+            })
+            .collect();
+        for w in workers {
+            w.join()
+                .map_err(|_| anyhow::anyhow!("a populating thread panicked"))??;
+        }
+        Ok(())
+    })?;
+    bar.finish_and_clear();
+    std::fs::write(
+        marker(dir, store.backing()),
+        format!("{} {}\n", args.actors, args.messages),
+    )?;
+    Ok(())
+}
+
+fn progress(len: u64, what: &str) -> ProgressBar {
+    let bar = ProgressBar::new(len);
+    bar.set_style(
+        ProgressStyle::with_template("{msg:>10} [{bar:40}] {pos}/{len} ({per_sec}, eta {eta})")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    bar.set_message(what.to_owned());
+    bar
+}
+
+/// RSS sampled every 10 ms on a background thread.
+struct Sampler {
+    samples: Arc<Mutex<Vec<(f64, u64)>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Sampler {
+    fn start() -> Sampler {
+        let samples = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = std::thread::spawn({
+            let (samples, stop) = (Arc::clone(&samples), Arc::clone(&stop));
+            move || {
+                let t0 = Instant::now();
+                while !stop.load(Ordering::Relaxed) {
+                    if let (Some(rss), Ok(mut s)) = (shoal::memory::rss_kb(), samples.lock()) {
+                        s.push((t0.elapsed().as_secs_f64(), rss));
+                    }
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            }
+        });
+        Sampler {
+            samples,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn finish(mut self) -> Vec<(f64, u64)> {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        self.samples.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+}
+
+/// Reads every stored page of the actors in `range` through the store (not through
+/// SQLite), as a process that has served other actors already would have; returns the
+/// bytes read.
+fn warm_up(store: &Store, range: std::ops::Range<usize>) -> anyhow::Result<u64> {
+    let mut bytes = 0;
+    for i in range {
+        let name = actor_name(i);
+        #[cfg(feature = "kv-vfs")]
+        if let Some(vfs) = store.vfs() {
+            let audit = vfs
+                .audit(&name)?
+                .with_context(|| format!("warm-up actor {name} is missing"))?;
+            bytes += audit.bytes;
+            continue;
+        }
+        bytes += std::fs::read(store.dir().join("actors").join(format!("{name}.db")))
+            .with_context(|| format!("reading warm-up actor {name}"))?
+            .len() as u64;
+    }
+    Ok(bytes)
+}
+
+struct Phase {
+    name: &'static str,
+    at: f64,
+    report: MemoryReport,
+}
+
+pub fn wake(dir: &Path, config: Config, args: &WakeArgs) -> anyhow::Result<()> {
+    if args.actors == 0 {
+        bail!("--actors must be at least 1");
+    }
+    let backing = config.backing;
+    let total = args.actors + args.warmup;
+    if !populated(dir, backing, total, args.messages) {
+        let exe = std::env::current_exe().context("cannot find the shoal executable")?;
+        let status = std::process::Command::new(exe)
+            .arg("--store")
+            .arg(dir)
+            .args(["--backing", backing.as_str(), "--budget-mb"])
+            .arg((config.memory_budget >> 20).to_string())
+            .args(["populate", "--actors", &total.to_string()])
+            .args(["--messages", &args.messages.to_string()])
+            .args(["--concurrency", &args.concurrency.to_string()])
+            .status()
+            .context("cannot start the populating process")?;
+        if !status.success() {
+            bail!("populating the store failed ({status})");
+        }
+    }
+
+    let budget_mb = config.memory_budget >> 20;
+    let store = Store::open(
+        dir,
+        Config {
+            max_awake: Some(args.actors),
+            max_waking: args.concurrency.max(1),
+            ..config
+        },
+    )?;
+    let sampler = Sampler::start();
+    let t0 = Instant::now();
+    std::thread::sleep(Duration::from_millis(100));
+    let cold = store.memory();
+    let warmed_bytes = warm_up(&store, args.actors..total)?;
+    std::thread::sleep(Duration::from_millis(100));
+    let mut phases = vec![Phase {
+        name: "baseline",
+        at: t0.elapsed().as_secs_f64(),
+        report: store.memory(),
+    }];
+
+    let latencies = Mutex::new(Histogram::<u64>::new(3)?);
+    let next = AtomicUsize::new(0);
+    let bar = progress(args.actors as u64, "waking");
+    let wake_started = Instant::now();
+    std::thread::scope(|s| -> anyhow::Result<()> {
+        let workers: Vec<_> = (0..args.concurrency.max(1))
+            .map(|_| {
+                s.spawn(|| -> anyhow::Result<()> {
+                    let mut local = Histogram::<u64>::new(3)?;
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        if i >= args.actors {
+                            break;
+                        }
+                        let name = actor_name(i);
+                        let started = Instant::now();
+                        let actor = store.actor(&name)?;
+                        workload::open_task_detail(&actor, 1_800_000_000 + i as i64)
+                            .with_context(|| format!("waking {name}"))?;
+                        drop(actor);
+                        local.record(
+                            u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+                        )?;
+                        bar.inc(1);
+                    }
+                    latencies
+                        .lock()
+                        .map_err(|_| anyhow::anyhow!("poisoned"))?
+                        .add(&local)?;
+                    Ok(())
+                })
+            })
+            .collect();
+        for w in workers {
+            w.join()
+                .map_err(|_| anyhow::anyhow!("a waking thread panicked"))??;
+        }
+        Ok(())
+    })?;
+    let wake_seconds = wake_started.elapsed().as_secs_f64();
+    bar.finish_and_clear();
+    phases.push(Phase {
+        name: "spike",
+        at: t0.elapsed().as_secs_f64(),
+        report: store.memory(),
+    });
+    store.sleep_all();
+    std::thread::sleep(Duration::from_millis(100));
+    phases.push(Phase {
+        name: "post-sleep",
+        at: t0.elapsed().as_secs_f64(),
+        report: store.memory(),
+    });
+    let samples = sampler.finish();
+    let peak_kb = samples
+        .iter()
+        .map(|(_, kb)| *kb)
+        .chain(phases.iter().map(|p| p.report.rss_kb))
+        .max()
+        .unwrap_or(0);
+
+    let hist = latencies
+        .into_inner()
+        .map_err(|_| anyhow::anyhow!("poisoned"))?;
+    let [baseline, spike, post] = [&phases[0], &phases[1], &phases[2]].map(|p| &p.report);
+    let per_actor_kb = spike.rss_kb.saturating_sub(baseline.rss_kb) as f64 / args.actors as f64;
+    if args.json {
+        let json = serde_json::json!({
+            "backing": backing.as_str(),
+            "actors": args.actors,
+            "concurrency": args.concurrency,
+            "messages": args.messages,
+            "budget_mb": budget_mb,
+            "warmup_actors": args.warmup,
+            "warmup_bytes_read": warmed_bytes,
+            "cold_rss_kb": cold.rss_kb,
+            "baseline_rss_kb": baseline.rss_kb,
+            "spike_rss_kb": spike.rss_kb,
+            "peak_rss_kb": peak_kb,
+            "post_sleep_rss_kb": post.rss_kb,
+            "peak_growth_kb": peak_kb.saturating_sub(baseline.rss_kb),
+            "peak_growth_from_cold_kb": peak_kb.saturating_sub(cold.rss_kb),
+            "per_actor_kb": (per_actor_kb * 10.0).round() / 10.0,
+            "awake_at_spike": spike.awake,
+            "sqlite_heap_baseline_kb": baseline.sqlite_heap / 1024,
+            "sqlite_heap_spike_kb": spike.sqlite_heap / 1024,
+            "sqlite_heap_post_sleep_kb": post.sqlite_heap / 1024,
+            "kv_cache_capacity_kb": spike.kv_cache_capacity / 1024,
+            "wake_p50_us": hist.value_at_quantile(0.5),
+            "wake_p99_us": hist.value_at_quantile(0.99),
+            "wake_max_us": hist.max(),
+            "wake_seconds": (wake_seconds * 1000.0).round() / 1000.0,
+        });
+        println!("{json}");
+    } else {
+        let mb = |kb: u64| kb as f64 / 1024.0;
+        println!(
+            "shoal wake: backing {}, {} actors, concurrency {}, {} messages each, budget {budget_mb} MiB",
+            backing.as_str(),
+            args.actors,
+            args.concurrency,
+            args.messages
+        );
+        println!(
+            "cold store: RSS {:.1} MB; warm-up read {:.1} MB of {} other actors' pages through the store",
+            mb(cold.rss_kb),
+            warmed_bytes as f64 / (1 << 20) as f64,
+            args.warmup
+        );
+        println!(
+            "{:<11} {:>6} {:>12} {:>12} {:>10} {:>9} {:>10} {:>10}",
+            "phase", "awake", "sqlite heap", "kv cache", "RSS", "KB/actor", "wake p50", "wake p99"
+        );
+        for p in &phases {
+            let r = &p.report;
+            let (per, p50, p99) = if p.name == "spike" {
+                (
+                    format!("{per_actor_kb:.1}"),
+                    format!("{} us", hist.value_at_quantile(0.5)),
+                    format!("{} us", hist.value_at_quantile(0.99)),
+                )
+            } else {
+                ("-".into(), "-".into(), "-".into())
+            };
+            println!(
+                "{:<11} {:>6} {:>9.1} MB {:>9.1} MB {:>7.1} MB {:>9} {:>10} {:>10}",
+                p.name,
+                r.awake,
+                mb(u64::try_from(r.sqlite_heap).unwrap_or(0) / 1024),
+                mb(r.kv_cache_capacity / 1024),
+                mb(r.rss_kb),
+                per,
+                p50,
+                p99
+            );
+        }
+        println!(
+            "peak RSS {:.1} MB ({:+.1} MB over baseline, {:+.1} MB over the cold store); all {} actors woke in {wake_seconds:.2} s",
+            mb(peak_kb),
+            mb(peak_kb.saturating_sub(baseline.rss_kb)),
+            mb(peak_kb.saturating_sub(cold.rss_kb)),
+            args.actors
+        );
+    }
+    if let Some(path) = &args.plot {
+        let marks: Vec<(f64, &str)> = phases.iter().map(|p| (p.at, p.name)).collect();
+        plot::rss(
+            path,
+            &samples,
+            &marks,
+            &format!(
+                "shoal wake: {} actors, backing {}",
+                args.actors,
+                backing.as_str()
+            ),
+        )
+        .with_context(|| format!("cannot draw {}", path.display()))?;
+    }
+    Ok(())
+}

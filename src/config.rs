@@ -1,0 +1,163 @@
+//! How a [`crate::Store`] is opened: the backing, the one memory budget, and the
+//! connection tuning derived from it.
+
+use std::time::Duration;
+
+/// Where actor databases live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backing {
+    /// Pages in the shared key-value store, through the shoal VFS (feature `kv-vfs`).
+    #[cfg(feature = "kv-vfs")]
+    Kv,
+    /// One plain SQLite file per actor with SQLite's defaults: what a user does today.
+    Files,
+    /// One plain file per actor with the same pragmas as `Kv` actors, so the VFS's own
+    /// effect can be told apart from pragma tuning.
+    FilesTuned,
+}
+
+impl Backing {
+    /// The default backing of this build: `Kv` with feature `kv-vfs`, else `Files`.
+    pub const DEFAULT: Backing = {
+        #[cfg(feature = "kv-vfs")]
+        {
+            Backing::Kv
+        }
+        #[cfg(not(feature = "kv-vfs"))]
+        {
+            Backing::Files
+        }
+    };
+
+    /// The name used on the command line and in reports.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            #[cfg(feature = "kv-vfs")]
+            Backing::Kv => "kv",
+            Backing::Files => "files",
+            Backing::FilesTuned => "files-tuned",
+        }
+    }
+
+    /// Parses `kv`, `files` or `files-tuned`; `kv` fails without feature `kv-vfs`.
+    pub fn parse(s: &str) -> Result<Backing, String> {
+        match s {
+            #[cfg(feature = "kv-vfs")]
+            "kv" => Ok(Backing::Kv),
+            #[cfg(not(feature = "kv-vfs"))]
+            "kv" => Err("this build has no kv backing (built without feature kv-vfs)".into()),
+            "files" => Ok(Backing::Files),
+            "files-tuned" => Ok(Backing::FilesTuned),
+            other => Err(format!(
+                "unknown backing {other:?} (expected kv, files or files-tuned)"
+            )),
+        }
+    }
+
+    /// Whether actor connections get shoal's tuning (small cache, mmap reads, no
+    /// lookaside, a soft heap limit).
+    pub fn tuned(self) -> bool {
+        self != Backing::Files
+    }
+}
+
+impl Default for Backing {
+    fn default() -> Backing {
+        Backing::DEFAULT
+    }
+}
+
+/// How long a commit waits before it returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// Durable when the commit returns (kv: a shared flush; files: synchronous=FULL).
+    #[default]
+    Full,
+    /// Never torn, possibly lost if the machine fails within the flush interval (kv: the
+    /// atomic batch is applied and flushed within 500 ms; files: synchronous=NORMAL).
+    Relaxed,
+}
+
+/// Tuning of each actor connection.
+#[derive(Debug, Clone)]
+pub struct ActorTuning {
+    /// Page-cache size per connection, in pages (`PRAGMA cache_size`).
+    pub cache_pages: u32,
+    /// `PRAGMA mmap_size`: with the kv backing, any value above 0 makes SQLite read pages
+    /// through xFetch (the store's buffers, no copy) up to this offset.
+    pub mmap_size: u64,
+    /// Lookaside slots per connection (0 disables lookaside: it preallocates memory per
+    /// connection that a mostly idle actor never uses).
+    pub lookaside_slots: u32,
+    /// Bytes per lookaside slot.
+    pub lookaside_slot_size: u32,
+    /// How long a connection waits for a lock before SQLITE_BUSY.
+    pub busy_timeout: Duration,
+}
+
+impl Default for ActorTuning {
+    fn default() -> ActorTuning {
+        ActorTuning {
+            cache_pages: 32,
+            mmap_size: 1 << 30,
+            lookaside_slots: 0,
+            lookaside_slot_size: 0,
+            busy_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// How to open a store.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where actor databases live.
+    pub backing: Backing,
+    /// The process-wide memory budget in bytes. It is split: a quarter for the kv's
+    /// cache, half as SQLite's soft heap limit (page caches give memory back past it),
+    /// and the rest for awake connections (see [`Config::max_awake`]).
+    pub memory_budget: u64,
+    /// Most actor connections kept awake; past it the least recently used idle actors
+    /// are put to sleep (closed). `None` derives it from the budget (32 KiB each).
+    pub max_awake: Option<usize>,
+    /// Most actors waking (opening) at the same moment; more wait their turn.
+    pub max_waking: usize,
+    /// Durability of commits.
+    pub durability: Durability,
+    /// Per-connection tuning (not applied to [`Backing::Files`], which keeps SQLite's
+    /// defaults on purpose).
+    pub actor: ActorTuning,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            backing: Backing::default(),
+            memory_budget: 256 << 20,
+            max_awake: None,
+            max_waking: std::thread::available_parallelism().map_or(4, |n| n.get() * 2),
+            durability: Durability::Full,
+            actor: ActorTuning::default(),
+        }
+    }
+}
+
+impl Config {
+    /// Bytes of the budget given to the key-value store's cache.
+    pub fn kv_cache_bytes(&self) -> u64 {
+        (self.memory_budget / 4).max(4 << 20)
+    }
+
+    /// SQLite's soft heap limit: half the budget.
+    pub fn sqlite_heap_limit(&self) -> u64 {
+        self.memory_budget / 2
+    }
+
+    /// The awake-connection bound in force.
+    pub fn max_awake(&self) -> usize {
+        self.max_awake.unwrap_or_else(|| {
+            usize::try_from(self.memory_budget / 4 / (32 << 10))
+                .unwrap_or(usize::MAX)
+                .max(16)
+        })
+    }
+}

@@ -1,0 +1,88 @@
+//! The facade's error type: one variant per thing a caller can act on.
+
+use std::path::PathBuf;
+
+/// Result alias for the facade.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What can go wrong opening a store or using an actor.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The actor name is not acceptable.
+    #[error("invalid actor name {name:?}: {reason}")]
+    InvalidName {
+        /// The name, shortened for the message.
+        name: String,
+        /// Why it is refused.
+        reason: &'static str,
+    },
+    /// No actor of that name exists.
+    #[error("no actor named {0:?}")]
+    NoSuchActor(String),
+    /// An actor of that name exists already.
+    #[error("an actor named {0:?} already exists")]
+    ActorExists(String),
+    /// The actor has a connection checked out.
+    #[error("actor {0:?} is in use; finish with it first")]
+    ActorInUse(String),
+    /// The store directory is locked by another open store.
+    #[error("the store at {} is already open in another process", path.display())]
+    StoreLocked {
+        /// The store directory.
+        path: PathBuf,
+    },
+    /// There is no store at the path (for operations that must not create one).
+    #[error("no store at {}", path.display())]
+    NoStore {
+        /// The path looked at.
+        path: PathBuf,
+    },
+    /// A file to import is not a SQLite database.
+    #[error("{} is not a SQLite database: {reason}", path.display())]
+    NotSqlite {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A file to write exists already.
+    #[error("{} already exists; refusing to overwrite it", path.display())]
+    FileExists {
+        /// The file.
+        path: PathBuf,
+    },
+    /// A file-system operation failed.
+    #[error("{what} {}: {source}", path.display())]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// The path involved.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// This build was compiled without the backing asked for.
+    #[error("{0}")]
+    Unsupported(String),
+    /// SQLite failed.
+    #[error(transparent)]
+    Sqlite(#[from] rusqlite::Error),
+    /// The key-value layer failed.
+    #[error(transparent)]
+    Kv(#[from] shoal_kv::Error),
+    /// The VFS failed.
+    #[error(transparent)]
+    Vfs(#[from] shoal_vfs::Error),
+}
+
+impl Error {
+    pub(crate) fn io(
+        what: &'static str,
+        path: impl Into<PathBuf>,
+    ) -> impl FnOnce(std::io::Error) -> Error {
+        let path = path.into();
+        move |source| Error::Io { what, path, source }
+    }
+}

@@ -1,0 +1,90 @@
+//! Actor names. Stricter than the catalog (which takes any string without NUL), because
+//! the same name must also be a safe file name for the file-per-actor backing and must
+//! never be mistaken for a path: no separators, no leading dot, nothing SQLite derives.
+
+use crate::error::{Error, Result};
+
+/// Longest accepted actor name, in bytes.
+pub const MAX_ACTOR_NAME: usize = 200;
+
+/// Checks an actor name: 1 to 200 bytes of ASCII letters, digits and `. _ - : @ + =`,
+/// not starting with `.` or `-`, and not ending like a file SQLite derives from a
+/// database name (`-journal`, `-wal`, `-shm`, `-mj` and nine hex digits).
+pub fn validate_actor_name(name: &str) -> Result<()> {
+    let reason = if name.is_empty() {
+        Some("the name is empty")
+    } else if name.len() > MAX_ACTOR_NAME {
+        Some("the name is longer than 200 bytes")
+    } else if name.contains('\0') {
+        Some("the name contains a NUL byte")
+    } else if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b".:_-@+=".contains(&b))
+    {
+        Some("only ASCII letters, digits and . _ - : @ + = are allowed (no '/', no spaces)")
+    } else if name.starts_with('.') || name.starts_with('-') {
+        Some("the name may not start with '.' or '-'")
+    } else if ["-journal", "-wal", "-shm"]
+        .iter()
+        .any(|s| name.ends_with(s))
+        || is_super_journal(name)
+    {
+        Some("names ending like SQLite's own files (-journal, -wal, -shm, -mj...) are reserved")
+    } else {
+        None
+    };
+    match reason {
+        None => Ok(()),
+        Some(reason) => Err(Error::InvalidName {
+            name: name
+                .chars()
+                .take(64)
+                .collect::<String>()
+                .replace('\0', "\\0"),
+            reason,
+        }),
+    }
+}
+
+fn is_super_journal(name: &str) -> bool {
+    let Some(at) = name.len().checked_sub(12) else {
+        return false;
+    };
+    matches!((name.get(at..at + 3), name.get(at + 3..)),
+        (Some("-mj"), Some(d)) if d.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hostile_names_are_refused_with_a_reason() {
+        for bad in [
+            "",
+            "../x",
+            "/etc/passwd",
+            "a/b",
+            "a\0b",
+            ".hidden",
+            "-flag",
+            "with space",
+            "x-journal",
+            "x-wal",
+            "x-mj0123459AB",
+            "ünïcode",
+        ] {
+            let err = validate_actor_name(bad).unwrap_err();
+            assert!(matches!(err, Error::InvalidName { .. }), "{bad:?}");
+        }
+        assert!(validate_actor_name(&"a".repeat(MAX_ACTOR_NAME + 1)).is_err());
+        for good in [
+            "task-42",
+            "user@team:7",
+            "a.b_c+d=e",
+            &"a".repeat(MAX_ACTOR_NAME),
+        ] {
+            validate_actor_name(good).unwrap();
+        }
+    }
+}
