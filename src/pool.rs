@@ -189,6 +189,36 @@ mod tests {
     }
 
     #[test]
+    fn no_more_than_max_waking_actors_open_at_once() {
+        use std::sync::atomic::AtomicUsize;
+        let pool = Pool::new(100, 2);
+        let (now, most) = (AtomicUsize::new(0), AtomicUsize::new(0));
+        std::thread::scope(|s| {
+            for i in 0..8 {
+                let (pool, now, most) = (&pool, &now, &most);
+                s.spawn(move || {
+                    let (c, _) = pool
+                        .checkout(&format!("a{i}"), || {
+                            let n = now.fetch_add(1, Ordering::SeqCst) + 1;
+                            most.fetch_max(n, Ordering::SeqCst);
+                            std::thread::sleep(std::time::Duration::from_millis(20));
+                            now.fetch_sub(1, Ordering::SeqCst);
+                            mem()
+                        })
+                        .unwrap();
+                    pool.checkin(&format!("a{i}"), c);
+                });
+            }
+        });
+        assert!(
+            most.load(Ordering::SeqCst) <= 2,
+            "{} opened at once",
+            most.load(Ordering::SeqCst)
+        );
+        assert_eq!(pool.awake(), 8);
+    }
+
+    #[test]
     fn a_second_idle_connection_to_one_actor_is_closed() {
         let pool = Pool::new(10, 2);
         let (a1, _) = pool.checkout("a", mem).unwrap();
