@@ -1,0 +1,346 @@
+//! Crash harness: a child process runs random transactions over 100 actors and reports
+//! each acknowledged commit on its stdout; the parent kills it with SIGKILL at a random
+//! moment, reopens the store and checks that
+//! - every actor passes `PRAGMA integrity_check` and the checksum audit of every stored
+//!   record;
+//! - no transaction is partly visible (each writes a marker row with its row count plus
+//!   that many data rows, or deletes both an old marker and its rows);
+//! - with full durability, every acknowledged commit is there (the one transaction in
+//!   flight at the kill may or may not be);
+//! - with relaxed durability, what survived is a prefix of each actor's acknowledged
+//!   commits (acknowledged but unflushed commits may be lost, never torn, never reordered).
+//!
+//! The child is this same test binary, re-run with `SHOAL_CRASH_CHILD` set. CI runs 50
+//! kill cycles per durability mode; `SHOAL_CRASH_CYCLES=1000 cargo test --release --test
+//! crash` is the long mode (docs/BENCHMARKS.md records a run).
+#![allow(clippy::unwrap_used, clippy::indexing_slicing, clippy::expect_used)]
+
+use std::collections::{BTreeSet, HashMap};
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use shoal::{Config, Durability, Store};
+
+const ACTORS: usize = 100;
+
+fn actor(i: usize) -> String {
+    format!("a{i:03}")
+}
+
+fn config(durability: Durability) -> Config {
+    Config {
+        durability,
+        memory_budget: 64 << 20,
+        max_awake: Some(ACTORS),
+        ..Config::default()
+    }
+}
+
+fn durability_from_env() -> Durability {
+    match std::env::var("SHOAL_CRASH_DURABILITY").as_deref() {
+        Ok("relaxed") => Durability::Relaxed,
+        _ => Durability::Full,
+    }
+}
+
+/// The child: random transactions until killed, one stdout line per acknowledged commit:
+/// `ins <actor> <txid> <path>` or `del <actor> <txid> <path>` (path: `b` batch, `j` journal).
+#[test]
+fn crash_child() {
+    let Ok(dir) = std::env::var("SHOAL_CRASH_CHILD") else {
+        return; // only runs as the child of `crash_cycles_*`
+    };
+    let base: i64 = std::env::var("SHOAL_CRASH_BASE").unwrap().parse().unwrap();
+    let seed: u64 = std::env::var("SHOAL_CRASH_SEED").unwrap().parse().unwrap();
+    let store = Store::open(&dir, config(durability_from_env())).unwrap();
+    let mut out = std::io::stdout().lock();
+    for i in 0..ACTORS {
+        store
+            .with_actor(&actor(i), |c| {
+                c.execute_batch(
+                    "CREATE TABLE IF NOT EXISTS txlog(txid INTEGER PRIMARY KEY, n INTEGER NOT NULL);
+                     CREATE TABLE IF NOT EXISTS data(txid INTEGER NOT NULL, k INTEGER NOT NULL, v BLOB);
+                     CREATE INDEX IF NOT EXISTS data_by_txid ON data(txid);",
+                )
+            })
+            .unwrap();
+    }
+    writeln!(out, "ready").unwrap();
+    out.flush().unwrap();
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let vfs = store
+        .vfs()
+        .expect("the crash harness runs on the kv backing");
+    for txid in base.. {
+        let i = rng.usize(0..ACTORS);
+        let name = actor(i);
+        let journal_before = vfs
+            .stats(&name)
+            .unwrap()
+            .unwrap_or_default()
+            .journal_commits;
+        let conn = store.actor(&name).unwrap();
+        let roll = rng.u32(0..100);
+        let line = if roll < 12 {
+            // Delete the oldest transaction: its marker and all its rows, atomically.
+            let oldest: Option<i64> = conn
+                .query_row("SELECT min(txid) FROM txlog", [], |r| r.get(0))
+                .unwrap();
+            let Some(old) = oldest else { continue };
+            conn.execute_batch(&format!(
+                "BEGIN; DELETE FROM data WHERE txid = {old}; DELETE FROM txlog WHERE txid = {old}; COMMIT;"
+            ))
+            .unwrap();
+            format!("del {i} {old}")
+        } else {
+            // Small transactions take the atomic-batch path; one in ten writes ~300 KB,
+            // more than the page cache holds, and takes the journal path.
+            let (n, size) = if roll < 22 {
+                (300, 1000)
+            } else {
+                (rng.usize(1..6), 100)
+            };
+            let tx = conn.unchecked_transaction().unwrap();
+            tx.execute("INSERT INTO txlog VALUES (?1, ?2)", (txid, n as i64))
+                .unwrap();
+            for k in 0..n {
+                tx.execute(
+                    "INSERT INTO data VALUES (?1, ?2, randomblob(?3))",
+                    (txid, k as i64, size as i64),
+                )
+                .unwrap();
+            }
+            tx.commit().unwrap();
+            format!("ins {i} {txid}")
+        };
+        drop(conn);
+        let journaled = vfs
+            .stats(&name)
+            .unwrap()
+            .unwrap_or_default()
+            .journal_commits
+            > journal_before;
+        writeln!(out, "{line} {}", if journaled { "j" } else { "b" }).unwrap();
+        out.flush().unwrap();
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Event {
+    Insert(i64),
+    Delete(i64),
+}
+
+/// The acknowledged history, per actor: the state last verified plus events since.
+#[derive(Default)]
+struct Model {
+    base: HashMap<usize, BTreeSet<i64>>,
+    events: HashMap<usize, Vec<Event>>,
+}
+
+fn apply(mut set: BTreeSet<i64>, events: &[Event]) -> BTreeSet<i64> {
+    for e in events {
+        match e {
+            Event::Insert(t) => set.insert(*t),
+            Event::Delete(t) => set.remove(t),
+        };
+    }
+    set
+}
+
+#[derive(Default)]
+struct Totals {
+    acks: usize,
+    journal_acks: usize,
+    lost: usize,
+}
+
+/// Opens the store after a kill and checks every actor against the model; then makes
+/// what was found the model's new base.
+fn verify(
+    dir: &Path,
+    durability: Durability,
+    model: &mut Model,
+    cycle: usize,
+    totals: &mut Totals,
+) {
+    let store = Store::open(dir, config(durability)).unwrap();
+    let mut in_flight_seen = 0;
+    for i in 0..ACTORS {
+        let name = actor(i);
+        if !store.actor_exists(&name).unwrap() {
+            assert!(
+                model.events.get(&i).is_none_or(Vec::is_empty),
+                "cycle {cycle}: {name} vanished"
+            );
+            continue;
+        }
+        let report = store.check_actor(&name).unwrap();
+        assert!(
+            report.is_ok(),
+            "cycle {cycle}: {name} failed its check: {report:?}"
+        );
+        let actor = store.actor(&name).unwrap();
+        let Ok(markers) = actor
+            .prepare("SELECT txid, n FROM txlog")
+            .and_then(|mut s| {
+                s.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)))?
+                    .collect::<Result<Vec<_>, _>>()
+            })
+        else {
+            // The schema itself was in flight when the child was killed.
+            continue;
+        };
+        let counts: HashMap<i64, i64> = actor
+            .prepare("SELECT txid, count(*) FROM data GROUP BY txid")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        for (txid, n) in &markers {
+            assert_eq!(
+                counts.get(txid).copied().unwrap_or(0),
+                *n,
+                "cycle {cycle}: {name} tx {txid} is torn"
+            );
+        }
+        let found: BTreeSet<i64> = markers.iter().map(|(t, _)| *t).collect();
+        for txid in counts.keys() {
+            assert!(
+                found.contains(txid),
+                "cycle {cycle}: {name} has rows of tx {txid} without its marker"
+            );
+        }
+        let base = model.base.remove(&i).unwrap_or_default();
+        let events = model.events.remove(&i).unwrap_or_default();
+        let all = apply(base.clone(), &events);
+        let exact = found == all;
+        let one_off = found.symmetric_difference(&all).count() == 1;
+        match durability {
+            Durability::Full => {
+                // Only the single transaction in flight at the kill may differ.
+                assert!(
+                    exact || (one_off && in_flight_seen == 0),
+                    "cycle {cycle}: {name} lost acknowledged commits: found {found:?}, acknowledged {all:?}"
+                );
+                if !exact {
+                    in_flight_seen += 1;
+                }
+            }
+            Durability::Relaxed => {
+                let prefix = (0..=events.len()).rev().find(|k| {
+                    let state = apply(base.clone(), &events[..*k]);
+                    state == found || state.symmetric_difference(&found).count() == 1
+                });
+                assert!(
+                    prefix.is_some(),
+                    "cycle {cycle}: {name} is not a prefix of its commits: found {found:?}, base {base:?}, events {events:?}"
+                );
+                totals.lost += events.len() - prefix.unwrap_or(0);
+            }
+        }
+        model.base.insert(i, found);
+    }
+}
+
+fn run_cycles(durability: Durability, label: &str) {
+    let cycles: usize = std::env::var("SHOAL_CRASH_CYCLES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(50);
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("store");
+    let mut model = Model::default();
+    let mut totals = Totals::default();
+    let mut rng = fastrand::Rng::with_seed(0x5eed ^ cycles as u64);
+    let started = Instant::now();
+    for cycle in 0..cycles {
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "crash_child",
+                "--nocapture",
+                "--test-threads",
+                "1",
+            ])
+            .env("SHOAL_CRASH_CHILD", &dir)
+            .env("SHOAL_CRASH_BASE", ((cycle + 1) * 1_000_000).to_string())
+            .env("SHOAL_CRASH_SEED", rng.u64(..).to_string())
+            .env("SHOAL_CRASH_DURABILITY", label)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel::<String>();
+        let reader = std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        // Wait until the child is working, then let it run a random while.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) if line.ends_with("ready") => break,
+                Ok(_) => {} // the test harness's own lines
+                Err(e) => panic!("cycle {cycle}: the child never became ready: {e}"),
+            }
+        }
+        std::thread::sleep(Duration::from_millis(rng.u64(5..250)));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        reader.join().unwrap();
+        for line in rx.try_iter() {
+            let parts: Vec<&str> = line.split(' ').collect();
+            let (kind, i, txid, path) = match parts[..] {
+                [k, i, t, p] => (k, i.parse::<usize>().unwrap(), t.parse::<i64>().unwrap(), p),
+                _ => continue, // "running 1 test" and the like from the test harness
+            };
+            let event = if kind == "ins" {
+                Event::Insert(txid)
+            } else {
+                Event::Delete(txid)
+            };
+            model.events.entry(i).or_default().push(event);
+            totals.acks += 1;
+            totals.journal_acks += usize::from(path == "j");
+        }
+        verify(&dir, durability, &mut model, cycle, &mut totals);
+    }
+    println!(
+        "{label}: {cycles} kill cycles in {:.1} s, {} acknowledged commits ({} through the journal), {} acknowledged commits lost",
+        started.elapsed().as_secs_f64(),
+        totals.acks,
+        totals.journal_acks,
+        totals.lost
+    );
+    assert!(
+        totals.acks > cycles,
+        "the child did too little work to test anything"
+    );
+    assert!(
+        totals.journal_acks > 0,
+        "no journal-path commit was exercised"
+    );
+    if durability == Durability::Full {
+        assert_eq!(totals.lost, 0);
+    }
+}
+
+#[test]
+fn crash_cycles_full_durability() {
+    run_cycles(Durability::Full, "full");
+}
+
+#[test]
+fn crash_cycles_relaxed_durability() {
+    run_cycles(Durability::Relaxed, "relaxed");
+}
