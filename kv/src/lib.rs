@@ -2,7 +2,8 @@
 //!
 //! It knows nothing of SQLite. It offers:
 //! - [`KvStore`], the backend trait (ordered keys, refcounted values, atomic guarded
-//!   batches, flush), with [`SledKv`] (the default) and [`MemKv`] (the reference model);
+//!   batches, flush), with [`SledKv`] (the default), [`FjallKv`] (an LSM-tree whose memory
+//!   stays within its configured cache) and [`MemKv`] (the reference model);
 //! - [`keys`], the only place keys are built and parsed, and [`checksum`], the only place
 //!   values are sealed and verified;
 //! - [`Kv`], the shared handle: catalog of names, file records, and the
@@ -16,6 +17,7 @@
 pub mod checksum;
 mod error;
 mod faulty;
+mod fjall_kv;
 mod group_commit;
 pub mod keys;
 mod mem;
@@ -26,6 +28,7 @@ mod store;
 
 pub use error::{Error, Result};
 pub use faulty::{FaultMode, FaultOp, FaultyKv};
+pub use fjall_kv::{FjallConfig, FjallKv};
 pub use group_commit::{GroupCommitStats, GroupCommitter};
 pub use keys::{ChunkNo, DbId, FileKind, KeyRange};
 pub use mem::MemKv;

@@ -1,9 +1,10 @@
-//! `SledKv` held to the reference model `MemKv`: random sequences of puts, deletes,
-//! guarded batches, range deletes, gets, scans, flushes and reopens are applied to both,
-//! and every observable result must be identical. A reopen drops the `SledKv` and opens it
-//! again from the same directory (the model just stays), after which the full contents must
-//! still match. Keys come from a tiny alphabet so operations collide, ranges overlap and
-//! batches touch the same key several times.
+//! `SledKv` and `FjallKv` each held to the reference model `MemKv`: random sequences of
+//! puts, deletes, guarded batches, range deletes, gets, scans, flushes, seals and reopens
+//! are applied to the backend and the model, and every observable result must be identical.
+//! A reopen drops the backend and opens it again from the same directory (the model just
+//! stays), after which the full contents must still match. Keys come from a tiny alphabet
+//! so operations collide, ranges overlap and batches touch the same key several times (the
+//! empty key included, which fjall cannot store as such: `FjallKv` prefixes every key).
 
 #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
 
@@ -11,7 +12,9 @@ use bytes::Bytes;
 use proptest::collection::vec;
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
-use shoal_kv::{Batch, Entry, Error, KeyRange, KvStore, MemKv, SledConfig, SledKv};
+use shoal_kv::{
+    Batch, Entry, Error, FjallConfig, FjallKv, KeyRange, KvStore, MemKv, SledConfig, SledKv,
+};
 use tempfile::TempDir;
 
 /// Key bytes, including the extremes, so ranges with unbounded or `0xff` ends are hit.
@@ -23,7 +26,8 @@ fn key() -> impl Strategy<Value = Vec<u8>> {
 }
 
 /// Mostly tiny values drawn from few bytes (so guards can match by chance), sometimes
-/// values long enough that sled stores them out of line.
+/// values long enough that the backends store them out of line (sled past 22 bytes,
+/// fjall's `ByteView` past 20).
 fn value() -> impl Strategy<Value = Vec<u8>> {
     prop_oneof![
         3 => vec(0u8..3, 0..3),
@@ -69,6 +73,10 @@ enum Step {
     Get(Vec<u8>),
     Scan(KeyRange),
     Flush,
+    /// Moves the backend's buffered writes into its on-disk structures (fjall: seals the
+    /// memtable and writes it as a segment, so reads merge segments, tombstones and
+    /// compaction come into play; sled: nothing).
+    Seal,
     Reopen,
 }
 
@@ -99,6 +107,7 @@ fn step() -> impl Strategy<Value = Step> {
         4 => key().prop_map(Step::Get),
         3 => range().prop_map(Step::Scan),
         1 => Just(Step::Flush),
+        2 => Just(Step::Seal),
         1 => Just(Step::Reopen),
     ]
 }
@@ -131,40 +140,64 @@ fn scan_all(kv: &dyn KvStore, range: KeyRange) -> Result<Vec<Entry>, TestCaseErr
         .map_err(|e| TestCaseError::fail(format!("scan failed: {e}")))
 }
 
-/// A `SledKv` and the model, driven in lockstep.
-struct Pair {
+/// A persistent backend as the model test drives it.
+trait Persistent: KvStore + Sized {
+    fn open(dir: &TempDir) -> Self;
+    fn seal(&self);
+}
+
+impl Persistent for SledKv {
+    fn open(dir: &TempDir) -> SledKv {
+        open_sled(dir)
+    }
+
+    fn seal(&self) {}
+}
+
+impl Persistent for FjallKv {
+    fn open(dir: &TempDir) -> FjallKv {
+        open_fjall(dir)
+    }
+
+    fn seal(&self) {
+        self.seal_memtable().unwrap();
+    }
+}
+
+/// A persistent backend and the model, driven in lockstep.
+struct Pair<B: Persistent> {
     dir: TempDir,
-    sled: Option<SledKv>,
+    backend: Option<B>,
     model: MemKv,
 }
 
-impl Pair {
-    fn new() -> Pair {
+impl<B: Persistent> Pair<B> {
+    fn new() -> Pair<B> {
         let dir = tempfile::tempdir().unwrap();
-        let sled = Some(open_sled(&dir));
+        let backend = Some(B::open(&dir));
         Pair {
             dir,
-            sled,
+            backend,
             model: MemKv::new(),
         }
     }
 
-    fn sled(&self) -> &SledKv {
-        self.sled.as_ref().unwrap()
+    fn backend(&self) -> &B {
+        self.backend.as_ref().unwrap()
     }
 
     fn apply(&self, batch: Batch) -> Result<Applied, TestCaseError> {
-        let got = applied(self.sled().apply(batch.clone()))?;
+        let got = applied(self.backend().apply(batch.clone()))?;
         let want = applied(self.model.apply(batch.clone()))?;
         prop_assert_eq!(&got, &want, "apply of {:?}", batch);
         Ok(got)
     }
 
     fn same_contents(&self, when: &str) -> Result<(), TestCaseError> {
-        let got = scan_all(self.sled(), everything())?;
+        let got = scan_all(self.backend(), everything())?;
         let want = scan_all(&self.model, everything())?;
         prop_assert_eq!(got, want, "full contents {}", when);
-        let (got, want) = (self.sled().stats().unwrap(), self.model.stats().unwrap());
+        let (got, want) = (self.backend().stats().unwrap(), self.model.stats().unwrap());
         prop_assert_eq!(got.keys, want.keys, "key count {}", when);
         prop_assert_eq!(got.logical_bytes, want.logical_bytes, "bytes {}", when);
         Ok(())
@@ -211,35 +244,39 @@ impl Pair {
                     b.guard(key, expected);
                 }
                 let outcome = self.apply(b)?;
-                // The model agreeing with sled is not enough: both must also honour the
-                // guard (an empty value is a value, not an absence).
+                // The model agreeing with the backend is not enough: both must also honour
+                // the guard (an empty value is a value, not an absence).
                 if let Some(holds) = must_hold {
                     prop_assert_eq!(outcome == Applied::Ok, holds, "guard outcome");
                 }
             }
             Step::DeleteRange(r) => {
-                let got = applied(self.sled().delete_range(r.clone()))?;
+                let got = applied(self.backend().delete_range(r.clone()))?;
                 let want = applied(self.model.delete_range(r))?;
                 prop_assert_eq!(got, want);
             }
             Step::Get(k) => {
-                let got = self.sled().get(&k).unwrap();
+                let got = self.backend().get(&k).unwrap();
                 let want = self.model.get(&k).unwrap();
                 prop_assert_eq!(got, want, "get {:?}", k);
             }
             Step::Scan(r) => {
-                let got = scan_all(self.sled(), r.clone())?;
+                let got = scan_all(self.backend(), r.clone())?;
                 let want = scan_all(&self.model, r.clone())?;
                 prop_assert_eq!(got, want, "scan {:?}", r);
             }
             Step::Flush => {
-                self.sled().flush().unwrap();
+                self.backend().flush().unwrap();
                 self.model.flush().unwrap();
             }
+            Step::Seal => {
+                self.backend().seal();
+                self.same_contents("after sealing")?;
+            }
             Step::Reopen => {
-                // Drop first: sled holds a lock on its directory.
-                self.sled = None;
-                self.sled = Some(open_sled(&self.dir));
+                // Drop first: each backend holds a lock on its directory.
+                self.backend = None;
+                self.backend = Some(B::open(&self.dir));
                 self.same_contents("after reopen")?;
             }
         }
@@ -256,6 +293,25 @@ fn open_sled(dir: &TempDir) -> SledKv {
     .unwrap()
 }
 
+fn open_fjall(dir: &TempDir) -> FjallKv {
+    FjallKv::open(&FjallConfig {
+        path: dir.path().to_path_buf(),
+        cache_capacity: 256 << 10,
+        write_buffer: 1 << 20,
+        flush_every_ms: None,
+    })
+    .unwrap()
+}
+
+fn run_steps<B: Persistent>(steps: Vec<Step>) -> Result<(), TestCaseError> {
+    let mut pair = Pair::<B>::new();
+    for step in steps {
+        pair.run(step)?;
+    }
+    pair.same_contents("at the end")?;
+    pair.run(Step::Reopen)
+}
+
 proptest! {
     #![proptest_config(ProptestConfig {
         cases: 64,
@@ -264,12 +320,22 @@ proptest! {
 
     #[test]
     fn sled_matches_the_model(steps in vec(step(), 1..60)) {
-        let mut pair = Pair::new();
-        for step in steps {
-            pair.run(step)?;
-        }
-        pair.same_contents("at the end")?;
-        pair.run(Step::Reopen)?;
+        run_steps::<SledKv>(steps)?;
+    }
+
+}
+
+proptest! {
+    // Fewer cases: closing a `FjallKv` waits for fjall's monitor thread to wake from its
+    // 250 ms sleep, and a case closes the store about three times.
+    #![proptest_config(ProptestConfig {
+        cases: 24,
+        ..ProptestConfig::default()
+    })]
+
+    #[test]
+    fn fjall_matches_the_model(steps in vec(step(), 1..60)) {
+        run_steps::<FjallKv>(steps)?;
     }
 }
 
@@ -286,9 +352,11 @@ fn kv_bytes(pairs: &[(&[u8], &[u8])]) -> Vec<(Bytes, Bytes)> {
 #[test]
 fn batch_operations_apply_in_order() {
     let dir = tempfile::tempdir().unwrap();
+    let fjall_dir = tempfile::tempdir().unwrap();
     let sled = open_sled(&dir);
+    let fjall = open_fjall(&fjall_dir);
     let model = MemKv::new();
-    let backends: [&dyn KvStore; 2] = [&sled, &model];
+    let backends: [&dyn KvStore; 3] = [&sled, &fjall, &model];
     for kv in backends {
         let mut setup = Batch::new();
         setup
@@ -329,9 +397,11 @@ fn batch_operations_apply_in_order() {
 #[test]
 fn guards_distinguish_empty_from_absent() {
     let dir = tempfile::tempdir().unwrap();
+    let fjall_dir = tempfile::tempdir().unwrap();
     let sled = open_sled(&dir);
+    let fjall = open_fjall(&fjall_dir);
     let model = MemKv::new();
-    let backends: [&dyn KvStore; 2] = [&sled, &model];
+    let backends: [&dyn KvStore; 3] = [&sled, &fjall, &model];
     for kv in backends {
         let mut b = Batch::new();
         b.put(&b"x"[..], &b"1"[..])

@@ -1,7 +1,9 @@
-//! `SledKv` through `Kv`: what is written survives closing and reopening the store, and
-//! what is damaged on disk (a flipped byte, a truncated value, a valid value stored under
-//! the wrong key) is reported as corruption, never returned as data and never a panic.
-//! Damage is written with `SledKv::put_raw`, which bypasses every check.
+//! `SledKv` and `FjallKv` through `Kv`: what is written survives closing and reopening
+//! the store, what is damaged on disk (a flipped byte, a truncated value, a valid value
+//! stored under the wrong key) is reported as corruption, never returned as data and never
+//! a panic, and a store open once cannot be opened again until it is closed. Damage is
+//! written with each backend's `put_raw`, which bypasses every check. Every test runs on
+//! both backends.
 
 #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
 
@@ -12,32 +14,80 @@ use bytes::Bytes;
 use shoal_kv::checksum::TRAILER_LEN;
 use shoal_kv::keys::{catalog_key, chunk_key, meta_key};
 use shoal_kv::{
-    Batch, CatalogEntry, ChunkNo, DbId, EntryKind, Error, FileKind, FileMeta, Kv, SledConfig,
-    SledKv, StoredMeta,
+    Batch, CatalogEntry, ChunkNo, DbId, EntryKind, Error, FileKind, FileMeta, FjallConfig, FjallKv,
+    Kv, KvStore, SledConfig, SledKv, StoredMeta,
 };
 
 const PAGE: usize = 4096;
 
-fn config(dir: &Path) -> SledConfig {
-    SledConfig {
-        path: dir.to_path_buf(),
-        cache_capacity: 1 << 20,
-        flush_every_ms: None,
+/// What the tests need of a persistent backend beyond the trait.
+trait Backend: KvStore + Sized {
+    fn open(dir: &Path) -> shoal_kv::Result<Self>;
+    fn put_raw(&self, key: &[u8], value: &[u8]) -> shoal_kv::Result<()>;
+}
+
+impl Backend for SledKv {
+    fn open(dir: &Path) -> shoal_kv::Result<SledKv> {
+        SledKv::open(&SledConfig {
+            path: dir.to_path_buf(),
+            cache_capacity: 1 << 20,
+            flush_every_ms: None,
+        })
+    }
+
+    fn put_raw(&self, key: &[u8], value: &[u8]) -> shoal_kv::Result<()> {
+        SledKv::put_raw(self, key, value)
     }
 }
 
+impl Backend for FjallKv {
+    fn open(dir: &Path) -> shoal_kv::Result<FjallKv> {
+        FjallKv::open(&FjallConfig {
+            path: dir.to_path_buf(),
+            cache_capacity: 1 << 20,
+            write_buffer: 1 << 20,
+            flush_every_ms: None,
+        })
+    }
+
+    fn put_raw(&self, key: &[u8], value: &[u8]) -> shoal_kv::Result<()> {
+        FjallKv::put_raw(self, key, value)
+    }
+}
+
+/// Declares one `#[test]` per backend running the generic test `$name`.
+macro_rules! on_both_backends {
+    ($name:ident) => {
+        mod $name {
+            #[test]
+            fn sled() {
+                super::$name::<shoal_kv::SledKv>();
+            }
+
+            #[test]
+            fn fjall() {
+                super::$name::<shoal_kv::FjallKv>();
+            }
+        }
+    };
+}
+
 /// The backend (kept concrete for `put_raw`) and the `Kv` over it.
-fn open(dir: &Path) -> (Arc<SledKv>, Kv) {
-    let sled = Arc::new(SledKv::open(&config(dir)).unwrap());
-    let kv = Kv::open(sled.clone()).unwrap();
-    (sled, kv)
+fn open<B: Backend>(dir: &Path) -> (Arc<B>, Kv) {
+    let backend = Arc::new(B::open(dir).unwrap());
+    let kv = Kv::open(backend.clone()).unwrap();
+    (backend, kv)
 }
 
 /// Closes the store: the `Kv` (and its flusher, which holds the backend) first.
-fn close((sled, kv): (Arc<SledKv>, Kv)) {
+fn close<B: Backend>((backend, kv): (Arc<B>, Kv)) {
     drop(kv);
-    assert_eq!(Arc::strong_count(&sled), 1, "the backend is still shared");
-    drop(sled);
+    assert_eq!(
+        Arc::strong_count(&backend),
+        1,
+        "the backend is still shared"
+    );
+    drop(backend);
 }
 
 /// A page whose bytes depend on where it belongs, with room for the trailer.
@@ -78,10 +128,10 @@ fn assert_file(kv: &Kv, id: DbId, kind: FileKind, chunks: u32, meta: FileMeta) {
     assert_eq!(kv.read_chunk(id, kind, ChunkNo(chunks)).unwrap(), None);
 }
 
-#[test]
-fn everything_written_through_kv_survives_reopening() {
+on_both_backends!(everything_written_through_kv_survives_reopening);
+fn everything_written_through_kv_survives_reopening<B: Backend>() {
     let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path());
+    let store = open::<B>(dir.path());
     let kv = &store.1;
     let alpha = kv.create("alpha", EntryKind::Database).unwrap();
     let beta = kv.create("actors/beta", EntryKind::Database).unwrap();
@@ -97,7 +147,7 @@ fn everything_written_through_kv_survives_reopening() {
     let alpha_meta_before = kv.read_meta(alpha.id, FileKind::Main).unwrap().unwrap();
     close(store);
 
-    let store = open(dir.path());
+    let store = open::<B>(dir.path());
     let kv = &store.1;
     assert_eq!(kv.list().unwrap(), catalog);
     assert_eq!(kv.lookup("alpha").unwrap(), Some(alpha));
@@ -145,9 +195,9 @@ struct Fixture {
     b: CatalogEntry,
 }
 
-fn fixture() -> (Fixture, (Arc<SledKv>, Kv)) {
+fn fixture<B: Backend>() -> (Fixture, (Arc<B>, Kv)) {
     let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path());
+    let store = open::<B>(dir.path());
     let kv = &store.1;
     let a = kv.create("a", EntryKind::Database).unwrap();
     let b = kv.create("b", EntryKind::Database).unwrap();
@@ -198,10 +248,10 @@ fn assert_corruption<T: std::fmt::Debug>(
     );
 }
 
-#[test]
-fn corrupt_chunks_are_errors_never_data() {
-    let (fx, store) = fixture();
-    let (sled, kv) = (&store.0, &store.1);
+on_both_backends!(corrupt_chunks_are_errors_never_data);
+fn corrupt_chunks_are_errors_never_data<B: Backend>() {
+    let (fx, store) = fixture::<B>();
+    let (backend, kv) = (&store.0, &store.1);
     let (a, b) = (fx.a.id, fx.b.id);
     let key = chunk_key(a, FileKind::Main, ChunkNo(0));
     let good = kv.get(&key).unwrap().unwrap();
@@ -261,7 +311,7 @@ fn corrupt_chunks_are_errors_never_data() {
         ),
     ];
     for (case, bytes, expect) in cases {
-        sled.put_raw(&key, &bytes).unwrap();
+        backend.put_raw(&key, &bytes).unwrap();
         assert_corruption(
             kv.read_chunk(a, FileKind::Main, ChunkNo(0)),
             expect,
@@ -283,9 +333,9 @@ fn corrupt_chunks_are_errors_never_data() {
 
     // Damage that reached the disk is still caught after a reopen (read from the files,
     // not from a cache that saw it written).
-    sled.put_raw(&key, &flip(&good, 100)).unwrap();
+    backend.put_raw(&key, &flip(&good, 100)).unwrap();
     close(store);
-    let store = open(fx.dir.path());
+    let store = open::<B>(fx.dir.path());
     assert_corruption(
         store.1.read_chunk(a, FileKind::Main, ChunkNo(0)),
         Expect::Checksum,
@@ -304,10 +354,10 @@ fn corrupt_chunks_are_errors_never_data() {
     close(store);
 }
 
-#[test]
-fn corrupt_metadata_is_an_error() {
-    let (fx, store) = fixture();
-    let (sled, kv) = (&store.0, &store.1);
+on_both_backends!(corrupt_metadata_is_an_error);
+fn corrupt_metadata_is_an_error<B: Backend>() {
+    let (fx, store) = fixture::<B>();
+    let (backend, kv) = (&store.0, &store.1);
     let (a, b) = (fx.a.id, fx.b.id);
     let key = meta_key(a, FileKind::Main);
     let good = kv.get(&key).unwrap().unwrap();
@@ -358,17 +408,17 @@ fn corrupt_metadata_is_an_error() {
         ),
     ];
     for (case, bytes, expect) in cases {
-        sled.put_raw(&key, &bytes).unwrap();
+        backend.put_raw(&key, &bytes).unwrap();
         assert_corruption(kv.read_meta(a, FileKind::Main), expect, case, &names);
         assert!(kv.read_meta(b, FileKind::Main).unwrap().is_some());
     }
     close(store);
 }
 
-#[test]
-fn corrupt_catalog_entries_are_errors() {
-    let (fx, store) = fixture();
-    let (sled, kv) = (&store.0, &store.1);
+on_both_backends!(corrupt_catalog_entries_are_errors);
+fn corrupt_catalog_entries_are_errors<B: Backend>() {
+    let (fx, store) = fixture::<B>();
+    let (backend, kv) = (&store.0, &store.1);
     let key = catalog_key(b"a");
     let good = kv.get(&key).unwrap().unwrap();
     let names = "catalog entry \"a\"";
@@ -393,7 +443,7 @@ fn corrupt_catalog_entries_are_errors() {
         ),
     ];
     for (case, bytes, expect) in cases {
-        sled.put_raw(&key, &bytes).unwrap();
+        backend.put_raw(&key, &bytes).unwrap();
         assert_corruption(kv.lookup("a"), expect, case, names);
         assert_corruption(kv.list(), expect, case, names);
         assert!(
@@ -405,11 +455,11 @@ fn corrupt_catalog_entries_are_errors() {
     close(store);
 }
 
-#[test]
-fn opening_a_store_twice_is_store_locked() {
+on_both_backends!(opening_a_store_twice_is_store_locked);
+fn opening_a_store_twice_is_store_locked<B: Backend>() {
     let dir = tempfile::tempdir().unwrap();
-    let first = SledKv::open(&config(dir.path())).unwrap();
-    let err = SledKv::open(&config(dir.path())).unwrap_err();
+    let first = B::open(dir.path()).unwrap();
+    let err = B::open(dir.path()).unwrap_err();
     match &err {
         Error::StoreLocked { path } => assert_eq!(path, dir.path()),
         other => panic!("expected StoreLocked, got {other:?}"),
@@ -419,6 +469,7 @@ fn opening_a_store_twice_is_store_locked() {
         msg.contains(&dir.path().display().to_string()) && msg.contains("already open"),
         "{msg}"
     );
+    // Closed here, the store opens again at once.
     drop(first);
-    SledKv::open(&config(dir.path())).unwrap();
+    B::open(dir.path()).unwrap();
 }
