@@ -36,6 +36,9 @@ mod error;
 #[allow(unsafe_code)]
 mod ffi;
 mod file;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod lock;
 mod memfile;
 mod names;
