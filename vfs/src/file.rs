@@ -339,15 +339,22 @@ impl Inode {
         if new_size < old_size {
             let keep = new_size.div_ceil(cs);
             let keep32 = u32::try_from(keep).map_err(|_| self.too_large(cs))?;
+            // Read the new last chunk before changing anything: a failed read must leave
+            // the file as it was, not with its tail dropped but its old size.
+            let last = if new_size.is_multiple_of(cs) {
+                None
+            } else {
+                let last = keep32 - 1;
+                let mut v = self.take_chunk(kv, st, last)?;
+                v.truncate(usize_of(new_size % cs));
+                Some((last, v))
+            };
             let tail = st.dirty.split_off(&keep32);
             st.dirty_bytes -= tail.values().map(Vec::len).sum::<usize>();
             if keep < old_size.div_ceil(cs) {
                 st.truncate_from = Some(st.truncate_from.map_or(keep32, |t| t.min(keep32)));
             }
-            if !new_size.is_multiple_of(cs) {
-                let last = keep32 - 1;
-                let mut v = self.take_chunk(kv, st, last)?;
-                v.truncate(usize_of(new_size % cs));
+            if let Some((last, v)) = last {
                 st.put_dirty(last, v);
             }
             st.size = new_size;
@@ -406,8 +413,12 @@ impl Inode {
         }
         st.dirty_bytes = 0;
         let raw = Kv::put_meta(&mut batch, self.id, self.kind, &meta, st.persisted.as_ref());
-        match kv.apply(batch) {
-            Ok(()) => {
+        // The overlay has moved into the batch: a backend that panics must leave the file
+        // as one that fails does, or the next flush would store the new size without
+        // the chunks (the FFI layer still reports the panic).
+        let applied = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| kv.apply(batch)));
+        match applied {
+            Ok(Ok(())) => {
                 st.persisted = Some(StoredMeta { meta, raw });
                 DbCounters::add(&self.counters.kv_batches, 1);
                 if self.kind == FileKind::Main {
@@ -415,10 +426,14 @@ impl Inode {
                 }
                 Ok(Flushed { chunks })
             }
-            Err(e) => {
+            Ok(Err(e)) => {
                 // What the kv did not take never happened: back to the persisted file.
                 st.reset_to_persisted();
                 Err(e.into())
+            }
+            Err(panic) => {
+                st.reset_to_persisted();
+                std::panic::resume_unwind(panic)
             }
         }
     }

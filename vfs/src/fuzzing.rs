@@ -6,6 +6,9 @@
 //! against shoal and against a reference model, and panics on the first difference. A
 //! panic is the finding; anything else (including SQL errors both sides agree on) is fine.
 
+// A fuzz body's panics are its findings, and indexing here is over small fixed arrays.
+#![allow(clippy::indexing_slicing)]
+
 use std::sync::Arc;
 
 use arbitrary::{Arbitrary, Unstructured};

@@ -249,7 +249,13 @@ impl VfsState {
                 ));
             }
             self.inode(entry.id, FileKind::Main, name, entry.id, false)?
-        } else if flags & ffi::SQLITE_OPEN_MAIN_JOURNAL != 0 {
+        } else if flags & ffi::SQLITE_OPEN_MAIN_JOURNAL != 0
+            // pager.c `pager_delsuper` opens each child journal a super-journal lists
+            // with SQLITE_OPEN_SUPER_JOURNAL ("zJournal is really a MAIN_JOURNAL. But
+            // call it a SUPER_JOURNAL here"), to read which super-journal it names.
+            || flags & ffi::SQLITE_OPEN_SUPER_JOURNAL != 0
+                && matches!(names::classify(name), Target::Journal(_))
+        {
             let Target::Journal(db) = names::classify(name) else {
                 return Err(Error::cant_open(
                     name,

@@ -79,3 +79,103 @@ pub fn rows(conn: &Connection, sql: &str) -> Vec<Vec<String>> {
     .map(Result::unwrap)
     .collect()
 }
+
+/// One value rendered for an exact comparison (blobs in full, as hex).
+pub fn render_exact(v: rusqlite::types::ValueRef<'_>) -> String {
+    match v {
+        rusqlite::types::ValueRef::Null => "NULL".to_owned(),
+        rusqlite::types::ValueRef::Integer(v) => v.to_string(),
+        rusqlite::types::ValueRef::Real(v) => format!("{v:?}"),
+        rusqlite::types::ValueRef::Text(t) => format!("'{}'", String::from_utf8_lossy(t)),
+        rusqlite::types::ValueRef::Blob(b) => {
+            let mut s = String::with_capacity(3 + 2 * b.len());
+            s.push_str("x'");
+            for byte in b {
+                s.push_str(&format!("{byte:02x}"));
+            }
+            s.push('\'');
+            s
+        }
+    }
+}
+
+/// Every row of a query rendered with [`render_exact`]; errors are returned, not
+/// unwrapped, so callers can check them.
+pub fn exact_rows(conn: &Connection, sql: &str) -> rusqlite::Result<Vec<Vec<String>>> {
+    let mut stmt = conn.prepare(sql)?;
+    let n = stmt.column_count();
+    let rows = stmt.query_map([], |r| {
+        (0..n)
+            .map(|i| Ok(render_exact(r.get_ref(i)?)))
+            .collect::<rusqlite::Result<Vec<_>>>()
+    })?;
+    rows.collect()
+}
+
+/// The whole logical content of a database: its schema (without root page numbers,
+/// which depend on page allocation, not on content) and every table's rows in rowid
+/// order, for comparing two databases exactly.
+pub fn dump(conn: &Connection) -> Vec<(String, Vec<Vec<String>>)> {
+    let schema = exact_rows(
+        conn,
+        "SELECT type, name, tbl_name, sql FROM sqlite_schema ORDER BY type, name",
+    )
+    .unwrap();
+    let tables: Vec<String> = conn
+        .prepare("SELECT name FROM sqlite_schema WHERE type = 'table' ORDER BY name")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let mut out = vec![("sqlite_schema".to_owned(), schema)];
+    for t in tables {
+        let contents = exact_rows(conn, &format!("SELECT * FROM \"{t}\" ORDER BY rowid")).unwrap();
+        out.push((t, contents));
+    }
+    out
+}
+
+/// Where two [`dump`]s first differ, described briefly (values cut to 80 characters);
+/// `None` if they are equal.
+pub fn first_difference(
+    got: &[(String, Vec<Vec<String>>)],
+    want: &[(String, Vec<Vec<String>>)],
+) -> Option<String> {
+    let cut = |row: Option<&Vec<String>>| -> String {
+        match row {
+            None => "no row".to_owned(),
+            Some(r) => r
+                .iter()
+                .map(|v| v.chars().take(80).collect::<String>())
+                .collect::<Vec<_>>()
+                .join(" | "),
+        }
+    };
+    let names =
+        |d: &[(String, Vec<Vec<String>>)]| d.iter().map(|t| t.0.clone()).collect::<Vec<_>>();
+    if names(got) != names(want) {
+        return Some(format!(
+            "tables {:?} where {:?} were expected",
+            names(got),
+            names(want)
+        ));
+    }
+    for ((table, g), (_, w)) in got.iter().zip(want) {
+        if g == w {
+            continue;
+        }
+        let at = (0..g.len().max(w.len()))
+            .find(|&i| g.get(i) != w.get(i))
+            .unwrap_or(0);
+        return Some(format!(
+            "table {table}: {} rows where {} were expected; first difference at row {at}: \
+             got [{}], expected [{}]",
+            g.len(),
+            w.len(),
+            cut(g.get(at)),
+            cut(w.get(at))
+        ));
+    }
+    None
+}
