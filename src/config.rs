@@ -67,6 +67,39 @@ impl Default for Backing {
     }
 }
 
+/// Which embedded key-value store holds the pages (kv backing).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum KvEngine {
+    /// fjall 2 (an LSM tree): memory stays within its cache and write buffer. The default,
+    /// because sled's does not (docs/BENCHMARKS.md).
+    #[default]
+    Fjall,
+    /// sled 0.34: fast batches and flushes, but its memory grows well past its configured
+    /// cache when many pages are read.
+    Sled,
+}
+
+impl KvEngine {
+    /// The name used on the command line and in reports.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KvEngine::Fjall => "fjall",
+            KvEngine::Sled => "sled",
+        }
+    }
+
+    /// Parses `fjall` or `sled`.
+    pub fn parse(s: &str) -> Result<KvEngine, String> {
+        match s {
+            "fjall" => Ok(KvEngine::Fjall),
+            "sled" => Ok(KvEngine::Sled),
+            other => Err(format!(
+                "unknown kv engine {other:?} (expected fjall or sled)"
+            )),
+        }
+    }
+}
+
 /// How long a commit waits before it returns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Durability {
@@ -112,9 +145,12 @@ impl Default for ActorTuning {
 pub struct Config {
     /// Where actor databases live.
     pub backing: Backing,
+    /// The key-value store under [`Backing::Kv`].
+    pub kv_engine: KvEngine,
     /// The process-wide memory budget in bytes. It is split: a quarter for the kv's
-    /// cache, half as SQLite's soft heap limit (page caches give memory back past it),
-    /// and the rest for awake connections (see [`Config::max_awake`]).
+    /// cache, a sixteenth for its write buffer, half as SQLite's soft heap limit (page
+    /// caches give memory back past it), and the rest for awake connections (see
+    /// [`Config::max_awake`]).
     pub memory_budget: u64,
     /// Most actor connections kept awake; past it the least recently used idle actors
     /// are put to sleep (closed). `None` derives it from the budget (32 KiB each).
@@ -132,6 +168,7 @@ impl Default for Config {
     fn default() -> Config {
         Config {
             backing: Backing::default(),
+            kv_engine: KvEngine::default(),
             memory_budget: 256 << 20,
             max_awake: None,
             max_waking: std::thread::available_parallelism().map_or(4, |n| n.get() * 2),
@@ -145,6 +182,11 @@ impl Config {
     /// Bytes of the budget given to the key-value store's cache.
     pub fn kv_cache_bytes(&self) -> u64 {
         (self.memory_budget / 4).max(4 << 20)
+    }
+
+    /// Bytes of the budget given to the key-value store's write buffer (memtables).
+    pub fn kv_write_buffer_bytes(&self) -> u64 {
+        (self.memory_budget / 16).max(4 << 20)
     }
 
     /// SQLite's soft heap limit: half the budget.

@@ -23,7 +23,7 @@ mod names;
 mod pool;
 mod store;
 
-pub use config::{ActorTuning, Backing, Config, Durability};
+pub use config::{ActorTuning, Backing, Config, Durability, KvEngine};
 pub use error::{Error, Result};
 pub use memory::MemoryReport;
 pub use names::{MAX_ACTOR_NAME, validate_actor_name};

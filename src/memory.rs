@@ -6,6 +6,17 @@ pub fn rss_kb() -> Option<u64> {
     status_field("VmRSS:")
 }
 
+/// Anonymous resident memory in KiB (`RssAnon`: heap, stacks), if reported.
+pub fn rss_anon_kb() -> Option<u64> {
+    status_field("RssAnon:")
+}
+
+/// File-backed resident memory in KiB (`RssFile`: mapped files such as mmap'ed
+/// databases, and the executable), if reported.
+pub fn rss_file_kb() -> Option<u64> {
+    status_field("RssFile:")
+}
+
 /// Peak resident set size of this process in KiB (`VmHWM`).
 pub fn peak_rss_kb() -> Option<u64> {
     status_field("VmHWM:")
@@ -28,4 +39,8 @@ pub struct MemoryReport {
     pub kv_cache_capacity: u64,
     /// Process RSS in KiB (0 if unknown).
     pub rss_kb: u64,
+    /// The anonymous part of it (heap).
+    pub rss_anon_kb: u64,
+    /// The file-backed part of it (mapped files).
+    pub rss_file_kb: u64,
 }

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use rusqlite::hooks::{AuthAction, AuthContext, Authorization};
 use rusqlite::{Connection, MAIN_DB, OpenFlags};
 
-use crate::config::{Backing, Config, Durability};
+use crate::config::{Backing, Config, Durability, KvEngine};
 use crate::error::{Error, Result};
 use crate::memory::{self, MemoryReport};
 use crate::names::validate_actor_name;
@@ -17,9 +17,7 @@ use crate::pool::Pool;
 
 /// The directory of actor files inside a store (file backings).
 const ACTORS_DIR: &str = "actors";
-/// The directory of the key-value store inside a store (kv backing).
-#[cfg(feature = "kv-vfs")]
-const KV_DIR: &str = "kv";
+
 /// The lock file that keeps a store open in one process at a time.
 const LOCK_FILE: &str = "LOCK";
 
@@ -283,9 +281,11 @@ impl Store {
         self.pool.checkin(name, conn);
     }
 
-    /// Puts every idle actor to sleep (closes its connection).
+    /// Puts every idle actor to sleep (closes its connection) and gives the memory they
+    /// held back to the kernel.
     pub fn sleep_all(&self) {
         self.pool.sleep_all();
+        shoal_vfs::sqlite::trim_heap();
     }
 
     /// Actors with an open connection in the awake set.
@@ -480,6 +480,8 @@ impl Store {
                 Engine::Files { .. } => 0,
             },
             rss_kb: memory::rss_kb().unwrap_or(0),
+            rss_anon_kb: memory::rss_anon_kb().unwrap_or(0),
+            rss_file_kb: memory::rss_file_kb().unwrap_or(0),
         }
     }
 
@@ -502,15 +504,27 @@ impl Drop for Store {
 
 #[cfg(feature = "kv-vfs")]
 fn open_kv(dir: &Path, config: &Config) -> Result<shoal_vfs::Vfs> {
-    let mut sled = shoal_kv::SledConfig::new(dir.join(KV_DIR));
-    sled.cache_capacity = config.kv_cache_bytes();
-    let backend = shoal_kv::SledKv::open(&sled).map_err(|e| match e {
+    let locked = |e: shoal_kv::Error| match e {
         shoal_kv::Error::StoreLocked { .. } => Error::StoreLocked {
             path: dir.to_path_buf(),
         },
         other => other.into(),
-    })?;
-    let kv = Arc::new(shoal_kv::Kv::open(Arc::new(backend))?);
+    };
+    // Each engine keeps its own directory: their files are not interchangeable.
+    let backend: Arc<dyn shoal_kv::KvStore> = match config.kv_engine {
+        KvEngine::Fjall => {
+            let mut fjall = shoal_kv::FjallConfig::new(dir.join("kv-fjall"));
+            fjall.cache_capacity = config.kv_cache_bytes();
+            fjall.write_buffer = config.kv_write_buffer_bytes();
+            Arc::new(shoal_kv::FjallKv::open(&fjall).map_err(locked)?)
+        }
+        KvEngine::Sled => {
+            let mut sled = shoal_kv::SledConfig::new(dir.join("kv-sled"));
+            sled.cache_capacity = config.kv_cache_bytes();
+            Arc::new(shoal_kv::SledKv::open(&sled).map_err(locked)?)
+        }
+    };
+    let kv = Arc::new(shoal_kv::Kv::open(backend)?);
     let name = format!("shoal-{}", NEXT_VFS.fetch_add(1, Ordering::Relaxed));
     Ok(shoal_vfs::register(
         kv,

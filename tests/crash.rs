@@ -21,7 +21,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use shoal::{Config, Durability, Store};
+use shoal::{Config, Durability, KvEngine, Store};
 
 const ACTORS: usize = 100;
 
@@ -29,9 +29,14 @@ fn actor(i: usize) -> String {
     format!("a{i:03}")
 }
 
-fn config(durability: Durability) -> Config {
+fn engine(name: &str) -> KvEngine {
+    KvEngine::parse(name).unwrap()
+}
+
+fn config(durability: Durability, kv_engine: KvEngine) -> Config {
     Config {
         durability,
+        kv_engine,
         memory_budget: 64 << 20,
         max_awake: Some(ACTORS),
         ..Config::default()
@@ -54,7 +59,8 @@ fn crash_child() {
     };
     let base: i64 = std::env::var("SHOAL_CRASH_BASE").unwrap().parse().unwrap();
     let seed: u64 = std::env::var("SHOAL_CRASH_SEED").unwrap().parse().unwrap();
-    let store = Store::open(&dir, config(durability_from_env())).unwrap();
+    let kv = engine(&std::env::var("SHOAL_CRASH_KV").unwrap());
+    let store = Store::open(&dir, config(durability_from_env(), kv)).unwrap();
     let mut out = std::io::stdout().lock();
     for i in 0..ACTORS {
         store
@@ -162,11 +168,12 @@ struct Totals {
 fn verify(
     dir: &Path,
     durability: Durability,
+    kv: KvEngine,
     model: &mut Model,
     cycle: usize,
     totals: &mut Totals,
 ) {
-    let store = Store::open(dir, config(durability)).unwrap();
+    let store = Store::open(dir, config(durability, kv)).unwrap();
     let mut in_flight_seen = 0;
     for i in 0..ACTORS {
         let name = actor(i);
@@ -246,11 +253,11 @@ fn verify(
     }
 }
 
-fn run_cycles(durability: Durability, label: &str) {
+fn run_cycles(durability: Durability, label: &str, engine_name: &str, default_cycles: usize) {
     let cycles: usize = std::env::var("SHOAL_CRASH_CYCLES")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(50);
+        .unwrap_or(default_cycles);
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("store");
     let mut model = Model::default();
@@ -270,6 +277,7 @@ fn run_cycles(durability: Durability, label: &str) {
             .env("SHOAL_CRASH_BASE", ((cycle + 1) * 1_000_000).to_string())
             .env("SHOAL_CRASH_SEED", rng.u64(..).to_string())
             .env("SHOAL_CRASH_DURABILITY", label)
+            .env("SHOAL_CRASH_KV", engine_name)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -313,10 +321,17 @@ fn run_cycles(durability: Durability, label: &str) {
             totals.acks += 1;
             totals.journal_acks += usize::from(path == "j");
         }
-        verify(&dir, durability, &mut model, cycle, &mut totals);
+        verify(
+            &dir,
+            durability,
+            engine(engine_name),
+            &mut model,
+            cycle,
+            &mut totals,
+        );
     }
     println!(
-        "{label}: {cycles} kill cycles in {:.1} s, {} acknowledged commits ({} through the journal), {} acknowledged commits lost",
+        "{engine_name}, {label}: {cycles} kill cycles in {:.1} s, {} acknowledged commits ({} through the journal), {} acknowledged commits lost",
         started.elapsed().as_secs_f64(),
         totals.acks,
         totals.journal_acks,
@@ -337,10 +352,15 @@ fn run_cycles(durability: Durability, label: &str) {
 
 #[test]
 fn crash_cycles_full_durability() {
-    run_cycles(Durability::Full, "full");
+    run_cycles(Durability::Full, "full", "fjall", 50);
 }
 
 #[test]
 fn crash_cycles_relaxed_durability() {
-    run_cycles(Durability::Relaxed, "relaxed");
+    run_cycles(Durability::Relaxed, "relaxed", "fjall", 50);
+}
+
+#[test]
+fn crash_cycles_full_durability_on_sled() {
+    run_cycles(Durability::Full, "full", "sled", 25);
 }

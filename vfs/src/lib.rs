@@ -59,7 +59,7 @@ pub use vfs::Audit;
 pub mod sqlite {
     pub use crate::ffi::sqlite::{
         cache_used, connection_memory, memory_highwater, memory_used, release_memory,
-        set_lookaside, set_soft_heap_limit,
+        set_lookaside, set_soft_heap_limit, trim_heap,
     };
 }
 

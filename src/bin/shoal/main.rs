@@ -14,7 +14,7 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use shoal::rusqlite::fallible_iterator::FallibleIterator as _;
-use shoal::{Backing, Config, Store};
+use shoal::{Backing, Config, KvEngine, Store};
 
 /// Many SQLite databases, one per actor, in one shared key-value store.
 #[derive(Debug, Parser)]
@@ -27,6 +27,9 @@ struct Cli {
     /// SQLite's defaults), files-tuned (one file per actor with shoal's pragmas).
     #[arg(long, global = true, default_value = Backing::DEFAULT.as_str(), value_parser = Backing::parse)]
     backing: Backing,
+    /// The key-value store under the kv backing: fjall (bounded memory) or sled.
+    #[arg(long, global = true, default_value = "fjall", value_parser = KvEngine::parse)]
+    kv: KvEngine,
     /// The process memory budget in MiB (kv cache, SQLite heap limit, awake actors).
     #[arg(long, global = true, default_value_t = 256)]
     budget_mb: u64,
@@ -96,6 +99,7 @@ fn main() -> ExitCode {
 fn config(cli: &Cli) -> Config {
     Config {
         backing: cli.backing,
+        kv_engine: cli.kv,
         memory_budget: cli.budget_mb << 20,
         ..Config::default()
     }

@@ -57,21 +57,22 @@ pub fn actor_name(i: usize) -> String {
     format!("actor-{i:05}")
 }
 
-/// The data a backing reads: `kv` in the kv store, both file backings the same files.
-fn data_kind(backing: Backing) -> &'static str {
-    match backing {
-        Backing::Files | Backing::FilesTuned => "files",
+/// The data a configuration reads: each kv engine its own store, both file backings the
+/// same files.
+fn data_kind(config: &Config) -> String {
+    match config.backing {
+        Backing::Files | Backing::FilesTuned => "files".to_owned(),
         #[allow(unreachable_patterns)]
-        _ => "kv",
+        _ => format!("kv-{}", config.kv_engine.as_str()),
     }
 }
 
-fn marker(dir: &Path, backing: Backing) -> PathBuf {
-    dir.join(format!("populated-{}", data_kind(backing)))
+fn marker(dir: &Path, config: &Config) -> PathBuf {
+    dir.join(format!("populated-{}", data_kind(config)))
 }
 
-fn populated(dir: &Path, backing: Backing, actors: usize, messages: usize) -> bool {
-    std::fs::read_to_string(marker(dir, backing)).is_ok_and(|s| {
+fn populated(dir: &Path, config: &Config, actors: usize, messages: usize) -> bool {
+    std::fs::read_to_string(marker(dir, config)).is_ok_and(|s| {
         let mut it = s.split_whitespace().map(str::parse::<usize>);
         matches!((it.next(), it.next()), (Some(Ok(a)), Some(Ok(m))) if a >= actors && m == messages)
     })
@@ -112,7 +113,7 @@ pub fn populate(dir: &Path, mut config: Config, args: &PopulateArgs) -> anyhow::
     })?;
     bar.finish_and_clear();
     std::fs::write(
-        marker(dir, store.backing()),
+        marker(dir, store.config()),
         format!("{} {}\n", args.actors, args.messages),
     )?;
     Ok(())
@@ -168,19 +169,30 @@ impl Sampler {
     }
 }
 
-/// Reads every stored page of the actors in `range` through the store (not through
-/// SQLite), as a process that has served other actors already would have; returns the
-/// bytes read.
+/// Reads every page of the actors in `range` through the store the way the VFS does
+/// (one point read per page, not through SQLite), as a process that has served other
+/// actors already would have; returns the bytes read.
 fn warm_up(store: &Store, range: std::ops::Range<usize>) -> anyhow::Result<u64> {
     let mut bytes = 0;
     for i in range {
         let name = actor_name(i);
         #[cfg(feature = "kv-vfs")]
         if let Some(vfs) = store.vfs() {
-            let audit = vfs
-                .audit(&name)?
+            use shoal_kv::{ChunkNo, FileKind};
+            let kv = vfs.kv();
+            let entry = kv
+                .lookup(&name)?
                 .with_context(|| format!("warm-up actor {name} is missing"))?;
-            bytes += audit.bytes;
+            let meta = kv
+                .read_meta(entry.id, FileKind::Main)?
+                .with_context(|| format!("warm-up actor {name} has no database"))?
+                .meta;
+            let chunks = meta.size.div_ceil(u64::from(meta.chunk_size.max(1)));
+            for c in 0..u32::try_from(chunks)? {
+                bytes += kv
+                    .read_chunk(entry.id, FileKind::Main, ChunkNo(c))?
+                    .map_or(0, |b| b.len() as u64);
+            }
             continue;
         }
         bytes += std::fs::read(store.dir().join("actors").join(format!("{name}.db")))
@@ -202,12 +214,18 @@ pub fn wake(dir: &Path, config: Config, args: &WakeArgs) -> anyhow::Result<()> {
     }
     let backing = config.backing;
     let total = args.actors + args.warmup;
-    if !populated(dir, backing, total, args.messages) {
+    if !populated(dir, &config, total, args.messages) {
         let exe = std::env::current_exe().context("cannot find the shoal executable")?;
         let status = std::process::Command::new(exe)
             .arg("--store")
             .arg(dir)
-            .args(["--backing", backing.as_str(), "--budget-mb"])
+            .args([
+                "--backing",
+                backing.as_str(),
+                "--kv",
+                config.kv_engine.as_str(),
+                "--budget-mb",
+            ])
             .arg((config.memory_budget >> 20).to_string())
             .args(["populate", "--actors", &total.to_string()])
             .args(["--messages", &args.messages.to_string()])
@@ -220,6 +238,7 @@ pub fn wake(dir: &Path, config: Config, args: &WakeArgs) -> anyhow::Result<()> {
     }
 
     let budget_mb = config.memory_budget >> 20;
+    let kv_engine = config.kv_engine;
     let store = Store::open(
         dir,
         Config {
@@ -232,34 +251,60 @@ pub fn wake(dir: &Path, config: Config, args: &WakeArgs) -> anyhow::Result<()> {
     let t0 = Instant::now();
     std::thread::sleep(Duration::from_millis(100));
     let cold = store.memory();
-    let warmed_bytes = warm_up(&store, args.actors..total)?;
-    std::thread::sleep(Duration::from_millis(100));
-    let mut phases = vec![Phase {
-        name: "baseline",
-        at: t0.elapsed().as_secs_f64(),
-        report: store.memory(),
-    }];
 
+    // One pool of worker threads does the warm-up and then the wake, as a server's
+    // workers would: memory the allocator hands out per thread is then reused, not
+    // stranded in arenas of threads that are gone.
+    let workers = args.concurrency.max(1);
+    let phase_gate = std::sync::Barrier::new(workers + 1);
+    let warm_next = AtomicUsize::new(args.actors);
+    let warmed = AtomicUsize::new(0);
     let latencies = Mutex::new(Histogram::<u64>::new(3)?);
     let next = AtomicUsize::new(0);
     let bar = progress(args.actors as u64, "waking");
-    let wake_started = Instant::now();
+    let failed = AtomicBool::new(false);
+    let mut phases = Vec::new();
+    let mut wake_started = Instant::now();
     std::thread::scope(|s| -> anyhow::Result<()> {
-        let workers: Vec<_> = (0..args.concurrency.max(1))
+        let handles: Vec<_> = (0..workers)
             .map(|_| {
                 s.spawn(|| -> anyhow::Result<()> {
+                    let result = (|| -> anyhow::Result<()> {
+                        loop {
+                            let i = warm_next.fetch_add(1, Ordering::Relaxed);
+                            if i >= total || failed.load(Ordering::Relaxed) {
+                                break;
+                            }
+                            let bytes = warm_up(&store, i..i + 1)?;
+                            warmed.fetch_add(
+                                usize::try_from(bytes).unwrap_or(usize::MAX),
+                                Ordering::Relaxed,
+                            );
+                        }
+                        Ok(())
+                    })();
+                    if result.is_err() {
+                        failed.store(true, Ordering::Relaxed);
+                    }
+                    phase_gate.wait(); // warm-up done
+                    phase_gate.wait(); // baseline measured
+                    result?;
                     let mut local = Histogram::<u64>::new(3)?;
                     loop {
                         let i = next.fetch_add(1, Ordering::Relaxed);
-                        if i >= args.actors {
+                        if i >= args.actors || failed.load(Ordering::Relaxed) {
                             break;
                         }
                         let name = actor_name(i);
                         let started = Instant::now();
-                        let actor = store.actor(&name)?;
-                        workload::open_task_detail(&actor, 1_800_000_000 + i as i64)
-                            .with_context(|| format!("waking {name}"))?;
-                        drop(actor);
+                        let woke = store.actor(&name).and_then(|actor| {
+                            workload::open_task_detail(&actor, 1_800_000_000 + i as i64)
+                                .map_err(Into::into)
+                        });
+                        if let Err(e) = woke {
+                            failed.store(true, Ordering::Relaxed);
+                            return Err(anyhow::Error::from(e).context(format!("waking {name}")));
+                        }
                         local.record(
                             u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
                         )?;
@@ -273,12 +318,22 @@ pub fn wake(dir: &Path, config: Config, args: &WakeArgs) -> anyhow::Result<()> {
                 })
             })
             .collect();
-        for w in workers {
-            w.join()
-                .map_err(|_| anyhow::anyhow!("a waking thread panicked"))??;
+        phase_gate.wait();
+        std::thread::sleep(Duration::from_millis(100));
+        phases.push(Phase {
+            name: "baseline",
+            at: t0.elapsed().as_secs_f64(),
+            report: store.memory(),
+        });
+        wake_started = Instant::now();
+        phase_gate.wait();
+        for h in handles {
+            h.join()
+                .map_err(|_| anyhow::anyhow!("a worker thread panicked"))??;
         }
         Ok(())
     })?;
+    let warmed_bytes = warmed.into_inner() as u64;
     let wake_seconds = wake_started.elapsed().as_secs_f64();
     bar.finish_and_clear();
     phases.push(Phase {
@@ -309,6 +364,7 @@ pub fn wake(dir: &Path, config: Config, args: &WakeArgs) -> anyhow::Result<()> {
     if args.json {
         let json = serde_json::json!({
             "backing": backing.as_str(),
+            "kv_engine": if backing.tuned() && backing.as_str() == "kv" { Some(kv_engine.as_str()) } else { None },
             "actors": args.actors,
             "concurrency": args.concurrency,
             "messages": args.messages,
@@ -320,6 +376,10 @@ pub fn wake(dir: &Path, config: Config, args: &WakeArgs) -> anyhow::Result<()> {
             "spike_rss_kb": spike.rss_kb,
             "peak_rss_kb": peak_kb,
             "post_sleep_rss_kb": post.rss_kb,
+            "baseline_rss_anon_kb": baseline.rss_anon_kb,
+            "spike_rss_anon_kb": spike.rss_anon_kb,
+            "baseline_rss_file_kb": baseline.rss_file_kb,
+            "spike_rss_file_kb": spike.rss_file_kb,
             "peak_growth_kb": peak_kb.saturating_sub(baseline.rss_kb),
             "peak_growth_from_cold_kb": peak_kb.saturating_sub(cold.rss_kb),
             "per_actor_kb": (per_actor_kb * 10.0).round() / 10.0,
@@ -337,8 +397,13 @@ pub fn wake(dir: &Path, config: Config, args: &WakeArgs) -> anyhow::Result<()> {
     } else {
         let mb = |kb: u64| kb as f64 / 1024.0;
         println!(
-            "shoal wake: backing {}, {} actors, concurrency {}, {} messages each, budget {budget_mb} MiB",
+            "shoal wake: backing {}{}, {} actors, concurrency {}, {} messages each, budget {budget_mb} MiB",
             backing.as_str(),
+            if backing.as_str() == "kv" {
+                format!(" ({})", kv_engine.as_str())
+            } else {
+                String::new()
+            },
             args.actors,
             args.concurrency,
             args.messages
@@ -350,8 +415,17 @@ pub fn wake(dir: &Path, config: Config, args: &WakeArgs) -> anyhow::Result<()> {
             args.warmup
         );
         println!(
-            "{:<11} {:>6} {:>12} {:>12} {:>10} {:>9} {:>10} {:>10}",
-            "phase", "awake", "sqlite heap", "kv cache", "RSS", "KB/actor", "wake p50", "wake p99"
+            "{:<11} {:>6} {:>12} {:>12} {:>10} {:>10} {:>10} {:>9} {:>10} {:>10}",
+            "phase",
+            "awake",
+            "sqlite heap",
+            "kv cache",
+            "RSS",
+            "(anon",
+            "file)",
+            "KB/actor",
+            "wake p50",
+            "wake p99"
         );
         for p in &phases {
             let r = &p.report;
@@ -365,12 +439,14 @@ pub fn wake(dir: &Path, config: Config, args: &WakeArgs) -> anyhow::Result<()> {
                 ("-".into(), "-".into(), "-".into())
             };
             println!(
-                "{:<11} {:>6} {:>9.1} MB {:>9.1} MB {:>7.1} MB {:>9} {:>10} {:>10}",
+                "{:<11} {:>6} {:>9.1} MB {:>9.1} MB {:>7.1} MB {:>7.1} MB {:>7.1} MB {:>9} {:>10} {:>10}",
                 p.name,
                 r.awake,
                 mb(u64::try_from(r.sqlite_heap).unwrap_or(0) / 1024),
                 mb(r.kv_cache_capacity / 1024),
                 mb(r.rss_kb),
+                mb(r.rss_anon_kb),
+                mb(r.rss_file_kb),
                 per,
                 p50,
                 p99

@@ -102,3 +102,25 @@ pub fn release_memory(conn: &Connection) {
     // SAFETY: the handle is valid while `conn` is borrowed.
     unsafe { sys::sqlite3_db_release_memory(handle(conn)) };
 }
+
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+unsafe extern "C" {
+    /// glibc: returns free memory at the top of the heap and in free chunks of every
+    /// arena to the kernel.
+    fn malloc_trim(pad: usize) -> std::ffi::c_int;
+}
+
+/// Frees every page SQLite can drop from its caches, process-wide, and (with glibc) hands
+/// freed heap memory back to the kernel, so that RSS falls after many connections close.
+/// Returns the bytes SQLite released.
+pub fn trim_heap() -> i64 {
+    // SAFETY: plain integer argument; SQLite serialises this internally.
+    let released = unsafe { sys::sqlite3_release_memory(c_int::MAX) };
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim takes a byte count and only touches allocator state, under
+    // glibc's own arena locks; it is safe to call from any thread at any time.
+    unsafe {
+        malloc_trim(0);
+    }
+    i64::from(released)
+}
