@@ -3,6 +3,7 @@
 //! Errors print one line on stderr (`shoal: <what went wrong>`) and exit with status 1;
 //! a command given bad input writes nothing.
 
+mod bench;
 mod plot;
 mod wake;
 mod workload;
@@ -42,6 +43,8 @@ enum Command {
     /// Replay a mass wake: populate actors (once), wake them all at once, put them to
     /// sleep, and report memory and wake latency.
     Wake(wake::WakeArgs),
+    /// Benchmarks against the peers, each a ratio against a baseline in the same run.
+    Bench(bench::BenchArgs),
     /// Populate actors for `wake` (run by `wake` in a child process).
     #[command(hide = true)]
     Populate(wake::PopulateArgs),
@@ -113,6 +116,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let mut out = std::io::stdout().lock();
     match &cli.command {
         Command::Wake(args) => wake::wake(&cli.store, config(&cli), args)?,
+        Command::Bench(args) => bench::bench(&cli.store, args)?,
         Command::Populate(args) => wake::populate(&cli.store, config(&cli), args)?,
         Command::Ls => {
             for name in open_existing(&cli)?.list_actors()? {

@@ -1,0 +1,915 @@
+//! `shoal bench NAME`: every speed and memory claim, measured as a ratio against a
+//! baseline run in the same process and the same run (the machines are shared and noisy).
+//!
+//! - `wake`: the mass wake (`shoal wake`) for kv, files and files-tuned, in child processes;
+//! - `commits`: durable commits per second with N concurrent actors: shoal (group commit)
+//!   against one SQLite file per actor (synchronous=FULL, DELETE and WAL journals), and
+//!   shoal relaxed against files with WAL and synchronous=NORMAL;
+//! - `mixed`: a workload modelled on SQLite's speedtest1 on one database: shoal against the
+//!   unix VFS of the same SQLite build, plus an in-memory floor;
+//! - `reads`: point reads per second and full-scan MB/s, warm and after reopening;
+//! - `coldwake`: latency of waking a cold actor of about 300 KB (open plus first query).
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Barrier, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::{Args, ValueEnum};
+use hdrhistogram::Histogram;
+use serde_json::{Value, json};
+use shoal::rusqlite::{Connection, OpenFlags};
+use shoal::{Backing, Config, Durability, KvEngine, Store};
+
+use crate::workload;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BenchName {
+    Wake,
+    Commits,
+    Mixed,
+    Reads,
+    Coldwake,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// The benchmark to run.
+    #[arg(value_enum)]
+    name: BenchName,
+    /// Print one JSON object instead of tables.
+    #[arg(long)]
+    json: bool,
+    /// Seconds each measured configuration of `commits` runs.
+    #[arg(long, default_value_t = 2.0)]
+    seconds: f64,
+    /// Concurrent actors for `commits`.
+    #[arg(long, value_delimiter = ',', default_values_t = [1usize, 16, 256, 1000])]
+    actors: Vec<usize>,
+    /// Run only these `commits` variants (for profiling): shoal_full, files_delete_full,
+    /// files_wal_full, shoal_relaxed, files_wal_normal.
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+    /// Worker threads for `commits` (the bounded pool the actors share).
+    #[arg(long, default_value_t = 64)]
+    threads: usize,
+    /// Size of `mixed`, as speedtest1's --size (100 inserts 50,000 rows in its first test).
+    #[arg(long, default_value_t = 25)]
+    size: u32,
+    /// Actors woken by `coldwake`.
+    #[arg(long, default_value_t = 200)]
+    cold_actors: usize,
+    /// Mass-wake sizes for `wake`.
+    #[arg(long, value_delimiter = ',', default_values_t = [1000usize, 10000])]
+    wake_actors: Vec<usize>,
+}
+
+/// What the run was measured on.
+fn machine() -> Value {
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    args.insert(0, "shoal".to_owned());
+    let mem_kb = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
+        m.lines()
+            .find(|l| l.starts_with("MemTotal:"))
+            .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+    });
+    json!({
+        "command": args.join(" "),
+        "nproc": std::thread::available_parallelism().map_or(0, |n| n.get()),
+        "memory_gib": mem_kb.map(|kb| (kb as f64 / (1 << 20) as f64 * 10.0).round() / 10.0),
+        "date": humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+        "sqlite": shoal::rusqlite::version(),
+    })
+}
+
+pub fn bench(store_dir: &Path, args: &BenchArgs) -> anyhow::Result<()> {
+    let _ = rlimit::increase_nofile_limit(65536);
+    let machine = machine();
+    if !args.json {
+        println!(
+            "{}\nnproc {}, memory {} GiB, {}, SQLite {}\n",
+            machine["command"].as_str().unwrap_or_default(),
+            machine["nproc"],
+            machine["memory_gib"],
+            machine["date"].as_str().unwrap_or_default(),
+            machine["sqlite"].as_str().unwrap_or_default()
+        );
+    }
+    let scratch = store_dir.join("bench-scratch");
+    let _ = std::fs::remove_dir_all(&scratch);
+    std::fs::create_dir_all(&scratch)
+        .with_context(|| format!("cannot create {}", scratch.display()))?;
+    let result = match args.name {
+        BenchName::Wake => wake(store_dir, args),
+        BenchName::Commits => commits(&scratch, args),
+        BenchName::Mixed => mixed(&scratch, args),
+        BenchName::Reads => reads(&scratch, args),
+        BenchName::Coldwake => coldwake(&scratch, args),
+    };
+    let _ = std::fs::remove_dir_all(&scratch);
+    let mut result = result?;
+    if args.json {
+        result["machine"] = machine;
+        println!("{result}");
+    }
+    Ok(())
+}
+
+fn kv_store(dir: &Path, durability: Durability) -> anyhow::Result<Store> {
+    Ok(Store::open(
+        dir,
+        Config {
+            backing: Backing::DEFAULT,
+            kv_engine: KvEngine::Fjall,
+            durability,
+            max_awake: Some(100_000),
+            ..Config::default()
+        },
+    )?)
+}
+
+// ---------------------------------------------------------------- wake
+
+fn wake(store_dir: &Path, args: &BenchArgs) -> anyhow::Result<Value> {
+    let exe = std::env::current_exe()?;
+    let mut runs = Vec::new();
+    for &n in &args.wake_actors {
+        for backing in ["kv", "files", "files-tuned"] {
+            let out = std::process::Command::new(&exe)
+                .arg("--store")
+                .arg(store_dir)
+                .args([
+                    "--backing",
+                    backing,
+                    "wake",
+                    "--actors",
+                    &n.to_string(),
+                    "--json",
+                ])
+                .stderr(std::process::Stdio::inherit())
+                .output()?;
+            if !out.status.success() {
+                bail!("shoal wake --backing {backing} --actors {n} failed");
+            }
+            let run: Value = serde_json::from_slice(&out.stdout)?;
+            if !args.json {
+                println!(
+                    "{n:>6} actors  {backing:<12} per actor {:>6.1} KB  peak +{:>7.1} MB  spike RSS {:>7.1} MB (anon {:>7.1}, file {:>7.1})  wake p50 {:>6} us  p99 {:>6} us",
+                    run["per_actor_kb"].as_f64().unwrap_or(0.0),
+                    run["peak_growth_kb"].as_f64().unwrap_or(0.0) / 1024.0,
+                    run["spike_rss_kb"].as_f64().unwrap_or(0.0) / 1024.0,
+                    run["spike_rss_anon_kb"].as_f64().unwrap_or(0.0) / 1024.0,
+                    run["spike_rss_file_kb"].as_f64().unwrap_or(0.0) / 1024.0,
+                    run["wake_p50_us"],
+                    run["wake_p99_us"],
+                );
+            }
+            runs.push(run);
+        }
+    }
+    Ok(json!({ "bench": "wake", "runs": runs }))
+}
+
+// ---------------------------------------------------------------- commits
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CommitVariant {
+    ShoalFull,
+    FilesDelete,
+    FilesWal,
+    ShoalRelaxed,
+    FilesWalNormal,
+}
+
+impl CommitVariant {
+    const ALL: [CommitVariant; 5] = [
+        CommitVariant::ShoalFull,
+        CommitVariant::FilesDelete,
+        CommitVariant::FilesWal,
+        CommitVariant::ShoalRelaxed,
+        CommitVariant::FilesWalNormal,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            CommitVariant::ShoalFull => "shoal full",
+            CommitVariant::FilesDelete => "files DELETE FULL",
+            CommitVariant::FilesWal => "files WAL FULL",
+            CommitVariant::ShoalRelaxed => "shoal relaxed",
+            CommitVariant::FilesWalNormal => "files WAL NORMAL",
+        }
+    }
+
+    fn key(self) -> &'static str {
+        match self {
+            CommitVariant::ShoalFull => "shoal_full",
+            CommitVariant::FilesDelete => "files_delete_full",
+            CommitVariant::FilesWal => "files_wal_full",
+            CommitVariant::ShoalRelaxed => "shoal_relaxed",
+            CommitVariant::FilesWalNormal => "files_wal_normal",
+        }
+    }
+}
+
+fn file_conn(path: &Path, pragmas: &str) -> anyhow::Result<Connection> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(Duration::from_secs(10))?;
+    conn.execute_batch(pragmas)?;
+    Ok(conn)
+}
+
+/// Durable commits per second: `n` actors, each with its own connection, shared by a pool
+/// of at most `threads` threads that commit one small insert at a time, round robin.
+fn run_commits(
+    dir: &Path,
+    variant: CommitVariant,
+    n: usize,
+    threads: usize,
+    seconds: f64,
+) -> anyhow::Result<f64> {
+    std::fs::create_dir_all(dir)?;
+    let store = match variant {
+        CommitVariant::ShoalFull => Some(kv_store(dir, Durability::Full)?),
+        CommitVariant::ShoalRelaxed => Some(kv_store(dir, Durability::Relaxed)?),
+        _ => None,
+    };
+    let pragmas = match variant {
+        CommitVariant::FilesDelete => "PRAGMA journal_mode=DELETE; PRAGMA synchronous=FULL;",
+        CommitVariant::FilesWal => "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;",
+        CommitVariant::FilesWalNormal => "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+        _ => "",
+    };
+    let open = |i: usize| -> anyhow::Result<Connection> {
+        let conn = match &store {
+            Some(store) => store.open_actor(&format!("c{i:05}"))?,
+            None => file_conn(&dir.join(format!("c{i:05}.db")), pragmas)?,
+        };
+        conn.execute_batch("CREATE TABLE IF NOT EXISTS t(id INTEGER PRIMARY KEY, v BLOB); INSERT INTO t(v) VALUES (zeroblob(100));")?;
+        Ok(conn)
+    };
+    let threads = threads.clamp(1, n.max(1));
+    let start = Barrier::new(threads + 1);
+    let stop = AtomicBool::new(false);
+    let commits = AtomicU64::new(0);
+    let failure: Mutex<Option<anyhow::Error>> = Mutex::new(None);
+    let elapsed = std::thread::scope(|s| {
+        for t in 0..threads {
+            let (open, start, stop, commits, failure) = (&open, &start, &stop, &commits, &failure);
+            s.spawn(move || {
+                let conns: anyhow::Result<Vec<Connection>> =
+                    (t..n).step_by(threads).map(open).collect();
+                start.wait();
+                let run = || -> anyhow::Result<()> {
+                    let conns = conns?;
+                    let mut stmts = conns
+                        .iter()
+                        .map(|c| c.prepare("INSERT INTO t(v) VALUES (zeroblob(100))"))
+                        .collect::<Result<Vec<_>, _>>()?;
+                    while !stop.load(Ordering::Relaxed) {
+                        for stmt in &mut stmts {
+                            stmt.execute([])?;
+                            commits.fetch_add(1, Ordering::Relaxed);
+                            if stop.load(Ordering::Relaxed) {
+                                break;
+                            }
+                        }
+                    }
+                    Ok(())
+                };
+                if let Err(e) = run() {
+                    stop.store(true, Ordering::Relaxed);
+                    if let Ok(mut f) = failure.lock() {
+                        f.get_or_insert(e);
+                    }
+                }
+            });
+        }
+        start.wait();
+        let t0 = Instant::now();
+        std::thread::sleep(Duration::from_secs_f64(seconds));
+        stop.store(true, Ordering::Relaxed);
+        t0.elapsed().as_secs_f64()
+    });
+    if let Some(e) = failure.into_inner().ok().flatten() {
+        return Err(e.context(format!("{} with {n} actors", variant.name())));
+    }
+    Ok(commits.into_inner() as f64 / elapsed)
+}
+
+fn commits(scratch: &Path, args: &BenchArgs) -> anyhow::Result<Value> {
+    let mut rows = Vec::new();
+    if !args.json {
+        println!(
+            "{:>6}  {:>14} {:>18} {:>15} {:>14} {:>17}   {:>10} {:>10}",
+            "actors",
+            "shoal full",
+            "files DELETE FULL",
+            "files WAL FULL",
+            "shoal relaxed",
+            "files WAL NORMAL",
+            "vs WAL",
+            "relaxed vs"
+        );
+    }
+    for &n in &args.actors {
+        let mut row = serde_json::Map::new();
+        row.insert("actors".into(), json!(n));
+        let mut rates = Vec::new();
+        for variant in CommitVariant::ALL {
+            if !args.only.is_empty() && !args.only.iter().any(|o| o == variant.key()) {
+                rates.push(f64::NAN);
+                continue;
+            }
+            let dir = scratch.join(format!("commits-{n}-{}", variant.key()));
+            let rate = run_commits(&dir, variant, n, args.threads, args.seconds)?;
+            let _ = std::fs::remove_dir_all(&dir);
+            row.insert(format!("{}_per_s", variant.key()), json!(rate.round()));
+            rates.push(rate);
+        }
+        let [full, _, wal, relaxed, normal] = [rates[0], rates[1], rates[2], rates[3], rates[4]];
+        let speedup = full / wal.max(f64::MIN_POSITIVE);
+        let relaxed_speedup = relaxed / normal.max(f64::MIN_POSITIVE);
+        row.insert(
+            "speedup_vs_files_wal".into(),
+            json!((speedup * 100.0).round() / 100.0),
+        );
+        row.insert(
+            "relaxed_speedup_vs_files_wal_normal".into(),
+            json!((relaxed_speedup * 100.0).round() / 100.0),
+        );
+        if !args.json {
+            println!(
+                "{n:>6}  {:>12.0}/s {:>16.0}/s {:>13.0}/s {:>12.0}/s {:>15.0}/s   {speedup:>9.2}x {relaxed_speedup:>9.2}x",
+                rates[0], rates[1], rates[2], rates[3], rates[4]
+            );
+        }
+        rows.push(Value::Object(row));
+    }
+    Ok(
+        json!({ "bench": "commits", "threads": args.threads, "seconds": args.seconds, "results": rows }),
+    )
+}
+
+// ---------------------------------------------------------------- mixed
+
+/// speedtest1's number names: 123 -> "one hundred twenty three".
+fn number_name(mut n: u64) -> String {
+    const ONES: [&str; 20] = [
+        "zero",
+        "one",
+        "two",
+        "three",
+        "four",
+        "five",
+        "six",
+        "seven",
+        "eight",
+        "nine",
+        "ten",
+        "eleven",
+        "twelve",
+        "thirteen",
+        "fourteen",
+        "fifteen",
+        "sixteen",
+        "seventeen",
+        "eighteen",
+        "nineteen",
+    ];
+    const TENS: [&str; 10] = [
+        "", "ten", "twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety",
+    ];
+    let mut out = Vec::new();
+    for (unit, name) in [
+        (1_000_000_000, "billion"),
+        (1_000_000, "million"),
+        (1_000, "thousand"),
+        (100, "hundred"),
+    ] {
+        if n >= unit {
+            out.push(number_name(n / unit));
+            out.push(name.to_owned());
+            n %= unit;
+        }
+    }
+    if n >= 20 {
+        out.push(TENS[(n / 10) as usize].to_owned());
+        n %= 10;
+    }
+    if n > 0 || out.is_empty() {
+        out.push(ONES[n as usize].to_owned());
+    }
+    out.join(" ")
+}
+
+type MixedTest = (
+    &'static str,
+    fn(&Connection, u64, &mut fastrand::Rng) -> rusqlite_result::Result<()>,
+);
+
+mod rusqlite_result {
+    pub use shoal::rusqlite::Result;
+}
+
+/// The tests, after speedtest1.c's list (each in one transaction, as speedtest1 runs them).
+fn mixed_tests() -> Vec<MixedTest> {
+    vec![
+        ("100 INSERTs into a table with no index", |c, n, r| {
+            c.execute_batch("CREATE TABLE z1(a INTEGER, b INTEGER, c TEXT);")?;
+            let tx = c.unchecked_transaction()?;
+            let mut s = tx.prepare("INSERT INTO z1 VALUES (?1, ?2, ?3)")?;
+            for i in 1..=n {
+                let x = r.u64(..n * 4);
+                s.execute((x as i64, i as i64, number_name(x)))?;
+            }
+            drop(s);
+            tx.commit()
+        }),
+        ("110 ordered INSERTs with one index/PK", |c, n, r| {
+            c.execute_batch("CREATE TABLE z2(a INTEGER PRIMARY KEY, b INTEGER, c TEXT);")?;
+            let tx = c.unchecked_transaction()?;
+            let mut s = tx.prepare("INSERT INTO z2 VALUES (?1, ?2, ?3)")?;
+            for i in 1..=n {
+                let x = r.u64(..n * 4);
+                s.execute((i as i64, x as i64, number_name(x)))?;
+            }
+            drop(s);
+            tx.commit()
+        }),
+        ("120 unordered INSERTs with one index/PK", |c, n, r| {
+            c.execute_batch("CREATE TABLE t3(a INTEGER PRIMARY KEY, b INTEGER, c TEXT);")?;
+            let tx = c.unchecked_transaction()?;
+            let mut s = tx.prepare("INSERT OR IGNORE INTO t3 VALUES (?1, ?2, ?3)")?;
+            for _ in 1..=n {
+                let x = r.u64(..n * 4);
+                s.execute((x as i64, (x / 2) as i64, number_name(x)))?;
+            }
+            drop(s);
+            tx.commit()
+        }),
+        ("130 SELECTs, numeric BETWEEN, unindexed", |c, n, r| {
+            let tx = c.unchecked_transaction()?;
+            let mut s = tx.prepare(
+                "SELECT count(*), avg(b), sum(length(c)) FROM z1 WHERE b BETWEEN ?1 AND ?2",
+            )?;
+            for _ in 0..(n / 500).max(5) {
+                let lo = r.u64(..n);
+                s.query_row((lo as i64, (lo + 100) as i64), |row| row.get::<_, i64>(0))?;
+            }
+            drop(s);
+            tx.commit()
+        }),
+        ("140 SELECTs, LIKE, unindexed", |c, n, r| {
+            let tx = c.unchecked_transaction()?;
+            let mut s = tx.prepare("SELECT count(*), avg(b) FROM z1 WHERE c LIKE ?1")?;
+            for _ in 0..(n / 500).max(5) {
+                s.query_row([format!("%{}%", number_name(r.u64(..1000)))], |row| {
+                    row.get::<_, i64>(0)
+                })?;
+            }
+            drop(s);
+            tx.commit()
+        }),
+        ("150 CREATE INDEX five times", |c, _, _| {
+            c.execute_batch(
+                "BEGIN;
+                 CREATE UNIQUE INDEX t1b ON z1(b); CREATE INDEX t1c ON z1(c);
+                 CREATE UNIQUE INDEX t2b ON z2(b); CREATE INDEX t2c ON z2(c DESC);
+                 CREATE INDEX t3bc ON t3(b, c);
+                 COMMIT;",
+            )
+        }),
+        ("160 SELECTs, numeric BETWEEN, indexed", |c, n, r| {
+            let tx = c.unchecked_transaction()?;
+            let mut s = tx.prepare(
+                "SELECT count(*), avg(b), sum(length(c)) FROM z1 WHERE b BETWEEN ?1 AND ?2",
+            )?;
+            for _ in 0..n / 5 {
+                let lo = r.u64(..n);
+                s.query_row((lo as i64, (lo + 100) as i64), |row| row.get::<_, i64>(0))?;
+            }
+            drop(s);
+            tx.commit()
+        }),
+        ("170 SELECTs, text BETWEEN, indexed", |c, n, r| {
+            let tx = c.unchecked_transaction()?;
+            let mut s = tx.prepare("SELECT count(*), avg(b), sum(length(c)) FROM z1 WHERE c BETWEEN ?1 AND (?1 || 'z')")?;
+            for _ in 0..n / 5 {
+                s.query_row([number_name(r.u64(..n))], |row| row.get::<_, i64>(0))?;
+            }
+            drop(s);
+            tx.commit()
+        }),
+        ("180 INSERTs with three indexes", |c, n, r| {
+            c.execute_batch("CREATE TABLE t4(a INTEGER UNIQUE NOT NULL, b INTEGER UNIQUE NOT NULL, c TEXT, d REAL); CREATE INDEX t4c ON t4(c);")?;
+            let tx = c.unchecked_transaction()?;
+            let mut s = tx.prepare("INSERT OR IGNORE INTO t4 VALUES (?1, ?2, ?3, ?4)")?;
+            for i in 1..=n {
+                let x = r.u64(..n * 4);
+                s.execute((i as i64, x as i64, number_name(x), x as f64 / 7.0))?;
+            }
+            drop(s);
+            tx.commit()
+        }),
+        ("190 DELETE and REFILL one table", |c, _, _| {
+            c.execute_batch("BEGIN; DELETE FROM z2; INSERT INTO z2 SELECT * FROM t3; COMMIT;")
+        }),
+        ("230 UPDATEs, numeric BETWEEN, indexed", |c, n, r| {
+            let tx = c.unchecked_transaction()?;
+            let mut s = tx.prepare("UPDATE z2 SET b = b * 2 WHERE a BETWEEN ?1 AND ?2")?;
+            for _ in 0..n / 5 {
+                let lo = r.u64(..n * 4);
+                s.execute((lo as i64, (lo + 50) as i64))?;
+            }
+            drop(s);
+            tx.commit()
+        }),
+        ("240 UPDATEs of individual rows", |c, n, r| {
+            let tx = c.unchecked_transaction()?;
+            let mut s = tx.prepare("UPDATE z2 SET c = ?1 WHERE a = ?2")?;
+            for _ in 0..n {
+                let x = r.u64(..n * 4);
+                s.execute((number_name(x), x as i64))?;
+            }
+            drop(s);
+            tx.commit()
+        }),
+        ("250 one big UPDATE of the whole table", |c, _, _| {
+            c.execute_batch("UPDATE z2 SET b = b + a, c = c || 'x'")
+        }),
+        ("270 DELETEs, numeric BETWEEN, indexed", |c, n, r| {
+            let tx = c.unchecked_transaction()?;
+            let mut s = tx.prepare("DELETE FROM t3 WHERE a BETWEEN ?1 AND ?2")?;
+            for _ in 0..n / 10 {
+                let lo = r.u64(..n * 4);
+                s.execute((lo as i64, (lo + 20) as i64))?;
+            }
+            drop(s);
+            tx.commit()
+        }),
+        ("280 DELETEs of individual rows", |c, n, r| {
+            let tx = c.unchecked_transaction()?;
+            let mut s = tx.prepare("DELETE FROM z2 WHERE a = ?1")?;
+            for _ in 0..n {
+                s.execute([r.u64(..n * 4) as i64])?;
+            }
+            drop(s);
+            tx.commit()
+        }),
+        ("290 refill two tables using REPLACE", |c, _, _| {
+            c.execute_batch("BEGIN; REPLACE INTO z2(a, b, c) SELECT a, b, c FROM z1; REPLACE INTO t3(a, b, c) SELECT a, b, c FROM z1; COMMIT;")
+        }),
+        ("310 four-way joins", |c, n, r| {
+            let tx = c.unchecked_transaction()?;
+            let mut s = tx.prepare(
+                "SELECT z1.c FROM z1, z2, t3, t4 WHERE t4.a BETWEEN ?1 AND ?1 + 100 AND t3.a = t4.b AND z2.a = t3.b AND z1.b = z2.a",
+            )?;
+            for _ in 0..(n / 100).max(10) {
+                let mut rows = s.query([r.u64(..n) as i64])?;
+                while rows.next()?.is_some() {}
+            }
+            drop(s);
+            tx.commit()
+        }),
+        ("320 subquery in the result set", |c, n, r| {
+            let tx = c.unchecked_transaction()?;
+            let mut s = tx.prepare(
+                "SELECT t4.a, (SELECT z1.c FROM z1 WHERE z1.b = t4.a LIMIT 1) FROM t4 WHERE t4.a BETWEEN ?1 AND ?1 + 200",
+            )?;
+            for _ in 0..(n / 100).max(10) {
+                let mut rows = s.query([r.u64(..n) as i64])?;
+                while rows.next()?.is_some() {}
+            }
+            drop(s);
+            tx.commit()
+        }),
+        ("400 REPLACE ops on an IPK", |c, n, r| {
+            c.execute_batch("CREATE TABLE t5(a INTEGER PRIMARY KEY, b BLOB);")?;
+            let tx = c.unchecked_transaction()?;
+            let mut s = tx.prepare("REPLACE INTO t5 VALUES (?1, zeroblob(?2))")?;
+            for _ in 0..n {
+                s.execute((r.u64(..n) as i64, r.u64(10..200) as i64))?;
+            }
+            drop(s);
+            tx.commit()
+        }),
+        ("410 SELECTs on an IPK", |c, n, r| {
+            let tx = c.unchecked_transaction()?;
+            let mut s = tx.prepare("SELECT length(b) FROM t5 WHERE a = ?1")?;
+            for _ in 0..n {
+                let _ = s.query_row([r.u64(..n) as i64], |row| row.get::<_, i64>(0));
+            }
+            drop(s);
+            tx.commit()
+        }),
+        ("500 REPLACE on TEXT PK", |c, n, r| {
+            c.execute_batch("CREATE TABLE t6(a TEXT PRIMARY KEY, b INTEGER) WITHOUT ROWID;")?;
+            let tx = c.unchecked_transaction()?;
+            let mut s = tx.prepare("REPLACE INTO t6 VALUES (?1, ?2)")?;
+            for i in 0..n {
+                s.execute((number_name(r.u64(..n)), i as i64))?;
+            }
+            drop(s);
+            tx.commit()
+        }),
+        ("510 SELECTs on a TEXT PK", |c, n, r| {
+            let tx = c.unchecked_transaction()?;
+            let mut s = tx.prepare("SELECT b FROM t6 WHERE a = ?1")?;
+            for _ in 0..n {
+                let _ = s.query_row([number_name(r.u64(..n))], |row| row.get::<_, i64>(0));
+            }
+            drop(s);
+            tx.commit()
+        }),
+        ("520 SELECT DISTINCT", |c, _, _| {
+            c.execute_batch("SELECT DISTINCT b FROM t5; SELECT DISTINCT b FROM t6;")
+        }),
+        (
+            "600 many small transactions (autocommit inserts)",
+            |c, n, r| {
+                let mut s = c.prepare("INSERT INTO t5(b) VALUES (zeroblob(?1))")?;
+                for _ in 0..(n / 50).max(20) {
+                    s.execute([r.u64(10..300) as i64])?;
+                }
+                Ok(())
+            },
+        ),
+        ("970 VACUUM", |c, _, _| c.execute_batch("VACUUM")),
+        ("980 PRAGMA integrity_check", |c, _, _| {
+            let ok: String = c.query_row("PRAGMA integrity_check", [], |r| r.get(0))?;
+            assert_eq!(ok, "ok");
+            Ok(())
+        }),
+        ("990 ANALYZE", |c, _, _| c.execute_batch("ANALYZE")),
+    ]
+}
+
+/// Runs every mixed test on `conn`; returns seconds per test.
+fn run_mixed(conn: &Connection, size: u32) -> anyhow::Result<Vec<f64>> {
+    let n = u64::from(size) * 500;
+    let mut rng = fastrand::Rng::with_seed(42);
+    let mut times = Vec::new();
+    for (name, test) in mixed_tests() {
+        let t0 = Instant::now();
+        test(conn, n, &mut rng).with_context(|| name.to_owned())?;
+        times.push(t0.elapsed().as_secs_f64());
+    }
+    Ok(times)
+}
+
+fn mixed(scratch: &Path, args: &BenchArgs) -> anyhow::Result<Value> {
+    const CACHE: &str = "PRAGMA cache_size = -2000;";
+    let configs: [(&str, &str); 5] = [
+        ("shoal_full", "shoal, synchronous=FULL"),
+        ("unix_full", "unix VFS, synchronous=FULL"),
+        ("shoal_relaxed", "shoal, shoal_durability=relaxed"),
+        ("unix_off", "unix VFS, synchronous=OFF"),
+        ("memory", "in-memory (floor)"),
+    ];
+    let mut totals = Vec::new();
+    let mut per_test = Vec::new();
+    for (key, _) in configs {
+        let dir = scratch.join(format!("mixed-{key}"));
+        std::fs::create_dir_all(&dir)?;
+        let store;
+        let conn = match key {
+            "shoal_full" | "shoal_relaxed" => {
+                let durability = if key == "shoal_full" {
+                    Durability::Full
+                } else {
+                    Durability::Relaxed
+                };
+                store = Some(kv_store(&dir, durability)?);
+                let conn = store
+                    .as_ref()
+                    .map(|s| s.open_actor("mixed"))
+                    .transpose()?
+                    .context("store")?;
+                conn.execute_batch(CACHE)?;
+                conn
+            }
+            "unix_full" => file_conn(
+                &dir.join("mixed.db"),
+                &format!("{CACHE} PRAGMA synchronous=FULL;"),
+            )?,
+            "unix_off" => file_conn(
+                &dir.join("mixed.db"),
+                &format!("{CACHE} PRAGMA synchronous=OFF;"),
+            )?,
+            _ => {
+                let c = Connection::open_in_memory()?;
+                c.execute_batch(CACHE)?;
+                c
+            }
+        };
+        let times = run_mixed(&conn, args.size)?;
+        drop(conn);
+        totals.push(times.iter().sum::<f64>());
+        per_test.push(times);
+    }
+    let ratio = totals[0] / totals[1];
+    let relaxed_ratio = totals[2] / totals[3];
+    let names: Vec<&str> = mixed_tests().into_iter().map(|(n, _)| n).collect();
+    if !args.json {
+        println!(
+            "{:<48} {:>10} {:>10} {:>10} {:>10} {:>10}",
+            "test (seconds)", "shoal", "unix", "shoal rlx", "unix OFF", "memory"
+        );
+        for (i, name) in names.iter().enumerate() {
+            println!(
+                "{name:<48} {:>10.4} {:>10.4} {:>10.4} {:>10.4} {:>10.4}",
+                per_test[0][i], per_test[1][i], per_test[2][i], per_test[3][i], per_test[4][i]
+            );
+        }
+        println!(
+            "{:<48} {:>10.3} {:>10.3} {:>10.3} {:>10.3} {:>10.3}",
+            "total", totals[0], totals[1], totals[2], totals[3], totals[4]
+        );
+        println!(
+            "time ratio shoal/unix (full sync): {ratio:.3}; shoal relaxed / unix synchronous=OFF: {relaxed_ratio:.3}"
+        );
+    }
+    let tests: Vec<Value> = names
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            json!({
+                "test": name,
+                "shoal_full_s": per_test[0][i], "unix_full_s": per_test[1][i],
+                "shoal_relaxed_s": per_test[2][i], "unix_off_s": per_test[3][i], "memory_s": per_test[4][i],
+            })
+        })
+        .collect();
+    Ok(json!({
+        "bench": "mixed",
+        "size": args.size,
+        "total_s": { "shoal_full": totals[0], "unix_full": totals[1], "shoal_relaxed": totals[2], "unix_off": totals[3], "memory": totals[4] },
+        "time_ratio_vs_unix": { "full": (ratio * 1000.0).round() / 1000.0, "relaxed_vs_off": (relaxed_ratio * 1000.0).round() / 1000.0 },
+        "tests": tests,
+    }))
+}
+
+// ---------------------------------------------------------------- reads
+
+const READ_ROWS: i64 = 100_000;
+
+fn fill_reads(conn: &Connection) -> anyhow::Result<u64> {
+    conn.execute_batch(&format!(
+        "CREATE TABLE r(id INTEGER PRIMARY KEY, v BLOB);
+         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {READ_ROWS})
+         INSERT INTO r SELECT i, randomblob(200) FROM n;"
+    ))?;
+    let bytes: i64 = conn.query_row(
+        "SELECT page_count * page_size FROM pragma_page_count, pragma_page_size",
+        [],
+        |r| r.get(0),
+    )?;
+    Ok(u64::try_from(bytes).unwrap_or(0))
+}
+
+/// (point reads per second, full-scan MB/s) on `conn`.
+fn measure_reads(conn: &Connection, db_bytes: u64) -> anyhow::Result<(f64, f64)> {
+    let mut rng = fastrand::Rng::with_seed(7);
+    let mut stmt = conn.prepare("SELECT length(v) FROM r WHERE id = ?1")?;
+    let lookups = 200_000;
+    let t0 = Instant::now();
+    for _ in 0..lookups {
+        stmt.query_row([rng.i64(1..=READ_ROWS)], |r| r.get::<_, i64>(0))?;
+    }
+    let point = lookups as f64 / t0.elapsed().as_secs_f64();
+    let scans = 5;
+    let t0 = Instant::now();
+    for _ in 0..scans {
+        conn.query_row("SELECT sum(length(v)) FROM r", [], |r| r.get::<_, i64>(0))?;
+    }
+    let scan = db_bytes as f64 * f64::from(scans) / (1 << 20) as f64 / t0.elapsed().as_secs_f64();
+    Ok((point, scan))
+}
+
+fn reads(scratch: &Path, args: &BenchArgs) -> anyhow::Result<Value> {
+    const PRAGMAS: &str = "PRAGMA cache_size = -2000;";
+    // shoal: cold is the store reopened (its block cache empty); files: the connection
+    // reopened. The OS page cache is warm for both.
+    let dir = scratch.join("reads-shoal");
+    std::fs::create_dir_all(&dir)?;
+    let db_bytes;
+    let (shoal_cold, shoal_warm) = {
+        {
+            let store = kv_store(&dir, Durability::Full)?;
+            let conn = store.open_actor("reads")?;
+            db_bytes = fill_reads(&conn)?;
+        }
+        let store = kv_store(&dir, Durability::Full)?;
+        let conn = store.open_actor("reads")?;
+        conn.execute_batch(PRAGMAS)?;
+        let cold = measure_reads(&conn, db_bytes)?;
+        let warm = measure_reads(&conn, db_bytes)?;
+        (cold, warm)
+    };
+    let path = scratch.join("reads.db");
+    let (unix_cold, unix_warm) = {
+        fill_reads(&file_conn(&path, "")?)?;
+        let conn = file_conn(&path, PRAGMAS)?;
+        let cold = measure_reads(&conn, db_bytes)?;
+        let warm = measure_reads(&conn, db_bytes)?;
+        (cold, warm)
+    };
+    let unix_mmap_warm = {
+        let conn = file_conn(&path, &format!("{PRAGMAS} PRAGMA mmap_size = 1073741824;"))?;
+        measure_reads(&conn, db_bytes)?;
+        measure_reads(&conn, db_bytes)?
+    };
+    let rows = [
+        ("shoal cold (store reopened)", shoal_cold),
+        ("shoal warm", shoal_warm),
+        ("unix VFS cold (connection reopened)", unix_cold),
+        ("unix VFS warm", unix_warm),
+        ("unix VFS warm, mmap", unix_mmap_warm),
+    ];
+    if !args.json {
+        println!(
+            "database of {:.1} MB, {READ_ROWS} rows of 200 bytes",
+            db_bytes as f64 / (1 << 20) as f64
+        );
+        println!("{:<38} {:>16} {:>14}", "", "point reads/s", "scan MB/s");
+        for (name, (p, s)) in rows {
+            println!("{name:<38} {p:>16.0} {s:>14.1}");
+        }
+        println!(
+            "shoal/unix: point reads {:.2}x warm, {:.2}x cold; scans {:.2}x warm, {:.2}x cold",
+            shoal_warm.0 / unix_warm.0,
+            shoal_cold.0 / unix_cold.0,
+            shoal_warm.1 / unix_warm.1,
+            shoal_cold.1 / unix_cold.1
+        );
+    }
+    let entry = |(p, s): (f64, f64)| json!({ "point_reads_per_s": p.round(), "scan_mb_per_s": (s * 10.0).round() / 10.0 });
+    Ok(json!({
+        "bench": "reads",
+        "db_bytes": db_bytes,
+        "shoal_cold": entry(shoal_cold), "shoal_warm": entry(shoal_warm),
+        "unix_cold": entry(unix_cold), "unix_warm": entry(unix_warm), "unix_mmap_warm": entry(unix_mmap_warm),
+        "ratio_vs_unix": {
+            "point_warm": shoal_warm.0 / unix_warm.0, "point_cold": shoal_cold.0 / unix_cold.0,
+            "scan_warm": shoal_warm.1 / unix_warm.1, "scan_cold": shoal_cold.1 / unix_cold.1,
+        },
+    }))
+}
+
+// ---------------------------------------------------------------- coldwake
+
+fn percentiles(h: &Histogram<u64>) -> Value {
+    json!({ "p50_us": h.value_at_quantile(0.5), "p99_us": h.value_at_quantile(0.99), "max_us": h.max(), "count": h.len() })
+}
+
+fn coldwake(scratch: &Path, args: &BenchArgs) -> anyhow::Result<Value> {
+    let n = args.cold_actors.max(1);
+    let messages = 250;
+    let mut results = serde_json::Map::new();
+    for backing in [Backing::DEFAULT, Backing::Files, Backing::FilesTuned] {
+        let dir: PathBuf = scratch.join(format!("coldwake-{}", backing.as_str()));
+        let config = || Config {
+            backing,
+            max_awake: Some(n + 1),
+            ..Config::default()
+        };
+        {
+            let store = Store::open(&dir, config())?;
+            for i in 0..n {
+                let conn = store.open_actor(&format!("cold-{i:05}"))?;
+                workload::populate(&conn, messages, i as u64)?;
+            }
+        }
+        // A new store: nothing of these actors is cached in the process.
+        let store = Store::open(&dir, config())?;
+        let mut hist = Histogram::<u64>::new(3)?;
+        for i in 0..n {
+            let t0 = Instant::now();
+            let actor = store.actor(&format!("cold-{i:05}"))?;
+            workload::open_task_detail(&actor, 1_900_000_000)?;
+            drop(actor);
+            hist.record(u64::try_from(t0.elapsed().as_micros()).unwrap_or(u64::MAX))?;
+        }
+        let size = store.actor_stats("cold-00000")?.size;
+        if !args.json {
+            println!(
+                "{:<12} {n} cold actors of {:.0} KB: wake (open + task detail) p50 {} us, p99 {} us, max {} us",
+                backing.as_str(),
+                size as f64 / 1024.0,
+                hist.value_at_quantile(0.5),
+                hist.value_at_quantile(0.99),
+                hist.max()
+            );
+        }
+        let mut entry = percentiles(&hist);
+        entry["actor_bytes"] = json!(size);
+        results.insert(backing.as_str().to_owned(), entry);
+    }
+    Ok(json!({ "bench": "coldwake", "actors": n, "results": results }))
+}
