@@ -3,13 +3,11 @@
 use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use rusqlite::hooks::{AuthAction, AuthContext, Authorization};
 use rusqlite::{Connection, MAIN_DB, OpenFlags};
 
-use crate::config::{Backing, Config, Durability, KvEngine};
+use crate::config::{Backing, Config, Durability};
 use crate::error::{Error, Result};
 use crate::memory::{self, MemoryReport};
 use crate::names::validate_actor_name;
@@ -21,7 +19,8 @@ const ACTORS_DIR: &str = "actors";
 /// The lock file that keeps a store open in one process at a time.
 const LOCK_FILE: &str = "LOCK";
 
-static NEXT_VFS: AtomicUsize = AtomicUsize::new(0);
+#[cfg(feature = "kv-vfs")]
+static NEXT_VFS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 #[derive(Debug)]
 enum Engine {
@@ -504,6 +503,10 @@ impl Drop for Store {
 
 #[cfg(feature = "kv-vfs")]
 fn open_kv(dir: &Path, config: &Config) -> Result<shoal_vfs::Vfs> {
+    use crate::config::KvEngine;
+    use std::sync::Arc;
+    use std::sync::atomic::Ordering;
+
     let locked = |e: shoal_kv::Error| match e {
         shoal_kv::Error::StoreLocked { .. } => Error::StoreLocked {
             path: dir.to_path_buf(),

@@ -13,6 +13,7 @@
 //! The child is this same test binary, re-run with `SHOAL_CRASH_CHILD` set. CI runs 50
 //! kill cycles per durability mode; `SHOAL_CRASH_CYCLES=1000 cargo test --release --test
 //! crash` is the long mode (docs/BENCHMARKS.md records a run).
+#![cfg(feature = "kv-vfs")]
 #![allow(clippy::unwrap_used, clippy::indexing_slicing, clippy::expect_used)]
 
 use std::collections::{BTreeSet, HashMap};

@@ -7,9 +7,10 @@ use std::path::Path;
 use shoal::{Backing, Config, Error, Store};
 
 fn backings() -> Vec<Backing> {
-    let mut all = vec![Backing::Files, Backing::FilesTuned];
+    let mut all = Vec::new();
     #[cfg(feature = "kv-vfs")]
-    all.insert(0, Backing::Kv);
+    all.push(Backing::Kv);
+    all.extend([Backing::Files, Backing::FilesTuned]);
     all
 }
 
