@@ -36,6 +36,8 @@ pub struct Kv {
     committer: GroupCommitter,
     /// Serialises catalog changes (lookup-then-insert must not race).
     catalog_lock: Mutex<()>,
+    /// Set while one VFS serves this store (see [`Kv::claim`]).
+    claimed: std::sync::atomic::AtomicBool,
 }
 
 impl Kv {
@@ -67,7 +69,21 @@ impl Kv {
             backend,
             committer,
             catalog_lock: Mutex::new(()),
+            claimed: std::sync::atomic::AtomicBool::new(false),
         })
+    }
+
+    /// Claims the store for one user that caches what it wrote (a VFS keeps file sizes
+    /// and recent pages in memory, which is only right while nothing else writes):
+    /// `false` if it is claimed already. [`Kv::release`] gives it back.
+    pub fn claim(&self) -> bool {
+        !self.claimed.swap(true, std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Gives back a [`Kv::claim`].
+    pub fn release(&self) {
+        self.claimed
+            .store(false, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// The backend (for statistics and tests).
@@ -132,12 +148,22 @@ impl Kv {
         }
     }
 
-    /// Adds a put of one chunk to `batch`. `data` should have
-    /// [`checksum::TRAILER_LEN`] bytes of spare capacity, so sealing does not reallocate.
-    pub fn put_chunk(batch: &mut Batch, id: DbId, kind: FileKind, no: ChunkNo, data: Vec<u8>) {
+    /// Adds a put of one chunk to `batch` and returns the chunk's bytes (a view of the
+    /// sealed value, without a copy). `data` should have [`checksum::TRAILER_LEN`] bytes
+    /// of spare capacity, so sealing does not reallocate.
+    pub fn put_chunk(
+        batch: &mut Batch,
+        id: DbId,
+        kind: FileKind,
+        no: ChunkNo,
+        data: Vec<u8>,
+    ) -> Bytes {
         let key = keys::chunk_key(id, kind, no);
+        let len = data.len();
         let value = checksum::seal(&key, data);
+        let payload = value.slice(..len);
         batch.put(key.to_vec(), value);
+        payload
     }
 
     /// Adds a put of a file's metadata to `batch`, guarded on the previous record.

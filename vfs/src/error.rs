@@ -41,6 +41,9 @@ pub enum Error {
     /// A VFS of this name is already registered in this process.
     #[error("a SQLite VFS named {0:?} is already registered in this process")]
     AlreadyRegistered(String),
+    /// Another VFS already serves this kv (one writer per store: each keeps state in memory).
+    #[error("another shoal VFS already serves this store; drop it first")]
+    KvInUse,
     /// The linked SQLite lacks a compile option shoal depends on.
     #[error(
         "the linked SQLite was built without SQLITE_ENABLE_BATCH_ATOMIC_WRITE, so every commit \

@@ -61,6 +61,8 @@ pub(crate) struct FileState {
     in_batch: bool,
     /// The metadata generation last made durable by a flush of the kv (`None`: unknown).
     durable_generation: Option<u64>,
+    /// Chunk 0 as stored (SQLite reads the database header at every transaction start).
+    first_chunk: Option<Bytes>,
 }
 
 /// One stored file, shared by every handle that has it open.
@@ -72,7 +74,21 @@ pub(crate) struct Inode {
     pub(crate) name: String,
     pub(crate) counters: Arc<DbCounters>,
     pub(crate) locks: Mutex<LockTable>,
+    /// For a database file: what is known of its rollback journal without asking the kv
+    /// (see [`JournalHint`]).
+    pub(crate) journal_hint: Mutex<JournalHint>,
     state: Mutex<FileState>,
+}
+
+/// Whether a database's rollback journal is known to be absent. SQLite asks at every
+/// transaction start (`hasHotJournal`); while this process holds the store, journals
+/// appear and vanish only through this VFS, so after one look at the kv the answer is
+/// kept. `epoch` counts journal opens and deletes: an answer from the kv is kept only if
+/// no open or delete happened while it was being fetched.
+#[derive(Debug, Default)]
+pub(crate) struct JournalHint {
+    pub(crate) epoch: u64,
+    pub(crate) absent: bool,
 }
 
 fn chunk_len(size: u64, cs: u64, c: u64) -> u64 {
@@ -118,6 +134,7 @@ impl Inode {
             name: name.to_owned(),
             counters,
             locks: Mutex::new(LockTable::default()),
+            journal_hint: Mutex::new(JournalHint::default()),
             state: Mutex::new(FileState {
                 persisted,
                 size: meta.size,
@@ -127,6 +144,7 @@ impl Inode {
                 truncate_from: None,
                 in_batch: false,
                 durable_generation: None,
+                first_chunk: None,
             }),
         })
     }
@@ -143,7 +161,7 @@ impl Inode {
     /// Reads into `buf` from `offset`; returns the bytes filled (fewer at end of file).
     pub(crate) fn read(&self, kv: &Kv, buf: &mut [u8], offset: u64) -> Result<usize> {
         let mut from_kv: Vec<(u32, usize, usize, usize)> = Vec::new();
-        let (size, cs, n) = {
+        let (size, cs, n, generation) = {
             let st = self.state.lock();
             if offset >= st.size || st.chunk_size == 0 {
                 return Ok(0);
@@ -158,7 +176,12 @@ impl Inode {
                 let take = (usize_of(cs) - within).min(n - pos);
                 let c32 = u32::try_from(c)
                     .map_err(|_| Error::corrupt(&self.name, "offset past the last chunk"))?;
-                match st.dirty.get(&c32) {
+                let cached = if c32 == 0 {
+                    st.first_chunk.as_deref()
+                } else {
+                    None
+                };
+                match st.dirty.get(&c32).map(Vec::as_slice).or(cached) {
                     Some(chunk) => {
                         let src = chunk.get(within..within + take).ok_or_else(|| {
                             Error::corrupt(&self.name, "dirty chunk shorter than the file")
@@ -171,10 +194,18 @@ impl Inode {
                 }
                 pos += take;
             }
-            (st.size, cs, n)
+            (
+                st.size,
+                cs,
+                n,
+                st.persisted.as_ref().map(|p| p.meta.generation),
+            )
         };
         for (c, within, pos, take) in from_kv {
             let data = self.stored_chunk(kv, c, size, cs)?;
+            if c == 0 {
+                self.remember_first_chunk(&data, generation);
+            }
             let src = data
                 .get(within..within + take)
                 .ok_or_else(|| Error::corrupt(&self.name, "chunk shorter than the file"))?;
@@ -187,6 +218,19 @@ impl Inode {
         }
         DbCounters::add(&self.counters.bytes_read, n as u64);
         Ok(n)
+    }
+
+    /// Keeps chunk 0 as read from the kv, unless the file was flushed since or has a
+    /// pending change to it.
+    fn remember_first_chunk(&self, data: &Bytes, generation_when_read: Option<u64>) {
+        let mut st = self.state.lock();
+        let generation = st.persisted.as_ref().map(|p| p.meta.generation);
+        if generation == generation_when_read
+            && !st.dirty.contains_key(&0)
+            && st.truncate_from.is_none()
+        {
+            st.first_chunk = Some(data.clone());
+        }
     }
 
     /// A stored chunk, verified and checked for the length the file size implies.
@@ -404,12 +448,17 @@ impl Inode {
             return Ok(Flushed::default());
         }
         let mut batch = Batch::new();
+        let keeps_first_chunk = st.truncate_from != Some(0);
         if let Some(t) = st.truncate_from.take() {
             batch.delete_range(keys::chunks_from(self.id, self.kind, ChunkNo(t)));
         }
         let chunks = st.dirty.len() as u64;
+        let mut first = st.first_chunk.take().filter(|_| keeps_first_chunk);
         for (c, data) in std::mem::take(&mut st.dirty) {
-            Kv::put_chunk(&mut batch, self.id, self.kind, ChunkNo(c), data);
+            let stored = Kv::put_chunk(&mut batch, self.id, self.kind, ChunkNo(c), data);
+            if c == 0 {
+                first = Some(stored);
+            }
         }
         st.dirty_bytes = 0;
         let raw = Kv::put_meta(&mut batch, self.id, self.kind, &meta, st.persisted.as_ref());
@@ -420,6 +469,7 @@ impl Inode {
         match applied {
             Ok(Ok(())) => {
                 st.persisted = Some(StoredMeta { meta, raw });
+                st.first_chunk = first;
                 DbCounters::add(&self.counters.kv_batches, 1);
                 if self.kind == FileKind::Main {
                     DbCounters::add(&self.counters.pages_written, chunks);
@@ -495,6 +545,7 @@ impl Inode {
         st.chunk_size = 0;
         // A recreated file counts generations from 1 again.
         st.durable_generation = None;
+        st.first_chunk = None;
     }
 }
 
@@ -507,6 +558,7 @@ impl FileState {
     }
 
     fn reset_to_persisted(&mut self) {
+        // The cached chunk 0 is the persisted one or was taken by the failed flush.
         self.dirty.clear();
         self.dirty_bytes = 0;
         self.truncate_from = None;

@@ -88,9 +88,14 @@ pub struct Vfs {
     registered: ffi::RegisteredVfs,
 }
 
-/// Registers a VFS over `kv`. Fails if the name is taken in this process, or if the
-/// linked SQLite lacks `SQLITE_ENABLE_BATCH_ATOMIC_WRITE`.
+/// Registers a VFS over `kv`. Fails if the name is taken in this process, if another VFS
+/// already serves `kv`, or if the linked SQLite lacks `SQLITE_ENABLE_BATCH_ATOMIC_WRITE`.
 pub fn register(kv: Arc<Kv>, options: VfsOptions) -> Result<Vfs> {
+    // The VFS keeps what it wrote in memory (file sizes, the database header, whether a
+    // journal exists), which is right only while it is the store's one writer.
+    if !kv.claim() {
+        return Err(Error::KvInUse);
+    }
     let state = Arc::new(vfs::VfsState::new(options.name, kv, options.durability));
     Ok(Vfs {
         registered: ffi::register(state)?,

@@ -30,6 +30,8 @@ pub(crate) struct VfsState {
     pub(crate) kv: Arc<Kv>,
     pub(crate) durability: Durability,
     inodes: Mutex<HashMap<(DbId, FileKind), Weak<Inode>>>,
+    /// Open database files by name, so a journal name resolves without a catalog read.
+    mains: Mutex<HashMap<String, Weak<Inode>>>,
     counters: Mutex<HashMap<DbId, Arc<DbCounters>>>,
     pub(crate) open_files: AtomicUsize,
 }
@@ -70,6 +72,7 @@ impl VfsState {
             kv,
             durability,
             inodes: Mutex::default(),
+            mains: Mutex::default(),
             counters: Mutex::default(),
             open_files: AtomicUsize::new(0),
         }
@@ -248,7 +251,13 @@ impl VfsState {
                     "the name belongs to a super-journal",
                 ));
             }
-            self.inode(entry.id, FileKind::Main, name, entry.id, false)?
+            let inode = self.inode(entry.id, FileKind::Main, name, entry.id, false)?;
+            let mut mains = self.mains.lock();
+            if mains.len() >= 64 && mains.len().is_power_of_two() {
+                mains.retain(|_, w| w.strong_count() > 0);
+            }
+            mains.insert(name.to_owned(), Arc::downgrade(&inode));
+            inode
         } else if flags & ffi::SQLITE_OPEN_MAIN_JOURNAL != 0
             // pager.c `pager_delsuper` opens each child journal a super-journal lists
             // with SQLITE_OPEN_SUPER_JOURNAL ("zJournal is really a MAIN_JOURNAL. But
@@ -272,6 +281,11 @@ impl VfsState {
                 return Err(Error::cant_open(name, "no such journal"));
             }
             DbCounters::add(&inode.counters.journal_opens, 1);
+            if let Some(main) = self.live_inode(entry.id, FileKind::Main) {
+                let mut hint = main.journal_hint.lock();
+                hint.epoch += 1;
+                hint.absent = false;
+            }
             inode
         } else if flags & ffi::SQLITE_OPEN_SUPER_JOURNAL != 0 {
             let entry = if create {
@@ -325,10 +339,21 @@ impl VfsState {
                 if let Some(inode) = self.live_inode(entry.id, FileKind::MainJournal) {
                     inode.forget();
                 }
+                let main = self.live_inode(entry.id, FileKind::Main);
+                if let Some(main) = &main {
+                    let mut hint = main.journal_hint.lock();
+                    hint.epoch += 1;
+                    hint.absent = false;
+                }
                 let mut batch = Batch::new();
                 batch.delete_range(keys::file_range(entry.id, FileKind::MainJournal));
                 self.kv.apply(batch)?;
                 self.kv.commit_durable()?;
+                if let Some(main) = &main {
+                    let mut hint = main.journal_hint.lock();
+                    hint.epoch += 1;
+                    hint.absent = true;
+                }
                 let counters = self.counters(entry.id);
                 DbCounters::add(&counters.kv_batches, 1);
                 DbCounters::add(&counters.durable_syncs, 1);
@@ -354,6 +379,11 @@ impl VfsState {
     /// xAccess (EXISTS and READWRITE alike): a file exists when it is stored and not
     /// empty, as the unix VFS answers for regular files.
     pub(crate) fn access(&self, name: &str) -> Result<bool> {
+        if let Target::Journal(db) = names::classify(name)
+            && let Some(main) = self.mains.lock().get(db).and_then(Weak::upgrade)
+        {
+            return self.journal_exists(&main);
+        }
         let (entry_name, kind) = match names::classify(name) {
             Target::Wal => return Ok(false),
             Target::Journal(db) => (db, FileKind::MainJournal),
@@ -392,6 +422,40 @@ pub struct Audit {
     pub bytes: u64,
     /// Every problem found, described; empty when the database is sound.
     pub problems: Vec<String>,
+}
+
+impl VfsState {
+    /// Whether the open database `main` has a non-empty rollback journal, answered from
+    /// memory once known (see `JournalHint`).
+    fn journal_exists(&self, main: &Inode) -> Result<bool> {
+        if let Some(journal) = self.live_inode(main.id, FileKind::MainJournal) {
+            return Ok(journal.exists_nonempty());
+        }
+        let epoch = {
+            let hint = main.journal_hint.lock();
+            if hint.absent {
+                return Ok(false);
+            }
+            hint.epoch
+        };
+        let exists = self
+            .kv
+            .read_meta(main.id, FileKind::MainJournal)?
+            .is_some_and(|m| m.meta.size > 0);
+        if !exists {
+            let mut hint = main.journal_hint.lock();
+            if hint.epoch == epoch {
+                hint.absent = true;
+            }
+        }
+        Ok(exists)
+    }
+}
+
+impl Drop for VfsState {
+    fn drop(&mut self) {
+        self.kv.release();
+    }
 }
 
 /// One open `sqlite3_file`.

@@ -200,11 +200,13 @@ fn relaxed_durability_skips_the_flush_wait_after_a_batch() {
 }
 
 #[test]
-fn registration_is_refused_twice_under_one_name() {
+fn registration_is_refused_twice_under_one_name_or_over_one_store() {
     let vfs = mem_vfs();
-    let kv = vfs.kv().clone();
+    let other = std::sync::Arc::new(
+        shoal_kv::Kv::open(std::sync::Arc::new(shoal_kv::MemKv::new())).unwrap(),
+    );
     let err = shoal_vfs::register(
-        kv,
+        other,
         shoal_vfs::VfsOptions {
             name: vfs.name().to_owned(),
             ..Default::default()
@@ -215,5 +217,26 @@ fn registration_is_refused_twice_under_one_name() {
         matches!(err, shoal_vfs::Error::AlreadyRegistered(_)),
         "{err}"
     );
+    // A second VFS over the same store would keep its own view of sizes and pages.
+    let err = shoal_vfs::register(
+        vfs.kv().clone(),
+        shoal_vfs::VfsOptions {
+            name: unique_name("second"),
+            ..Default::default()
+        },
+    )
+    .unwrap_err();
+    assert!(matches!(err, shoal_vfs::Error::KvInUse), "{err}");
+    // Once the first is gone, the store can be served again.
+    let kv = vfs.kv().clone();
+    drop(vfs);
+    shoal_vfs::register(
+        kv,
+        shoal_vfs::VfsOptions {
+            name: unique_name("third"),
+            ..Default::default()
+        },
+    )
+    .unwrap();
     assert!(shoal_vfs::sqlite_has_batch_atomic_write());
 }
