@@ -66,7 +66,6 @@
 //!
 //! [`scan`]: KvStore::scan
 
-use std::collections::BTreeMap;
 use std::fs::{File, TryLockError};
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
@@ -78,7 +77,7 @@ use parking_lot::Mutex;
 
 use crate::error::{Error, Result};
 use crate::keys::{self, KeyRange};
-use crate::store::{Batch, Entry, KvStats, KvStore, Op, Scan};
+use crate::store::{Batch, Entry, KvStats, KvStore, Scan, fold_ops};
 
 /// The file in the store's directory that [`FjallKv`] locks while it is open.
 const LOCK_FILE: &str = "shoal.lock";
@@ -401,34 +400,21 @@ impl KvStore for FjallKv {
                 });
             }
         }
-        // Ops are folded in order into one write per key: a range delete must also
-        // remove puts made earlier in the same batch, and fjall's range deletes are
-        // expanded into removes of the keys that exist.
-        let mut writes: BTreeMap<Bytes, Option<Bytes>> = BTreeMap::new();
-        for op in batch.ops {
-            match op {
-                Op::Put(k, v) => {
-                    writes.insert(k, Some(v));
-                }
-                Op::Delete(k) => {
-                    writes.insert(k, None);
-                }
-                Op::DeleteRange(range) => {
-                    let Some(bounds) = stored_bounds(&range) else {
-                        continue;
-                    };
-                    for w in writes.iter_mut().filter(|(k, _)| range.contains(k)) {
-                        *w.1 = None;
-                    }
-                    // Under the write lock nothing is half committed, so the latest
-                    // state is read directly; the iterator ends with this statement.
-                    for item in self.partition.range(bounds) {
-                        let (key, _) = item.map_err(fjall_err("delete_range"))?;
-                        writes.insert(user_key(&key)?, None);
-                    }
-                }
-            }
-        }
+        // Ops are folded in order into one write per key; fjall has no range delete, so
+        // one becomes removes of the keys that exist. Under the write lock nothing is half
+        // committed, so the latest state is read directly; each iterator ends in the call.
+        let writes = fold_ops(batch.ops, |range| {
+            let Some(bounds) = stored_bounds(range) else {
+                return Ok(Vec::new());
+            };
+            self.partition
+                .range(bounds)
+                .map(|item| {
+                    item.map_err(fjall_err("delete_range"))
+                        .and_then(|(key, _)| user_key(&key))
+                })
+                .collect()
+        })?;
         // Checked before any item is built: fjall panics on these.
         for (k, v) in &writes {
             if k.len() > MAX_KEY_LEN {

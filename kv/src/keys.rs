@@ -287,6 +287,11 @@ impl KeyRange {
         }
     }
 
+    /// Whether no key can lie in the range (its end is at or before its start).
+    pub fn is_empty(&self) -> bool {
+        !self.end.is_empty() && self.end <= self.start
+    }
+
     /// Whether `key` lies in the range.
     pub fn contains(&self, key: &[u8]) -> bool {
         key >= self.start.as_slice() && (self.end.is_empty() || key < self.end.as_slice())

@@ -50,18 +50,13 @@ fn bounds(range: &KeyRange) -> (Bound<&[u8]>, Bound<&[u8]>) {
     (Bound::Included(range.start.as_slice()), end)
 }
 
-/// Whether `range` is empty or inverted (nothing to do, and `BTreeMap::range` panics on it).
-fn is_empty(range: &KeyRange) -> bool {
-    !range.end.is_empty() && range.end <= range.start
-}
-
 impl KvStore for MemKv {
     fn get(&self, key: &[u8]) -> Result<Option<Bytes>> {
         Ok(self.map.read().get(key).cloned())
     }
 
     fn scan(&self, range: KeyRange) -> Result<Scan<'_>> {
-        if is_empty(&range) {
+        if range.is_empty() {
             return Ok(Box::new(std::iter::empty()));
         }
         let entries: Vec<_> = self
@@ -91,7 +86,7 @@ impl KvStore for MemKv {
                     map.remove(&k);
                 }
                 Op::DeleteRange(range) => {
-                    if is_empty(&range) {
+                    if range.is_empty() {
                         continue;
                     }
                     let doomed: Vec<Bytes> = map

@@ -9,7 +9,6 @@
 //!   [`Error::StoreLocked`];
 //! - `get` returns a reference-counted `IVec`, wrapped here as [`Bytes`] without a copy.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -18,7 +17,7 @@ use parking_lot::Mutex;
 
 use crate::error::{Error, Result};
 use crate::keys::{self, KeyRange};
-use crate::store::{Batch, KvStats, KvStore, Op, Scan};
+use crate::store::{Batch, KvStats, KvStore, Scan, fold_ops};
 
 /// How long [`SledKv::open`] waits for a directory lock that sled has not yet released.
 const LOCK_RETRY: Duration = Duration::from_secs(1);
@@ -135,7 +134,7 @@ impl KvStore for SledKv {
     }
 
     fn scan(&self, range: KeyRange) -> Result<Scan<'_>> {
-        if !range.end.is_empty() && range.end <= range.start {
+        if range.is_empty() {
             return Ok(Box::new(std::iter::empty()));
         }
         let iter = self.range_iter(&range).map(|r| {
@@ -155,31 +154,13 @@ impl KvStore for SledKv {
                 });
             }
         }
-        // sled's batch keeps one write per key, so ops are folded in order first: a
-        // range delete must also remove puts made earlier in the same batch.
-        let mut writes: BTreeMap<Bytes, Option<Bytes>> = BTreeMap::new();
-        for op in batch.ops {
-            match op {
-                Op::Put(k, v) => {
-                    writes.insert(k, Some(v));
-                }
-                Op::Delete(k) => {
-                    writes.insert(k, None);
-                }
-                Op::DeleteRange(range) => {
-                    if !range.end.is_empty() && range.end <= range.start {
-                        continue;
-                    }
-                    for w in writes.iter_mut().filter(|(k, _)| range.contains(k)) {
-                        *w.1 = None;
-                    }
-                    for key in self.range_iter(&range).keys() {
-                        let key = key.map_err(sled_err("delete_range"))?;
-                        writes.insert(to_bytes(key), None);
-                    }
-                }
-            }
-        }
+        // sled's batch keeps one write per key, so ops are folded in order first.
+        let writes = fold_ops(batch.ops, |range| {
+            self.range_iter(range)
+                .keys()
+                .map(|k| k.map(to_bytes).map_err(sled_err("delete_range")))
+                .collect()
+        })?;
         let mut sled_batch = sled::Batch::default();
         for (k, v) in writes {
             match v {

@@ -14,6 +14,8 @@
 //! - batches are applied in order, and readers never see part of a batch;
 //! - `flush` returns only when everything applied before it is durable.
 
+use std::collections::BTreeMap;
+
 use bytes::Bytes;
 
 use crate::error::Result;
@@ -143,4 +145,40 @@ pub trait KvStore: Send + Sync + std::fmt::Debug + 'static {
         batch.delete_range(range);
         self.apply(batch)
     }
+}
+
+/// The net effect of a batch: one write per key (`None` deletes).
+pub(crate) type Writes = BTreeMap<Bytes, Option<Bytes>>;
+
+/// Folds `ops` in order into one write per key, for backends whose native batch keeps one
+/// write per key. A range delete also removes the puts made earlier in the same batch, and
+/// every stored key that `stored_keys` lists for the range (called with non-empty ranges
+/// only); a put after it survives.
+pub(crate) fn fold_ops(
+    ops: Vec<Op>,
+    mut stored_keys: impl FnMut(&KeyRange) -> Result<Vec<Bytes>>,
+) -> Result<Writes> {
+    let mut writes = Writes::new();
+    for op in ops {
+        match op {
+            Op::Put(k, v) => {
+                writes.insert(k, Some(v));
+            }
+            Op::Delete(k) => {
+                writes.insert(k, None);
+            }
+            Op::DeleteRange(range) => {
+                if range.is_empty() {
+                    continue;
+                }
+                for (_, w) in writes.iter_mut().filter(|(k, _)| range.contains(k)) {
+                    *w = None;
+                }
+                for key in stored_keys(&range)? {
+                    writes.insert(key, None);
+                }
+            }
+        }
+    }
+    Ok(writes)
 }
