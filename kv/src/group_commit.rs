@@ -7,14 +7,22 @@
 //! runs, new requests pile up in the channel and are served together by the next one, so
 //! under load the number of flushes stays far below the number of commits.
 //!
+//! Before it flushes, the flusher waits (briefly, at most `GATHER_LIMIT`) for batches
+//! that are being applied at that moment: their committers are about to ask for a flush
+//! too, and with backends that block applies while they flush (fjall holds its journal
+//! lock across the fsync) flushing at once would make every one of them wait for the next
+//! flush instead. Threads in [`Kv::apply`](crate::Kv::apply) are counted by
+//! `GroupCommitter::applying`.
+//!
 //! A failed flush is reported to every waiter of that flush and poisons the committer:
 //! later requests and [`GroupCommitter::check_writable`] fail with [`Error::Poisoned`]
 //! until the store is reopened (a backend whose flush failed may have lost writes that
 //! were already acknowledged as applied; writing on would build on sand).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 use parking_lot::Mutex;
@@ -23,6 +31,19 @@ use crate::error::{Error, Result};
 use crate::store::KvStore;
 
 type Reply = Sender<Result<(), String>>;
+
+/// The longest a flush waits for batches being applied when it is asked for.
+pub(crate) const GATHER_LIMIT: Duration = Duration::from_micros(500);
+
+/// Counts a batch being applied while it lives (see [`GroupCommitter::applying`]).
+#[derive(Debug)]
+pub(crate) struct Applying<'a>(&'a AtomicUsize);
+
+impl Drop for Applying<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
 
 /// Counters of a [`GroupCommitter`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -39,6 +60,8 @@ pub struct GroupCommitStats {
 #[derive(Debug, Default)]
 struct Shared {
     poisoned: Mutex<Option<String>>,
+    /// Batches being applied right now.
+    applying: AtomicUsize,
     requests: AtomicU64,
     completed: AtomicU64,
     flushes: AtomicU64,
@@ -93,6 +116,13 @@ impl GroupCommitter {
         }
     }
 
+    /// Marks a batch as being applied until the guard drops, so a flush asked for
+    /// meanwhile waits for it (see the module docs).
+    pub(crate) fn applying(&self) -> Applying<'_> {
+        self.shared.applying.fetch_add(1, Ordering::SeqCst);
+        Applying(&self.shared.applying)
+    }
+
     /// Fails with [`Error::Poisoned`] once a flush has failed.
     pub fn check_writable(&self) -> Result<()> {
         match self.shared.poison_cause() {
@@ -113,6 +143,10 @@ impl GroupCommitter {
 
 fn flusher(backend: &dyn KvStore, rx: &Receiver<Reply>, shared: &Shared) {
     while let Ok(first) = rx.recv() {
+        let deadline = Instant::now() + GATHER_LIMIT;
+        while shared.applying.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+            std::thread::yield_now();
+        }
         let mut waiters = vec![first];
         waiters.extend(rx.try_iter());
         let result = match shared.poison_cause() {

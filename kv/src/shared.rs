@@ -104,6 +104,7 @@ impl Kv {
     /// Applies `batch` atomically, unless a failed flush has poisoned the store.
     pub fn apply(&self, batch: Batch) -> Result<()> {
         self.committer.check_writable()?;
+        let _applying = self.committer.applying();
         self.backend.apply(batch)
     }
 
