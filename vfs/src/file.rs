@@ -153,6 +153,11 @@ impl Inode {
         self.state.lock().size
     }
 
+    /// Bytes per chunk (0 while nothing was written).
+    pub(crate) fn chunk_size(&self) -> u32 {
+        self.state.lock().chunk_size
+    }
+
     /// Whether the file exists in the sense of unix `access()`: stored, and not empty.
     pub(crate) fn exists_nonempty(&self) -> bool {
         self.state.lock().size > 0

@@ -316,6 +316,7 @@ impl VfsState {
             durability: self.durability,
             batch_committed: false,
             pins: HashMap::new(),
+            fetched: HashMap::new(),
             mmap_size: 0,
         })))
     }
@@ -476,8 +477,17 @@ pub(crate) struct KvHandle {
     batch_committed: bool,
     /// Buffers lent to SQLite by xFetch, by address, with their lend count.
     pins: HashMap<usize, (Bytes, usize)>,
+    /// Pages this handle fetched during its current lock, verified, by chunk number. The
+    /// pager does not cache pages it got from xFetch, so a join or an index probe asks
+    /// for the same interior pages again and again; while this handle holds a lock no
+    /// other handle can change them, and its own writes clear the set. Emptied when the
+    /// lock drops to NONE, so an idle connection holds nothing.
+    fetched: HashMap<u32, Bytes>,
     mmap_size: i64,
 }
+
+/// Most pages a handle keeps in `fetched` (a transaction touching more starts over).
+const FETCHED_PAGES: usize = 128;
 
 impl FileHandle {
     /// xRead: bytes filled (fewer than `buf.len()` at end of file).
@@ -490,7 +500,10 @@ impl FileHandle {
 
     pub(crate) fn write(&mut self, data: &[u8], offset: u64) -> Result<()> {
         match self {
-            FileHandle::Kv(h) => h.inode.write(&h.vfs.kv, data, offset),
+            FileHandle::Kv(h) => {
+                h.fetched.clear();
+                h.inode.write(&h.vfs.kv, data, offset)
+            }
             FileHandle::Mem(m) => m.write(data, offset).ok_or_else(|| Error::TooLarge {
                 file: "temp file".into(),
                 max: usize::MAX as u64,
@@ -500,7 +513,10 @@ impl FileHandle {
 
     pub(crate) fn truncate(&mut self, size: u64) -> Result<()> {
         match self {
-            FileHandle::Kv(h) => h.inode.truncate(&h.vfs.kv, size),
+            FileHandle::Kv(h) => {
+                h.fetched.clear();
+                h.inode.truncate(&h.vfs.kv, size)
+            }
             FileHandle::Mem(m) => m.truncate(size).ok_or_else(|| Error::TooLarge {
                 file: "temp file".into(),
                 max: usize::MAX as u64,
@@ -574,7 +590,22 @@ impl FileHandle {
         let FileHandle::Kv(h) = self else {
             return None;
         };
-        let page = h.inode.fetch(&h.vfs.kv, offset, len).ok()??;
+        let cs = u64::from(h.inode.chunk_size());
+        let chunk = u32::try_from(offset / cs.max(1)).ok()?;
+        let page = match h.fetched.get(&chunk) {
+            Some(page) if page.len() == len && offset.is_multiple_of(cs.max(1)) => {
+                DbCounters::add(&h.inode.counters.pages_fetched, 1);
+                page.clone()
+            }
+            _ => {
+                let page = h.inode.fetch(&h.vfs.kv, offset, len).ok()??;
+                if h.fetched.len() >= FETCHED_PAGES {
+                    h.fetched.clear();
+                }
+                h.fetched.insert(chunk, page.clone());
+                page
+            }
+        };
         let ptr = page.as_ptr();
         h.pins.entry(ptr.addr()).or_insert((page, 0)).1 += 1;
         Some(ptr)
@@ -599,6 +630,7 @@ impl FileHandle {
         match self {
             FileHandle::Kv(mut h) => {
                 h.pins.clear();
+                h.fetched.clear();
                 let flushed = h.inode.flush(&h.vfs.kv).map(drop);
                 h.inode.locks.lock().unlock(&mut h.lock, LockLevel::None);
                 flushed
@@ -647,6 +679,9 @@ impl KvHandle {
             Ok(())
         };
         self.inode.locks.lock().unlock(&mut self.lock, level);
+        if level == LockLevel::None {
+            self.fetched.clear();
+        }
         flushed
     }
 
@@ -654,6 +689,7 @@ impl KvHandle {
         let main = self.inode.kind == FileKind::Main;
         Ok(match control {
             Control::BeginAtomicWrite if main => {
+                self.fetched.clear();
                 self.inode.begin_batch(self.kv())?;
                 Reply::Done
             }
