@@ -148,7 +148,8 @@ pub struct Config {
     /// The key-value store under [`Backing::Kv`].
     pub kv_engine: KvEngine,
     /// The process-wide memory budget in bytes. It is split: a quarter for the kv's
-    /// cache, a sixteenth for its write buffer, half as SQLite's soft heap limit (page
+    /// caches (half the backend's block cache, half verified chunks above it), a
+    /// sixteenth for its write buffer, half as SQLite's soft heap limit (page
     /// caches give memory back past it), and the rest for awake connections (see
     /// [`Config::max_awake`]).
     pub memory_budget: u64,

@@ -517,17 +517,19 @@ fn open_kv(dir: &Path, config: &Config) -> Result<shoal_vfs::Vfs> {
     let backend: Arc<dyn shoal_kv::KvStore> = match config.kv_engine {
         KvEngine::Fjall => {
             let mut fjall = shoal_kv::FjallConfig::new(dir.join("kv-fjall"));
-            fjall.cache_capacity = config.kv_cache_bytes();
+            fjall.cache_capacity = config.kv_cache_bytes() / 2;
             fjall.write_buffer = config.kv_write_buffer_bytes();
             Arc::new(shoal_kv::FjallKv::open(&fjall).map_err(locked)?)
         }
         KvEngine::Sled => {
             let mut sled = shoal_kv::SledConfig::new(dir.join("kv-sled"));
-            sled.cache_capacity = config.kv_cache_bytes();
+            sled.cache_capacity = config.kv_cache_bytes() / 2;
             Arc::new(shoal_kv::SledKv::open(&sled).map_err(locked)?)
         }
     };
-    let kv = Arc::new(shoal_kv::Kv::open(backend)?);
+    // Half the kv share is the backend's own cache, half the verified-chunk cache above it.
+    let read_cache = usize::try_from(config.kv_cache_bytes() / 2).unwrap_or(usize::MAX);
+    let kv = Arc::new(shoal_kv::Kv::open_with_cache(backend, read_cache)?);
     let name = format!("shoal-{}", NEXT_VFS.fetch_add(1, Ordering::Relaxed));
     Ok(shoal_vfs::register(
         kv,

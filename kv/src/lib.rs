@@ -14,6 +14,7 @@
 #![deny(missing_docs)]
 #![deny(clippy::indexing_slicing)]
 
+mod cache;
 pub mod checksum;
 mod error;
 mod faulty;
@@ -33,6 +34,6 @@ pub use group_commit::{GroupCommitStats, GroupCommitter};
 pub use keys::{ChunkNo, DbId, FileKind, KeyRange};
 pub use mem::MemKv;
 pub use records::{CatalogEntry, EntryKind, FileMeta};
-pub use shared::{Kv, StoredMeta};
+pub use shared::{DEFAULT_READ_CACHE, Kv, StoredMeta};
 pub use sled_kv::{SledConfig, SledKv};
 pub use store::{Batch, Entry, KvStats, KvStore, Op, Precondition, Scan};

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use parking_lot::Mutex;
 
+use crate::cache::ReadCache;
 use crate::checksum;
 use crate::error::{Error, Result};
 use crate::group_commit::{GroupCommitStats, GroupCommitter};
@@ -38,12 +39,23 @@ pub struct Kv {
     catalog_lock: Mutex<()>,
     /// Set while one VFS serves this store (see [`Kv::claim`]).
     claimed: std::sync::atomic::AtomicBool,
+    /// Verified chunks above the backend (see `cache.rs`).
+    cache: ReadCache,
 }
+
+/// Bytes of the read cache [`Kv::open`] gives a store.
+pub const DEFAULT_READ_CACHE: usize = 16 << 20;
 
 impl Kv {
     /// Opens the layer over `backend`: checks (or, on an empty store, writes) the format
     /// version and starts the group committer.
     pub fn open(backend: Arc<dyn KvStore>) -> Result<Kv> {
+        Kv::open_with_cache(backend, DEFAULT_READ_CACHE)
+    }
+
+    /// As [`Kv::open`], with a read cache of `read_cache` bytes (0: none) holding
+    /// verified chunks above the backend; part of the memory budget.
+    pub fn open_with_cache(backend: Arc<dyn KvStore>, read_cache: usize) -> Result<Kv> {
         let version_key = keys::store_version_key();
         match backend.get(&version_key)? {
             Some(v) => records::check_store_version(v)?,
@@ -70,6 +82,7 @@ impl Kv {
             committer,
             catalog_lock: Mutex::new(()),
             claimed: std::sync::atomic::AtomicBool::new(false),
+            cache: ReadCache::new(read_cache),
         })
     }
 
@@ -105,7 +118,15 @@ impl Kv {
     pub fn apply(&self, batch: Batch) -> Result<()> {
         self.committer.check_writable()?;
         let _applying = self.committer.applying();
-        self.backend.apply(batch)
+        // The batch is cloned (refcounts only) so the cache can follow it once applied.
+        self.backend.apply(batch.clone())?;
+        self.cache.written(&batch);
+        Ok(())
+    }
+
+    /// Bytes the read cache holds now, and its capacity.
+    pub fn read_cache_bytes(&self) -> (usize, usize) {
+        (self.cache.bytes(), self.cache.capacity())
     }
 
     /// Returns once everything applied so far is durable (shares flushes, see
@@ -143,8 +164,16 @@ impl Kv {
     /// One chunk's bytes, verified and sharing the backend's buffer; `None` if absent.
     pub fn read_chunk(&self, id: DbId, kind: FileKind, no: ChunkNo) -> Result<Option<Bytes>> {
         let key = keys::chunk_key(id, kind, no);
+        let epoch = match self.cache.get(&key) {
+            Ok(hit) => return Ok(Some(hit)),
+            Err(epoch) => epoch,
+        };
         match self.backend.get(&key)? {
-            Some(v) => checksum::open(&key, v).map(Some),
+            Some(v) => {
+                let payload = checksum::open(&key, v)?;
+                self.cache.insert(&key, payload.clone(), epoch);
+                Ok(Some(payload))
+            }
             None => Ok(None),
         }
     }

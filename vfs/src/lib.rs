@@ -42,6 +42,7 @@ pub mod fuzzing;
 mod lock;
 mod memfile;
 mod names;
+mod pages;
 mod pragma;
 mod stats;
 mod vfs;

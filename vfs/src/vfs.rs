@@ -10,7 +10,6 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 
-use bytes::Bytes;
 use parking_lot::Mutex;
 use rusqlite::ffi;
 use shoal_kv::{Batch, DbId, EntryKind, FileKind, Kv, keys};
@@ -20,6 +19,7 @@ use crate::file::Inode;
 use crate::lock::LockLevel;
 use crate::memfile::MemFile;
 use crate::names::{self, Target};
+use crate::pages::{Fetched, Lent};
 use crate::pragma::{self, Durability, Pragma};
 use crate::stats::{DbCounters, DbStats};
 
@@ -315,8 +315,8 @@ impl VfsState {
             lock: LockLevel::None,
             durability: self.durability,
             batch_committed: false,
-            pins: HashMap::new(),
-            fetched: HashMap::new(),
+            lent: Lent::default(),
+            fetched: Fetched::default(),
             mmap_size: 0,
         })))
     }
@@ -475,19 +475,12 @@ pub(crate) struct KvHandle {
     durability: Durability,
     /// An atomic batch was committed since the last xSync.
     batch_committed: bool,
-    /// Buffers lent to SQLite by xFetch, by address, with their lend count.
-    pins: HashMap<usize, (Bytes, usize)>,
-    /// Pages this handle fetched during its current lock, verified, by chunk number. The
-    /// pager does not cache pages it got from xFetch, so a join or an index probe asks
-    /// for the same interior pages again and again; while this handle holds a lock no
-    /// other handle can change them, and its own writes clear the set. Emptied when the
-    /// lock drops to NONE, so an idle connection holds nothing.
-    fetched: HashMap<u32, Bytes>,
+    /// Buffers lent to SQLite by xFetch, until xUnfetch.
+    lent: Lent,
+    /// Pages fetched while this handle holds its lock (see `pages.rs`).
+    fetched: Fetched,
     mmap_size: i64,
 }
-
-/// Most pages a handle keeps in `fetched` (a transaction touching more starts over).
-const FETCHED_PAGES: usize = 128;
 
 impl FileHandle {
     /// xRead: bytes filled (fewer than `buf.len()` at end of file).
@@ -592,23 +585,18 @@ impl FileHandle {
         };
         let cs = u64::from(h.inode.chunk_size());
         let chunk = u32::try_from(offset / cs.max(1)).ok()?;
-        let page = match h.fetched.get(&chunk) {
+        let page = match h.fetched.get(chunk) {
             Some(page) if page.len() == len && offset.is_multiple_of(cs.max(1)) => {
                 DbCounters::add(&h.inode.counters.pages_fetched, 1);
                 page.clone()
             }
             _ => {
                 let page = h.inode.fetch(&h.vfs.kv, offset, len).ok()??;
-                if h.fetched.len() >= FETCHED_PAGES {
-                    h.fetched.clear();
-                }
                 h.fetched.insert(chunk, page.clone());
                 page
             }
         };
-        let ptr = page.as_ptr();
-        h.pins.entry(ptr.addr()).or_insert((page, 0)).1 += 1;
-        Some(ptr)
+        Some(h.lent.lend(page))
     }
 
     /// xUnfetch of a pointer xFetch returned.
@@ -616,12 +604,7 @@ impl FileHandle {
         let FileHandle::Kv(h) = self else {
             return;
         };
-        if let std::collections::hash_map::Entry::Occupied(mut e) = h.pins.entry(ptr) {
-            e.get_mut().1 -= 1;
-            if e.get().1 == 0 {
-                e.remove();
-            }
-        }
+        h.lent.give_back(ptr);
     }
 
     /// xClose: releases locks and writes back anything still dirty.
@@ -629,7 +612,7 @@ impl FileHandle {
         vfs.open_files.fetch_sub(1, Ordering::SeqCst);
         match self {
             FileHandle::Kv(mut h) => {
-                h.pins.clear();
+                h.lent.clear();
                 h.fetched.clear();
                 let flushed = h.inode.flush(&h.vfs.kv).map(drop);
                 h.inode.locks.lock().unlock(&mut h.lock, LockLevel::None);
