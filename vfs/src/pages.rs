@@ -31,12 +31,13 @@ impl Lent {
 
     /// Ends one lend of the buffer at `addr` (unknown addresses are ignored).
     pub(crate) fn give_back(&mut self, addr: usize) {
-        if let Some(i) = self.pages.iter().position(|(p, _, _)| *p == addr) {
-            if let Some((_, _, n)) = self.pages.get_mut(i) {
-                *n -= 1;
-                if *n == 0 {
-                    self.pages.swap_remove(i);
-                }
+        let Some(i) = self.pages.iter().position(|(p, _, _)| *p == addr) else {
+            return;
+        };
+        if let Some((_, _, n)) = self.pages.get_mut(i) {
+            *n -= 1;
+            if *n == 0 {
+                self.pages.swap_remove(i);
             }
         }
     }
