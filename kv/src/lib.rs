@@ -8,7 +8,8 @@
 //!   values are sealed and verified;
 //! - [`Kv`], the shared handle: catalog of names, file records, and the
 //!   [`GroupCommitter`] that lets many commits share one flush;
-//! - [`FaultyKv`], a wrapper that injects failures for tests.
+//! - [`FaultyKv`], a wrapper that injects failures for tests;
+//! - with the `fuzzing` feature, `fuzzing::kv_ops`, the body of the `kv_ops` fuzz target.
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
@@ -19,6 +20,8 @@ pub mod checksum;
 mod error;
 mod faulty;
 mod fjall_kv;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 mod group_commit;
 pub mod keys;
 mod mem;

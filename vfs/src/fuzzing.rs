@@ -20,9 +20,18 @@ use crate::lock::{LockLevel, LockTable};
 /// One step on a stored file.
 #[derive(Debug, Arbitrary)]
 enum FileOp {
-    Write { offset: u16, len: u16, byte: u8 },
-    Read { offset: u16, len: u16 },
-    Truncate { size: u16 },
+    Write {
+        offset: u16,
+        len: u16,
+        byte: u8,
+    },
+    Read {
+        offset: u16,
+        len: u16,
+    },
+    Truncate {
+        size: u16,
+    },
     Sync,
     BeginBatch,
     CommitBatch,
@@ -33,8 +42,14 @@ enum FileOp {
     /// Drop the inode and load the file from the kv again, as after a crash: anything
     /// not flushed is gone.
     Reopen,
-    Lock { handle: u8, level: u8 },
-    Unlock { handle: u8, shared: bool },
+    Lock {
+        handle: u8,
+        level: u8,
+    },
+    Unlock {
+        handle: u8,
+        shared: bool,
+    },
 }
 
 /// Byte offsets are scaled so that a few steps cross chunk boundaries of every size.
@@ -52,9 +67,15 @@ pub fn vfs_file(data: &[u8]) {
         FileKind::MainJournal
     };
     let backend = Arc::new(FaultyKv::new(MemKv::new()));
-    let Ok(kv) = Kv::open(backend.clone()) else { return };
-    let Ok(entry) = kv.create("fuzz", EntryKind::Database) else { return };
-    let load = |kv: &Kv| Inode::load(kv, entry.id, kind, "fuzz", Arc::default(), true).expect("a stored file loads");
+    let Ok(kv) = Kv::open(backend.clone()) else {
+        return;
+    };
+    let Ok(entry) = kv.create("fuzz", EntryKind::Database) else {
+        return;
+    };
+    let load = |kv: &Kv| {
+        Inode::load(kv, entry.id, kind, "fuzz", Arc::default(), true).expect("a stored file loads")
+    };
     let mut file = load(&kv);
     // The model: what SQLite would read now, and what a crash would leave.
     let mut current: Vec<u8> = Vec::new();
@@ -66,7 +87,9 @@ pub fn vfs_file(data: &[u8]) {
     // Plain `arbitrary` goes on producing zeroed values once the input runs out, so the
     // loop stops on an empty input, not on an error.
     while !u.is_empty() {
-        let Ok(op) = u.arbitrary::<FileOp>() else { break };
+        let Ok(op) = u.arbitrary::<FileOp>() else {
+            break;
+        };
         match op {
             FileOp::Write { offset, len, byte } => {
                 let (offset, len) = (scale(offset), usize::from(len % 9000));
@@ -90,9 +113,13 @@ pub fn vfs_file(data: &[u8]) {
                 let offset = scale(offset);
                 let mut buf = vec![0xAA; usize::from(len % 9000)];
                 let n = file.read(&kv, &mut buf, offset).expect("read");
-                let start = usize::try_from(offset).unwrap_or(usize::MAX).min(current.len());
+                let start = usize::try_from(offset)
+                    .unwrap_or(usize::MAX)
+                    .min(current.len());
                 let expected = current.get(start..).unwrap_or_default();
-                let expected = expected.get(..buf.len().min(expected.len())).unwrap_or_default();
+                let expected = expected
+                    .get(..buf.len().min(expected.len()))
+                    .unwrap_or_default();
                 assert_eq!(n, expected.len(), "read length at {offset}");
                 assert_eq!(buf.get(..n), Some(expected), "read bytes at {offset}");
             }
@@ -133,7 +160,8 @@ pub fn vfs_file(data: &[u8]) {
             }
             FileOp::Lock { handle, level } => {
                 let h = usize::from(handle % 3);
-                let want = [LockLevel::Shared, LockLevel::Reserved, LockLevel::Exclusive][usize::from(level % 3)];
+                let want = [LockLevel::Shared, LockLevel::Reserved, LockLevel::Exclusive]
+                    [usize::from(level % 3)];
                 // SQLite only asks for RESERVED or EXCLUSIVE while holding SHARED.
                 if want > LockLevel::Shared && held[h] == LockLevel::None {
                     continue;
@@ -146,7 +174,14 @@ pub fn vfs_file(data: &[u8]) {
             FileOp::Unlock { handle, shared } => {
                 let h = usize::from(handle % 3);
                 let mut level = held[h];
-                locks.unlock(&mut level, if shared { LockLevel::Shared } else { LockLevel::None });
+                locks.unlock(
+                    &mut level,
+                    if shared {
+                        LockLevel::Shared
+                    } else {
+                        LockLevel::None
+                    },
+                );
                 held[h] = level;
                 check_lock_invariants(&held, &locks);
             }
@@ -163,7 +198,11 @@ fn check_lock_invariants(held: &[LockLevel; 3], table: &LockTable) {
         let others = held.iter().filter(|l| **l != LockLevel::None).count();
         assert_eq!(others, 1, "EXCLUSIVE beside another lock: {held:?}");
     }
-    assert_eq!(table.reserved(), writers == 1, "check-reserved disagrees: {held:?}");
+    assert_eq!(
+        table.reserved(),
+        writers == 1,
+        "check-reserved disagrees: {held:?}"
+    );
 }
 
 /// One step of the SQL workload.
@@ -190,13 +229,25 @@ const QUERIES: [&str; 4] = [
 
 fn sql_for(step: &SqlStep) -> Option<String> {
     Some(match step {
-        SqlStep::Insert { a, len } => format!("INSERT INTO t(a, c) VALUES ({}, zeroblob({}))", a % 10, len % 4000),
-        SqlStep::Update { a, len } => format!("UPDATE t SET c = zeroblob({}) WHERE a = {}", len % 6000, a % 10),
+        SqlStep::Insert { a, len } => format!(
+            "INSERT INTO t(a, c) VALUES ({}, zeroblob({}))",
+            a % 10,
+            len % 4000
+        ),
+        SqlStep::Update { a, len } => format!(
+            "UPDATE t SET c = zeroblob({}) WHERE a = {}",
+            len % 6000,
+            a % 10
+        ),
         SqlStep::Delete { a } => format!("DELETE FROM t WHERE a = {}", a % 10),
         SqlStep::Txn { rows, commit } => {
             let mut sql = String::from("BEGIN;");
             for (a, len) in rows.iter().take(20) {
-                sql += &format!("INSERT INTO t(a, c) VALUES ({}, zeroblob({}));", a % 10, len % 3000);
+                sql += &format!(
+                    "INSERT INTO t(a, c) VALUES ({}, zeroblob({}));",
+                    a % 10,
+                    len % 3000
+                );
             }
             sql += if *commit { "COMMIT;" } else { "ROLLBACK;" };
             sql
@@ -221,7 +272,11 @@ type Rows = Vec<Vec<rusqlite::types::Value>>;
 fn query(conn: &rusqlite::Connection, sql: &str) -> rusqlite::Result<Rows> {
     let mut stmt = conn.prepare(sql)?;
     let n = stmt.column_count();
-    let rows = stmt.query_map([], |r| (0..n).map(|i| r.get::<_, rusqlite::types::Value>(i)).collect())?;
+    let rows = stmt.query_map([], |r| {
+        (0..n)
+            .map(|i| r.get::<_, rusqlite::types::Value>(i))
+            .collect()
+    })?;
     rows.collect()
 }
 
@@ -237,7 +292,9 @@ pub fn sql_diff(data: &[u8]) {
     let mmap = u.arbitrary::<bool>().unwrap_or(false);
     let mut steps = Vec::new();
     while !u.is_empty() && steps.len() < 64 {
-        let Ok(step) = u.arbitrary::<SqlStep>() else { break };
+        let Ok(step) = u.arbitrary::<SqlStep>() else {
+            break;
+        };
         steps.push(step);
     }
     let dir = std::env::temp_dir().join(format!("shoal-sql-diff-{}-{run}", std::process::id()));
@@ -255,15 +312,21 @@ pub fn sql_diff(data: &[u8]) {
     )
     .expect("register");
     let open_shoal = || {
-        let c = rusqlite::Connection::open_with_flags_and_vfs("diff", rusqlite::OpenFlags::default(), vfs.name())
-            .expect("open shoal");
+        let c = rusqlite::Connection::open_with_flags_and_vfs(
+            "diff",
+            rusqlite::OpenFlags::default(),
+            vfs.name(),
+        )
+        .expect("open shoal");
         if mmap {
-            c.execute_batch("PRAGMA mmap_size = 268435456").expect("mmap");
+            c.execute_batch("PRAGMA mmap_size = 268435456")
+                .expect("mmap");
         }
         c
     };
     let open_reference = || rusqlite::Connection::open(&reference_path).expect("open reference");
-    let schema = "CREATE TABLE t(id INTEGER PRIMARY KEY, a INTEGER, c BLOB); CREATE INDEX t_a ON t(a);";
+    let schema =
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, a INTEGER, c BLOB); CREATE INDEX t_a ON t(a);";
     let mut shoal = open_shoal();
     let mut reference = open_reference();
     shoal.execute_batch(schema).expect("schema");
@@ -271,15 +334,25 @@ pub fn sql_diff(data: &[u8]) {
     for (i, step) in steps.iter().enumerate() {
         match step {
             SqlStep::Reopen => {
-                drop(std::mem::replace(&mut shoal, rusqlite::Connection::open_in_memory().expect("mem")));
+                drop(std::mem::replace(
+                    &mut shoal,
+                    rusqlite::Connection::open_in_memory().expect("mem"),
+                ));
                 shoal = open_shoal();
-                drop(std::mem::replace(&mut reference, rusqlite::Connection::open_in_memory().expect("mem")));
+                drop(std::mem::replace(
+                    &mut reference,
+                    rusqlite::Connection::open_in_memory().expect("mem"),
+                ));
                 reference = open_reference();
             }
             SqlStep::Query(q) => {
                 let sql = QUERIES[usize::from(*q) % QUERIES.len()];
                 let (got, want) = (query(&shoal, sql), query(&reference, sql));
-                assert_eq!(got.map_err(|e| e.to_string()), want.map_err(|e| e.to_string()), "step {i}: {sql}");
+                assert_eq!(
+                    got.map_err(|e| e.to_string()),
+                    want.map_err(|e| e.to_string()),
+                    "step {i}: {sql}"
+                );
             }
             step => {
                 let Some(sql) = sql_for(step) else { continue };
@@ -290,8 +363,14 @@ pub fn sql_diff(data: &[u8]) {
         }
     }
     let all = QUERIES[1];
-    assert_eq!(query(&shoal, all).ok(), query(&reference, all).ok(), "final contents");
-    let check: String = shoal.query_row("PRAGMA integrity_check", [], |r| r.get(0)).expect("integrity_check");
+    assert_eq!(
+        query(&shoal, all).ok(),
+        query(&reference, all).ok(),
+        "final contents"
+    );
+    let check: String = shoal
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .expect("integrity_check");
     assert_eq!(check, "ok");
     drop(shoal);
     drop(reference);
