@@ -14,9 +14,10 @@
 //!   sustained half the write rate in a one-off probe); that bound is stored with the
 //!   partition when the store is created and ignored on later opens, while the cap
 //!   applies at every open;
-//! - the partition's options are stored with it too: blocks are lz4-compressed, fjall's
-//!   default, kept (SQLite pages with free space compress; on incompressible pages lz4
-//!   and no compression wrote at the same rate, 139 to 146 MiB/s, in a one-off probe);
+//! - the partition's options are stored with it too, compression among them: blocks are
+//!   lz4-compressed unless [`FjallConfig::compress`] is off (lz4 wrote incompressible
+//!   pages at the same rate as no compression in a one-off probe; in the mixed benchmark
+//!   it took 13% of all CPU samples but turning it off saved only 3 to 5% of the time);
 //! - a committed batch is atomic: one journal record framed by a start marker (item count)
 //!   and an end marker (xxh3 checksum); recovery drops a torn tail record
 //!   (`RecoveryMode::TolerateCorruptTail`) and refuses to open on a bad record before it;
@@ -113,6 +114,11 @@ pub struct FjallConfig {
     /// Interval of fjall's background fsync of the journal; `None` (or `Some(0)`) syncs
     /// only when asked. Relaxed durability relies on it, like sled's timer.
     pub flush_every_ms: Option<u16>,
+    /// lz4-compress blocks (fjall's default, kept). It costs CPU in flushes and
+    /// compactions (13% of all samples in a profile of the mixed benchmark on two cores)
+    /// but turning it off bought only 3 to 5% there, for about twice the disk (SQLite
+    /// pages of text compress well). Fixed when the store is created.
+    pub compress: bool,
 }
 
 impl FjallConfig {
@@ -124,6 +130,7 @@ impl FjallConfig {
             cache_capacity: 16 << 20,
             write_buffer: 8 << 20,
             flush_every_ms: Some(500),
+            compress: true,
         }
     }
 }
@@ -256,7 +263,13 @@ impl FjallKv {
         let partition = keyspace
             .open_partition(
                 PARTITION,
-                PartitionCreateOptions::default().max_memtable_size(memtable),
+                PartitionCreateOptions::default()
+                    .max_memtable_size(memtable)
+                    .compression(if config.compress {
+                        fjall::CompressionType::Lz4
+                    } else {
+                        fjall::CompressionType::None
+                    }),
             )
             .map_err(fjall_err("open"))?;
         Ok(FjallKv {
