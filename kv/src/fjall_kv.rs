@@ -548,6 +548,7 @@ mod tests {
             cache_capacity: 1 << 20,
             write_buffer: 1 << 20,
             flush_every_ms: None,
+            compress: true,
         })
         .unwrap()
     }

@@ -355,6 +355,7 @@ fn open_fjall(dir: &Path, written: &Arc<AtomicU64>) -> Arc<Counted> {
         cache_capacity: 256 << 10,
         write_buffer: 1 << 20,
         flush_every_ms: None,
+        compress: true,
     })
     .expect("open fjall");
     Arc::new(Counted {

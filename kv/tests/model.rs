@@ -299,6 +299,7 @@ fn open_fjall(dir: &TempDir) -> FjallKv {
         cache_capacity: 256 << 10,
         write_buffer: 1 << 20,
         flush_every_ms: None,
+        compress: true,
     })
     .unwrap()
 }

@@ -47,6 +47,7 @@ impl Backend for FjallKv {
             cache_capacity: 1 << 20,
             write_buffer: 1 << 20,
             flush_every_ms: None,
+            compress: true,
         })
     }
 
