@@ -240,6 +240,22 @@ struct Outcome {
 
 /// Runs `w` once cleanly, then once per kv operation and kind of [`Fault`] with that
 /// operation failing, and checks every run (see the module docs).
+/// The clean run took the journal path (one journal commit, no batch), and some faults
+/// left a hot journal behind for the next reader to roll back.
+fn expect_journal_path(out: &Outcome) {
+    let s = out.clean_stats[0];
+    assert_eq!(
+        (s.batch_commits, s.journal_commits),
+        (0, 1),
+        "the clean run ({} kv operations) is journaled: {s}",
+        out.m
+    );
+    assert!(
+        out.recoveries > 0,
+        "some faults must leave a hot journal for the next reader to roll back"
+    );
+}
+
 fn exhaust(w: &Workload) -> Outcome {
     watch_panics();
     let started = Instant::now();
@@ -582,17 +598,7 @@ fn every_failed_kv_operation_of_a_first_transaction_leaves_before_or_after() {
         },
         atomic_group: &[],
     });
-    let s = out.clean_stats[0];
-    assert_eq!(
-        (s.batch_commits, s.journal_commits),
-        (0, 1),
-        "the clean run ({} kv operations) is journaled: {s}",
-        out.m
-    );
-    assert!(
-        out.recoveries > 0,
-        "some faults must leave a hot journal for the next reader to roll back"
-    );
+    expect_journal_path(&out);
 }
 
 /// (c) A transaction that outgrows the page cache spills dirty pages into the database
@@ -771,17 +777,7 @@ fn every_failed_kv_operation_with_a_persistent_size_limited_journal_leaves_befor
         },
         atomic_group: &[],
     });
-    let s = out.clean_stats[0];
-    assert_eq!(
-        (s.batch_commits, s.journal_commits),
-        (0, 1),
-        "the clean run ({} kv operations) is journaled: {s}",
-        out.m
-    );
-    assert!(
-        out.recoveries > 0,
-        "some faults must leave a hot journal for the next reader to roll back"
-    );
+    expect_journal_path(&out);
 }
 
 /// (g) With `mmap_size > 0` SQLite reads pages through xFetch (a failed fetch must make

@@ -53,7 +53,7 @@ fn handle(conn: &Connection) -> *mut sys::sqlite3 {
 }
 
 fn db_status(conn: &Connection, op: c_int) -> Result<i64> {
-    let (mut current, mut highwater) = (0 as c_int, 0 as c_int);
+    let (mut current, mut highwater): (c_int, c_int) = (0, 0);
     // SAFETY: the handle is valid while `conn` is borrowed; the out-pointers are locals.
     let rc = unsafe { sys::sqlite3_db_status(handle(conn), op, &mut current, &mut highwater, 0) };
     if rc != sys::SQLITE_OK {
