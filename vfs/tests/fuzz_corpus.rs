@@ -1,34 +1,14 @@
 //! Runs the bodies of the `vfs_file` and `sql_diff` fuzz targets over the checked-in seed
-//! corpus (`fuzz/seeds/<target>/`), plus a few thousand inputs from a fixed generator, so
-//! CI exercises them on stable Rust without cargo-fuzz.
-#![allow(clippy::unwrap_used, clippy::indexing_slicing)]
+//! corpus (`fuzz/seeds/<target>/`), plus 64 inputs each from a fixed generator, so CI
+//! exercises them on stable Rust without cargo-fuzz.
 
 use std::path::Path;
 
 fn corpus(target: &str) -> Vec<Vec<u8>> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+    let seeds = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../fuzz/seeds")
         .join(target);
-    let mut inputs: Vec<Vec<u8>> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| std::fs::read(e.unwrap().path()).unwrap())
-        .collect();
-    assert!(!inputs.is_empty(), "no seeds in {}", dir.display());
-    // Deterministic pseudo-random inputs beside the seeds (xorshift).
-    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-    for len in [16usize, 64, 256, 1024].into_iter().cycle().take(64) {
-        inputs.push(
-            (0..len)
-                .map(|_| {
-                    x ^= x << 13;
-                    x ^= x >> 7;
-                    x ^= x << 17;
-                    x as u8
-                })
-                .collect(),
-        );
-    }
-    inputs
+    shoal_kv::fuzzing::corpus(&seeds, 64)
 }
 
 #[test]
