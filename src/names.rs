@@ -9,7 +9,7 @@ pub const MAX_ACTOR_NAME: usize = 200;
 
 /// Checks an actor name: 1 to 200 bytes of ASCII letters, digits and `. _ - : @ + =`,
 /// not starting with `.` or `-`, and not ending like a file SQLite derives from a
-/// database name (`-journal`, `-wal`, `-shm`, `-mj` and nine hex digits).
+/// database name ([`shoal_vfs::refuse_as_database`]).
 pub fn validate_actor_name(name: &str) -> Result<()> {
     let reason = if name.is_empty() {
         Some("the name is empty")
@@ -24,14 +24,8 @@ pub fn validate_actor_name(name: &str) -> Result<()> {
         Some("only ASCII letters, digits and . _ - : @ + = are allowed (no '/', no spaces)")
     } else if name.starts_with('.') || name.starts_with('-') {
         Some("the name may not start with '.' or '-'")
-    } else if ["-journal", "-wal", "-shm"]
-        .iter()
-        .any(|s| name.ends_with(s))
-        || is_super_journal(name)
-    {
-        Some("names ending like SQLite's own files (-journal, -wal, -shm, -mj...) are reserved")
     } else {
-        None
+        shoal_vfs::refuse_as_database(name)
     };
     match reason {
         None => Ok(()),
@@ -44,14 +38,6 @@ pub fn validate_actor_name(name: &str) -> Result<()> {
             reason,
         }),
     }
-}
-
-fn is_super_journal(name: &str) -> bool {
-    let Some(at) = name.len().checked_sub(12) else {
-        return false;
-    };
-    matches!((name.get(at..at + 3), name.get(at + 3..)),
-        (Some("-mj"), Some(d)) if d.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
 #[cfg(test)]

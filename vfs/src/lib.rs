@@ -52,6 +52,7 @@ use std::sync::Arc;
 use shoal_kv::Kv;
 
 pub use error::{Error, Result};
+pub use names::refuse_as_database;
 pub use pragma::Durability;
 pub use stats::DbStats;
 pub use vfs::Audit;

@@ -43,8 +43,9 @@ pub(crate) fn is_super_journal(name: &str) -> bool {
     }
 }
 
-/// Why `name` cannot be a database name, if it cannot.
-pub(crate) fn refuse_as_database(name: &str) -> Option<&'static str> {
+/// Why `name` cannot be a database name, if it cannot: it is empty, or it ends like a
+/// file SQLite derives from a database name (`-journal`, `-wal`, `-shm`, a super-journal).
+pub fn refuse_as_database(name: &str) -> Option<&'static str> {
     if name.is_empty() {
         Some("the name is empty")
     } else if name.ends_with(JOURNAL_SUFFIX) || WAL_SUFFIXES.iter().any(|s| name.ends_with(s)) {
