@@ -53,15 +53,15 @@ pub enum Error {
         path: PathBuf,
     },
     /// A file-system operation failed.
-    #[error("{what} {}: {source}", path.display())]
+    #[error("{what} {}: {cause}", path.display())]
     Io {
         /// What was being done.
         what: &'static str,
         /// The path involved.
         path: PathBuf,
-        /// The OS error.
-        #[source]
-        source: std::io::Error,
+        /// The OS error (in the message; not also chained as a source, so a report of
+        /// the chain names it once).
+        cause: std::io::Error,
     },
     /// This build was compiled without the backing asked for.
     #[error("{0}")]
@@ -83,6 +83,6 @@ impl Error {
         path: impl Into<PathBuf>,
     ) -> impl FnOnce(std::io::Error) -> Error {
         let path = path.into();
-        move |source| Error::Io { what, path, source }
+        move |cause| Error::Io { what, path, cause }
     }
 }

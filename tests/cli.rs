@@ -133,7 +133,7 @@ fn bad_input_is_one_line_a_failure_and_no_writes() {
     fails(
         &store,
         &["import", tmp.path().to_str().unwrap(), "carol"],
-        "",
+        "cannot read",
     );
     fails(
         &store,

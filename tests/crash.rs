@@ -261,7 +261,11 @@ fn verify(
     }
 }
 
-fn run_cycles(durability: Durability, label: &str, engine_name: &str, default_cycles: usize) {
+fn run_cycles(durability: Durability, engine_name: &str, default_cycles: usize) {
+    let label = match durability {
+        Durability::Full => "full",
+        Durability::Relaxed => "relaxed",
+    };
     let cycles: usize = std::env::var("SHOAL_CRASH_CYCLES")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -353,22 +357,21 @@ fn run_cycles(durability: Durability, label: &str, engine_name: &str, default_cy
         totals.journal_acks > 0,
         "no journal-path commit was exercised"
     );
-    if durability == Durability::Full {
-        assert_eq!(totals.lost, 0);
-    }
+    // With full durability a lost commit already failed its actor's check in `verify`,
+    // so `totals.lost` counts relaxed losses only.
 }
 
 #[test]
 fn crash_cycles_full_durability() {
-    run_cycles(Durability::Full, "full", "fjall", 50);
+    run_cycles(Durability::Full, "fjall", 50);
 }
 
 #[test]
 fn crash_cycles_relaxed_durability() {
-    run_cycles(Durability::Relaxed, "relaxed", "fjall", 50);
+    run_cycles(Durability::Relaxed, "fjall", 50);
 }
 
 #[test]
 fn crash_cycles_full_durability_on_sled() {
-    run_cycles(Durability::Full, "full", "sled", 25);
+    run_cycles(Durability::Full, "sled", 25);
 }

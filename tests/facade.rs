@@ -230,7 +230,11 @@ fn import_refuses_what_is_not_a_sound_sqlite_file_and_leaves_nothing() {
         *b = 0xff;
     }
     std::fs::write(&damaged, bytes).unwrap();
-    for (path, what) in [(&text, "header"), (&short, "shorter"), (&damaged, "")] {
+    for (path, what) in [
+        (&text, "header"),
+        (&short, "shorter"),
+        (&damaged, "quick_check failed"),
+    ] {
         let err = store.import_actor(path, "imported").unwrap_err();
         assert!(
             matches!(err, Error::NotSqlite { .. }),

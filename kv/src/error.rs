@@ -9,13 +9,12 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[non_exhaustive]
 pub enum Error {
     /// The backend failed (I/O, a lock held by another process, a backend bug).
-    #[error("storage backend error during {op}: {source}")]
+    #[error("storage backend error during {op}: {cause}")]
     Backend {
         /// The operation that failed.
         op: &'static str,
         /// The backend's own error.
-        #[source]
-        source: Box<dyn std::error::Error + Send + Sync>,
+        cause: Box<dyn std::error::Error + Send + Sync>,
     },
     /// The store's directory is held by another open store (another process, or this one).
     #[error("the store at {} is already open in another process (or elsewhere in this one)", path.display())]
@@ -101,7 +100,7 @@ impl Error {
     ) -> Error {
         Error::Backend {
             op,
-            source: Box::new(source),
+            cause: Box::new(source),
         }
     }
 
