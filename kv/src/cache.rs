@@ -8,8 +8,8 @@
 //!
 //! Coherence: every write goes through [`crate::Kv::apply`], which calls
 //! [`ReadCache::written`] after the backend applied the batch: a put, delete or range
-//! delete drops the cached entries it covers, and every shard a batch touches gets a new
-//! epoch. A reader records the shard's epoch before it reads the backend and inserts what
+//! delete drops the cached entries it covers and gives their shard a new epoch, under the
+//! same lock. A reader records the shard's epoch before it reads the backend and inserts what
 //! it read only if the epoch is unchanged, so a value read before a write can never be
 //! cached after it.
 
@@ -64,7 +64,8 @@ impl ReadCache {
         }
     }
 
-    fn enabled(&self) -> bool {
+    /// Whether the cache holds anything at all (a capacity of 0 disables it).
+    pub(crate) fn enabled(&self) -> bool {
         self.shard_capacity > 0
     }
 
@@ -110,30 +111,30 @@ impl ReadCache {
     }
 
     /// Brings the cache in line with `batch`, which the backend has just applied.
+    ///
+    /// Each entry is dropped and its shard's epoch moved on under ONE lock: were the epoch
+    /// bumped later, a reader that read the old value before the batch could insert it
+    /// between the two and leave it cached.
     pub(crate) fn written(&self, batch: &Batch) {
         if !self.enabled() {
             return;
         }
-        let mut touched = [false; SHARDS];
         for op in &batch.ops {
             match op {
                 // A put drops the cached chunk rather than caching the new bytes: the
                 // next read verifies what the backend holds.
                 Op::Put(k, _) | Op::Delete(k) => {
-                    let i = shard_of(k);
-                    let Some(shard) = self.shards.get(i) else {
+                    let Some(shard) = self.shard(k) else {
                         continue;
                     };
                     let mut shard = shard.lock();
                     if let Some(old) = shard.entries.pop(&k[..]) {
                         shard.bytes -= weight(k, &old);
                     }
-                    if let Some(t) = touched.get_mut(i) {
-                        *t = true;
-                    }
+                    shard.epoch += 1;
                 }
                 Op::DeleteRange(range) => {
-                    for (shard, t) in self.shards.iter().zip(touched.iter_mut()) {
+                    for shard in &self.shards {
                         let mut shard = shard.lock();
                         let doomed: Vec<Bytes> = shard
                             .entries
@@ -146,14 +147,9 @@ impl ReadCache {
                                 shard.bytes -= weight(&k, &old);
                             }
                         }
-                        *t = true;
+                        shard.epoch += 1;
                     }
                 }
-            }
-        }
-        for (shard, t) in self.shards.iter().zip(touched) {
-            if t {
-                shard.lock().epoch += 1;
             }
         }
     }

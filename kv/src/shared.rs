@@ -118,7 +118,11 @@ impl Kv {
     pub fn apply(&self, batch: Batch) -> Result<()> {
         self.committer.check_writable()?;
         let _applying = self.committer.applying();
-        // The batch is cloned (refcounts only) so the cache can follow it once applied.
+        if !self.cache.enabled() {
+            return self.backend.apply(batch);
+        }
+        // The cache follows the batch once it is applied, so it keeps a clone (refcounted
+        // values; the ops list and the keys' shared headers are allocated).
         self.backend.apply(batch.clone())?;
         self.cache.written(&batch);
         Ok(())
