@@ -444,11 +444,7 @@ impl KvStore for FjallKv {
                     .get(stored_key(&pre.key))
                     .map_err(fjall_err("precondition"))?
             };
-            if current.as_deref() != pre.expected.as_deref() {
-                return Err(Error::PreconditionFailed {
-                    what: keys::describe(&pre.key),
-                });
-            }
+            pre.check(current.as_deref())?;
         }
         // Ops are folded in order into one write per key; fjall has no range delete, so
         // one becomes removes of the keys that exist. Under the write lock nothing is half
@@ -544,11 +540,10 @@ mod tests {
 
     fn open(dir: &Path) -> FjallKv {
         FjallKv::open(&FjallConfig {
-            path: dir.to_path_buf(),
             cache_capacity: 1 << 20,
             write_buffer: 1 << 20,
             flush_every_ms: None,
-            compress: true,
+            ..FjallConfig::new(dir)
         })
         .unwrap()
     }

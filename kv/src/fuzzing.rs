@@ -351,11 +351,10 @@ struct Run {
 fn open_fjall(dir: &Path, written: &Arc<AtomicU64>) -> Arc<Counted> {
     let opened_at = Instant::now();
     let fjall = FjallKv::open(&FjallConfig {
-        path: dir.to_path_buf(),
         cache_capacity: 256 << 10,
         write_buffer: 1 << 20,
         flush_every_ms: None,
-        compress: true,
+        ..FjallConfig::new(dir)
     })
     .expect("open fjall");
     Arc::new(Counted {

@@ -9,8 +9,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use bytes::Bytes;
 use parking_lot::RwLock;
 
-use crate::error::{Error, Result};
-use crate::keys::{self, KeyRange};
+use crate::error::Result;
+use crate::keys::KeyRange;
 use crate::store::{Batch, KvStats, KvStore, Op, Scan};
 
 /// An in-memory [`KvStore`]. Flushing is a no-op (counted); nothing survives the process.
@@ -70,12 +70,8 @@ impl KvStore for MemKv {
 
     fn apply(&self, batch: Batch) -> Result<()> {
         let mut map = self.map.write();
-        if let Some(pre) = &batch.precondition
-            && map.get(&pre.key) != pre.expected.as_ref()
-        {
-            return Err(Error::PreconditionFailed {
-                what: keys::describe(&pre.key),
-            });
+        if let Some(pre) = &batch.precondition {
+            pre.check(map.get(&pre.key).map(|v| &v[..]))?;
         }
         for op in batch.ops {
             match op {
@@ -121,6 +117,7 @@ impl KvStore for MemKv {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::Error;
 
     #[test]
     fn failed_precondition_applies_nothing() {

@@ -16,7 +16,7 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 
 use crate::error::{Error, Result};
-use crate::keys::{self, KeyRange};
+use crate::keys::KeyRange;
 use crate::store::{Batch, KvStats, KvStore, Scan, fold_ops};
 
 /// How long [`SledKv::open`] waits for a directory lock that sled has not yet released.
@@ -148,11 +148,7 @@ impl KvStore for SledKv {
         let _serial = self.write_lock.lock();
         if let Some(pre) = &batch.precondition {
             let current = self.db.get(&pre.key).map_err(sled_err("precondition"))?;
-            if current.as_deref() != pre.expected.as_deref() {
-                return Err(Error::PreconditionFailed {
-                    what: keys::describe(&pre.key),
-                });
-            }
+            pre.check(current.as_deref())?;
         }
         // sled's batch keeps one write per key, so ops are folded in order first.
         let writes = fold_ops(batch.ops, |range| {

@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 
 use bytes::Bytes;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::keys::KeyRange;
 
 /// A key and its value, as [`KvStore::scan`] yields them.
@@ -47,6 +47,20 @@ pub struct Precondition {
     pub key: Bytes,
     /// The value it must hold.
     pub expected: Option<Bytes>,
+}
+
+impl Precondition {
+    /// Holds when the guarded key's `current` value is the expected one; otherwise the
+    /// [`Error::PreconditionFailed`] every backend reports.
+    pub fn check(&self, current: Option<&[u8]>) -> Result<()> {
+        if current == self.expected.as_deref() {
+            Ok(())
+        } else {
+            Err(Error::PreconditionFailed {
+                what: crate::keys::describe(&self.key),
+            })
+        }
+    }
 }
 
 /// Operations applied atomically, in order.

@@ -113,10 +113,7 @@ fn step() -> impl Strategy<Value = Step> {
 }
 
 fn everything() -> KeyRange {
-    KeyRange {
-        start: Vec::new(),
-        end: Vec::new(),
-    }
+    KeyRange::prefix(&[])
 }
 
 /// The outcome of an apply, reduced to what the two backends must agree on.
@@ -286,20 +283,19 @@ impl<B: Persistent> Pair<B> {
 
 fn open_sled(dir: &TempDir) -> SledKv {
     SledKv::open(&SledConfig {
-        path: dir.path().to_path_buf(),
         cache_capacity: 256 << 10,
         flush_every_ms: None,
+        ..SledConfig::new(dir.path())
     })
     .unwrap()
 }
 
 fn open_fjall(dir: &TempDir) -> FjallKv {
     FjallKv::open(&FjallConfig {
-        path: dir.path().to_path_buf(),
         cache_capacity: 256 << 10,
         write_buffer: 1 << 20,
         flush_every_ms: None,
-        compress: true,
+        ..FjallConfig::new(dir.path())
     })
     .unwrap()
 }
@@ -347,18 +343,24 @@ fn kv_bytes(pairs: &[(&[u8], &[u8])]) -> Vec<(Bytes, Bytes)> {
         .collect()
 }
 
-/// The in-order rule stated outright, on both backends, so a model and a backend that
-/// were wrong the same way would still fail: within one batch a range delete removes puts
-/// made earlier in the batch, and puts made after it survive.
-#[test]
-fn batch_operations_apply_in_order() {
+/// Runs `f` on a fresh sled store, a fresh fjall store and `MemKv`, in turn.
+fn on_each_backend(f: impl Fn(&dyn KvStore)) {
     let dir = tempfile::tempdir().unwrap();
     let fjall_dir = tempfile::tempdir().unwrap();
     let sled = open_sled(&dir);
     let fjall = open_fjall(&fjall_dir);
     let model = MemKv::new();
-    let backends: [&dyn KvStore; 3] = [&sled, &fjall, &model];
-    for kv in backends {
+    for kv in [&sled as &dyn KvStore, &fjall, &model] {
+        f(kv);
+    }
+}
+
+/// The in-order rule stated outright, on both backends, so a model and a backend that
+/// were wrong the same way would still fail: within one batch a range delete removes puts
+/// made earlier in the batch, and puts made after it survive.
+#[test]
+fn batch_operations_apply_in_order() {
+    on_each_backend(|kv| {
         let mut setup = Batch::new();
         setup
             .put(&b"a"[..], &b"old"[..])
@@ -390,20 +392,14 @@ fn batch_operations_apply_in_order() {
             (b"d", b"2"),
         ]);
         assert_eq!(got, want, "{kv:?}");
-    }
+    });
 }
 
 /// A failed guard applies nothing, and a guard expecting an empty value is not satisfied
 /// by an absent key (nor the reverse).
 #[test]
 fn guards_distinguish_empty_from_absent() {
-    let dir = tempfile::tempdir().unwrap();
-    let fjall_dir = tempfile::tempdir().unwrap();
-    let sled = open_sled(&dir);
-    let fjall = open_fjall(&fjall_dir);
-    let model = MemKv::new();
-    let backends: [&dyn KvStore; 3] = [&sled, &fjall, &model];
-    for kv in backends {
+    on_each_backend(|kv| {
         let mut b = Batch::new();
         b.put(&b"x"[..], &b"1"[..])
             .guard(&b"g"[..], Some(Bytes::new()));
@@ -431,5 +427,5 @@ fn guards_distinguish_empty_from_absent() {
             .guard(&b"g"[..], Some(Bytes::new()));
         kv.apply(b).unwrap();
         assert_eq!(kv.get(b"x").unwrap().unwrap(), &b"2"[..]);
-    }
+    });
 }

@@ -29,9 +29,9 @@ trait Backend: KvStore + Sized {
 impl Backend for SledKv {
     fn open(dir: &Path) -> shoal_kv::Result<SledKv> {
         SledKv::open(&SledConfig {
-            path: dir.to_path_buf(),
             cache_capacity: 1 << 20,
             flush_every_ms: None,
+            ..SledConfig::new(dir)
         })
     }
 
@@ -43,11 +43,10 @@ impl Backend for SledKv {
 impl Backend for FjallKv {
     fn open(dir: &Path) -> shoal_kv::Result<FjallKv> {
         FjallKv::open(&FjallConfig {
-            path: dir.to_path_buf(),
             cache_capacity: 1 << 20,
             write_buffer: 1 << 20,
             flush_every_ms: None,
-            compress: true,
+            ..FjallConfig::new(dir)
         })
     }
 
