@@ -91,7 +91,17 @@ pub(crate) struct JournalHint {
     pub(crate) absent: bool,
 }
 
-fn chunk_len(size: u64, cs: u64, c: u64) -> u64 {
+impl JournalHint {
+    /// Records a change to the journal: it is now `absent` or may exist, and any answer
+    /// worked out before this moment is stale.
+    pub(crate) fn changed(&mut self, absent: bool) {
+        self.epoch += 1;
+        self.absent = absent;
+    }
+}
+
+/// Length of chunk `c` of a file of `size` bytes in chunks of `cs` bytes.
+pub(crate) fn chunk_len(size: u64, cs: u64, c: u64) -> u64 {
     size.saturating_sub(c * cs).min(cs)
 }
 
@@ -542,12 +552,7 @@ impl Inode {
     pub(crate) fn forget(&self) {
         let mut st = self.state.lock();
         st.persisted = None;
-        st.dirty.clear();
-        st.dirty_bytes = 0;
-        st.truncate_from = None;
-        st.in_batch = false;
-        st.size = 0;
-        st.chunk_size = 0;
+        st.reset_to_persisted();
         // A recreated file counts generations from 1 again.
         st.durable_generation = None;
         st.first_chunk = None;

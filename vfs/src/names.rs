@@ -48,7 +48,7 @@ pub(crate) fn is_super_journal(name: &str) -> bool {
 pub fn refuse_as_database(name: &str) -> Option<&'static str> {
     if name.is_empty() {
         Some("the name is empty")
-    } else if name.ends_with(JOURNAL_SUFFIX) || WAL_SUFFIXES.iter().any(|s| name.ends_with(s)) {
+    } else if !matches!(classify(name), Target::Catalog(_)) {
         Some("names ending in -journal, -wal or -shm are reserved for SQLite's own files")
     } else if is_super_journal(name) {
         Some("names ending in -mj and nine hex digits are reserved for super-journals")

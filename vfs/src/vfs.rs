@@ -135,7 +135,7 @@ impl VfsState {
                         match shoal_kv::checksum::open(&key, value) {
                             Ok(data) => {
                                 audit.chunks += 1;
-                                let want = m.size.saturating_sub(c * cs).min(cs);
+                                let want = crate::file::chunk_len(m.size, cs, c);
                                 if data.len() as u64 != want {
                                     audit.problems.push(format!(
                                         "{kind} chunk {c} is {} bytes where the size implies {want}",
@@ -199,7 +199,6 @@ impl VfsState {
         id: DbId,
         kind: FileKind,
         name: &str,
-        counters_of: DbId,
         may_be_absent: bool,
     ) -> Result<Arc<Inode>> {
         let mut inodes = self.inodes.lock();
@@ -211,13 +210,10 @@ impl VfsState {
             id,
             kind,
             name,
-            self.counters(counters_of),
+            self.counters(id),
             may_be_absent,
         )?);
-        if inodes.len() >= 64 && inodes.len().is_power_of_two() {
-            inodes.retain(|_, w| w.strong_count() > 0);
-        }
-        inodes.insert((id, kind), Arc::downgrade(&inode));
+        insert_pruned(&mut inodes, (id, kind), &inode);
         Ok(inode)
     }
 
@@ -231,6 +227,7 @@ impl VfsState {
             return Ok(self.opened(FileHandle::Mem(MemFile::default())));
         };
         let create = flags & ffi::SQLITE_OPEN_CREATE != 0;
+        let target = names::classify(name);
         let inode = if flags & ffi::SQLITE_OPEN_MAIN_DB != 0 {
             if let Some(reason) = names::refuse_as_database(name) {
                 return Err(Error::cant_open(name, reason));
@@ -251,21 +248,16 @@ impl VfsState {
                     "the name belongs to a super-journal",
                 ));
             }
-            let inode = self.inode(entry.id, FileKind::Main, name, entry.id, false)?;
-            let mut mains = self.mains.lock();
-            if mains.len() >= 64 && mains.len().is_power_of_two() {
-                mains.retain(|_, w| w.strong_count() > 0);
-            }
-            mains.insert(name.to_owned(), Arc::downgrade(&inode));
+            let inode = self.inode(entry.id, FileKind::Main, name, false)?;
+            insert_pruned(&mut self.mains.lock(), name.to_owned(), &inode);
             inode
         } else if flags & ffi::SQLITE_OPEN_MAIN_JOURNAL != 0
             // pager.c `pager_delsuper` opens each child journal a super-journal lists
             // with SQLITE_OPEN_SUPER_JOURNAL ("zJournal is really a MAIN_JOURNAL. But
             // call it a SUPER_JOURNAL here"), to read which super-journal it names.
-            || flags & ffi::SQLITE_OPEN_SUPER_JOURNAL != 0
-                && matches!(names::classify(name), Target::Journal(_))
+            || flags & ffi::SQLITE_OPEN_SUPER_JOURNAL != 0 && matches!(target, Target::Journal(_))
         {
-            let Target::Journal(db) = names::classify(name) else {
+            let Target::Journal(db) = target else {
                 return Err(Error::cant_open(
                     name,
                     "a journal name must end in -journal",
@@ -276,15 +268,13 @@ impl VfsState {
                 .lookup(db)?
                 .filter(|e| e.kind == EntryKind::Database)
                 .ok_or_else(|| Error::cant_open(name, format!("no database {db:?} to journal")))?;
-            let inode = self.inode(entry.id, FileKind::MainJournal, name, entry.id, true)?;
+            let inode = self.inode(entry.id, FileKind::MainJournal, name, true)?;
             if !create && !inode.exists_nonempty() {
                 return Err(Error::cant_open(name, "no such journal"));
             }
             DbCounters::add(&inode.counters.journal_opens, 1);
             if let Some(main) = self.live_inode(entry.id, FileKind::Main) {
-                let mut hint = main.journal_hint.lock();
-                hint.epoch += 1;
-                hint.absent = false;
+                main.journal_hint.lock().changed(false);
             }
             inode
         } else if flags & ffi::SQLITE_OPEN_SUPER_JOURNAL != 0 {
@@ -298,7 +288,7 @@ impl VfsState {
             if entry.kind != EntryKind::SuperJournal {
                 return Err(Error::cant_open(name, "the name belongs to a database"));
             }
-            self.inode(entry.id, FileKind::SuperJournal, name, entry.id, false)?
+            self.inode(entry.id, FileKind::SuperJournal, name, false)?
         } else if flags & ffi::SQLITE_OPEN_WAL != 0 {
             return Err(Error::cant_open(
                 name,
@@ -342,18 +332,14 @@ impl VfsState {
                 }
                 let main = self.live_inode(entry.id, FileKind::Main);
                 if let Some(main) = &main {
-                    let mut hint = main.journal_hint.lock();
-                    hint.epoch += 1;
-                    hint.absent = false;
+                    main.journal_hint.lock().changed(false);
                 }
                 let mut batch = Batch::new();
                 batch.delete_range(keys::file_range(entry.id, FileKind::MainJournal));
                 self.kv.apply(batch)?;
                 self.kv.commit_durable()?;
                 if let Some(main) = &main {
-                    let mut hint = main.journal_hint.lock();
-                    hint.epoch += 1;
-                    hint.absent = true;
+                    main.journal_hint.lock().changed(true);
                 }
                 let counters = self.counters(entry.id);
                 DbCounters::add(&counters.kv_batches, 1);
@@ -380,12 +366,13 @@ impl VfsState {
     /// xAccess (EXISTS and READWRITE alike): a file exists when it is stored and not
     /// empty, as the unix VFS answers for regular files.
     pub(crate) fn access(&self, name: &str) -> Result<bool> {
-        if let Target::Journal(db) = names::classify(name)
+        let target = names::classify(name);
+        if let Target::Journal(db) = target
             && let Some(main) = self.mains.lock().get(db).and_then(Weak::upgrade)
         {
             return self.journal_exists(&main);
         }
-        let (entry_name, kind) = match names::classify(name) {
+        let (entry_name, kind) = match target {
             Target::Wal => return Ok(false),
             Target::Journal(db) => (db, FileKind::MainJournal),
             Target::Catalog(n) => (n, FileKind::Main),
@@ -711,4 +698,17 @@ impl KvHandle {
             _ => Reply::NotFound,
         })
     }
+}
+
+/// Inserts a weak reference to `inode`, first dropping dead ones whenever the map has
+/// doubled (so it stays about as large as the files open).
+fn insert_pruned<K: std::hash::Hash + Eq>(
+    map: &mut HashMap<K, Weak<Inode>>,
+    key: K,
+    inode: &Arc<Inode>,
+) {
+    if map.len() >= 64 && map.len().is_power_of_two() {
+        map.retain(|_, w| w.strong_count() > 0);
+    }
+    map.insert(key, Arc::downgrade(inode));
 }
