@@ -63,9 +63,6 @@ pub enum Error {
         /// the chain names it once).
         cause: std::io::Error,
     },
-    /// This build was compiled without the backing asked for.
-    #[error("{0}")]
-    Unsupported(String),
     /// SQLite failed.
     #[error(transparent)]
     Sqlite(#[from] rusqlite::Error),

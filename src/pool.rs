@@ -11,7 +11,6 @@
 //!
 //! Connections are closed outside the pool's lock: closing writes back and may wait.
 
-use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crossbeam_channel::{Receiver, Sender};
@@ -98,12 +97,10 @@ impl Pool {
         self.close(vec![conn]);
     }
 
-    /// Puts `name` to sleep if it is idle; `false` if it was not idle (asleep or in use).
-    pub(crate) fn sleep(&self, name: &str) -> bool {
+    /// Puts `name` to sleep if it is idle (an actor in use stays awake).
+    pub(crate) fn sleep(&self, name: &str) {
         let conn = self.idle.lock().pop(name);
-        let found = conn.is_some();
         self.close(conn.into_iter().collect());
-        found
     }
 
     /// Puts every idle actor to sleep.
@@ -134,8 +131,8 @@ impl Pool {
         self.awake.fetch_sub(n, Ordering::SeqCst);
     }
 
-    pub(crate) fn max_awake(&self) -> NonZeroUsize {
-        NonZeroUsize::new(self.max_awake).unwrap_or(NonZeroUsize::MIN)
+    pub(crate) fn max_awake(&self) -> usize {
+        self.max_awake
     }
 }
 

@@ -62,8 +62,6 @@ pub struct ActorStats {
     pub name: String,
     /// Size of its database in bytes.
     pub size: u64,
-    /// Whether it has an open connection.
-    pub awake: bool,
     /// How its commits and reads travelled (kv backing only).
     pub io: Option<shoal_vfs::DbStats>,
 }
@@ -219,29 +217,21 @@ impl Store {
             AuthAction::Attach { filename } if !filename.is_empty() => Authorization::Deny,
             _ => Authorization::Allow,
         }))?;
-        let sync = match self.config.durability {
-            Durability::Full => "FULL",
-            Durability::Relaxed => "NORMAL",
-        };
-        if !self.config.backing.tuned() {
-            conn.execute_batch(&format!("PRAGMA synchronous = {sync};"))?;
-            return Ok(());
+        if self.config.backing.tuned() {
+            shoal_vfs::sqlite::set_lookaside(conn, t.lookaside_slot_size, t.lookaside_slots)?;
+            conn.execute_batch(&format!(
+                "PRAGMA cache_size = {}; PRAGMA mmap_size = {};",
+                t.cache_pages, t.mmap_size
+            ))?;
         }
-        shoal_vfs::sqlite::set_lookaside(conn, t.lookaside_slot_size, t.lookaside_slots)?;
-        conn.execute_batch(&format!(
-            "PRAGMA cache_size = {}; PRAGMA mmap_size = {};",
-            t.cache_pages, t.mmap_size
-        ))?;
-        match (&self.engine, self.config.durability) {
-            #[cfg(feature = "kv-vfs")]
-            (Engine::Kv(_), Durability::Relaxed) => {
-                conn.execute_batch("PRAGMA shoal_durability = relaxed;")?
-            }
-            #[cfg(feature = "kv-vfs")]
-            (Engine::Kv(_), Durability::Full) => {}
-            (Engine::Files { .. }, _) => {
-                conn.execute_batch(&format!("PRAGMA synchronous = {sync};"))?
-            }
+        // The kv backing's durability is the VFS's default, set when the store registered
+        // it (`open_kv`); files get it from `synchronous`.
+        if matches!(self.engine, Engine::Files { .. }) {
+            let sync = match self.config.durability {
+                Durability::Full => "FULL",
+                Durability::Relaxed => "NORMAL",
+            };
+            conn.execute_batch(&format!("PRAGMA synchronous = {sync};"))?;
         }
         Ok(())
     }
@@ -294,7 +284,7 @@ impl Store {
 
     /// The bound on awake actors.
     pub fn max_awake(&self) -> usize {
-        self.pool.max_awake().get()
+        self.pool.max_awake()
     }
 
     /// Whether actor `name` exists.
@@ -387,7 +377,6 @@ impl Store {
         Ok(ActorStats {
             name: name.to_owned(),
             size,
-            awake: false,
             io,
         })
     }

@@ -346,3 +346,41 @@ fn check_finds_a_damaged_page_in_the_store() {
         );
     }
 }
+
+/// `Config::durability` reaches every actor connection: on the kv backing as the VFS's
+/// own default (no per-connection pragma needed), on files as `synchronous`.
+#[test]
+fn the_configured_durability_is_what_actor_connections_use() {
+    for durability in [shoal::Durability::Full, shoal::Durability::Relaxed] {
+        for backing in backings() {
+            let dir = tempfile::tempdir().unwrap();
+            let store = Store::open(
+                dir.path(),
+                Config {
+                    durability,
+                    ..config(backing)
+                },
+            )
+            .unwrap();
+            let on_kv = !matches!(backing, Backing::Files | Backing::FilesTuned);
+            let (pragma, want) = match (on_kv, durability) {
+                (true, shoal::Durability::Full) => ("PRAGMA shoal_durability", "full"),
+                (true, shoal::Durability::Relaxed) => ("PRAGMA shoal_durability", "relaxed"),
+                (false, shoal::Durability::Full) => ("PRAGMA synchronous", "2"),
+                (false, shoal::Durability::Relaxed) => ("PRAGMA synchronous", "1"),
+            };
+            let got: String = store
+                .with_actor("a", |c| {
+                    c.query_row(pragma, [], |r| {
+                        r.get::<_, rusqlite::types::Value>(0).map(|v| match v {
+                            rusqlite::types::Value::Integer(i) => i.to_string(),
+                            rusqlite::types::Value::Text(t) => t,
+                            other => format!("{other:?}"),
+                        })
+                    })
+                })
+                .unwrap();
+            assert_eq!(got, want, "{backing:?} {durability:?}");
+        }
+    }
+}

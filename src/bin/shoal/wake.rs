@@ -81,7 +81,6 @@ fn populated(dir: &Path, config: &Config, actors: usize, messages: usize) -> boo
 /// Creates the actors `wake` needs (skipping those that exist), then writes the marker.
 pub fn populate(dir: &Path, mut config: Config, args: &PopulateArgs) -> anyhow::Result<()> {
     config.durability = Durability::Relaxed;
-    config.max_awake = Some(args.concurrency.max(1) * 2);
     let store = Store::open(dir, config)?;
     let next = AtomicUsize::new(0);
     let bar = progress(args.actors as u64, "populating");
