@@ -54,6 +54,12 @@ impl Backing {
         }
     }
 
+    /// Whether actors live in the shared key-value store (always `false` without
+    /// feature `kv-vfs`).
+    pub fn is_kv(self) -> bool {
+        !matches!(self, Backing::Files | Backing::FilesTuned)
+    }
+
     /// Whether actor connections get shoal's tuning (small cache, mmap reads, no
     /// lookaside, a soft heap limit).
     pub fn tuned(self) -> bool {

@@ -180,6 +180,15 @@ impl Store {
         &self.dir
     }
 
+    /// The SQLite file of actor `name` on a file backing; `None` on the kv backing.
+    pub fn actor_file(&self, name: &str) -> Option<PathBuf> {
+        match &self.engine {
+            #[cfg(feature = "kv-vfs")]
+            Engine::Kv(_) => None,
+            Engine::Files { dir } => Some(actor_path(dir, name)),
+        }
+    }
+
     /// The configuration the store was opened with.
     pub fn config(&self) -> &Config {
         &self.config

@@ -362,8 +362,7 @@ fn the_configured_durability_is_what_actor_connections_use() {
                 },
             )
             .unwrap();
-            let on_kv = !matches!(backing, Backing::Files | Backing::FilesTuned);
-            let (pragma, want) = match (on_kv, durability) {
+            let (pragma, want) = match (backing.is_kv(), durability) {
                 (true, shoal::Durability::Full) => ("PRAGMA shoal_durability", "full"),
                 (true, shoal::Durability::Relaxed) => ("PRAGMA shoal_durability", "relaxed"),
                 (false, shoal::Durability::Full) => ("PRAGMA synchronous", "2"),

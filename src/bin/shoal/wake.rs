@@ -15,7 +15,7 @@ use anyhow::{Context, bail};
 use clap::Args;
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
-use shoal::{Backing, Config, Durability, MemoryReport, Store};
+use shoal::{Config, Durability, MemoryReport, Store};
 
 use crate::{plot, workload};
 
@@ -60,10 +60,10 @@ pub fn actor_name(i: usize) -> String {
 /// The data a configuration reads: each kv engine its own store, both file backings the
 /// same files.
 fn data_kind(config: &Config) -> String {
-    match config.backing {
-        Backing::Files | Backing::FilesTuned => "files".to_owned(),
-        #[allow(unreachable_patterns)]
-        _ => format!("kv-{}", config.kv_engine.as_str()),
+    if config.backing.is_kv() {
+        format!("kv-{}", config.kv_engine.as_str())
+    } else {
+        "files".to_owned()
     }
 }
 
@@ -194,7 +194,10 @@ fn warm_up(store: &Store, range: std::ops::Range<usize>) -> anyhow::Result<u64> 
             }
             continue;
         }
-        bytes += std::fs::read(store.dir().join("actors").join(format!("{name}.db")))
+        let file = store
+            .actor_file(&name)
+            .context("a file backing has actor files")?;
+        bytes += std::fs::read(file)
             .with_context(|| format!("reading warm-up actor {name}"))?
             .len() as u64;
     }
@@ -363,7 +366,7 @@ pub fn wake(dir: &Path, config: Config, args: &WakeArgs) -> anyhow::Result<()> {
     if args.json {
         let json = serde_json::json!({
             "backing": backing.as_str(),
-            "kv_engine": if backing.tuned() && backing.as_str() == "kv" { Some(kv_engine.as_str()) } else { None },
+            "kv_engine": backing.is_kv().then(|| kv_engine.as_str()),
             "actors": args.actors,
             "concurrency": args.concurrency,
             "messages": args.messages,
@@ -398,7 +401,7 @@ pub fn wake(dir: &Path, config: Config, args: &WakeArgs) -> anyhow::Result<()> {
         println!(
             "shoal wake: backing {}{}, {} actors, concurrency {}, {} messages each, budget {budget_mb} MiB",
             backing.as_str(),
-            if backing.as_str() == "kv" {
+            if backing.is_kv() {
                 format!(" ({})", kv_engine.as_str())
             } else {
                 String::new()
