@@ -1,31 +1,52 @@
 //! What the process's memory looks like: RSS as the kernel counts it (allocator and
 //! backend memory included), and the parts shoal can name.
 
+const STATUS: &str = "/proc/self/status";
+
 /// Resident set size of this process in KiB (`VmRSS`), if the platform reports it.
 pub fn rss_kb() -> Option<u64> {
-    status_field("VmRSS:")
+    let [rss] = kb_fields(STATUS, ["VmRSS:"]);
+    rss
 }
 
 /// Anonymous resident memory in KiB (`RssAnon`: heap, stacks), if reported.
 pub fn rss_anon_kb() -> Option<u64> {
-    status_field("RssAnon:")
+    let [anon] = kb_fields(STATUS, ["RssAnon:"]);
+    anon
 }
 
 /// File-backed resident memory in KiB (`RssFile`: mapped files such as mmap'ed
 /// databases, and the executable), if reported.
 pub fn rss_file_kb() -> Option<u64> {
-    status_field("RssFile:")
+    let [file] = kb_fields(STATUS, ["RssFile:"]);
+    file
 }
 
 /// Peak resident set size of this process in KiB (`VmHWM`).
 pub fn peak_rss_kb() -> Option<u64> {
-    status_field("VmHWM:")
+    let [peak] = kb_fields(STATUS, ["VmHWM:"]);
+    peak
 }
 
-fn status_field(field: &str) -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with(field))?;
-    line.split_whitespace().nth(1)?.parse().ok()
+/// The machine's memory in KiB (`MemTotal`), if reported.
+pub fn total_memory_kb() -> Option<u64> {
+    let [total] = kb_fields("/proc/meminfo", ["MemTotal:"]);
+    total
+}
+
+/// RSS, its anonymous part and its file-backed part, from one read of the status file
+/// (so the three belong to the same moment).
+pub(crate) fn rss_parts_kb() -> [Option<u64>; 3] {
+    kb_fields(STATUS, ["VmRSS:", "RssAnon:", "RssFile:"])
+}
+
+/// The values of `fields` (lines `Name:   123 kB`) in one read of the file at `path`.
+fn kb_fields<const N: usize>(path: &str, fields: [&str; N]) -> [Option<u64>; N] {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    fields.map(|field| {
+        let line = text.lines().find(|l| l.starts_with(field))?;
+        line.split_whitespace().nth(1)?.parse().ok()
+    })
 }
 
 /// A snapshot of the store's memory.

@@ -468,6 +468,7 @@ impl Store {
 
     /// Memory as the store and the kernel see it now.
     pub fn memory(&self) -> MemoryReport {
+        let [rss, anon, file] = memory::rss_parts_kb();
         MemoryReport {
             awake: self.pool.awake(),
             sqlite_heap: shoal_vfs::sqlite::memory_used(),
@@ -476,9 +477,9 @@ impl Store {
                 Engine::Kv(_) => self.config.kv_cache_bytes(),
                 Engine::Files { .. } => 0,
             },
-            rss_kb: memory::rss_kb().unwrap_or(0),
-            rss_anon_kb: memory::rss_anon_kb().unwrap_or(0),
-            rss_file_kb: memory::rss_file_kb().unwrap_or(0),
+            rss_kb: rss.unwrap_or(0),
+            rss_anon_kb: anon.unwrap_or(0),
+            rss_file_kb: file.unwrap_or(0),
         }
     }
 

@@ -69,11 +69,7 @@ pub struct BenchArgs {
 fn machine() -> Value {
     let mut args: Vec<String> = std::env::args().skip(1).collect();
     args.insert(0, "shoal".to_owned());
-    let mem_kb = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
-        m.lines()
-            .find(|l| l.starts_with("MemTotal:"))
-            .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-    });
+    let mem_kb = shoal::memory::total_memory_kb();
     json!({
         "command": args.join(" "),
         "nproc": std::thread::available_parallelism().map_or(0, |n| n.get()),
