@@ -10,13 +10,6 @@ use common::*;
 use rusqlite::ffi;
 use shoal_kv::{Batch, ChunkNo, FaultOp, FaultyKv, FileKind, KvStore, MemKv, keys};
 
-fn extended_code(err: &rusqlite::Error) -> i32 {
-    match err {
-        rusqlite::Error::SqliteFailure(e, _) => e.extended_code,
-        other => panic!("not an SQLite failure: {other}"),
-    }
-}
-
 /// A database of a few pages, closed; returns the backend and the database's id.
 fn populated() -> (Arc<MemKv>, shoal_vfs::Vfs, shoal_kv::DbId) {
     let backend = Arc::new(MemKv::new());
@@ -40,12 +33,7 @@ fn overwrite(backend: &MemKv, key: &[u8], value: Bytes) {
 }
 
 fn scan_all(vfs: &shoal_vfs::Vfs) -> rusqlite::Result<i64> {
-    let conn = rusqlite::Connection::open_with_flags_and_vfs(
-        "victim",
-        rusqlite::OpenFlags::default(),
-        vfs.name(),
-    )?;
-    conn.query_row("SELECT count(*) FROM t WHERE length(v) = 500", [], |r| {
+    try_open(vfs, "victim")?.query_row("SELECT count(*) FROM t WHERE length(v) = 500", [], |r| {
         r.get(0)
     })
 }
@@ -92,14 +80,14 @@ fn a_truncated_or_missing_page_is_corrupt() {
     shoal_kv::Kv::put_chunk(&mut short, id, FileKind::Main, ChunkNo(3), vec![0; 100]);
     backend.apply(short).unwrap();
     assert_eq!(
-        extended_code(&scan_all(&vfs).unwrap_err()) & 0xff,
+        primary_code(&scan_all(&vfs).unwrap_err()),
         ffi::SQLITE_CORRUPT
     );
     let mut delete = Batch::new();
     delete.delete(key.to_vec());
     backend.apply(delete).unwrap();
     assert_eq!(
-        extended_code(&scan_all(&vfs).unwrap_err()) & 0xff,
+        primary_code(&scan_all(&vfs).unwrap_err()),
         ffi::SQLITE_CORRUPT
     );
 }
@@ -110,13 +98,13 @@ fn missing_or_garbage_metadata_refuses_to_open() {
     let meta = keys::meta_key(id, FileKind::Main);
     overwrite(&backend, &meta, Bytes::from_static(b"garbage"));
     let err = scan_all(&vfs).unwrap_err();
-    assert_eq!(extended_code(&err) & 0xff, ffi::SQLITE_CORRUPT, "{err}");
+    assert_eq!(primary_code(&err), ffi::SQLITE_CORRUPT, "{err}");
     let mut delete = Batch::new();
     delete.delete(meta.to_vec());
     backend.apply(delete).unwrap();
     let err = scan_all(&vfs).unwrap_err();
     assert_eq!(
-        extended_code(&err) & 0xff,
+        primary_code(&err),
         ffi::SQLITE_CORRUPT,
         "a catalog entry pointing at nothing: {err}"
     );
@@ -137,28 +125,18 @@ fn a_panicking_backend_is_an_ioerr_not_an_abort() {
     // Every batch panicking: the statement fails with an IOERR.
     backend.panic_from(FaultOp::Batch, 1);
     let err = conn.execute("INSERT INTO t VALUES (3)", []).unwrap_err();
-    assert_eq!(extended_code(&err) & 0xff, ffi::SQLITE_IOERR, "{err}");
+    assert_eq!(primary_code(&err), ffi::SQLITE_IOERR, "{err}");
     backend.panic_nth(FaultOp::Read, 1);
     drop(conn);
-    let err = scan_all_named(&vfs, "p").unwrap_err();
+    let err = try_open(&vfs, "p")
+        .and_then(|c| c.query_row("SELECT count(*) FROM t", [], |r| r.get::<_, i64>(0)))
+        .unwrap_err();
     assert!(
-        matches!(
-            extended_code(&err) & 0xff,
-            ffi::SQLITE_IOERR | ffi::SQLITE_CANTOPEN
-        ),
+        matches!(primary_code(&err), ffi::SQLITE_IOERR | ffi::SQLITE_CANTOPEN),
         "{err}"
     );
     backend.clear();
     let conn = open(&vfs, "p");
     assert_eq!(rows(&conn, "SELECT x FROM t"), [["1"], ["2"]]);
     assert_eq!(integrity(&conn), "ok");
-}
-
-fn scan_all_named(vfs: &shoal_vfs::Vfs, name: &str) -> rusqlite::Result<i64> {
-    let conn = rusqlite::Connection::open_with_flags_and_vfs(
-        name,
-        rusqlite::OpenFlags::default(),
-        vfs.name(),
-    )?;
-    conn.query_row("SELECT count(*) FROM t", [], |r| r.get(0))
 }

@@ -126,9 +126,10 @@ proptest! {
         shoal.execute_batch(schema).unwrap();
         for (i, step) in steps.iter().enumerate() {
             if let Step::Reopen = step {
-                drop(std::mem::replace(&mut reference, Connection::open_in_memory().unwrap()));
+                // Each closes before it is opened again.
+                drop(reference);
                 reference = Connection::open(&path).unwrap();
-                drop(std::mem::replace(&mut shoal, Connection::open_in_memory().unwrap()));
+                drop(shoal);
                 shoal = open(&vfs, "diff");
                 setup(&reference, false);
                 setup(&shoal, mmap);

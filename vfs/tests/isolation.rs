@@ -140,12 +140,7 @@ fn a_thousand_databases_are_independent_and_deleting_one_removes_all_its_keys() 
 fn names_reserved_for_sqlite_files_cannot_be_databases() {
     let vfs = mem_vfs();
     for name in ["x-journal", "x-wal", "x-shm", "x-mj0A1B2C9D3"] {
-        let err = rusqlite::Connection::open_with_flags_and_vfs(
-            name,
-            rusqlite::OpenFlags::default(),
-            vfs.name(),
-        )
-        .unwrap_err();
+        let err = try_open(&vfs, name).unwrap_err();
         assert_eq!(
             err.sqlite_error_code(),
             Some(ErrorCode::CannotOpen),

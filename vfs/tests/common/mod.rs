@@ -38,8 +38,26 @@ pub fn sled_vfs(dir: &Path) -> Vfs {
     vfs_over(Arc::new(SledKv::open(&config).unwrap()))
 }
 
+/// Opens `db` through `vfs` with the default flags (creating it).
+pub fn try_open(vfs: &Vfs, db: &str) -> rusqlite::Result<Connection> {
+    Connection::open_with_flags_and_vfs(db, OpenFlags::default(), vfs.name())
+}
+
 pub fn open(vfs: &Vfs, db: &str) -> Connection {
-    Connection::open_with_flags_and_vfs(db, OpenFlags::default(), vfs.name()).unwrap()
+    try_open(vfs, db).unwrap()
+}
+
+/// The extended result code of an SQLite failure (panics on any other error).
+pub fn extended_code(err: &rusqlite::Error) -> i32 {
+    match err {
+        rusqlite::Error::SqliteFailure(e, _) => e.extended_code,
+        other => panic!("not an SQLite failure: {other:?}"),
+    }
+}
+
+/// The primary result code (the low byte of the extended one).
+pub fn primary_code(err: &rusqlite::Error) -> i32 {
+    extended_code(err) & 0xff
 }
 
 pub fn stats(vfs: &Vfs, db: &str) -> DbStats {
