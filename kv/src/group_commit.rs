@@ -19,13 +19,12 @@
 //! until the store is reopened (a backend whose flush failed may have lost writes that
 //! were already acknowledged as applied; writing on would build on sand).
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
-use parking_lot::Mutex;
 
 use crate::error::{Error, Result};
 use crate::store::KvStore;
@@ -59,7 +58,9 @@ pub struct GroupCommitStats {
 
 #[derive(Debug, Default)]
 struct Shared {
-    poisoned: Mutex<Option<String>>,
+    /// The cause of the first failed flush (set once; read without a lock by every
+    /// apply and durable commit).
+    poisoned: OnceLock<String>,
     /// Batches being applied right now.
     applying: AtomicUsize,
     requests: AtomicU64,
@@ -69,7 +70,7 @@ struct Shared {
 
 impl Shared {
     fn poison_cause(&self) -> Option<String> {
-        self.poisoned.lock().clone()
+        self.poisoned.get().cloned()
     }
 }
 
@@ -162,7 +163,8 @@ fn flusher(backend: &dyn KvStore, rx: &Receiver<Reply>, shared: &Shared) {
             }
         };
         if let Err(cause) = &result {
-            shared.poisoned.lock().get_or_insert_with(|| cause.clone());
+            // The first failure stays the cause.
+            let _ = shared.poisoned.set(cause.clone());
         }
         shared
             .completed
