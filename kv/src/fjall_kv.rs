@@ -210,7 +210,7 @@ type StoredBounds = (Bound<Vec<u8>>, Bound<Vec<u8>>);
 /// a stored key `k` (at most `MAX_KEY_LEN` bytes) is `>= start` exactly when it is
 /// `> start[..MAX_KEY_LEN]`, and `< end` exactly when it is `<= end[..MAX_KEY_LEN]`.
 fn stored_bounds(range: &KeyRange) -> Option<StoredBounds> {
-    if !range.end.is_empty() && range.end <= range.start {
+    if range.is_empty() {
         return None;
     }
     let start = match range.start.get(..MAX_KEY_LEN) {

@@ -287,6 +287,18 @@ impl KeyRange {
         }
     }
 
+    /// The range as bounds for ordered maps: from `start` inclusive to `end` exclusive,
+    /// or unbounded above when `end` is empty.
+    pub fn bounds(&self) -> (std::ops::Bound<&[u8]>, std::ops::Bound<&[u8]>) {
+        use std::ops::Bound;
+        let end = if self.end.is_empty() {
+            Bound::Unbounded
+        } else {
+            Bound::Excluded(self.end.as_slice())
+        };
+        (Bound::Included(self.start.as_slice()), end)
+    }
+
     /// Whether no key can lie in the range (its end is at or before its start).
     pub fn is_empty(&self) -> bool {
         !self.end.is_empty() && self.end <= self.start

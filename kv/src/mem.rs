@@ -3,7 +3,6 @@
 //! simplest possible structure: one ordered map behind one lock.
 
 use std::collections::BTreeMap;
-use std::ops::Bound;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
@@ -41,15 +40,6 @@ impl MemKv {
     }
 }
 
-fn bounds(range: &KeyRange) -> (Bound<&[u8]>, Bound<&[u8]>) {
-    let end = if range.end.is_empty() {
-        Bound::Unbounded
-    } else {
-        Bound::Excluded(range.end.as_slice())
-    };
-    (Bound::Included(range.start.as_slice()), end)
-}
-
 impl KvStore for MemKv {
     fn get(&self, key: &[u8]) -> Result<Option<Bytes>> {
         Ok(self.map.read().get(key).cloned())
@@ -62,7 +52,7 @@ impl KvStore for MemKv {
         let entries: Vec<_> = self
             .map
             .read()
-            .range::<[u8], _>(bounds(&range))
+            .range::<[u8], _>(range.bounds())
             .map(|(k, v)| Ok((k.clone(), v.clone())))
             .collect();
         Ok(Box::new(entries.into_iter()))
@@ -86,7 +76,7 @@ impl KvStore for MemKv {
                         continue;
                     }
                     let doomed: Vec<Bytes> = map
-                        .range::<[u8], _>(bounds(&range))
+                        .range::<[u8], _>(range.bounds())
                         .map(|(k, _)| k.clone())
                         .collect();
                     for k in doomed {

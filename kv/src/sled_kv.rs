@@ -116,11 +116,7 @@ impl SledKv {
     }
 
     fn range_iter(&self, range: &KeyRange) -> sled::Iter {
-        if range.end.is_empty() {
-            self.db.range(range.start.as_slice()..)
-        } else {
-            self.db.range(range.start.as_slice()..range.end.as_slice())
-        }
+        self.db.range::<&[u8], _>(range.bounds())
     }
 }
 

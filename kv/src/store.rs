@@ -185,7 +185,7 @@ pub(crate) fn fold_ops(
                 if range.is_empty() {
                     continue;
                 }
-                for (_, w) in writes.iter_mut().filter(|(k, _)| range.contains(k)) {
+                for (_, w) in writes.range_mut::<[u8], _>(range.bounds()) {
                     *w = None;
                 }
                 for key in stored_keys(&range)? {
