@@ -104,6 +104,14 @@ impl Error {
         }
     }
 
+    /// Maps a backend's error during `op` (for `map_err`).
+    pub(crate) fn at<E>(op: &'static str) -> impl Fn(E) -> Error
+    where
+        E: std::error::Error + Send + Sync + 'static,
+    {
+        move |e| Error::backend(op, e)
+    }
+
     /// Whether this error means stored data is damaged (as opposed to an I/O failure).
     pub fn is_corruption(&self) -> bool {
         matches!(self, Error::Checksum { .. } | Error::Corrupt { .. })

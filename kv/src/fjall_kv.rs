@@ -159,14 +159,6 @@ impl std::fmt::Debug for FjallKv {
     }
 }
 
-fn fjall_err(op: &'static str) -> impl Fn(fjall::Error) -> Error {
-    move |e| Error::backend(op, e)
-}
-
-fn io_err(op: &'static str) -> impl Fn(std::io::Error) -> Error {
-    move |e| Error::backend(op, e)
-}
-
 /// The stored form of `key`: the prefix byte, then the key.
 fn stored_key(key: &[u8]) -> Vec<u8> {
     let mut k = Vec::with_capacity(key.len() + 1);
@@ -188,7 +180,7 @@ fn user_key(stored: &[u8]) -> Result<Bytes> {
 
 /// The error for a key fjall cannot store (named by its first bytes: it is long).
 fn too_long(op: &'static str, key: &[u8]) -> Error {
-    let head: String = key.iter().take(16).map(|b| format!("{b:02x}")).collect();
+    let head = keys::hex(key.get(..16).unwrap_or(key));
     Error::backend(
         op,
         std::io::Error::new(
@@ -240,13 +232,13 @@ impl FjallKv {
     /// [`FjallKv`], in this process or another.
     pub fn open(config: &FjallConfig) -> Result<FjallKv> {
         let path = &config.path;
-        std::fs::create_dir_all(path).map_err(io_err("open"))?;
+        std::fs::create_dir_all(path).map_err(Error::at("open"))?;
         let lock = File::options()
             .create(true)
             .truncate(false)
             .write(true)
             .open(path.join(LOCK_FILE))
-            .map_err(io_err("open"))?;
+            .map_err(Error::at("open"))?;
         match lock.try_lock() {
             Ok(()) => {}
             Err(TryLockError::WouldBlock) => return Err(Error::StoreLocked { path: path.clone() }),
@@ -258,7 +250,7 @@ impl FjallKv {
             .max_write_buffer_size(write_buffer)
             .fsync_ms(config.flush_every_ms.filter(|&ms| ms > 0))
             .open()
-            .map_err(fjall_err("open"))?;
+            .map_err(Error::at("open"))?;
         let memtable = u32::try_from(write_buffer / 2).unwrap_or(u32::MAX);
         let partition = keyspace
             .open_partition(
@@ -271,7 +263,7 @@ impl FjallKv {
                         fjall::CompressionType::None
                     }),
             )
-            .map_err(fjall_err("open"))?;
+            .map_err(Error::at("open"))?;
         Ok(FjallKv {
             partition,
             keyspace,
@@ -297,7 +289,7 @@ impl FjallKv {
         }
         self.partition
             .insert(stored_key(key), value)
-            .map_err(fjall_err("put_raw"))?;
+            .map_err(Error::at("put_raw"))?;
         self.unsynced.store(true, Ordering::SeqCst);
         Ok(())
     }
@@ -314,7 +306,7 @@ impl FjallKv {
         if !self
             .partition
             .rotate_memtable()
-            .map_err(fjall_err("seal_memtable"))?
+            .map_err(Error::at("seal_memtable"))?
         {
             return Ok(());
         }
@@ -373,7 +365,7 @@ impl PagedScan {
         let mut last = None;
         self.done = true;
         for item in self.snapshot.range((self.next.clone(), self.end.clone())) {
-            let (k, v) = item.map_err(|e| Error::backend("scan", e))?;
+            let (k, v) = item.map_err(Error::at("scan"))?;
             bytes += k.len() + v.len();
             page.push((user_key(&k)?, to_bytes(v)));
             last = Some(k);
@@ -417,7 +409,7 @@ impl KvStore for FjallKv {
         let value = self
             .snapshot()
             .get(stored_key(key))
-            .map_err(|e| Error::backend("get", e))?;
+            .map_err(Error::at("get"))?;
         Ok(value.map(to_bytes))
     }
 
@@ -442,7 +434,7 @@ impl KvStore for FjallKv {
             } else {
                 self.partition
                     .get(stored_key(&pre.key))
-                    .map_err(fjall_err("precondition"))?
+                    .map_err(Error::at("precondition"))?
             };
             pre.check(current.as_deref())?;
         }
@@ -456,7 +448,7 @@ impl KvStore for FjallKv {
             self.partition
                 .range(bounds)
                 .map(|item| {
-                    item.map_err(fjall_err("delete_range"))
+                    item.map_err(Error::at("delete_range"))
                         .and_then(|(key, _)| user_key(&key))
                 })
                 .collect()
@@ -486,7 +478,7 @@ impl KvStore for FjallKv {
                 None => fjall_batch.remove(&self.partition, stored_key(&k)),
             }
         }
-        fjall_batch.commit().map_err(fjall_err("commit"))?;
+        fjall_batch.commit().map_err(Error::at("commit"))?;
         self.unsynced.store(true, Ordering::SeqCst);
         Ok(())
     }
@@ -501,7 +493,7 @@ impl KvStore for FjallKv {
         self.keyspace
             .persist(PersistMode::SyncAll)
             .inspect_err(|_| self.unsynced.store(true, Ordering::SeqCst))
-            .map_err(fjall_err("flush"))
+            .map_err(Error::at("flush"))
     }
 
     fn stats(&self) -> Result<KvStats> {

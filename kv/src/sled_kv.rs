@@ -54,10 +54,6 @@ pub struct SledKv {
     cache_capacity: u64,
 }
 
-fn sled_err(op: &'static str) -> impl Fn(sled::Error) -> Error {
-    move |e| Error::backend(op, e)
-}
-
 impl SledKv {
     /// Opens (or creates) the store described by `config`.
     ///
@@ -112,7 +108,7 @@ impl SledKv {
         self.db
             .insert(key, value)
             .map(drop)
-            .map_err(sled_err("put_raw"))
+            .map_err(Error::at("put_raw"))
     }
 
     fn range_iter(&self, range: &KeyRange) -> sled::Iter {
@@ -126,7 +122,7 @@ fn to_bytes(v: sled::IVec) -> Bytes {
 
 impl KvStore for SledKv {
     fn get(&self, key: &[u8]) -> Result<Option<Bytes>> {
-        Ok(self.db.get(key).map_err(sled_err("get"))?.map(to_bytes))
+        Ok(self.db.get(key).map_err(Error::at("get"))?.map(to_bytes))
     }
 
     fn scan(&self, range: KeyRange) -> Result<Scan<'_>> {
@@ -135,7 +131,7 @@ impl KvStore for SledKv {
         }
         let iter = self.range_iter(&range).map(|r| {
             r.map(|(k, v)| (to_bytes(k), to_bytes(v)))
-                .map_err(sled_err("scan"))
+                .map_err(Error::at("scan"))
         });
         Ok(Box::new(iter))
     }
@@ -143,14 +139,14 @@ impl KvStore for SledKv {
     fn apply(&self, batch: Batch) -> Result<()> {
         let _serial = self.write_lock.lock();
         if let Some(pre) = &batch.precondition {
-            let current = self.db.get(&pre.key).map_err(sled_err("precondition"))?;
+            let current = self.db.get(&pre.key).map_err(Error::at("precondition"))?;
             pre.check(current.as_deref())?;
         }
         // sled's batch keeps one write per key, so ops are folded in order first.
         let writes = fold_ops(batch.ops, |range| {
             self.range_iter(range)
                 .keys()
-                .map(|k| k.map(to_bytes).map_err(sled_err("delete_range")))
+                .map(|k| k.map(to_bytes).map_err(Error::at("delete_range")))
                 .collect()
         })?;
         let mut sled_batch = sled::Batch::default();
@@ -162,25 +158,25 @@ impl KvStore for SledKv {
         }
         self.db
             .apply_batch(sled_batch)
-            .map_err(sled_err("apply_batch"))
+            .map_err(Error::at("apply_batch"))
     }
 
     fn flush(&self) -> Result<()> {
-        self.db.flush().map(drop).map_err(sled_err("flush"))
+        self.db.flush().map(drop).map_err(Error::at("flush"))
     }
 
     fn stats(&self) -> Result<KvStats> {
         let mut keys = 0u64;
         let mut logical_bytes = 0u64;
         for entry in self.db.iter() {
-            let (k, v) = entry.map_err(sled_err("stats"))?;
+            let (k, v) = entry.map_err(Error::at("stats"))?;
             keys += 1;
             logical_bytes += (k.len() + v.len()) as u64;
         }
         Ok(KvStats {
             keys,
             logical_bytes,
-            disk_bytes: self.db.size_on_disk().map_err(sled_err("stats"))?,
+            disk_bytes: self.db.size_on_disk().map_err(Error::at("stats"))?,
             cache_capacity: self.cache_capacity,
         })
     }
