@@ -67,14 +67,14 @@ impl Pool {
 
     /// Returns a connection to the idle set, putting the least recently used idle
     /// actors to sleep while the awake count is over the bound.
-    pub(crate) fn checkin(&self, name: &str, conn: Connection) {
+    pub(crate) fn checkin(&self, name: String, conn: Connection) {
         let mut closing = Vec::new();
         {
             let mut idle = self.idle.lock();
-            if idle.contains(name) {
+            if idle.contains(&name) {
                 closing.push(conn);
             } else {
-                idle.put(name.to_owned(), conn);
+                idle.put(name, conn);
             }
             let mut over = self
                 .awake
@@ -150,20 +150,20 @@ mod tests {
         for name in ["a", "b", "c"] {
             let (c, woke) = pool.checkout(name, mem).unwrap();
             assert!(woke);
-            pool.checkin(name, c);
+            pool.checkin(name.into(), c);
         }
         assert_eq!((pool.awake(), pool.idle()), (2, 2));
         // "a" was least recently used: it is asleep, "b" and "c" are awake.
         let (a, woke) = pool.checkout("a", mem).unwrap();
         assert!(woke, "a was put to sleep");
-        pool.checkin("a", a);
+        pool.checkin("a".into(), a);
         // Now "b" is the least recently used.
         let (c, woke) = pool.checkout("c", mem).unwrap();
         assert!(!woke, "c stayed awake");
-        pool.checkin("c", c);
+        pool.checkin("c".into(), c);
         let (b, woke) = pool.checkout("b", mem).unwrap();
         assert!(woke, "b was put to sleep");
-        pool.checkin("b", b);
+        pool.checkin("b".into(), b);
         assert_eq!(pool.awake(), 2);
     }
 
@@ -173,13 +173,13 @@ mod tests {
         let (a, _) = pool.checkout("a", mem).unwrap();
         let (b, _) = pool.checkout("b", mem).unwrap();
         assert_eq!(pool.awake(), 2);
-        pool.checkin("a", a);
+        pool.checkin("a".into(), a);
         assert_eq!(
             (pool.awake(), pool.idle()),
             (1, 0),
             "a went to sleep, b is still out"
         );
-        pool.checkin("b", b);
+        pool.checkin("b".into(), b);
         assert_eq!((pool.awake(), pool.idle()), (1, 1));
         pool.sleep_all();
         assert_eq!(pool.awake(), 0);
@@ -203,7 +203,7 @@ mod tests {
                             mem()
                         })
                         .unwrap();
-                    pool.checkin(&format!("a{i}"), c);
+                    pool.checkin(format!("a{i}"), c);
                 });
             }
         });
@@ -221,8 +221,8 @@ mod tests {
         let (a1, _) = pool.checkout("a", mem).unwrap();
         let (a2, woke) = pool.checkout("a", mem).unwrap();
         assert!(woke);
-        pool.checkin("a", a1);
-        pool.checkin("a", a2);
+        pool.checkin("a".into(), a1);
+        pool.checkin("a".into(), a2);
         assert_eq!((pool.awake(), pool.idle()), (1, 1));
     }
 }

@@ -114,7 +114,7 @@ impl Actor<'_> {
 impl Drop for Actor<'_> {
     fn drop(&mut self) {
         if let Some(conn) = self.conn.take() {
-            self.store.checkin(&self.name, conn);
+            self.store.checkin(std::mem::take(&mut self.name), conn);
         }
     }
 }
@@ -204,6 +204,11 @@ impl Store {
     /// caller's: the awake set neither counts nor closes it (see [`Store::actor`]).
     pub fn open_actor(&self, name: &str) -> Result<Connection> {
         validate_actor_name(name)?;
+        self.open_valid(name)
+    }
+
+    /// [`Store::open_actor`] for a name already validated.
+    fn open_valid(&self, name: &str) -> Result<Connection> {
         let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
             | OpenFlags::SQLITE_OPEN_CREATE
             | OpenFlags::SQLITE_OPEN_NO_MUTEX;
@@ -248,7 +253,7 @@ impl Store {
     /// Checks out actor `name` from the awake set, waking it (and creating it) if needed.
     pub fn actor(&self, name: &str) -> Result<Actor<'_>> {
         validate_actor_name(name)?;
-        let (conn, _woke) = self.pool.checkout(name, || self.open_actor(name))?;
+        let (conn, _woke) = self.pool.checkout(name, || self.open_valid(name))?;
         Ok(Actor {
             store: self,
             name: name.to_owned(),
@@ -267,7 +272,7 @@ impl Store {
         Ok(f(&actor)?)
     }
 
-    fn checkin(&self, name: &str, conn: Connection) {
+    fn checkin(&self, name: String, conn: Connection) {
         if !conn.is_autocommit() && conn.execute_batch("ROLLBACK").is_err() {
             self.pool.discard(conn);
             return;
