@@ -130,7 +130,9 @@ pub(crate) fn sqlite_code(err: &Error, op: Op) -> i32 {
     }
 }
 
-fn io_code(op: Op) -> i32 {
+/// The operation's own I/O error code (what any failure without a more specific code,
+/// a panic included, returns).
+pub(crate) fn io_code(op: Op) -> i32 {
     match op {
         Op::Open => ffi::SQLITE_CANTOPEN,
         Op::Close => ffi::SQLITE_IOERR_CLOSE,

@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex};
 
 use rusqlite::ffi as sys;
 
-use crate::error::{Error, Op, Result, sqlite_code};
+use crate::error::{Error, Op, Result, io_code, sqlite_code};
 use crate::vfs::{FileHandle, VfsState};
 
 /// Longest file name SQLite may pass (a 512-byte name plus SQLite's suffixes).
@@ -173,13 +173,7 @@ fn catch(op: Op, body: impl FnOnce() -> Result<c_int>) -> c_int {
                 .map(|s| (*s).to_owned())
                 .or_else(|| panic.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "unknown panic".to_owned());
-            let code = sqlite_code(
-                &Error::Sqlite {
-                    what: "a panic",
-                    code: 0,
-                },
-                op,
-            );
+            let code = io_code(op);
             record_error(code, &format!("shoal: panic during {op:?}: {what}"));
             code
         }
