@@ -195,7 +195,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Sql { name, statements } => {
             let store = open_existing(&cli)?;
             if !store.actor_exists(name)? {
-                bail!("no actor named {name:?}");
+                return Err(shoal::Error::NoSuchActor(name.clone()).into());
             }
             let actor = store.actor(name)?;
             let mut batch = rusqlite::Batch::new(&actor, statements);
