@@ -105,6 +105,11 @@ pub(crate) fn chunk_len(size: u64, cs: u64, c: u64) -> u64 {
     size.saturating_sub(c * cs).min(cs)
 }
 
+/// The largest file chunks of `cs` bytes can hold (chunk numbers are `u32`).
+fn max_size(cs: u64) -> u64 {
+    cs * (u64::from(u32::MAX) + 1)
+}
+
 fn usize_of(n: u64) -> usize {
     // Chunk lengths are at most u32::MAX and offsets inside SQLite's buffers fit usize.
     usize::try_from(n).unwrap_or(usize::MAX)
@@ -304,7 +309,7 @@ impl Inode {
         let end = offset
             .checked_add(data.len() as u64)
             .ok_or_else(|| self.too_large(cs))?;
-        if end > cs * (u64::from(u32::MAX) + 1) {
+        if end > max_size(cs) {
             return Err(self.too_large(cs));
         }
         if offset > st.size {
@@ -359,7 +364,7 @@ impl Inode {
     fn too_large(&self, cs: u64) -> Error {
         Error::TooLarge {
             file: self.name.clone(),
-            max: cs.max(1) * (u64::from(u32::MAX) + 1),
+            max: max_size(cs.max(1)),
         }
     }
 
@@ -391,7 +396,7 @@ impl Inode {
             st.chunk_size = self.initial_chunk_size(0, 0);
             return self.resize(kv, st, new_size);
         }
-        if new_size > cs * (u64::from(u32::MAX) + 1) {
+        if new_size > max_size(cs) {
             return Err(self.too_large(cs));
         }
         let old_size = st.size;
