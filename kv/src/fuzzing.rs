@@ -230,9 +230,10 @@ fn scan_all(kv: &dyn KvStore, range: KeyRange) -> Vec<Entry> {
 /// Whether `key` is one the [`Kv`] layer writes (raw keys of at most two bytes from the
 /// alphabet never are, but raw range deletes can remove them).
 fn is_layer_key(key: &[u8]) -> bool {
-    key == keys::store_version_key()
+    keys::catalog_range().contains(key)
+        || keys::data_range().contains(key)
+        || key == keys::store_version_key()
         || key == keys::next_db_id_key()
-        || matches!(key.first(), Some(1 | 2))
 }
 
 fn layer_keys(model: &MemKv) -> Vec<Bytes> {
@@ -766,7 +767,7 @@ impl Layer {
         if !self.model_valid {
             return;
         }
-        let everything = KeyRange::prefix(&[2]);
+        let everything = keys::data_range();
         let mut keys = 0;
         for (key, _) in scan_all(self.model_kv.backend().as_ref(), everything) {
             keys += 1;

@@ -228,6 +228,11 @@ pub fn catalog_range() -> KeyRange {
     KeyRange::prefix(&[TAG_CATALOG])
 }
 
+/// The range holding every database's files (metadata and chunks).
+pub fn data_range() -> KeyRange {
+    KeyRange::prefix(&[TAG_DATA])
+}
+
 /// Key of a file's metadata.
 pub fn meta_key(id: DbId, kind: FileKind) -> [u8; META_KEY_LEN] {
     let mut k = [0u8; META_KEY_LEN];
