@@ -5,39 +5,39 @@ const STATUS: &str = "/proc/self/status";
 
 /// Resident set size of this process in KiB (`VmRSS`), if the platform reports it.
 pub fn rss_kb() -> Option<u64> {
-    let [rss] = kb_fields(STATUS, ["VmRSS:"]);
-    rss
+    kb_field(STATUS, "VmRSS:")
 }
 
 /// Anonymous resident memory in KiB (`RssAnon`: heap, stacks), if reported.
 pub fn rss_anon_kb() -> Option<u64> {
-    let [anon] = kb_fields(STATUS, ["RssAnon:"]);
-    anon
+    kb_field(STATUS, "RssAnon:")
 }
 
 /// File-backed resident memory in KiB (`RssFile`: mapped files such as mmap'ed
 /// databases, and the executable), if reported.
 pub fn rss_file_kb() -> Option<u64> {
-    let [file] = kb_fields(STATUS, ["RssFile:"]);
-    file
+    kb_field(STATUS, "RssFile:")
 }
 
 /// Peak resident set size of this process in KiB (`VmHWM`).
 pub fn peak_rss_kb() -> Option<u64> {
-    let [peak] = kb_fields(STATUS, ["VmHWM:"]);
-    peak
+    kb_field(STATUS, "VmHWM:")
 }
 
 /// The machine's memory in KiB (`MemTotal`), if reported.
 pub fn total_memory_kb() -> Option<u64> {
-    let [total] = kb_fields("/proc/meminfo", ["MemTotal:"]);
-    total
+    kb_field("/proc/meminfo", "MemTotal:")
 }
 
 /// RSS, its anonymous part and its file-backed part, from one read of the status file
 /// (so the three belong to the same moment).
 pub(crate) fn rss_parts_kb() -> [Option<u64>; 3] {
     kb_fields(STATUS, ["VmRSS:", "RssAnon:", "RssFile:"])
+}
+
+fn kb_field(path: &str, field: &str) -> Option<u64> {
+    let [value] = kb_fields(path, [field]);
+    value
 }
 
 /// The values of `fields` (lines `Name:   123 kB`) in one read of the file at `path`.
