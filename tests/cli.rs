@@ -3,7 +3,8 @@
 #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 fn shoal(store: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_shoal"))
@@ -245,4 +246,187 @@ fn wake_prints_one_json_object_with_the_promised_fields() {
     );
     let json: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
     assert_eq!(json["backing"], "files-tuned");
+}
+
+/// Every actor in the store passes `check_actor` and holds the rows `wake` populates with
+/// `messages` messages.
+fn assert_populated(store: &Path, actors: usize, messages: i64) {
+    let store = shoal::Store::open_existing(store, shoal::Config::default()).unwrap();
+    let names = store.list_actors().unwrap();
+    assert_eq!(names.len(), actors, "{names:?}");
+    for name in names {
+        let report = store.check_actor(&name).unwrap();
+        assert!(report.is_ok(), "{report:?}");
+        let rows: (i64, i64, i64, i64) = store
+            .with_actor(&name, |c| {
+                c.query_row(
+                    "SELECT (SELECT count(*) FROM tasks), (SELECT count(*) FROM sessions),
+                            (SELECT count(*) FROM messages), (SELECT count(*) FROM git_state)",
+                    [],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+                )
+            })
+            .unwrap();
+        assert_eq!(rows, (1, 5, messages, 1), "{name}");
+    }
+}
+
+/// A population killed at any instant (opening the store, inside an actor, between
+/// actors, flushing, writing its marker) is finished by the next one, and `wake` then
+/// finds every actor whole: each actor is built in one transaction, and one left
+/// unfinished is detected and built again.
+#[test]
+fn wake_completes_a_population_killed_at_any_point() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    let (actors, messages) = (24, 300);
+    // Kill instants from the start of the process to past its end; each run resumes what
+    // the previous one left, so the later instants land in its flush and close.
+    let delays = (0..300)
+        .step_by(20)
+        .chain([400, 550, 750, 1000, 1500, 2000, 3000]);
+    let mut finished = false;
+    for delay_ms in delays.chain(std::iter::repeat_n(5000, 10)) {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_shoal"))
+            .arg("--store")
+            .arg(&store)
+            .args(["populate", "--concurrency", "1"])
+            .args(["--actors", &actors.to_string()])
+            .args(["--messages", &messages.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        if child.try_wait().unwrap().is_some() {
+            assert!(child.wait().unwrap().success(), "populate failed");
+            finished = true;
+            break;
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+    assert!(finished, "no population ran to its end");
+    let out = ok(
+        &store,
+        &[
+            "wake",
+            "--actors",
+            &actors.to_string(),
+            "--warmup",
+            "0",
+            "--messages",
+            &messages.to_string(),
+            "--concurrency",
+            "2",
+            "--json",
+        ],
+    );
+    let json: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(json["awake_at_spike"], actors);
+    assert_populated(&store, actors, messages.into());
+}
+
+/// The pid of a process whose parent is `parent` (Linux `/proc`).
+#[cfg(target_os = "linux")]
+fn child_of(parent: u32) -> Option<u32> {
+    std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .find_map(|entry| {
+            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
+            // `pid (comm) state ppid ...`; comm may hold spaces and parentheses.
+            let ppid: u32 = stat
+                .rsplit_once(')')?
+                .1
+                .split_whitespace()
+                .nth(1)?
+                .parse()
+                .ok()?;
+            (ppid == parent).then_some(pid)
+        })
+}
+
+/// Whether process `pid` has ended (gone, or a zombie waiting for its new parent).
+#[cfg(target_os = "linux")]
+fn ended(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |stat| {
+        stat.rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with(['Z', 'X']))
+    })
+}
+
+/// A `wake` killed while its populating child runs takes the child with it: the child
+/// stops between two actors, closes the store (its lock is free again) and writes no
+/// marker, and the next `wake` finishes the population.
+#[cfg(target_os = "linux")]
+#[test]
+fn killing_wake_ends_its_populating_child() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    // Far more actors than the child can populate before it notices.
+    let mut parent = Command::new(env!("CARGO_BIN_EXE_shoal"))
+        .arg("--store")
+        .arg(&store)
+        .args([
+            "wake",
+            "--actors",
+            "3000",
+            "--warmup",
+            "0",
+            "--messages",
+            "1",
+        ])
+        .args(["--concurrency", "1"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let child = loop {
+        if let Some(pid) = child_of(parent.id()) {
+            break pid;
+        }
+        assert!(Instant::now() < deadline, "wake started no child");
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    // Let it get into its work, then kill the parent the hard way.
+    std::thread::sleep(Duration::from_millis(700));
+    parent.kill().unwrap();
+    parent.wait().unwrap();
+    while !ended(child) {
+        assert!(
+            Instant::now() < deadline,
+            "the populating child outlived its parent"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let markers: Vec<_> = std::fs::read_dir(&store)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .filter(|f| f.to_string_lossy().starts_with("populated-"))
+        .collect();
+    assert!(
+        markers.is_empty(),
+        "the child ran its population to the end after its parent died: {markers:?}"
+    );
+    // The store is free and sound, and a new wake completes what the child left.
+    ok(
+        &store,
+        &[
+            "wake",
+            "--actors",
+            "5",
+            "--warmup",
+            "0",
+            "--messages",
+            "1",
+            "--json",
+        ],
+    );
+    let store = shoal::Store::open_existing(&store, shoal::Config::default()).unwrap();
+    for name in store.list_actors().unwrap() {
+        assert!(store.check_actor(&name).unwrap().is_ok(), "{name}");
+    }
 }

@@ -6,6 +6,7 @@
 //! to sleep. RSS is what the kernel reports (allocator, SQLite, sled, everything), sampled
 //! every 10 ms for the peak and the plot.
 
+use std::io::Read as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -51,6 +52,10 @@ pub struct PopulateArgs {
     messages: usize,
     #[arg(long, default_value_t = 8)]
     concurrency: usize,
+    /// Stop (between two actors) once standard input reaches its end: `wake` holds the
+    /// other end of that pipe, so the population ends with the process that started it.
+    #[arg(long)]
+    until_stdin_closes: bool,
 }
 
 pub fn actor_name(i: usize) -> String {
@@ -78,10 +83,17 @@ fn populated(dir: &Path, config: &Config, actors: usize, messages: usize) -> boo
     })
 }
 
-/// Creates the actors `wake` needs (skipping those that exist), then writes the marker.
+/// Creates the actors `wake` needs, completing any a killed population left unfinished
+/// (each actor is built in one transaction: see [`workload::populate`]), then makes the
+/// store durable and writes the marker. So whenever a population is killed, the next one
+/// finishes the job, and the marker never vouches for data that is not on disk.
 pub fn populate(dir: &Path, mut config: Config, args: &PopulateArgs) -> anyhow::Result<()> {
     config.durability = Durability::Relaxed;
     let store = Store::open(dir, config)?;
+    let orphaned = Arc::new(AtomicBool::new(false));
+    if args.until_stdin_closes {
+        watch_parent(Arc::clone(&orphaned));
+    }
     let next = AtomicUsize::new(0);
     let bar = progress(args.actors as u64, "populating");
     std::thread::scope(|s| -> anyhow::Result<()> {
@@ -89,16 +101,17 @@ pub fn populate(dir: &Path, mut config: Config, args: &PopulateArgs) -> anyhow::
             .map(|_| {
                 s.spawn(|| -> anyhow::Result<()> {
                     loop {
+                        if orphaned.load(Ordering::Relaxed) {
+                            bail!("the process that started this population is gone");
+                        }
                         let i = next.fetch_add(1, Ordering::Relaxed);
                         if i >= args.actors {
                             return Ok(());
                         }
                         let name = actor_name(i);
-                        if !store.actor_exists(&name)? {
-                            let conn = store.open_actor(&name)?;
-                            workload::populate(&conn, args.messages, i as u64)
-                                .with_context(|| format!("populating {name}"))?;
-                        }
+                        let conn = store.open_actor(&name)?;
+                        workload::populate(&conn, args.messages, i as u64)
+                            .with_context(|| format!("populating {name}"))?;
                         bar.inc(1);
                     }
                 })
@@ -111,11 +124,36 @@ pub fn populate(dir: &Path, mut config: Config, args: &PopulateArgs) -> anyhow::
         Ok(())
     })?;
     bar.finish_and_clear();
-    std::fs::write(
-        marker(dir, store.config()),
-        format!("{} {}\n", args.actors, args.messages),
-    )?;
+    // Relaxed commits are applied but maybe not on disk yet: make them durable before
+    // the marker says they are there.
+    #[cfg(feature = "kv-vfs")]
+    if let Some(vfs) = store.vfs() {
+        vfs.kv().commit_durable()?;
+    }
+    let marker = marker(dir, store.config());
+    drop(store);
+    std::fs::write(marker, format!("{} {}\n", args.actors, args.messages))?;
     Ok(())
+}
+
+/// Sets `orphaned` once standard input ends: when the parent holding the pipe's write
+/// end exits, however it exits (a SIGKILL included), the kernel closes that end. Unlike
+/// Linux's `PR_SET_PDEATHSIG`, this needs no unsafe code and no signal: it cannot miss a
+/// parent that died before the child started watching (the pipe is already closed then),
+/// it follows the parent process rather than the thread that spawned the child, and the
+/// population stops between two actors and closes the store cleanly.
+fn watch_parent(orphaned: Arc<AtomicBool>) {
+    std::thread::spawn(move || {
+        let mut sink = [0u8; 64];
+        loop {
+            match std::io::stdin().read(&mut sink) {
+                Ok(0) => break,
+                Err(e) if e.kind() != std::io::ErrorKind::Interrupted => break,
+                Ok(_) | Err(_) => {}
+            }
+        }
+        orphaned.store(true, Ordering::Relaxed);
+    });
 }
 
 fn progress(len: u64, what: &str) -> ProgressBar {
@@ -218,7 +256,7 @@ pub fn wake(dir: &Path, config: Config, args: &WakeArgs) -> anyhow::Result<()> {
     let total = args.actors + args.warmup;
     if !populated(dir, &config, total, args.messages) {
         let exe = std::env::current_exe().context("cannot find the shoal executable")?;
-        let status = std::process::Command::new(exe)
+        let mut child = std::process::Command::new(exe)
             .arg("--store")
             .arg(dir)
             .args([
@@ -232,8 +270,17 @@ pub fn wake(dir: &Path, config: Config, args: &WakeArgs) -> anyhow::Result<()> {
             .args(["populate", "--actors", &total.to_string()])
             .args(["--messages", &args.messages.to_string()])
             .args(["--concurrency", &args.concurrency.to_string()])
-            .status()
+            .arg("--until-stdin-closes")
+            .stdin(std::process::Stdio::piped())
+            .spawn()
             .context("cannot start the populating process")?;
+        // The child's standard input stays open while this process lives (`wait` would
+        // close it): the child stops when it closes.
+        let alive = child.stdin.take();
+        let status = child
+            .wait()
+            .context("cannot wait for the populating process")?;
+        drop(alive);
         if !status.success() {
             bail!("populating the store failed ({status})");
         }

@@ -33,11 +33,45 @@ fn text(rng: &mut fastrand::Rng, bytes: usize) -> String {
     s
 }
 
-/// Creates one actor's schema and data: one task, its sessions, `messages` messages.
-pub fn populate(conn: &Connection, messages: usize, seed: u64) -> rusqlite::Result<()> {
+/// The tables [`SCHEMA`] creates, dropped (with their indexes) before an actor is built
+/// again.
+const DROP_SCHEMA: &str = "
+    DROP TABLE IF EXISTS git_state; DROP TABLE IF EXISTS messages;
+    DROP TABLE IF EXISTS sessions; DROP TABLE IF EXISTS tasks;
+";
+
+/// Whether the actor holds everything [`populate`] writes for `messages` messages.
+fn populated(conn: &Connection, messages: usize) -> rusqlite::Result<bool> {
+    let tables: i64 = conn.query_row(
+        "SELECT count(*) FROM sqlite_schema WHERE type = 'table'
+            AND name IN ('tasks', 'sessions', 'messages', 'git_state')",
+        [],
+        |r| r.get(0),
+    )?;
+    if tables != 4 {
+        return Ok(false);
+    }
+    conn.query_row(
+        "SELECT (SELECT count(*) FROM tasks) = 1 AND (SELECT count(*) FROM sessions) = ?1
+            AND (SELECT count(*) FROM messages) = ?2 AND (SELECT count(*) FROM git_state) = 1",
+        params![SESSIONS, i64::try_from(messages).unwrap_or(i64::MAX)],
+        |r| r.get(0),
+    )
+}
+
+/// Creates one actor's schema and data (one task, its sessions, `messages` messages) in
+/// ONE transaction, so a population killed at any instant leaves each actor either
+/// complete or without a schema. An actor that holds anything else (a different message
+/// count, or a schema without its rows, as populations made the schema in a transaction
+/// of its own) is built again from scratch. Returns whether it wrote anything.
+pub fn populate(conn: &Connection, messages: usize, seed: u64) -> rusqlite::Result<bool> {
     let mut rng = fastrand::Rng::with_seed(seed);
-    conn.execute_batch(SCHEMA)?;
     let tx = conn.unchecked_transaction()?;
+    if populated(&tx, messages)? {
+        return Ok(false);
+    }
+    tx.execute_batch(DROP_SCHEMA)?;
+    tx.execute_batch(SCHEMA)?;
     tx.execute(
         "INSERT INTO tasks VALUES (1, ?1, 'open', 1700000000, 1700000000, ?2)",
         params![text(&mut rng, 40), text(&mut rng, 400)],
@@ -67,7 +101,8 @@ pub fn populate(conn: &Connection, messages: usize, seed: u64) -> rusqlite::Resu
         "INSERT INTO git_state VALUES (1, 'agent/task-1', ?1, 1, ?2)",
         params![format!("{:040x}", rng.u128(..)), text(&mut rng, 200)],
     )?;
-    tx.commit()
+    tx.commit()?;
+    Ok(true)
 }
 
 /// What opening a task's detail view runs: the task row, the latest 50 messages, the
