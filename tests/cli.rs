@@ -438,3 +438,61 @@ fn killing_wake_ends_its_populating_child() {
         assert!(store.check_actor(&name).unwrap().is_ok(), "{name}");
     }
 }
+
+/// `check` without a name checks every actor, names each that fails (one that cannot
+/// even be opened as much as one with damaged pages), and fails at the end.
+#[cfg(feature = "kv-vfs")]
+#[test]
+fn check_reports_every_damaged_actor_by_name() {
+    use shoal_kv::{Batch, ChunkNo, FileKind, keys};
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    {
+        let s = shoal::Store::open(&store, shoal::Config::default()).unwrap();
+        for name in ["alice", "bob", "carol"] {
+            s.with_actor(name, |c| {
+                c.execute_batch("CREATE TABLE t(v); INSERT INTO t VALUES (randomblob(9000));")
+            })
+            .unwrap();
+        }
+        s.sleep_all();
+        let kv = s.vfs().unwrap().kv();
+        let mut b = Batch::new();
+        // alice: page 1 is overwritten, so SQLite cannot even read the schema.
+        let alice = kv.lookup("alice").unwrap().unwrap().id;
+        b.put(
+            keys::chunk_key(alice, FileKind::Main, ChunkNo(0)).to_vec(),
+            vec![0u8; 4104],
+        );
+        // carol: a page of the table is overwritten, which integrity_check and the
+        // audit both report.
+        let carol = kv.lookup("carol").unwrap().unwrap().id;
+        b.put(
+            keys::chunk_key(carol, FileKind::Main, ChunkNo(2)).to_vec(),
+            vec![0u8; 4104],
+        );
+        kv.apply(b).unwrap();
+    }
+    let out = shoal(&store, &["check"]);
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stdout}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 3, "one line per actor: {stdout}");
+    assert!(
+        lines[0].starts_with("alice: cannot be checked: "),
+        "{stdout}"
+    );
+    assert!(
+        lines[0].contains("main chunk 0: checksum mismatch"),
+        "{stdout}"
+    );
+    assert!(lines[1].starts_with("bob: ok"), "{stdout}");
+    assert!(lines[2].starts_with("carol: "), "{stdout}");
+    assert!(lines[2].contains("checksum mismatch"), "{stdout}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("2 of 3 actors failed the check: alice, carol"),
+        "{stderr}"
+    );
+}

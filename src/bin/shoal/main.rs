@@ -74,7 +74,8 @@ enum Command {
         /// The actor.
         name: String,
     },
-    /// Check an actor (or every actor): integrity_check and a checksum audit.
+    /// Check an actor (or every actor): integrity_check and a checksum audit. One line
+    /// per actor; fails at the end, naming every actor that failed.
     Check {
         /// An actor name.
         name: Option<String>,
@@ -164,32 +165,54 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Check { name } => {
             let store = open_existing(&cli)?;
             let names = match name {
-                Some(n) => vec![n.clone()],
+                Some(n) if store.actor_exists(n)? => vec![n.clone()],
+                Some(n) => return Err(shoal::Error::NoSuchActor(n.clone()).into()),
                 None => store.list_actors()?,
             };
-            let mut bad = 0;
+            // Every actor is checked: one that cannot even be opened or read is that
+            // actor's failure, reported beside the others, not the end of the check.
+            let mut failed = Vec::new();
             for n in &names {
-                let report = store.check_actor(n)?;
-                if report.is_ok() {
-                    let audited = report
-                        .audit
-                        .map(|a| format!(", {} chunks verified", a.chunks))
-                        .unwrap_or_default();
-                    writeln!(out, "{n}: ok{audited}")?;
-                } else {
-                    bad += 1;
-                    let problems = report
-                        .integrity
-                        .iter()
-                        .filter(|l| *l != "ok")
-                        .cloned()
-                        .chain(report.audit.into_iter().flat_map(|a| a.problems))
-                        .collect::<Vec<_>>();
-                    writeln!(out, "{n}: {}", problems.join("; "))?;
+                match store.check_actor(n) {
+                    Ok(report) if report.is_ok() => {
+                        let audited = report
+                            .audit
+                            .map(|a| format!(", {} chunks verified", a.chunks))
+                            .unwrap_or_default();
+                        writeln!(out, "{n}: ok{audited}")?;
+                    }
+                    Ok(report) => {
+                        // One line per actor: integrity_check's first line holds a
+                        // newline of its own ("*** in database main ***\n...").
+                        let problems = report
+                            .integrity
+                            .iter()
+                            .filter(|l| *l != "ok")
+                            .cloned()
+                            .chain(report.audit.into_iter().flat_map(|a| a.problems))
+                            .map(|p| p.replace('\n', " "))
+                            .collect::<Vec<_>>();
+                        writeln!(out, "{n}: {}", problems.join("; "))?;
+                        failed.push(n.as_str());
+                    }
+                    Err(e) => {
+                        // SQLite's error says little ("disk I/O error"); the audit of the
+                        // stored records, which needs no SQLite, says which one is bad.
+                        let found = std::iter::once(format!("cannot be checked: {e}"))
+                            .chain(audit_problems(&store, n))
+                            .collect::<Vec<_>>();
+                        writeln!(out, "{n}: {}", found.join("; ").replace('\n', " "))?;
+                        failed.push(n.as_str());
+                    }
                 }
             }
-            if bad > 0 {
-                bail!("{bad} of {} actors failed the check", names.len());
+            if !failed.is_empty() {
+                bail!(
+                    "{} of {} actors failed the check: {}",
+                    failed.len(),
+                    names.len(),
+                    failed.join(", ")
+                );
             }
         }
         Command::Sql { name, statements } => {
@@ -212,6 +235,17 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// What the checksum audit of actor `name`'s stored records finds (nothing on a file
+/// backing, or when the audit itself fails).
+#[cfg_attr(not(feature = "kv-vfs"), allow(unused_variables))]
+fn audit_problems(store: &Store, name: &str) -> Vec<String> {
+    #[cfg(feature = "kv-vfs")]
+    if let Some(Ok(Some(audit))) = store.vfs().map(|v| v.audit(name)) {
+        return audit.problems;
+    }
+    Vec::new()
 }
 
 fn render(v: rusqlite::types::ValueRef<'_>) -> String {
