@@ -496,3 +496,88 @@ fn check_reports_every_damaged_actor_by_name() {
         "{stderr}"
     );
 }
+
+/// `sql --create` makes the store and the actor; without it an unknown actor is an error
+/// that writes nothing; with no statements on the command line they come from stdin.
+#[test]
+fn sql_creates_actors_on_request_and_reads_stdin() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    fails(&store, &["sql", "alice", "SELECT 1"], "sql --create");
+    fails(
+        &store,
+        &["sql", "--create", "../alice", "SELECT 1"],
+        "invalid actor name",
+    );
+    assert!(!store.exists(), "a refused command created the store");
+
+    ok(
+        &store,
+        &["sql", "--create", "alice", "CREATE TABLE notes(body TEXT)"],
+    );
+    assert_eq!(ok(&store, &["ls"]), "alice\n");
+    // --create on an actor that exists just runs the statements.
+    ok(
+        &store,
+        &["sql", "--create", "alice", "INSERT INTO notes VALUES ('a')"],
+    );
+
+    // Without --create an unknown actor is refused, and no catalog entry is left.
+    fails(
+        &store,
+        &["sql", "bob", "CREATE TABLE t(x)"],
+        "sql --create bob",
+    );
+    assert_eq!(ok(&store, &["ls"]), "alice\n");
+    #[cfg(feature = "kv-vfs")]
+    {
+        let s = shoal::Store::open_existing(&store, shoal::Config::default()).unwrap();
+        assert!(s.vfs().unwrap().kv().lookup("bob").unwrap().is_none());
+    }
+
+    // Statements from standard input, for an existing actor and a new one.
+    let script = tmp.path().join("schema.sql");
+    std::fs::write(
+        &script,
+        "CREATE TABLE t(a);\nINSERT INTO t VALUES (1), (2);\nSELECT sum(a) FROM t;\n",
+    )
+    .unwrap();
+    let from_stdin = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_shoal"))
+            .arg("--store")
+            .arg(&store)
+            .args(args)
+            .stdin(std::fs::File::open(&script).unwrap())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    assert_eq!(from_stdin(&["sql", "alice"]), "3\n");
+    assert_eq!(from_stdin(&["sql", "--create", "carol"]), "3\n");
+    assert_eq!(
+        ok(&store, &["sql", "carol", "SELECT a FROM t ORDER BY a"]),
+        "1\n2\n"
+    );
+
+    // A failing statement takes the actor --create made for it away again.
+    fails(
+        &store,
+        &[
+            "sql",
+            "--create",
+            "dave",
+            "CREATE TABLE t(x); INSERT INTO nosuch VALUES (1)",
+        ],
+        "no such table",
+    );
+    assert_eq!(ok(&store, &["ls"]), "alice\ncarol\n");
+    assert_eq!(
+        ok(&store, &["sql", "alice", "SELECT body FROM notes"]),
+        "a\n"
+    );
+}

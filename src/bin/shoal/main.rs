@@ -82,10 +82,14 @@ enum Command {
     },
     /// Run SQL statements on an actor and print result rows, tab-separated.
     Sql {
-        /// The actor (must exist).
+        /// Create the actor (and the store) if missing; if a statement then fails, the
+        /// new actor is removed again.
+        #[arg(long)]
+        create: bool,
+        /// The actor (must exist, unless --create).
         name: String,
-        /// One or more SQL statements.
-        statements: String,
+        /// One or more SQL statements; read from standard input when none are given.
+        statements: Option<String>,
     },
 }
 
@@ -215,26 +219,66 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 );
             }
         }
-        Command::Sql { name, statements } => {
-            let store = open_existing(&cli)?;
-            if !store.actor_exists(name)? {
-                return Err(shoal::Error::NoSuchActor(name.clone()).into());
-            }
-            let actor = store.actor(name)?;
-            let mut batch = rusqlite::Batch::new(&actor, statements);
-            while let Some(mut stmt) = batch.next()? {
-                let columns = stmt.column_count();
-                let mut rows = stmt.raw_query();
-                while let Some(row) = rows.next()? {
-                    let cells = (0..columns)
-                        .map(|i| row.get_ref(i).map(render))
-                        .collect::<rusqlite::Result<Vec<_>>>()?;
-                    writeln!(out, "{}", cells.join("\t"))?;
+        Command::Sql {
+            create,
+            name,
+            statements,
+        } => {
+            // Everything that can refuse the command comes before anything is created.
+            shoal::validate_actor_name(name)?;
+            let store = if *create {
+                Store::open(&cli.store, config(&cli))?
+            } else {
+                match Store::open_existing(&cli.store, config(&cli)) {
+                    Err(e @ shoal::Error::NoStore { .. }) => {
+                        bail!("{e}; `shoal sql --create {name}` creates it and the actor")
+                    }
+                    opened => opened?,
                 }
+            };
+            let existed = store.actor_exists(name)?;
+            if !existed && !*create {
+                bail!(
+                    "{}; `shoal sql --create {name}` creates it",
+                    shoal::Error::NoSuchActor(name.clone())
+                );
             }
+            let statements = match statements {
+                Some(s) => s.clone(),
+                None => std::io::read_to_string(std::io::stdin())
+                    .context("cannot read SQL statements from standard input")?,
+            };
+            let ran = run_sql(&store, name, &statements, &mut out);
+            if ran.is_err() && !existed && store.actor_exists(name).unwrap_or(false) {
+                // The command created the actor for these statements; they failed.
+                let _ = store.delete_actor(name);
+            }
+            ran?;
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Runs `statements` on actor `name`, writing each result row to `out`.
+fn run_sql(
+    store: &Store,
+    name: &str,
+    statements: &str,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
+    let actor = store.actor(name)?;
+    let mut batch = rusqlite::Batch::new(&actor, statements);
+    while let Some(mut stmt) = batch.next()? {
+        let columns = stmt.column_count();
+        let mut rows = stmt.raw_query();
+        while let Some(row) = rows.next()? {
+            let cells = (0..columns)
+                .map(|i| row.get_ref(i).map(render))
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            writeln!(out, "{}", cells.join("\t"))?;
+        }
+    }
+    Ok(())
 }
 
 /// What the checksum audit of actor `name`'s stored records finds (nothing on a file
