@@ -71,6 +71,17 @@ fn housekeeping_commands_round_trip_an_actor() {
     );
     let stats = ok(&store, &["stats", "alice"]);
     assert!(stats.contains("actor\talice"), "{stats}");
+    // The I/O counters live in memory from when this process opened the store, and
+    // their names say so.
+    #[cfg(feature = "kv-vfs")]
+    {
+        let counters: Vec<&str> = stats.lines().skip(2).collect();
+        assert!(counters.contains(&"batch_commits_since_open\t0"), "{stats}");
+        for line in counters {
+            let (name, _) = line.split_once('\t').unwrap();
+            assert!(name.ends_with("_since_open"), "{stats}");
+        }
+    }
     let store_stats = ok(&store, &["stats"]);
     assert!(store_stats.contains("actors\t1"), "{store_stats}");
     assert!(ok(&store, &["check"]).starts_with("alice: ok"));

@@ -50,7 +50,8 @@ enum Command {
     Populate(wake::PopulateArgs),
     /// List actors.
     Ls,
-    /// Store-wide statistics, or one actor's.
+    /// Store-wide statistics, or one actor's (its I/O counters, `*_since_open`, count
+    /// only what this command did since it opened the store).
     Stats {
         /// An actor name.
         name: Option<String>,
@@ -132,9 +133,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let store = open_existing(&cli)?;
             let s = store.actor_stats(name)?;
             writeln!(out, "actor\t{}\nsize_bytes\t{}", s.name, s.size)?;
+            // The VFS counts in memory, from when this process opened the store: the
+            // names say so, or a fresh command's zeros would read as an idle actor.
             if let Some(io) = s.io {
                 for field in io.to_string().split(' ') {
-                    writeln!(out, "{}", field.replacen('=', "\t", 1))?;
+                    if let Some((counter, value)) = field.split_once('=') {
+                        writeln!(out, "{counter}_since_open\t{value}")?;
+                    }
                 }
             }
         }
