@@ -228,6 +228,11 @@ pub fn catalog_range() -> KeyRange {
     KeyRange::prefix(&[TAG_CATALOG])
 }
 
+/// The range holding the catalog entries whose names start with `prefix`.
+pub fn catalog_prefix_range(prefix: &[u8]) -> KeyRange {
+    KeyRange::prefix(&catalog_key(prefix))
+}
+
 /// The range holding every database's files (metadata and chunks).
 pub fn data_range() -> KeyRange {
     KeyRange::prefix(&[TAG_DATA])

@@ -5,8 +5,9 @@
 //! Catalog invariants: a name maps to at most one `DbId`; ids come from a counter that only
 //! grows (a dropped database's id is never reused, so stale keys can never be mistaken
 //! for a new database's); creating an entry writes the entry, the counter and the entry's
-//! empty file metadata in one guarded batch, and dropping one removes the entry and every
-//! key of the database in one batch.
+//! empty file metadata in one guarded batch, dropping one removes the entry and every
+//! key of the database in one batch, and renaming one moves the entry (same id, so the
+//! same files) in one batch guarded on the new name being free.
 
 use std::sync::Arc;
 
@@ -274,8 +275,16 @@ impl Kv {
 
     /// Every catalog entry, in name order.
     pub fn list(&self) -> Result<Vec<(String, CatalogEntry)>> {
+        self.list_prefix("")
+    }
+
+    /// The catalog entries whose names start with `prefix`, in name order.
+    pub fn list_prefix(&self, prefix: &str) -> Result<Vec<(String, CatalogEntry)>> {
         let mut out = Vec::new();
-        for item in self.backend.scan(keys::catalog_range())? {
+        for item in self
+            .backend
+            .scan(keys::catalog_prefix_range(prefix.as_bytes()))?
+        {
             let (key, value) = item?;
             let keys::Key::Catalog(name) = keys::Key::decode(&key)? else {
                 continue;
@@ -288,6 +297,28 @@ impl Kv {
             out.push((name, entry));
         }
         Ok(out)
+    }
+
+    /// Gives entry `from` the name `to`, in one batch: its id, and so its files, stay.
+    /// Fails if `to` exists ([`Error::AlreadyExists`]) or `from` does not
+    /// ([`Error::NotFound`]). The caller makes sure nothing has `from` open.
+    pub fn rename(&self, from: &str, to: &str) -> Result<CatalogEntry> {
+        let _serial = self.catalog_lock.lock();
+        keys::validate_name(to)?;
+        let entry = self
+            .lookup(from)?
+            .ok_or_else(|| Error::NotFound(from.to_owned()))?;
+        if self.lookup(to)?.is_some() {
+            return Err(Error::AlreadyExists(to.to_owned()));
+        }
+        let target = keys::catalog_key(to.as_bytes());
+        let mut batch = Batch::new();
+        batch
+            .delete(keys::catalog_key(from.as_bytes()))
+            .put(target.clone(), entry.encode(to.as_bytes()))
+            .guard(target, None);
+        self.apply(batch)?;
+        Ok(entry)
     }
 
     /// Removes `name` and every key of its database, in one batch.
@@ -366,6 +397,39 @@ mod tests {
         assert_eq!(kv.scan(keys::db_range(b.id)).unwrap().count(), 3);
         assert_eq!(kv.list().unwrap(), vec![("b".to_owned(), b)]);
         assert!(matches!(kv.drop_entry("a"), Err(Error::NotFound(_))));
+    }
+
+    #[test]
+    fn renaming_moves_the_entry_and_keeps_its_files() {
+        let kv = kv();
+        let a = kv.create(".staging", EntryKind::Database).unwrap();
+        let mut batch = Batch::new();
+        Kv::put_chunk(&mut batch, a.id, FileKind::Main, ChunkNo(0), vec![7; 16]);
+        kv.apply(batch).unwrap();
+        let taken = kv.create("taken", EntryKind::Database).unwrap();
+        assert!(matches!(
+            kv.rename(".staging", "taken"),
+            Err(Error::AlreadyExists(_))
+        ));
+        assert_eq!(kv.lookup("taken").unwrap(), Some(taken), "untouched");
+        assert_eq!(kv.rename(".staging", "final").unwrap(), a);
+        assert_eq!(kv.lookup(".staging").unwrap(), None);
+        assert_eq!(kv.lookup("final").unwrap(), Some(a));
+        let chunk = kv.read_chunk(a.id, FileKind::Main, ChunkNo(0)).unwrap();
+        assert_eq!(chunk.as_deref(), Some(&[7u8; 16][..]));
+        assert!(matches!(
+            kv.rename(".staging", "other"),
+            Err(Error::NotFound(_))
+        ));
+        assert_eq!(
+            kv.list_prefix(".").unwrap(),
+            vec![],
+            "no entry is left under the old name"
+        );
+        assert_eq!(
+            kv.list_prefix("fin").unwrap(),
+            vec![("final".to_owned(), a)]
+        );
     }
 
     #[test]
