@@ -46,6 +46,20 @@ pub enum Error {
         /// What is wrong with it.
         reason: String,
     },
+    /// A file to import has a hot journal beside it: its last write was interrupted,
+    /// and only SQLite's recovery in place makes it whole.
+    #[error(
+        "{} has a hot journal ({}) from an interrupted write: open it once with sqlite3 \
+         to recover it, then import it",
+        path.display(),
+        journal.display()
+    )]
+    HotJournal {
+        /// The file.
+        path: PathBuf,
+        /// Its journal.
+        journal: PathBuf,
+    },
     /// A file to write exists already.
     #[error("{} already exists; refusing to overwrite it", path.display())]
     FileExists {

@@ -22,6 +22,7 @@ pub mod memory;
 mod names;
 mod pool;
 mod store;
+mod transfer;
 
 pub use config::{ActorTuning, Backing, Config, Durability, KvEngine};
 pub use error::{Error, Result};

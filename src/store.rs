@@ -1,23 +1,45 @@
 //! `Store`: one directory, one backing, one memory budget, many actors.
+//!
+//! Only an explicit create ([`Store::actor`], [`Store::with_actor`],
+//! [`Store::open_actor`], [`Store::import_actor`]) creates an actor: every other
+//! operation opens its database without `SQLITE_OPEN_CREATE`, so racing a delete it
+//! fails with [`Error::NoSuchActor`] instead of bringing the actor back empty. An import
+//! is all or nothing: it copies into a hidden staging entry (kv) or file (files) and
+//! makes it the actor with one atomic rename; leftovers of an interrupted import are
+//! removed when the store opens.
 
 use std::fs::File;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use rusqlite::hooks::{AuthAction, AuthContext, Authorization};
-use rusqlite::{Connection, MAIN_DB, OpenFlags};
+use rusqlite::{Connection, OpenFlags};
 
 use crate::config::{Backing, Config, Durability};
 use crate::error::{Error, Result};
 use crate::memory::{self, MemoryReport};
 use crate::names::validate_actor_name;
 use crate::pool::Pool;
+use crate::transfer;
 
 /// The directory of actor files inside a store (file backings).
 const ACTORS_DIR: &str = "actors";
 
 /// The lock file that keeps a store open in one process at a time.
 const LOCK_FILE: &str = "LOCK";
+
+/// Where imports stage their copies; emptied when the store opens.
+const STAGING_DIR: &str = "staging";
+
+/// Prefix of the catalog entry an import into the kv backing fills before it renames it
+/// to the actor's name; [`validate_actor_name`] refuses it (a leading '.').
+#[cfg(feature = "kv-vfs")]
+const STAGING_PREFIX: &str = ".import-";
+
+#[cfg(feature = "kv-vfs")]
+static NEXT_STAGING: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+#[cfg(feature = "kv-vfs")]
+use std::sync::Arc;
 
 #[cfg(feature = "kv-vfs")]
 static NEXT_VFS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
@@ -32,6 +54,15 @@ enum Engine {
 }
 
 /// Many actor databases behind one memory budget.
+///
+/// # Errors on commit
+///
+/// A commit that returns an I/O error (`SQLITE_IOERR_*`, typically a failed flush of the
+/// store) has an **unknown outcome**, as with a database server whose connection drops
+/// during COMMIT: the transaction may or may not be in the store when it is reopened (a
+/// failed flush refuses further writes until then). To tell, write an idempotency key in
+/// the transaction itself (a row with a unique id of the operation) and look for it
+/// after reopening; docs/reliability.md ("Errors on commit") has the pattern.
 ///
 /// ```no_run
 /// # fn main() -> Result<(), shoal::Error> {
@@ -48,6 +79,8 @@ enum Engine {
 #[derive(Debug)]
 pub struct Store {
     dir: PathBuf,
+    /// Absolute, so SQLite never reads a staged file's name as a URI.
+    staging: PathBuf,
     config: Config,
     engine: Engine,
     pool: Pool,
@@ -123,7 +156,17 @@ impl Store {
     /// Opens the store in `dir` (created owner-only if missing): takes the directory's
     /// lock, opens the backing sized from the budget, and sets SQLite's soft heap limit.
     pub fn open(dir: impl AsRef<Path>, config: Config) -> Result<Store> {
-        let dir = dir.as_ref().to_path_buf();
+        Store::open_on(dir.as_ref(), config, None)
+    }
+
+    /// [`Store::open`], on `backend` instead of the engine `config` names (tests).
+    fn open_on(
+        dir: &Path,
+        config: Config,
+        #[cfg(feature = "kv-vfs")] backend: Option<std::sync::Arc<dyn shoal_kv::KvStore>>,
+        #[cfg(not(feature = "kv-vfs"))] _backend: Option<()>,
+    ) -> Result<Store> {
+        let dir = dir.to_path_buf();
         create_private_dir(&dir)?;
         let lock_path = dir.join(LOCK_FILE);
         let lock = File::options()
@@ -139,12 +182,33 @@ impl Store {
                 return Err(Error::io("cannot lock", &lock_path)(e));
             }
         }
+        // Nothing else has the store open: what is staged is left from an interrupted
+        // import.
+        let staging = dir.join(STAGING_DIR);
+        let staging =
+            std::path::absolute(&staging).map_err(Error::io("cannot resolve", &staging))?;
+        match std::fs::remove_dir_all(&staging) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(Error::io("cannot clean", &staging)(e));
+            }
+            _ => create_private_dir(&staging)?,
+        }
         let engine = match config.backing {
             #[cfg(feature = "kv-vfs")]
-            Backing::Kv => Engine::Kv(open_kv(&dir, &config)?),
+            Backing::Kv => {
+                let vfs = open_kv(&dir, &config, backend)?;
+                for (name, _) in vfs.kv().list_prefix(STAGING_PREFIX)? {
+                    vfs.delete_database(&name)?;
+                }
+                Engine::Kv(vfs)
+            }
             Backing::Files | Backing::FilesTuned => {
                 let actors = dir.join(ACTORS_DIR);
                 create_private_dir(&actors)?;
+                // Absolute, so that no path SQLite is given starts with "file:" (the
+                // bundled SQLite reads such names as URIs, see `names`).
+                let actors =
+                    std::path::absolute(&actors).map_err(Error::io("cannot resolve", &actors))?;
                 Engine::Files { dir: actors }
             }
         };
@@ -156,6 +220,7 @@ impl Store {
         let pool = Pool::new(config.max_awake(), config.max_waking);
         Ok(Store {
             dir,
+            staging,
             config,
             engine,
             pool,
@@ -204,18 +269,28 @@ impl Store {
     /// caller's: the awake set neither counts nor closes it (see [`Store::actor`]).
     pub fn open_actor(&self, name: &str) -> Result<Connection> {
         validate_actor_name(name)?;
-        self.open_valid(name)
+        self.open_valid(name, Create::Yes)
     }
 
-    /// [`Store::open_actor`] for a name already validated.
-    fn open_valid(&self, name: &str) -> Result<Connection> {
-        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
-            | OpenFlags::SQLITE_OPEN_CREATE
-            | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-        let mut conn = match &self.engine {
+    /// Opens a tuned connection to actor `name` (already validated); with
+    /// [`Create::No`], [`Error::NoSuchActor`] if it does not exist.
+    fn open_valid(&self, name: &str, create: Create) -> Result<Connection> {
+        let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        if create == Create::Yes {
+            flags |= OpenFlags::SQLITE_OPEN_CREATE;
+        }
+        let opened = match &self.engine {
             #[cfg(feature = "kv-vfs")]
-            Engine::Kv(vfs) => Connection::open_with_flags_and_vfs(name, flags, vfs.name())?,
-            Engine::Files { dir } => Connection::open_with_flags(actor_path(dir, name), flags)?,
+            Engine::Kv(vfs) => Connection::open_with_flags_and_vfs(name, flags, vfs.name()),
+            Engine::Files { dir } => Connection::open_with_flags(actor_path(dir, name), flags),
+        };
+        let mut conn = match opened {
+            Ok(conn) => conn,
+            // Both VFSes refuse to open a missing database without CREATE.
+            Err(_) if create == Create::No && !self.actor_exists(name)? => {
+                return Err(Error::NoSuchActor(name.to_owned()));
+            }
+            Err(e) => return Err(e.into()),
         };
         self.tune(&mut conn)?;
         Ok(conn)
@@ -253,7 +328,18 @@ impl Store {
     /// Checks out actor `name` from the awake set, waking it (and creating it) if needed.
     pub fn actor(&self, name: &str) -> Result<Actor<'_>> {
         validate_actor_name(name)?;
-        let (conn, _woke) = self.pool.checkout(name, || self.open_valid(name))?;
+        self.checkout(name, Create::Yes)
+    }
+
+    /// Checks out actor `name` if it exists: [`Error::NoSuchActor`] otherwise, even
+    /// when it is deleted meanwhile; never creates it.
+    pub fn existing_actor(&self, name: &str) -> Result<Actor<'_>> {
+        self.require(name)?;
+        self.checkout(name, Create::No)
+    }
+
+    fn checkout(&self, name: &str, create: Create) -> Result<Actor<'_>> {
+        let (conn, _woke) = self.pool.checkout(name, || self.open_valid(name, create))?;
         Ok(Actor {
             store: self,
             name: name.to_owned(),
@@ -261,8 +347,9 @@ impl Store {
         })
     }
 
-    /// Runs `f` on actor `name`'s connection (waking the actor if needed) and returns it
-    /// to the awake set.
+    /// Runs `f` on actor `name`'s connection (waking, and creating, it if needed) and
+    /// returns it to the awake set. An I/O error from a commit in `f` leaves the
+    /// commit's outcome unknown (see [`Store`], "Errors on commit").
     pub fn with_actor<T>(
         &self,
         name: &str,
@@ -326,11 +413,14 @@ impl Store {
     pub fn list_actors(&self) -> Result<Vec<String>> {
         let mut names = match &self.engine {
             #[cfg(feature = "kv-vfs")]
+            // Staging entries of an import under way are not actors (yet).
             Engine::Kv(vfs) => vfs
                 .kv()
                 .list()?
                 .into_iter()
-                .filter(|(_, e)| e.kind == shoal_kv::EntryKind::Database)
+                .filter(|(n, e)| {
+                    e.kind == shoal_kv::EntryKind::Database && validate_actor_name(n).is_ok()
+                })
                 .map(|(n, _)| n)
                 .collect(),
             Engine::Files { dir } => {
@@ -396,65 +486,92 @@ impl Store {
     }
 
     /// Writes actor `name` to `path` as a standard SQLite database file (which the
-    /// sqlite3 shell opens). Refuses to overwrite an existing file.
+    /// sqlite3 shell opens), readable by its owner only. Refuses a `path` that exists as
+    /// any kind of entry (a dangling symlink included). The file is written under a
+    /// temporary name in the same directory and linked into place when complete, so a
+    /// failed export leaves nothing behind (a killed one may leave a hidden `.tmp` file).
     pub fn export_actor(&self, name: &str, path: impl AsRef<Path>) -> Result<()> {
-        self.require(name)?;
         let path = path.as_ref();
-        if path.exists() {
+        self.require(name)?;
+        if path.symlink_metadata().is_ok() {
             return Err(Error::FileExists {
                 path: path.to_path_buf(),
             });
         }
-        let actor = self.actor(name)?;
-        let result = actor.backup(MAIN_DB, path, None::<fn(rusqlite::backup::Progress)>);
-        if result.is_err() {
-            let _ = std::fs::remove_file(path);
-        }
-        Ok(result?)
+        let actor = self.existing_actor(name)?;
+        transfer::export(&actor, path)
     }
 
     /// Creates actor `name` from the SQLite database file at `path`. Refuses an existing
-    /// actor, and a file that is not a sound SQLite database; on any failure nothing is
-    /// left behind.
+    /// actor, anything but a regular file, a file that is not a sound SQLite database,
+    /// and one with a hot journal beside it. A WAL-mode file is imported with the
+    /// commits still in its `-wal`, as a rollback-journal database. The source is only
+    /// read, never opened by SQLite, so nothing is written beside it; it must not be
+    /// written by anything else meanwhile. All or nothing, a crash included: the copy
+    /// becomes the actor with one atomic rename when it is complete.
     pub fn import_actor(&self, path: impl AsRef<Path>, name: &str) -> Result<()> {
         let path = path.as_ref();
         validate_actor_name(name)?;
         if self.actor_exists(name)? {
             return Err(Error::ActorExists(name.to_owned()));
         }
-        check_sqlite_header(path)?;
-        let source = Connection::open_with_flags(
-            path,
-            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )
-        .map_err(|e| not_sqlite(path, e))?;
-        let check: String = source
-            .query_row("PRAGMA quick_check", [], |r| r.get(0))
-            .map_err(|e| not_sqlite(path, e))?;
-        if check != "ok" {
-            return Err(Error::NotSqlite {
-                path: path.to_path_buf(),
-                reason: format!("quick_check failed: {check}"),
-            });
+        let staged = transfer::stage(path, &self.staging)?;
+        match &self.engine {
+            #[cfg(feature = "kv-vfs")]
+            Engine::Kv(vfs) => self.import_into_kv(vfs, &staged, name),
+            Engine::Files { dir } => {
+                if transfer::link_into_place(&staged, &actor_path(dir, name))? {
+                    Ok(())
+                } else {
+                    Err(Error::ActorExists(name.to_owned()))
+                }
+            }
         }
-        let imported = (|| -> Result<()> {
-            let mut target = self.open_actor(name)?;
+    }
+
+    /// Copies `staged` into a hidden catalog entry, then renames it to `name`.
+    #[cfg(feature = "kv-vfs")]
+    fn import_into_kv(
+        &self,
+        vfs: &shoal_vfs::Vfs,
+        staged: &transfer::Staged,
+        name: &str,
+    ) -> Result<()> {
+        use std::sync::atomic::Ordering;
+        let staging = format!(
+            "{STAGING_PREFIX}{}",
+            NEXT_STAGING.fetch_add(1, Ordering::Relaxed)
+        );
+        let copied = (|| -> Result<()> {
+            let source = staged.open()?;
+            let mut target = Connection::open_with_flags_and_vfs(
+                &staging,
+                OpenFlags::SQLITE_OPEN_READ_WRITE
+                    | OpenFlags::SQLITE_OPEN_CREATE
+                    | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+                vfs.name(),
+            )?;
             let backup = rusqlite::backup::Backup::new(&source, &mut target)?;
             backup.run_to_completion(1024, std::time::Duration::ZERO, None)?;
-            Ok(())
+            drop(backup);
+            target.close().map_err(|(_, e)| e)?;
+            vfs.kv().rename(&staging, name).map_err(|e| match e {
+                shoal_kv::Error::AlreadyExists(_) => Error::ActorExists(name.to_owned()),
+                other => other.into(),
+            })?;
+            Ok(vfs.kv().commit_durable()?)
         })();
-        if imported.is_err() && self.actor_exists(name).unwrap_or(false) {
-            let _ = self.delete_actor(name);
+        if copied.is_err() && vfs.kv().lookup(&staging).is_ok_and(|e| e.is_some()) {
+            let _ = vfs.delete_database(&staging);
         }
-        imported
+        copied
     }
 
     /// Runs `PRAGMA integrity_check` on actor `name` and, with the kv backing, audits the
     /// checksum of every stored record.
     pub fn check_actor(&self, name: &str) -> Result<CheckReport> {
-        self.require(name)?;
         let integrity = {
-            let actor = self.actor(name)?;
+            let actor = self.existing_actor(name)?;
             let mut stmt = actor.prepare("PRAGMA integrity_check")?;
             stmt.query_map([], |r| r.get::<_, String>(0))?
                 .collect::<rusqlite::Result<Vec<String>>>()?
@@ -506,9 +623,12 @@ impl Drop for Store {
 }
 
 #[cfg(feature = "kv-vfs")]
-fn open_kv(dir: &Path, config: &Config) -> Result<shoal_vfs::Vfs> {
+fn open_kv(
+    dir: &Path,
+    config: &Config,
+    backend: Option<Arc<dyn shoal_kv::KvStore>>,
+) -> Result<shoal_vfs::Vfs> {
     use crate::config::KvEngine;
-    use std::sync::Arc;
     use std::sync::atomic::Ordering;
 
     let locked = |e: shoal_kv::Error| match e {
@@ -518,14 +638,15 @@ fn open_kv(dir: &Path, config: &Config) -> Result<shoal_vfs::Vfs> {
         other => other.into(),
     };
     // Each engine keeps its own directory: their files are not interchangeable.
-    let backend: Arc<dyn shoal_kv::KvStore> = match config.kv_engine {
-        KvEngine::Fjall => {
+    let backend: Arc<dyn shoal_kv::KvStore> = match (backend, config.kv_engine) {
+        (Some(backend), _) => backend,
+        (None, KvEngine::Fjall) => {
             let mut fjall = shoal_kv::FjallConfig::new(dir.join("kv-fjall"));
             fjall.cache_capacity = config.kv_cache_bytes() / 2;
             fjall.write_buffer = config.kv_write_buffer_bytes();
             Arc::new(shoal_kv::FjallKv::open(&fjall).map_err(locked)?)
         }
-        KvEngine::Sled => {
+        (None, KvEngine::Sled) => {
             let mut sled = shoal_kv::SledConfig::new(dir.join("kv-sled"));
             sled.cache_capacity = config.kv_cache_bytes() / 2;
             Arc::new(shoal_kv::SledKv::open(&sled).map_err(locked)?)
@@ -562,26 +683,103 @@ fn create_private_dir(dir: &Path) -> Result<()> {
     builder.create(dir).map_err(Error::io("cannot create", dir))
 }
 
-fn check_sqlite_header(path: &Path) -> Result<()> {
-    let mut file = File::open(path).map_err(Error::io("cannot read", path))?;
-    let mut header = [0u8; 16];
-    match file.read_exact(&mut header) {
-        Ok(()) if &header == b"SQLite format 3\0" => Ok(()),
-        Ok(()) => Err(Error::NotSqlite {
-            path: path.to_path_buf(),
-            reason: "it does not start with the SQLite header".into(),
-        }),
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Err(Error::NotSqlite {
-            path: path.to_path_buf(),
-            reason: "it is shorter than a SQLite header".into(),
-        }),
-        Err(e) => Err(Error::io("cannot read", path)(e)),
-    }
+/// Whether an open may create the actor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Create {
+    Yes,
+    No,
 }
 
-fn not_sqlite(path: &Path, e: rusqlite::Error) -> Error {
-    Error::NotSqlite {
-        path: path.to_path_buf(),
-        reason: e.to_string(),
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn backings() -> Vec<Backing> {
+        let mut all = Vec::new();
+        #[cfg(feature = "kv-vfs")]
+        all.push(Backing::Kv);
+        all.extend([Backing::Files, Backing::FilesTuned]);
+        all
+    }
+
+    /// The race of export or check with delete, made deterministic: the actor is deleted
+    /// between the existence check and the open. The open must fail, not create.
+    #[test]
+    fn an_open_after_the_existence_check_never_creates_a_deleted_actor() {
+        for backing in backings() {
+            let dir = tempfile::tempdir().unwrap();
+            let store = Store::open(
+                dir.path(),
+                Config {
+                    backing,
+                    ..Config::default()
+                },
+            )
+            .unwrap();
+            store
+                .with_actor("gone", |c| c.execute_batch("CREATE TABLE t(x)"))
+                .unwrap();
+            store.require("gone").unwrap();
+            store.delete_actor("gone").unwrap();
+            let err = store.checkout("gone", Create::No).unwrap_err();
+            assert!(matches!(err, Error::NoSuchActor(_)), "{backing:?}: {err}");
+            assert!(!store.actor_exists("gone").unwrap(), "{backing:?}");
+        }
+    }
+
+    /// An I/O error on commit means "unknown outcome": here the flush fails after the
+    /// commit's batch was applied, so the commit returns an error and yet is in the
+    /// store after reopening. The idempotency key written in the same transaction tells
+    /// the caller which it was, and the transaction is whole either way.
+    #[cfg(feature = "kv-vfs")]
+    #[test]
+    fn a_failed_commit_may_have_landed_and_its_idempotency_key_tells() {
+        use shoal_kv::{FaultOp, FaultyKv, MemKv};
+        let dir = tempfile::tempdir().unwrap();
+        let faulty = Arc::new(FaultyKv::new(MemKv::new()));
+        let open = || {
+            let backend: Arc<dyn shoal_kv::KvStore> = faulty.clone();
+            Store::open_on(dir.path(), Config::default(), Some(backend)).unwrap()
+        };
+        let store = open();
+        store
+            .with_actor("acct", |c| {
+                c.execute_batch(
+                    "CREATE TABLE ops(key TEXT PRIMARY KEY);
+                     CREATE TABLE t(x);",
+                )
+            })
+            .unwrap();
+        faulty.fail_nth(FaultOp::Flush, 1); // also restarts the counts
+        let committed = store.with_actor("acct", |c| {
+            c.execute_batch(
+                "BEGIN;
+                 INSERT INTO ops VALUES ('op-1');
+                 INSERT INTO t VALUES (1), (2), (3);
+                 COMMIT;",
+            )
+        });
+        let err = committed.unwrap_err();
+        assert!(err.to_string().contains("disk I/O error"), "{err}");
+        // Batches applied before the failed flush (which the error came from).
+        let applied = faulty.injected() == 1 && faulty.count(FaultOp::Batch) > 0;
+        drop(store);
+        faulty.clear();
+        let store = open();
+        let (landed, rows): (bool, i64) = store
+            .with_actor("acct", |c| {
+                let landed =
+                    c.query_row("SELECT count(*) FROM ops WHERE key = 'op-1'", [], |r| {
+                        r.get::<_, i64>(0)
+                    })? == 1;
+                let rows = c.query_row("SELECT count(*) FROM t", [], |r| r.get(0))?;
+                Ok((landed, rows))
+            })
+            .unwrap();
+        assert_eq!(rows, if landed { 3 } else { 0 }, "never torn");
+        // The failed flush came after the commit's batch: the "failed" commit landed.
+        assert_eq!(landed, applied);
+        assert!(landed, "the fault should hit the commit's own flush");
     }
 }

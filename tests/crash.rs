@@ -10,6 +10,10 @@
 //! - with relaxed durability, what survived is a prefix of each actor's acknowledged
 //!   commits (acknowledged but unflushed commits may be lost, never torn, never reordered).
 //!
+//! A second child imports a file over and over (and deletes the actor again); after each
+//! kill the actor must be absent or whole, no staging leftover may remain, and a retried
+//! import must work, on the kv backing and on files.
+//!
 //! The child is this same test binary, re-run with `SHOAL_CRASH_CHILD` set. CI runs 50
 //! kill cycles per durability mode; `SHOAL_CRASH_CYCLES=1000 cargo test --release --test
 //! crash` is the long mode (docs/BENCHMARKS.md records a run).
@@ -22,7 +26,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use shoal::{Config, Durability, KvEngine, Store};
+use shoal::{Backing, Config, Durability, KvEngine, Store};
 
 const ACTORS: usize = 100;
 /// Transactions an actor keeps before the child deletes its oldest.
@@ -374,4 +378,139 @@ fn crash_cycles_relaxed_durability() {
 #[test]
 fn crash_cycles_full_durability_on_sled() {
     run_cycles(Durability::Full, "sled", 25);
+}
+
+/// Rows of the file the import child imports.
+const IMPORT_ROWS: i64 = 1000;
+
+/// The import child: imports `SHOAL_CRASH_IMPORT` as actor `imp` and deletes it again,
+/// until killed.
+#[test]
+fn crash_import_child() {
+    let (Ok(dir), Ok(source)) = (
+        std::env::var("SHOAL_CRASH_CHILD"),
+        std::env::var("SHOAL_CRASH_IMPORT"),
+    ) else {
+        return; // only runs as the child of `crash_during_import_*`
+    };
+    let backing = Backing::parse(&std::env::var("SHOAL_CRASH_BACKING").unwrap()).unwrap();
+    let store = Store::open(&dir, import_config(backing)).unwrap();
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "ready").unwrap();
+    out.flush().unwrap();
+    loop {
+        if store.actor_exists("imp").unwrap() {
+            store.delete_actor("imp").unwrap();
+        }
+        store.import_actor(&source, "imp").unwrap();
+        // Kills then also land while the whole actor is there.
+        std::thread::sleep(Duration::from_millis(30));
+    }
+}
+
+fn import_config(backing: Backing) -> Config {
+    Config {
+        backing,
+        memory_budget: 64 << 20,
+        ..Config::default()
+    }
+}
+
+fn imported_rows(store: &Store) -> i64 {
+    store
+        .with_actor("imp", |c| {
+            c.query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+        })
+        .unwrap()
+}
+
+fn crash_during_import(backing: Backing, cycles: usize) {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("store");
+    let source = tmp.path().join("source.db");
+    rusqlite::Connection::open(&source)
+        .unwrap()
+        .execute_batch(&format!(
+            "CREATE TABLE t(v);
+             WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM n WHERE i < {IMPORT_ROWS})
+             INSERT INTO t SELECT randomblob(3000) FROM n;"
+        ))
+        .unwrap();
+    let mut rng = fastrand::Rng::with_seed(0x1a7 ^ cycles as u64);
+    let (mut whole, mut absent) = (0, 0);
+    for cycle in 0..cycles {
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "crash_import_child",
+                "--nocapture",
+                "--test-threads",
+                "1",
+            ])
+            .env("SHOAL_CRASH_CHILD", &dir)
+            .env("SHOAL_CRASH_IMPORT", &source)
+            .env("SHOAL_CRASH_BACKING", backing.as_str())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        assert!(
+            lines.any(|l| l.is_ok_and(|l| l.ends_with("ready"))),
+            "cycle {cycle}: the child never became ready"
+        );
+        std::thread::sleep(Duration::from_millis(rng.u64(5..250)));
+        child.kill().unwrap();
+        child.wait().unwrap();
+
+        let store = Store::open(&dir, import_config(backing)).unwrap();
+        if let Some(vfs) = store.vfs() {
+            let names: Vec<String> = vfs
+                .kv()
+                .list()
+                .unwrap()
+                .into_iter()
+                .map(|(n, _)| n)
+                .collect();
+            assert!(
+                names.iter().all(|n| n == "imp"),
+                "cycle {cycle}: leftovers {names:?}"
+            );
+        }
+        let staged: Vec<_> = std::fs::read_dir(dir.join("staging")).unwrap().collect();
+        assert!(
+            staged.is_empty(),
+            "cycle {cycle}: staging leftovers {staged:?}"
+        );
+        if store.actor_exists("imp").unwrap() {
+            assert!(store.check_actor("imp").unwrap().is_ok(), "cycle {cycle}");
+            assert_eq!(
+                imported_rows(&store),
+                IMPORT_ROWS,
+                "cycle {cycle}: a partial import"
+            );
+            whole += 1;
+            store.delete_actor("imp").unwrap();
+        } else {
+            absent += 1;
+        }
+        // A retry works.
+        store.import_actor(&source, "imp").unwrap();
+        assert_eq!(imported_rows(&store), IMPORT_ROWS, "cycle {cycle}");
+        store.delete_actor("imp").unwrap();
+    }
+    println!(
+        "{}: {cycles} kills during import: {whole} left the whole actor, {absent} none",
+        backing.as_str()
+    );
+}
+
+#[test]
+fn crash_during_import_kv() {
+    crash_during_import(Backing::Kv, 20);
+}
+
+#[test]
+fn crash_during_import_files() {
+    crash_during_import(Backing::Files, 20);
 }

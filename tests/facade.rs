@@ -383,3 +383,387 @@ fn the_configured_durability_is_what_actor_connections_use() {
         }
     }
 }
+
+/// Names SQLite would read as something else: `:memory:` (a private in-memory database)
+/// and `file:` URIs (the bundled SQLite is built with SQLITE_USE_URI, so `file:foo` is
+/// `foo`). Every entry point refuses them, on every backing, and nothing is created.
+#[test]
+fn names_sqlite_would_read_as_uris_or_memory_are_refused() {
+    for backing in backings() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), config(backing)).unwrap();
+        store
+            .with_actor("foo", |c| {
+                c.execute_batch("CREATE TABLE notes(body TEXT); INSERT INTO notes VALUES ('mine');")
+            })
+            .unwrap();
+        let evil = files.path().join("evil.db");
+        rusqlite::Connection::open(&evil)
+            .unwrap()
+            .execute_batch("CREATE TABLE notes(body TEXT);")
+            .unwrap();
+        for name in [":memory:", "file::memory:", "file:foo", "FILE:foo", ":foo"] {
+            let refused = |r: Result<(), Error>| {
+                assert!(
+                    matches!(r, Err(Error::InvalidName { .. })),
+                    "{backing:?} {name}: {r:?}"
+                );
+            };
+            refused(store.actor(name).map(drop));
+            refused(store.open_actor(name).map(drop));
+            refused(store.with_actor(name, |c| c.execute_batch("CREATE TABLE t(x)")));
+            refused(store.actor_exists(name).map(drop));
+            refused(store.import_actor(&evil, name));
+            refused(store.export_actor(name, files.path().join("x.db")));
+        }
+        assert_eq!(store.list_actors().unwrap(), ["foo"], "{backing:?}");
+        store.sleep_all();
+        assert_eq!(count(&store, "foo"), 1, "{backing:?}: foo keeps its data");
+    }
+}
+
+/// Every entry of `dir` with its bytes, to see that nothing was written there.
+fn snapshot(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut all: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            let bytes = std::fs::read(e.path()).unwrap_or_default();
+            (e.file_name().to_string_lossy().into_owned(), bytes)
+        })
+        .collect();
+    all.sort();
+    all
+}
+
+/// A WAL-mode database of 300 rows; with `frames_in_wal` the last 100 rows are only in
+/// its `-wal` (SQLite is told not to checkpoint on close).
+fn wal_source(path: &Path, frames_in_wal: bool) {
+    let c = rusqlite::Connection::open(path).unwrap();
+    c.execute_batch(
+        "PRAGMA journal_mode = WAL;
+         CREATE TABLE notes(body TEXT);
+         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM n WHERE i < 200)
+         INSERT INTO notes SELECT 'note ' || i FROM n;
+         PRAGMA wal_checkpoint(TRUNCATE);",
+    )
+    .unwrap();
+    if frames_in_wal {
+        c.set_db_config(
+            rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
+            true,
+        )
+        .unwrap();
+    }
+    c.execute_batch(
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM n WHERE i < 100)
+         INSERT INTO notes SELECT 'late ' || i FROM n;",
+    )
+    .unwrap();
+    drop(c);
+    let header = std::fs::read(path).unwrap();
+    assert_eq!(header[18..20], [2, 2], "the source is in WAL mode");
+    let wal = std::fs::metadata(format!("{}-wal", path.display())).map_or(0, |m| m.len());
+    assert_eq!(wal > 0, frames_in_wal);
+}
+
+/// A WAL-mode file imports as a rollback-journal actor that opens again after sleeping,
+/// with the commits still in its -wal; no import (of WAL, rollback or refused files)
+/// writes anything next to its source.
+#[test]
+fn import_takes_wal_files_whole_and_never_writes_beside_the_source() {
+    for backing in backings() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), config(backing)).unwrap();
+        for (i, frames_in_wal) in [false, true].into_iter().enumerate() {
+            let src = tempfile::tempdir().unwrap();
+            let file = src.path().join("wal.db");
+            wal_source(&file, frames_in_wal);
+            let before = snapshot(src.path());
+            let name = format!("wal-{i}");
+            store.import_actor(&file, &name).unwrap();
+            assert_eq!(
+                snapshot(src.path()),
+                before,
+                "{backing:?}: the source's directory changed"
+            );
+            store.sleep_all();
+            assert_eq!(
+                count(&store, &name),
+                300,
+                "{backing:?} frames in wal: {frames_in_wal}"
+            );
+            assert!(store.check_actor(&name).unwrap().is_ok());
+            let out = tempfile::tempdir().unwrap();
+            let exported = out.path().join("x.db");
+            store.export_actor(&name, &exported).unwrap();
+            assert_eq!(
+                std::fs::read(&exported).unwrap()[18..20],
+                [1, 1],
+                "{backing:?}: the actor is a rollback-journal database"
+            );
+        }
+        // A rollback-journal file, and a refused one.
+        let src = tempfile::tempdir().unwrap();
+        let plain = src.path().join("plain.db");
+        rusqlite::Connection::open(&plain)
+            .unwrap()
+            .execute_batch("CREATE TABLE notes(body TEXT); INSERT INTO notes VALUES ('x');")
+            .unwrap();
+        let junk = src.path().join("junk.db");
+        std::fs::write(&junk, b"SQLite format 3\0 but nothing else of a database").unwrap();
+        let before = snapshot(src.path());
+        store.import_actor(&plain, "plain").unwrap();
+        assert!(store.import_actor(&junk, "junk").is_err());
+        assert_eq!(snapshot(src.path()), before, "{backing:?}");
+        assert_eq!(count(&store, "plain"), 1);
+        assert!(!store.actor_exists("junk").unwrap());
+    }
+}
+
+/// A source whose last write was interrupted (a hot journal beside it) is refused with
+/// a message that says what to do, and neither it nor its journal is touched.
+#[test]
+fn import_refuses_a_file_with_a_hot_journal() {
+    for backing in backings() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), config(backing)).unwrap();
+        let src = tempfile::tempdir().unwrap();
+        let file = src.path().join("hot.db");
+        rusqlite::Connection::open(&file)
+            .unwrap()
+            .execute_batch("CREATE TABLE t(x); INSERT INTO t VALUES (1);")
+            .unwrap();
+        // A rollback journal's magic number, as SQLite leaves it when a write is cut off.
+        let mut journal = vec![0xd9, 0xd5, 0x05, 0xf9, 0x20, 0xa1, 0x63, 0xd7];
+        journal.resize(512, 0);
+        std::fs::write(src.path().join("hot.db-journal"), &journal).unwrap();
+        let before = snapshot(src.path());
+        let err = store.import_actor(&file, "hot").unwrap_err();
+        assert!(
+            matches!(err, Error::HotJournal { .. }),
+            "{backing:?}: {err}"
+        );
+        assert!(
+            err.to_string().contains("open it once with sqlite3"),
+            "{err}"
+        );
+        assert_eq!(snapshot(src.path()), before, "{backing:?}");
+        assert!(store.list_actors().unwrap().is_empty());
+        // A zeroed (persisted, not hot) journal is no obstacle.
+        std::fs::write(src.path().join("hot.db-journal"), vec![0u8; 512]).unwrap();
+        store.import_actor(&file, "hot").unwrap();
+    }
+}
+
+/// Anything but a regular file is refused before it is opened: reading a FIFO would
+/// wait forever for a writer.
+#[cfg(unix)]
+#[test]
+fn import_refuses_what_is_not_a_regular_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = tempfile::tempdir().unwrap();
+    let fifo = src.path().join("fifo.db");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let store_dir = dir.path().to_path_buf();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let fifo_path = fifo.clone();
+    std::thread::spawn(move || {
+        let store = Store::open(&store_dir, config(Backing::default())).unwrap();
+        let fifo = store
+            .import_actor(&fifo_path, "fifo")
+            .map_err(|e| e.to_string());
+        let directory = store
+            .import_actor(fifo_path.parent().unwrap(), "dir")
+            .map_err(|e| e.to_string());
+        let _ = tx.send((fifo, directory));
+    });
+    // Not a timing assertion: a hang is the failure, and this turns it into a message.
+    let (fifo_result, dir_result) = rx
+        .recv_timeout(std::time::Duration::from_secs(60))
+        .expect("import of a FIFO hangs");
+    let fifo_err = fifo_result.unwrap_err();
+    assert!(fifo_err.contains("not a regular file"), "{fifo_err}");
+    let dir_err = dir_result.unwrap_err();
+    assert!(dir_err.contains("directory"), "{dir_err}");
+}
+
+/// Export refuses a path that exists as any entry (a dangling symlink included, which a
+/// plain open would follow) and leaves only the finished file in the directory.
+#[cfg(unix)]
+#[test]
+fn export_never_follows_a_symlink_and_leaves_only_the_file() {
+    for backing in backings() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), config(backing)).unwrap();
+        store
+            .with_actor("a", |c| c.execute_batch("CREATE TABLE notes(body TEXT);"))
+            .unwrap();
+        let link = out.path().join("link.db");
+        let aim = out.path().join("elsewhere.db");
+        std::os::unix::fs::symlink(&aim, &link).unwrap();
+        let err = store.export_actor("a", &link).unwrap_err();
+        assert!(
+            matches!(err, Error::FileExists { .. }),
+            "{backing:?}: {err}"
+        );
+        assert!(!aim.exists(), "{backing:?}: the symlink was followed");
+        std::fs::remove_file(&link).unwrap();
+        store.export_actor("a", out.path().join("a.db")).unwrap();
+        let names: Vec<String> = snapshot(out.path()).into_iter().map(|(n, _)| n).collect();
+        assert_eq!(names, ["a.db"], "{backing:?}");
+    }
+}
+
+/// A tmpfs of `size` mounted on a temp dir, unmounted on drop. `None` where mounting is
+/// not possible outside CI (in CI it must work, so the test fails instead).
+struct Tmpfs {
+    dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    fn mount(size: &str) -> Option<Tmpfs> {
+        let dir = tempfile::tempdir().unwrap();
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .stderr(std::process::Stdio::null())
+            .status();
+        if status.is_ok_and(|s| s.success()) {
+            return Some(Tmpfs { dir });
+        }
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must be able to mount a tmpfs"
+        );
+        println!("skipped: cannot mount a tmpfs here (needs root)");
+        None
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+/// An export onto a full disk fails and leaves nothing: no partial file, no journal.
+#[test]
+fn an_export_onto_a_full_disk_leaves_nothing_behind() {
+    // Sizes at which a plain backup left `out.db-journal` behind.
+    let Some(disk) = Tmpfs::mount("1m") else {
+        return;
+    };
+    for backing in backings() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), config(backing)).unwrap();
+        store
+            .with_actor("big", |c| {
+                c.execute_batch(
+                    "CREATE TABLE t(v);
+                     WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM n WHERE i < 400)
+                     INSERT INTO t SELECT randomblob(8000) FROM n;",
+                )
+            })
+            .unwrap();
+        let err = store
+            .export_actor("big", disk.path().join("out.db"))
+            .unwrap_err();
+        assert!(
+            snapshot(disk.path()).is_empty(),
+            "{backing:?}: {err} left {:?}",
+            snapshot(disk.path())
+                .into_iter()
+                .map(|(n, _)| n)
+                .collect::<Vec<_>>()
+        );
+    }
+}
+
+/// Export and check racing a delete never bring the actor back: only an explicit create
+/// creates one.
+#[test]
+fn export_and_check_racing_delete_never_recreate_the_actor() {
+    for backing in backings() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), config(backing)).unwrap();
+        for i in 0..60 {
+            store
+                .with_actor("victim", |c| {
+                    c.execute_batch("CREATE TABLE IF NOT EXISTS t(x)")
+                })
+                .unwrap();
+            store.sleep_all();
+            let file = out.path().join(format!("{i}.db"));
+            std::thread::scope(|s| {
+                s.spawn(|| {
+                    let _ = store.check_actor("victim");
+                    let _ = store.export_actor("victim", &file);
+                });
+                // Deleting may meet the check's connection (in use on the kv backing).
+                while let Err(Error::ActorInUse(_)) = store.delete_actor("victim") {
+                    std::thread::yield_now();
+                }
+            });
+            store.sleep_all();
+            assert!(
+                !store.actor_exists("victim").unwrap(),
+                "{backing:?} round {i}: the deleted actor came back"
+            );
+        }
+    }
+}
+
+/// The file backings hand SQLite a path, and a relative store directory named like a URI
+/// (`file:data`) made every actor path one (`file:data/actors/a.db` is `data/actors/a.db`
+/// to SQLite). Run in a child process, which starts in a temp dir of its own.
+#[test]
+fn a_relative_store_dir_that_looks_like_a_uri_is_a_path() {
+    if let Ok(backing) = std::env::var("SHOAL_URI_DIR_CHILD") {
+        let backing = Backing::parse(&backing).unwrap();
+        let store = Store::open("file:data", config(backing)).unwrap();
+        store
+            .with_actor("a", |c| {
+                c.execute_batch("CREATE TABLE notes(body TEXT); INSERT INTO notes VALUES ('x');")
+            })
+            .unwrap();
+        let out = tempfile::tempdir().unwrap();
+        store.export_actor("a", out.path().join("a.db")).unwrap();
+        store.import_actor(out.path().join("a.db"), "b").unwrap();
+        store.sleep_all();
+        assert_eq!(count(&store, "b"), 1);
+        assert!(Path::new("file:data/actors/a.db").is_file(), "{backing:?}");
+        assert!(
+            !Path::new("data").exists(),
+            "{backing:?}: SQLite read a URI"
+        );
+        return;
+    }
+    for backing in [Backing::Files, Backing::FilesTuned] {
+        let cwd = tempfile::tempdir().unwrap();
+        let status = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "a_relative_store_dir_that_looks_like_a_uri_is_a_path",
+            ])
+            .env("SHOAL_URI_DIR_CHILD", backing.as_str())
+            .current_dir(cwd.path())
+            .stdout(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success(), "{backing:?}: the child failed");
+    }
+}
