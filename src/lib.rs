@@ -21,6 +21,7 @@ mod error;
 pub mod memory;
 mod names;
 mod pool;
+mod reset;
 mod store;
 mod transfer;
 

@@ -10,6 +10,8 @@
 //!   queue, not a stampede of simultaneous allocations.
 //!
 //! Connections are closed outside the pool's lock: closing writes back and may wait.
+//! What a pooled connection is (a bare [`Connection`] in the tests, the store's actor
+//! connection with its reset state otherwise) is the pool's type parameter.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -20,17 +22,30 @@ use rusqlite::Connection;
 
 use crate::error::Result;
 
+/// A connection the pool can put to sleep.
+pub(crate) trait Sleeper {
+    /// Closes the connection. A failed close (a write-back that could not be flushed)
+    /// leaves the database as SQLite last committed it; nothing more can be done.
+    fn sleep(self);
+}
+
+impl Sleeper for Connection {
+    fn sleep(self) {
+        let _ = self.close();
+    }
+}
+
 #[derive(Debug)]
-pub(crate) struct Pool {
-    idle: Mutex<LruCache<String, Connection>>,
+pub(crate) struct Pool<C = Connection> {
+    idle: Mutex<LruCache<String, C>>,
     awake: AtomicUsize,
     max_awake: usize,
     /// Tokens: one taken for each connection being opened.
     waking: (Sender<()>, Receiver<()>),
 }
 
-impl Pool {
-    pub(crate) fn new(max_awake: usize, max_waking: usize) -> Pool {
+impl<C: Sleeper> Pool<C> {
+    pub(crate) fn new(max_awake: usize, max_waking: usize) -> Pool<C> {
         let (tx, rx) = crossbeam_channel::bounded(max_waking.max(1));
         for _ in 0..max_waking.max(1) {
             let _ = tx.send(());
@@ -48,8 +63,8 @@ impl Pool {
     pub(crate) fn checkout(
         &self,
         name: &str,
-        open: impl FnOnce() -> Result<Connection>,
-    ) -> Result<(Connection, bool)> {
+        open: impl FnOnce() -> Result<C>,
+    ) -> Result<(C, bool)> {
         if let Some(conn) = self.idle.lock().pop(name) {
             return Ok((conn, false));
         }
@@ -67,7 +82,7 @@ impl Pool {
 
     /// Returns a connection to the idle set, putting the least recently used idle
     /// actors to sleep while the awake count is over the bound.
-    pub(crate) fn checkin(&self, name: String, conn: Connection) {
+    pub(crate) fn checkin(&self, name: String, conn: C) {
         let mut closing = Vec::new();
         {
             let mut idle = self.idle.lock();
@@ -93,7 +108,7 @@ impl Pool {
     }
 
     /// Closes a connection that will not be returned (the caller keeps none).
-    pub(crate) fn discard(&self, conn: Connection) {
+    pub(crate) fn discard(&self, conn: C) {
         self.close(vec![conn]);
     }
 
@@ -105,7 +120,7 @@ impl Pool {
 
     /// Puts every idle actor to sleep.
     pub(crate) fn sleep_all(&self) {
-        let all: Vec<Connection> = {
+        let all: Vec<C> = {
             let mut idle = self.idle.lock();
             std::iter::from_fn(|| idle.pop_lru().map(|(_, c)| c)).collect()
         };
@@ -121,12 +136,10 @@ impl Pool {
         self.idle.lock().len()
     }
 
-    fn close(&self, conns: Vec<Connection>) {
+    fn close(&self, conns: Vec<C>) {
         let n = conns.len();
         for conn in conns {
-            // A failed close (a write-back that could not be flushed) leaves the
-            // database as SQLite last committed it; nothing more can be done here.
-            let _ = conn.close();
+            conn.sleep();
         }
         self.awake.fetch_sub(n, Ordering::SeqCst);
     }
@@ -146,7 +159,7 @@ mod tests {
 
     #[test]
     fn idle_actors_beyond_the_bound_go_to_sleep_least_recent_first() {
-        let pool = Pool::new(2, 1);
+        let pool: Pool = Pool::new(2, 1);
         for name in ["a", "b", "c"] {
             let (c, woke) = pool.checkout(name, mem).unwrap();
             assert!(woke);
@@ -169,7 +182,7 @@ mod tests {
 
     #[test]
     fn checked_out_connections_are_never_taken_away() {
-        let pool = Pool::new(1, 2);
+        let pool: Pool = Pool::new(1, 2);
         let (a, _) = pool.checkout("a", mem).unwrap();
         let (b, _) = pool.checkout("b", mem).unwrap();
         assert_eq!(pool.awake(), 2);
@@ -188,7 +201,7 @@ mod tests {
     #[test]
     fn no_more_than_max_waking_actors_open_at_once() {
         use std::sync::atomic::AtomicUsize;
-        let pool = Pool::new(100, 2);
+        let pool: Pool = Pool::new(100, 2);
         let (now, most) = (AtomicUsize::new(0), AtomicUsize::new(0));
         std::thread::scope(|s| {
             for i in 0..8 {
@@ -217,7 +230,7 @@ mod tests {
 
     #[test]
     fn a_second_idle_connection_to_one_actor_is_closed() {
-        let pool = Pool::new(10, 2);
+        let pool: Pool = Pool::new(10, 2);
         let (a1, _) = pool.checkout("a", mem).unwrap();
         let (a2, woke) = pool.checkout("a", mem).unwrap();
         assert!(woke);

@@ -10,8 +10,8 @@
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
-use rusqlite::hooks::{AuthAction, AuthContext, Authorization};
 use rusqlite::{Connection, OpenFlags};
 
 use crate::config::{Backing, Config, Durability};
@@ -19,6 +19,7 @@ use crate::error::{Error, Result};
 use crate::memory::{self, MemoryReport};
 use crate::names::validate_actor_name;
 use crate::pool::Pool;
+use crate::reset::{self, ActorConn, Defaults};
 use crate::transfer;
 
 /// The directory of actor files inside a store (file backings).
@@ -83,7 +84,9 @@ pub struct Store {
     staging: PathBuf,
     config: Config,
     engine: Engine,
-    pool: Pool,
+    pool: Pool<ActorConn>,
+    /// What every checkout starts from, read from the first tuned connection.
+    defaults: OnceLock<Defaults>,
     _lock: File,
 }
 
@@ -124,16 +127,18 @@ impl CheckReport {
 pub struct Actor<'s> {
     store: &'s Store,
     name: String,
-    conn: Option<Connection>,
+    conn: Option<ActorConn>,
 }
 
 impl std::ops::Deref for Actor<'_> {
     type Target = Connection;
     fn deref(&self) -> &Connection {
         // Present from construction until drop.
-        self.conn
+        &self
+            .conn
             .as_ref()
             .unwrap_or_else(|| unreachable!("an Actor always holds its connection"))
+            .conn
     }
 }
 
@@ -224,6 +229,7 @@ impl Store {
             config,
             engine,
             pool,
+            defaults: OnceLock::new(),
             _lock: lock,
         })
     }
@@ -269,12 +275,12 @@ impl Store {
     /// caller's: the awake set neither counts nor closes it (see [`Store::actor`]).
     pub fn open_actor(&self, name: &str) -> Result<Connection> {
         validate_actor_name(name)?;
-        self.open_valid(name, Create::Yes)
+        Ok(self.open_valid(name, Create::Yes)?.conn)
     }
 
     /// Opens a tuned connection to actor `name` (already validated); with
     /// [`Create::No`], [`Error::NoSuchActor`] if it does not exist.
-    fn open_valid(&self, name: &str, create: Create) -> Result<Connection> {
+    fn open_valid(&self, name: &str, create: Create) -> Result<ActorConn> {
         let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         if create == Create::Yes {
             flags |= OpenFlags::SQLITE_OPEN_CREATE;
@@ -284,7 +290,7 @@ impl Store {
             Engine::Kv(vfs) => Connection::open_with_flags_and_vfs(name, flags, vfs.name()),
             Engine::Files { dir } => Connection::open_with_flags(actor_path(dir, name), flags),
         };
-        let mut conn = match opened {
+        let conn = match opened {
             Ok(conn) => conn,
             // Both VFSes refuse to open a missing database without CREATE.
             Err(_) if create == Create::No && !self.actor_exists(name)? => {
@@ -292,20 +298,18 @@ impl Store {
             }
             Err(e) => return Err(e.into()),
         };
-        self.tune(&mut conn)?;
+        let conn = self.tune(reset::watch(conn)?)?;
+        if self.defaults.get().is_none() {
+            let defaults = Defaults::read(&conn, self.config.actor.busy_timeout)?;
+            let _ = self.defaults.set(defaults);
+        }
         Ok(conn)
     }
 
-    fn tune(&self, conn: &mut Connection) -> Result<()> {
+    fn tune(&self, mut actor: ActorConn) -> Result<ActorConn> {
         let t = &self.config.actor;
+        let conn = &mut actor.conn;
         conn.busy_timeout(t.busy_timeout)?;
-        // An actor sees its own database only: ATTACH of any file (and VACUUM INTO,
-        // which attaches its target) is denied; VACUUM's own temporary database ("")
-        // stays allowed.
-        conn.authorizer(Some(|ctx: AuthContext<'_>| match ctx.action {
-            AuthAction::Attach { filename } if !filename.is_empty() => Authorization::Deny,
-            _ => Authorization::Allow,
-        }))?;
         if self.config.backing.tuned() {
             shoal_vfs::sqlite::set_lookaside(conn, t.lookaside_slot_size, t.lookaside_slots)?;
             conn.execute_batch(&format!(
@@ -322,10 +326,31 @@ impl Store {
             };
             conn.execute_batch(&format!("PRAGMA synchronous = {sync};"))?;
         }
-        Ok(())
+        Ok(actor.tuned())
     }
 
     /// Checks out actor `name` from the awake set, waking it (and creating it) if needed.
+    ///
+    /// Every checkout starts from the actor's defaults, whatever an earlier one did
+    /// through the `&Connection` it was lent: an unfinished transaction is rolled back;
+    /// connection PRAGMAs (`foreign_keys`, `cache_size`, `journal_mode`, `locking_mode`,
+    /// `shoal_durability`, `synchronous`, ...), the busy timeout and the
+    /// `sqlite3_db_config` flags are set back; a connection on which a checkout set any
+    /// other PRAGMA or created TEMP objects is closed, and the next checkout opens a
+    /// fresh one. The authorizer that denies ATTACH cannot be removed through a
+    /// `&Connection` (rusqlite's `authorizer` takes `&mut`):
+    ///
+    /// ```compile_fail
+    /// # fn f(store: &shoal::Store) -> Result<(), shoal::Error> {
+    /// use shoal::rusqlite::hooks::{AuthContext, Authorization};
+    /// let actor = store.actor("a")?;
+    /// actor.authorizer(None::<fn(AuthContext<'_>) -> Authorization>)?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// Not undone: functions, collations, virtual-table modules and limits registered
+    /// through rusqlite features this crate does not enable, process-wide settings
+    /// (`soft_heap_limit`), and whatever is done through the raw handle.
     pub fn actor(&self, name: &str) -> Result<Actor<'_>> {
         validate_actor_name(name)?;
         self.checkout(name, Create::Yes)
@@ -359,16 +384,25 @@ impl Store {
         Ok(f(&actor)?)
     }
 
-    fn checkin(&self, name: String, conn: Connection) {
+    fn checkin(&self, name: String, mut actor: ActorConn) {
+        let conn = &actor.conn;
         if !conn.is_autocommit() && conn.execute_batch("ROLLBACK").is_err() {
-            self.pool.discard(conn);
+            self.pool.discard(actor);
+            return;
+        }
+        let reset = match self.defaults.get() {
+            Some(defaults) => actor.reset(defaults),
+            None => Ok(false),
+        };
+        if !matches!(reset, Ok(true)) {
+            self.pool.discard(actor);
             return;
         }
         if self.config.backing.tuned() {
             // An idle actor keeps no page cache: its pages are in the store.
-            shoal_vfs::sqlite::release_memory(&conn);
+            shoal_vfs::sqlite::release_memory(&actor.conn);
         }
-        self.pool.checkin(name, conn);
+        self.pool.checkin(name, actor);
     }
 
     /// Puts every idle actor to sleep (closes its connection) and gives the memory they

@@ -727,6 +727,121 @@ fn export_and_check_racing_delete_never_recreate_the_actor() {
     }
 }
 
+/// Whatever a checkout changes through its `&Connection`, the next one starts from the
+/// actor's defaults: pragmas, durability, the busy timeout, db_config flags, TEMP
+/// objects; and the authorizer still denies ATTACH.
+#[test]
+fn a_checkout_starts_from_the_actor_defaults() {
+    fn value(c: &rusqlite::Connection, sql: &str) -> String {
+        c.query_row(sql, [], |r| {
+            r.get::<_, rusqlite::types::Value>(0).map(|v| match v {
+                rusqlite::types::Value::Integer(i) => i.to_string(),
+                rusqlite::types::Value::Text(t) => t,
+                other => format!("{other:?}"),
+            })
+        })
+        .unwrap()
+    }
+    let probes = [
+        ("PRAGMA foreign_keys", "PRAGMA foreign_keys = OFF"),
+        ("PRAGMA cache_size", "PRAGMA cache_size = 7"),
+        ("PRAGMA mmap_size", "PRAGMA mmap_size = 4096"),
+        ("PRAGMA query_only", "PRAGMA query_only = ON"),
+        (
+            "PRAGMA recursive_triggers",
+            "PRAGMA recursive_triggers = ON",
+        ),
+        ("PRAGMA temp_store", "PRAGMA temp_store = MEMORY"),
+        ("PRAGMA locking_mode", "PRAGMA locking_mode = EXCLUSIVE"),
+        ("PRAGMA journal_mode", "PRAGMA journal_mode = TRUNCATE"),
+        ("PRAGMA busy_timeout", "PRAGMA busy_timeout = 1"),
+    ];
+    for backing in backings() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), config(backing)).unwrap();
+        store
+            .with_actor("a", |c| c.execute_batch("CREATE TABLE t(x)"))
+            .unwrap();
+        let durability = if backing.is_kv() {
+            (
+                "PRAGMA shoal_durability",
+                "PRAGMA shoal_durability = relaxed",
+            )
+        } else {
+            ("PRAGMA synchronous", "PRAGMA synchronous = OFF")
+        };
+        let all: Vec<_> = probes.iter().copied().chain([durability]).collect();
+        let defaults: Vec<String> = {
+            let actor = store.actor("a").unwrap();
+            all.iter().map(|(read, _)| value(&actor, read)).collect()
+        };
+        let defensive = rusqlite::config::DbConfig::SQLITE_DBCONFIG_DEFENSIVE;
+        let defensive_default = store.actor("a").unwrap().db_config(defensive).unwrap();
+        for (read, set) in &all {
+            {
+                let actor = store.actor("a").unwrap();
+                // Through the statement cache too, which SQLite does not re-prepare.
+                actor.prepare_cached(set).unwrap().raw_execute().ok();
+                assert_ne!(
+                    value(&actor, read),
+                    defaults[all.iter().position(|(r, _)| r == read).unwrap()],
+                    "{backing:?}: {set} changed nothing to test"
+                );
+                actor.busy_timeout(std::time::Duration::ZERO).unwrap();
+                actor.set_db_config(defensive, !defensive_default).unwrap();
+            }
+            let actor = store.actor("a").unwrap();
+            let now: Vec<String> = all.iter().map(|(read, _)| value(&actor, read)).collect();
+            assert_eq!(
+                now, defaults,
+                "{backing:?}: {set} leaked into the next checkout"
+            );
+            assert_eq!(actor.db_config(defensive).unwrap(), defensive_default);
+        }
+        // An exclusive lock taken in locking_mode EXCLUSIVE is not kept while idle.
+        store
+            .with_actor("a", |c| {
+                c.execute_batch("PRAGMA locking_mode = EXCLUSIVE; INSERT INTO t VALUES (1);")
+            })
+            .unwrap();
+        let other = store.open_actor("a").unwrap();
+        other.busy_timeout(std::time::Duration::ZERO).unwrap();
+        other
+            .execute("INSERT INTO t VALUES (2)", [])
+            .unwrap_or_else(|e| panic!("{backing:?}: the idle actor kept its lock: {e}"));
+        drop(other);
+        // Settings the store cannot reset: the connection is replaced.
+        store
+            .with_actor("a", |c| {
+                c.execute_batch(
+                    "PRAGMA case_sensitive_like = ON;
+                     CREATE TEMP TABLE scratch(x);
+                     CREATE TEMP TRIGGER spy AFTER INSERT ON main.t BEGIN
+                       INSERT INTO scratch VALUES (new.x);
+                     END;",
+                )
+            })
+            .unwrap();
+        store
+            .with_actor("a", |c| {
+                c.execute("INSERT INTO t VALUES ('A')", [])?;
+                let like: i64 = c.query_row("SELECT 'a' LIKE 'A'", [], |r| r.get(0))?;
+                assert_eq!(like, 1, "{backing:?}: case_sensitive_like leaked");
+                let temp: i64 =
+                    c.query_row("SELECT count(*) FROM temp.sqlite_master", [], |r| r.get(0))?;
+                assert_eq!(temp, 0, "{backing:?}: TEMP objects leaked");
+                Ok(())
+            })
+            .unwrap();
+        let actor = store.actor("a").unwrap();
+        let err = actor.execute_batch("ATTACH 'other' AS o").unwrap_err();
+        assert!(
+            err.to_string().contains("not authorized"),
+            "{backing:?}: {err}"
+        );
+    }
+}
+
 /// The file backings hand SQLite a path, and a relative store directory named like a URI
 /// (`file:data`) made every actor path one (`file:data/actors/a.db` is `data/actors/a.db`
 /// to SQLite). Run in a child process, which starts in a temp dir of its own.
