@@ -253,7 +253,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 None => std::io::read_to_string(std::io::stdin())
                     .context("cannot read SQL statements from standard input")?,
             };
-            let ran = run_sql(&store, name, &statements, &mut out);
+            let ran = run_sql(&store, name, *create, &statements, &mut out);
             if ran.is_err() && !existed && store.actor_exists(name).unwrap_or(false) {
                 // The command created the actor for these statements; they failed.
                 let _ = store.delete_actor(name);
@@ -268,10 +268,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 fn run_sql(
     store: &Store,
     name: &str,
+    create: bool,
     statements: &str,
     out: &mut impl Write,
 ) -> anyhow::Result<()> {
-    let actor = store.actor(name)?;
+    // Without --create the actor is never created, even if it is deleted meanwhile.
+    let actor = if create {
+        store.actor(name)?
+    } else {
+        store.existing_actor(name)?
+    };
     let mut batch = rusqlite::Batch::new(&actor, statements);
     while let Some(mut stmt) = batch.next()? {
         let columns = stmt.column_count();
