@@ -42,9 +42,10 @@ pub(crate) enum Control<'a> {
     BeginAtomicWrite,
     CommitAtomicWrite,
     RollbackAtomicWrite,
+    /// SQLITE_FCNTL_PRAGMA: the value as SQLite passes it (unquoted, any bytes).
     Pragma {
         name: &'a str,
-        value: Option<&'a str>,
+        value: Option<&'a [u8]>,
     },
     MmapSize(i64),
     LockState,

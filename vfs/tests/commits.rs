@@ -5,7 +5,7 @@
 mod common;
 
 use common::*;
-use rusqlite::ErrorCode;
+use rusqlite::{Connection, ErrorCode};
 
 #[test]
 fn sql_round_trips_on_both_backends_and_survive_reopening() {
@@ -165,6 +165,127 @@ fn pragmas_that_would_break_atomic_commits_are_refused() {
     conn.execute_batch("PRAGMA synchronous = NORMAL").unwrap();
     conn.execute("INSERT INTO t VALUES (1)", []).unwrap();
     assert_eq!(count(&conn, "t"), 4);
+}
+
+/// Whatever the spelling (numbers SQLite reads with `sqlite3Atoi`, hex, a `+` sign, the
+/// call form, a schema prefix, prefixes of journal mode names), shoal refuses a pragma
+/// exactly when stock SQLite, given the same statement, applies synchronous=OFF or
+/// journal_mode=WAL|OFF|MEMORY; and where it accepts, SQLite applies the same setting.
+#[test]
+fn pragmas_are_refused_by_what_sqlite_applies_not_by_spelling() {
+    let dir = tempfile::tempdir().unwrap();
+    let plain = Connection::open(dir.path().join("plain.db")).unwrap();
+    plain.execute_batch("CREATE TABLE t(x)").unwrap();
+    let vfs = mem_vfs();
+    let conn = open(&vfs, "spellings");
+    conn.execute_batch("CREATE TABLE t(x); ATTACH 'spellings-aux' AS aux")
+        .unwrap();
+    plain
+        .execute_batch(&format!(
+            "ATTACH '{}' AS aux",
+            dir.path().join("aux.db").display()
+        ))
+        .unwrap();
+    let read = |c: &Connection, sql: &str| -> String {
+        c.query_row(sql, [], |r| r.get::<_, rusqlite::types::Value>(0))
+            .map(|v| format!("{v:?}"))
+            .unwrap()
+    };
+    let synchronous = [
+        "synchronous=8",
+        "synchronous=7",
+        "synchronous=0x0",
+        "synchronous=0x8",
+        "synchronous=0.5",
+        "synchronous=+8",
+        "synchronous=15",
+        "synchronous='0 '",
+        "synchronous=99999999999",
+        "synchronous=no",
+        "synchronous=FALSE",
+        "synchronous(8)",
+        "main.synchronous=7",
+        "main.synchronous(0x8)",
+        "\"main\".synchronous='0x0'",
+        "aux.synchronous=8",
+        "synchronous=1",
+        "synchronous=9",
+        "synchronous=-1",
+        "synchronous=-8",
+        "synchronous=normal",
+        "synchronous=full",
+        "synchronous=extra",
+        "synchronous=3",
+        "synchronous=10",
+        "synchronous=0x2",
+        "synchronous='off '",
+        "aux.synchronous=1",
+    ];
+    let journal_mode = [
+        "journal_mode=w",
+        "journal_mode=W",
+        "journal_mode=wa",
+        "journal_mode=M",
+        "journal_mode=me",
+        "journal_mode=of",
+        "journal_mode=O",
+        "journal_mode('memo')",
+        "main.journal_mode=wa",
+        "aux.journal_mode=o",
+        "journal_mode=t",
+        "journal_mode=p",
+        "journal_mode=d",
+        "journal_mode=''",
+        "journal_mode=trunc",
+        "journal_mode=walx",
+        "journal_mode=normal",
+        "aux.journal_mode=persist",
+    ];
+    for (pragmas, reset, query) in [
+        (
+            &synchronous[..],
+            "synchronous=FULL; PRAGMA aux.synchronous=FULL",
+            "synchronous",
+        ),
+        (&journal_mode[..], "journal_mode=delete", "journal_mode"),
+    ] {
+        for pragma in pragmas {
+            let sql = format!("PRAGMA {pragma}");
+            let schema = if pragma.starts_with("aux.") {
+                "aux"
+            } else {
+                "main"
+            };
+            let check = format!("PRAGMA {schema}.{query}");
+            plain.execute_batch(&format!("PRAGMA {reset}")).unwrap();
+            conn.execute_batch(&format!("PRAGMA {reset}")).unwrap();
+            plain.execute_batch(&sql).unwrap();
+            let applied = read(&plain, &check);
+            let breaks = [
+                "Integer(0)",
+                "Text(\"wal\")",
+                "Text(\"off\")",
+                "Text(\"memory\")",
+            ]
+            .contains(&applied.as_str());
+            match conn.execute_batch(&sql) {
+                Err(e) => {
+                    assert!(
+                        breaks,
+                        "{sql}: refused ({e}) though SQLite applies {applied}"
+                    );
+                    assert!(e.to_string().contains("shoal refuses"), "{sql}: {e}");
+                }
+                Ok(()) => {
+                    assert!(!breaks, "{sql}: accepted though SQLite applies {applied}");
+                    assert_eq!(read(&conn, &check), applied, "{sql}");
+                }
+            }
+        }
+    }
+    conn.execute("INSERT INTO t VALUES (1)", []).unwrap();
+    let s = stats(&vfs, "spellings");
+    assert!(s.durable_syncs > 0, "{s}");
 }
 
 #[test]

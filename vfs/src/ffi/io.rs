@@ -213,11 +213,16 @@ unsafe extern "C" fn x_file_control(
                     [_, name, value] => (*name, *value),
                     _ => return Ok(sys::SQLITE_NOTFOUND),
                 };
-                // SAFETY: SQLite's pragma strings are NUL-terminated for this call.
-                let (Ok(Some(name)), Ok(value)) = (unsafe { c_str(name) }, unsafe { c_str(value) })
-                else {
+                // SAFETY: SQLite's pragma name is NUL-terminated for this call. A name
+                // that is not UTF-8 is none of the pragmas this VFS answers.
+                let Ok(Some(name)) = (unsafe { c_str(name) }) else {
                     return Ok(sys::SQLITE_NOTFOUND);
                 };
+                // The value stays bytes: SQLite reads `0\xff` as the number 0, so a
+                // value that is not UTF-8 must be judged too, not passed through.
+                let value = (!value.is_null())
+                    // SAFETY: SQLite's pragma value is NULL or NUL-terminated.
+                    .then(|| unsafe { std::ffi::CStr::from_ptr(value) }.to_bytes());
                 return pragma(h, pragma_args, name, value);
             }
             sys::SQLITE_FCNTL_MMAP_SIZE => {
@@ -266,7 +271,7 @@ fn pragma(
     h: &mut FileHandle,
     args: *mut *mut c_char,
     name: &str,
-    value: Option<&str>,
+    value: Option<&[u8]>,
 ) -> Result<c_int> {
     let (rc, text) = match h.control(Control::Pragma { name, value }) {
         Ok(Reply::Text(text)) => (sys::SQLITE_OK, Some(text)),
