@@ -1,11 +1,18 @@
 //! Files that never need to survive the connection: temp databases, temp and statement
 //! journals, transient files. SQLite deletes them on close anyway, so they live in a
 //! byte vector owned by the handle and never touch the kv.
+//!
+//! Nothing else can open them, so locks never conflict; the handle only remembers the
+//! level it was asked for, as os_unix.c keeps `eFileLock`, to answer
+//! SQLITE_FCNTL_LOCKSTATE.
+
+use crate::lock::LockLevel;
 
 /// An in-memory file.
 #[derive(Debug, Default)]
 pub(crate) struct MemFile {
     data: Vec<u8>,
+    lock: LockLevel,
 }
 
 impl MemFile {
@@ -46,6 +53,21 @@ impl MemFile {
 
     pub(crate) fn size(&self) -> u64 {
         self.data.len() as u64
+    }
+
+    /// xLock: raises the level (never lowers it, as `unixLock`); always granted.
+    pub(crate) fn lock(&mut self, level: LockLevel) {
+        self.lock = self.lock.max(level);
+    }
+
+    /// xUnlock: lowers the level (never raises it, as `posixUnlock`).
+    pub(crate) fn unlock(&mut self, level: LockLevel) {
+        self.lock = self.lock.min(level);
+    }
+
+    /// The level SQLite last asked for (SQLITE_FCNTL_LOCKSTATE).
+    pub(crate) fn lock_level(&self) -> LockLevel {
+        self.lock
     }
 }
 

@@ -523,14 +523,20 @@ impl FileHandle {
     pub(crate) fn lock(&mut self, level: LockLevel) -> bool {
         match self {
             FileHandle::Kv(h) => h.inode.locks.lock().lock(&mut h.lock, level),
-            FileHandle::Mem(_) => true,
+            FileHandle::Mem(m) => {
+                m.lock(level);
+                true
+            }
         }
     }
 
     pub(crate) fn unlock(&mut self, level: LockLevel) -> Result<()> {
         match self {
             FileHandle::Kv(h) => h.unlock(level),
-            FileHandle::Mem(_) => Ok(()),
+            FileHandle::Mem(m) => {
+                m.unlock(level);
+                Ok(())
+            }
         }
     }
 
@@ -544,8 +550,9 @@ impl FileHandle {
     pub(crate) fn control(&mut self, control: Control<'_>) -> Result<Reply> {
         match self {
             FileHandle::Kv(h) => h.control(control),
-            FileHandle::Mem(_) => Ok(match control {
+            FileHandle::Mem(m) => Ok(match control {
                 Control::Hint => Reply::Done,
+                Control::LockState => Reply::Int(m.lock_level() as i64),
                 _ => Reply::NotFound,
             }),
         }
@@ -712,4 +719,31 @@ fn insert_pruned<K: std::hash::Hash + Eq>(
         map.retain(|_, w| w.strong_count() > 0);
     }
     map.insert(key, Arc::downgrade(inode));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// os_unix.c answers SQLITE_FCNTL_LOCKSTATE with the handle's `eFileLock` for every
+    /// file; an in-memory file answers the level it was last asked for the same way.
+    #[test]
+    fn in_memory_files_answer_lockstate_with_the_level_asked_for() {
+        let mut f = FileHandle::Mem(MemFile::default());
+        let state = |f: &mut FileHandle| match f.control(Control::LockState) {
+            Ok(Reply::Int(level)) => level,
+            other => panic!("LOCKSTATE answered {other:?}"),
+        };
+        assert_eq!(state(&mut f), 0);
+        assert!(f.lock(LockLevel::Shared));
+        assert_eq!(state(&mut f), 1);
+        assert!(f.lock(LockLevel::Exclusive));
+        assert_eq!(state(&mut f), 4);
+        assert!(f.lock(LockLevel::Reserved), "a lower level is already held");
+        assert_eq!(state(&mut f), 4);
+        f.unlock(LockLevel::Shared).unwrap();
+        assert_eq!(state(&mut f), 1);
+        f.unlock(LockLevel::None).unwrap();
+        assert_eq!(state(&mut f), 0);
+    }
 }
