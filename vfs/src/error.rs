@@ -58,6 +58,20 @@ pub enum Error {
         /// The largest size it can have.
         max: u64,
     },
+    /// An earlier panic may have left this database's shared state half-updated, so every
+    /// call on it fails until the store is reopened.
+    #[error(
+        "database {db:?} is poisoned by an earlier panic in {call} ({panic}); every call on it \
+         fails until the store is reopened"
+    )]
+    Poisoned {
+        /// The database.
+        db: String,
+        /// The SQLite call that panicked (`xWrite`, ...).
+        call: &'static str,
+        /// The panic's message.
+        panic: String,
+    },
     /// A call SQLite refused (registration, configuration).
     #[error("SQLite refused {what} with code {code}")]
     Sqlite {
@@ -126,8 +140,19 @@ pub(crate) fn sqlite_code(err: &Error, op: Op) -> i32 {
         Error::InUse(_) => ffi::SQLITE_BUSY,
         Error::NoSuchFile(_) if op == Op::Delete => ffi::SQLITE_IOERR_DELETE_NOENT,
         Error::TooLarge { .. } => ffi::SQLITE_FULL,
+        // xOpen's own code is CANTOPEN; a poisoned database answers an I/O error to all.
+        Error::Poisoned { .. } if op == Op::Open => ffi::SQLITE_IOERR,
         _ => io_code(op),
     }
+}
+
+/// The message of a caught panic (its `&str` or `String` payload).
+pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".to_owned())
 }
 
 /// The operation's own I/O error code (what any failure without a more specific code,

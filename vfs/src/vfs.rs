@@ -5,16 +5,27 @@
 //! (one per open stored file, shared by every handle on it) and the per-database
 //! counters. A [`FileHandle`] is one `sqlite3_file`: a stored file ([`KvHandle`]) or an
 //! in-memory one ([`MemFile`]) for temp databases, temp and statement journals.
+//!
+//! Poisoning: a panic in a call that changes what memory holds of a database (its
+//! inodes' overlays, sizes, journal hint) may leave that state half-updated, and the next
+//! flush would store it. So every such call runs in [`VfsState::guarded`]: a panic there
+//! poisons the database, and from then on every SQLite call on any of its files fails with
+//! an SQLITE_IOERR code and [`Error::Poisoned`] (naming the call and the panic) until the
+//! store is reopened, which starts from what the kv holds. A poisoned file's xClose and
+//! xUnlock still release its locks but flush nothing. In-memory files share nothing and
+//! are not poisoned.
 
+use std::any::Any;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 
 use parking_lot::Mutex;
 use rusqlite::ffi;
 use shoal_kv::{Batch, DbId, EntryKind, FileKind, Kv, keys};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, panic_message};
 use crate::file::Inode;
 use crate::lock::LockLevel;
 use crate::memfile::MemFile;
@@ -34,6 +45,18 @@ pub(crate) struct VfsState {
     mains: Mutex<HashMap<String, Weak<Inode>>>,
     counters: Mutex<HashMap<DbId, Arc<DbCounters>>>,
     pub(crate) open_files: AtomicUsize,
+    /// Databases poisoned by a panic (see the module docs), with what panicked.
+    poisoned: Mutex<HashMap<DbId, Poison>>,
+    /// Whether `poisoned` has any entry, so healthy calls skip its lock.
+    any_poisoned: AtomicBool,
+}
+
+/// What poisoned a database.
+#[derive(Debug, Clone)]
+struct Poison {
+    db: String,
+    call: &'static str,
+    panic: String,
 }
 
 /// A file control request, decoded from SQLite's op code and argument.
@@ -76,7 +99,60 @@ impl VfsState {
             mains: Mutex::default(),
             counters: Mutex::default(),
             open_files: AtomicUsize::new(0),
+            poisoned: Mutex::default(),
+            any_poisoned: AtomicBool::new(false),
         }
+    }
+
+    /// Fails with [`Error::Poisoned`] if database `id` was poisoned by a panic.
+    pub(crate) fn check_poison(&self, id: DbId) -> Result<()> {
+        if !self.any_poisoned.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        match self.poisoned.lock().get(&id) {
+            Some(p) => Err(Error::Poisoned {
+                db: p.db.clone(),
+                call: p.call,
+                panic: p.panic.clone(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Runs `body`, SQLite's call `call` on a file of database `id` (named `file`), unless
+    /// the database is poisoned; a panic in it poisons the database and goes on unwinding
+    /// to the FFI boundary, which reports it.
+    pub(crate) fn guarded<T>(
+        &self,
+        id: DbId,
+        file: &str,
+        call: &'static str,
+        body: impl FnOnce() -> Result<T>,
+    ) -> Result<T> {
+        self.check_poison(id)?;
+        match catch_unwind(AssertUnwindSafe(body)) {
+            Ok(result) => result,
+            Err(panic) => {
+                self.poison(id, file, call, panic.as_ref());
+                resume_unwind(panic)
+            }
+        }
+    }
+
+    /// Poisons database `id`: `call` on its file `file` panicked with `panic`. The first
+    /// panic is the one reported.
+    fn poison(&self, id: DbId, file: &str, call: &'static str, panic: &(dyn Any + Send)) {
+        let db = match names::classify(file) {
+            Target::Journal(db) => db,
+            _ => file,
+        };
+        let poison = Poison {
+            db: db.to_owned(),
+            call,
+            panic: panic_message(panic),
+        };
+        self.poisoned.lock().entry(id).or_insert(poison);
+        self.any_poisoned.store(true, Ordering::Release);
     }
 
     pub(crate) fn counters(&self, id: DbId) -> Arc<DbCounters> {
@@ -249,9 +325,11 @@ impl VfsState {
                     "the name belongs to a super-journal",
                 ));
             }
-            let inode = self.inode(entry.id, FileKind::Main, name, false)?;
-            insert_pruned(&mut self.mains.lock(), name.to_owned(), &inode);
-            inode
+            self.guarded(entry.id, name, "xOpen", || {
+                let inode = self.inode(entry.id, FileKind::Main, name, false)?;
+                insert_pruned(&mut self.mains.lock(), name.to_owned(), &inode);
+                Ok(inode)
+            })?
         } else if flags & ffi::SQLITE_OPEN_MAIN_JOURNAL != 0
             // pager.c `pager_delsuper` opens each child journal a super-journal lists
             // with SQLITE_OPEN_SUPER_JOURNAL ("zJournal is really a MAIN_JOURNAL. But
@@ -264,20 +342,32 @@ impl VfsState {
                     "a journal name must end in -journal",
                 ));
             };
-            let entry = self
-                .kv
-                .lookup(db)?
-                .filter(|e| e.kind == EntryKind::Database)
-                .ok_or_else(|| Error::cant_open(name, format!("no database {db:?} to journal")))?;
-            let inode = self.inode(entry.id, FileKind::MainJournal, name, true)?;
-            if !create && !inode.exists_nonempty() {
-                return Err(Error::cant_open(name, "no such journal"));
-            }
-            DbCounters::add(&inode.counters.journal_opens, 1);
-            if let Some(main) = self.live_inode(entry.id, FileKind::Main) {
-                main.journal_hint.lock().changed(false);
-            }
-            inode
+            // The database is open (SQLite opens a journal through its pager) unless a
+            // super-journal's cleanup reads a child journal; only then ask the catalog.
+            let live_main = self.mains.lock().get(db).and_then(Weak::upgrade);
+            let id = match live_main {
+                Some(main) => main.id,
+                None => {
+                    self.kv
+                        .lookup(db)?
+                        .filter(|e| e.kind == EntryKind::Database)
+                        .ok_or_else(|| {
+                            Error::cant_open(name, format!("no database {db:?} to journal"))
+                        })?
+                        .id
+                }
+            };
+            self.guarded(id, name, "xOpen", || {
+                let inode = self.inode(id, FileKind::MainJournal, name, true)?;
+                if !create && !inode.exists_nonempty() {
+                    return Err(Error::cant_open(name, "no such journal"));
+                }
+                DbCounters::add(&inode.counters.journal_opens, 1);
+                if let Some(main) = self.live_inode(id, FileKind::Main) {
+                    main.journal_hint.lock().changed(false);
+                }
+                Ok(inode)
+            })?
         } else if flags & ffi::SQLITE_OPEN_SUPER_JOURNAL != 0 {
             let entry = if create {
                 self.kv.lookup_or_create(name, EntryKind::SuperJournal)?.0
@@ -289,7 +379,9 @@ impl VfsState {
             if entry.kind != EntryKind::SuperJournal {
                 return Err(Error::cant_open(name, "the name belongs to a database"));
             }
-            self.inode(entry.id, FileKind::SuperJournal, name, false)?
+            self.guarded(entry.id, name, "xOpen", || {
+                self.inode(entry.id, FileKind::SuperJournal, name, false)
+            })?
         } else if flags & ffi::SQLITE_OPEN_WAL != 0 {
             return Err(Error::cant_open(
                 name,
@@ -328,33 +420,18 @@ impl VfsState {
                     .lookup(db)?
                     .filter(|e| e.kind == EntryKind::Database)
                     .ok_or_else(|| Error::NoSuchFile(name.to_owned()))?;
-                if let Some(inode) = self.live_inode(entry.id, FileKind::MainJournal) {
-                    inode.forget();
-                }
-                let main = self.live_inode(entry.id, FileKind::Main);
-                if let Some(main) = &main {
-                    main.journal_hint.lock().changed(false);
-                }
-                let mut batch = Batch::new();
-                batch.delete_range(keys::file_range(entry.id, FileKind::MainJournal));
-                self.kv.apply(batch)?;
-                self.kv.commit_durable()?;
-                if let Some(main) = &main {
-                    main.journal_hint.lock().changed(true);
-                }
-                let counters = self.counters(entry.id);
-                DbCounters::add(&counters.kv_batches, 1);
-                DbCounters::add(&counters.durable_syncs, 1);
-                Ok(())
+                self.guarded(entry.id, name, "xDelete", || self.delete_journal(entry.id))
             }
             Target::Catalog(n) => match self.kv.lookup(n)? {
                 Some(e) if e.kind == EntryKind::SuperJournal => {
-                    if let Some(inode) = self.live_inode(e.id, FileKind::SuperJournal) {
-                        inode.forget();
-                    }
-                    self.kv.drop_entry(n)?;
-                    self.kv.commit_durable()?;
-                    Ok(())
+                    self.guarded(e.id, n, "xDelete", || {
+                        if let Some(inode) = self.live_inode(e.id, FileKind::SuperJournal) {
+                            inode.forget();
+                        }
+                        self.kv.drop_entry(n)?;
+                        self.kv.commit_durable()?;
+                        Ok(())
+                    })
                 }
                 Some(_) => Err(Error::Refused(format!(
                     "{n:?} is a database; shoal does not delete databases through SQLite's xDelete"
@@ -364,6 +441,28 @@ impl VfsState {
         }
     }
 
+    /// Deletes database `id`'s rollback journal, durably.
+    fn delete_journal(&self, id: DbId) -> Result<()> {
+        if let Some(inode) = self.live_inode(id, FileKind::MainJournal) {
+            inode.forget();
+        }
+        let main = self.live_inode(id, FileKind::Main);
+        if let Some(main) = &main {
+            main.journal_hint.lock().changed(false);
+        }
+        let mut batch = Batch::new();
+        batch.delete_range(keys::file_range(id, FileKind::MainJournal));
+        self.kv.apply(batch)?;
+        self.kv.commit_durable()?;
+        if let Some(main) = &main {
+            main.journal_hint.lock().changed(true);
+        }
+        let counters = self.counters(id);
+        DbCounters::add(&counters.kv_batches, 1);
+        DbCounters::add(&counters.durable_syncs, 1);
+        Ok(())
+    }
+
     /// xAccess (EXISTS and READWRITE alike): a file exists when it is stored and not
     /// empty, as the unix VFS answers for regular files.
     pub(crate) fn access(&self, name: &str) -> Result<bool> {
@@ -371,7 +470,7 @@ impl VfsState {
         if let Target::Journal(db) = target
             && let Some(main) = self.mains.lock().get(db).and_then(Weak::upgrade)
         {
-            return self.journal_exists(&main);
+            return self.guarded(main.id, name, "xAccess", || self.journal_exists(&main));
         }
         let (entry_name, kind) = match target {
             Target::Wal => return Ok(false),
@@ -389,13 +488,15 @@ impl VfsState {
             (FileKind::MainJournal, EntryKind::SuperJournal) => return Ok(false),
             (_, k) => k.primary_file(),
         };
-        if let Some(inode) = self.live_inode(entry.id, kind) {
-            return Ok(inode.exists_nonempty());
-        }
-        Ok(self
-            .kv
-            .read_meta(entry.id, kind)?
-            .is_some_and(|m| m.meta.size > 0))
+        self.guarded(entry.id, name, "xAccess", || {
+            if let Some(inode) = self.live_inode(entry.id, kind) {
+                return Ok(inode.exists_nonempty());
+            }
+            Ok(self
+                .kv
+                .read_meta(entry.id, kind)?
+                .is_some_and(|m| m.meta.size > 0))
+        })
     }
 }
 
@@ -474,17 +575,17 @@ impl FileHandle {
     /// xRead: bytes filled (fewer than `buf.len()` at end of file).
     pub(crate) fn read(&mut self, buf: &mut [u8], offset: u64) -> Result<usize> {
         match self {
-            FileHandle::Kv(h) => h.inode.read(&h.vfs.kv, buf, offset),
+            FileHandle::Kv(h) => h.guarded("xRead", |h| h.inode.read(&h.vfs.kv, buf, offset)),
             FileHandle::Mem(m) => Ok(m.read(buf, offset)),
         }
     }
 
     pub(crate) fn write(&mut self, data: &[u8], offset: u64) -> Result<()> {
         match self {
-            FileHandle::Kv(h) => {
+            FileHandle::Kv(h) => h.guarded("xWrite", |h| {
                 h.fetched.clear();
                 h.inode.write(&h.vfs.kv, data, offset)
-            }
+            }),
             FileHandle::Mem(m) => m.write(data, offset).ok_or_else(|| Error::TooLarge {
                 file: "temp file".into(),
                 max: usize::MAX as u64,
@@ -494,10 +595,10 @@ impl FileHandle {
 
     pub(crate) fn truncate(&mut self, size: u64) -> Result<()> {
         match self {
-            FileHandle::Kv(h) => {
+            FileHandle::Kv(h) => h.guarded("xTruncate", |h| {
                 h.fetched.clear();
                 h.inode.truncate(&h.vfs.kv, size)
-            }
+            }),
             FileHandle::Mem(m) => m.truncate(size).ok_or_else(|| Error::TooLarge {
                 file: "temp file".into(),
                 max: usize::MAX as u64,
@@ -507,32 +608,41 @@ impl FileHandle {
 
     pub(crate) fn sync(&mut self) -> Result<()> {
         match self {
-            FileHandle::Kv(h) => h.sync(),
+            FileHandle::Kv(h) => h.guarded("xSync", KvHandle::sync),
             FileHandle::Mem(_) => Ok(()),
         }
     }
 
-    pub(crate) fn file_size(&self) -> u64 {
+    pub(crate) fn file_size(&mut self) -> Result<u64> {
         match self {
-            FileHandle::Kv(h) => h.inode.size(),
-            FileHandle::Mem(m) => m.size(),
+            FileHandle::Kv(h) => h.guarded("xFileSize", |h| Ok(h.inode.size())),
+            FileHandle::Mem(m) => Ok(m.size()),
         }
     }
 
     /// xLock: `false` means SQLITE_BUSY.
-    pub(crate) fn lock(&mut self, level: LockLevel) -> bool {
+    pub(crate) fn lock(&mut self, level: LockLevel) -> Result<bool> {
         match self {
-            FileHandle::Kv(h) => h.inode.locks.lock().lock(&mut h.lock, level),
+            FileHandle::Kv(h) => h.guarded("xLock", |h| {
+                Ok(h.inode.locks.lock().lock(&mut h.lock, level))
+            }),
             FileHandle::Mem(m) => {
                 m.lock(level);
-                true
+                Ok(true)
             }
         }
     }
 
     pub(crate) fn unlock(&mut self, level: LockLevel) -> Result<()> {
         match self {
-            FileHandle::Kv(h) => h.unlock(level),
+            FileHandle::Kv(h) => {
+                if let Err(poisoned) = h.vfs.check_poison(h.inode.id) {
+                    // Release the lock, but store nothing of a half-updated file.
+                    h.inode.locks.lock().unlock(&mut h.lock, level);
+                    return Err(poisoned);
+                }
+                h.guarded("xUnlock", |h| h.unlock(level))
+            }
             FileHandle::Mem(m) => {
                 m.unlock(level);
                 Ok(())
@@ -540,16 +650,18 @@ impl FileHandle {
         }
     }
 
-    pub(crate) fn check_reserved_lock(&self) -> bool {
+    pub(crate) fn check_reserved_lock(&mut self) -> Result<bool> {
         match self {
-            FileHandle::Kv(h) => h.inode.locks.lock().reserved(),
-            FileHandle::Mem(_) => false,
+            FileHandle::Kv(h) => h.guarded("xCheckReservedLock", |h| {
+                Ok(h.inode.locks.lock().reserved())
+            }),
+            FileHandle::Mem(_) => Ok(false),
         }
     }
 
     pub(crate) fn control(&mut self, control: Control<'_>) -> Result<Reply> {
         match self {
-            FileHandle::Kv(h) => h.control(control),
+            FileHandle::Kv(h) => h.guarded("xFileControl", |h| h.control(control)),
             FileHandle::Mem(m) => Ok(match control {
                 Control::Hint => Reply::Done,
                 Control::LockState => Reply::Int(m.lock_level() as i64),
@@ -578,20 +690,7 @@ impl FileHandle {
         let FileHandle::Kv(h) = self else {
             return None;
         };
-        let cs = u64::from(h.inode.chunk_size());
-        let chunk = u32::try_from(offset / cs.max(1)).ok()?;
-        let page = match h.fetched.get(chunk) {
-            Some(page) if page.len() == len && offset.is_multiple_of(cs.max(1)) => {
-                DbCounters::add(&h.inode.counters.pages_fetched, 1);
-                page.clone()
-            }
-            _ => {
-                let page = h.inode.fetch(&h.vfs.kv, offset, len).ok()??;
-                h.fetched.insert(chunk, page.clone());
-                page
-            }
-        };
-        Some(h.lent.lend(page))
+        h.guarded("xFetch", |h| Ok(h.fetch(offset, len))).ok()?
     }
 
     /// xUnfetch of a pointer xFetch returned.
@@ -602,14 +701,15 @@ impl FileHandle {
         h.lent.give_back(ptr);
     }
 
-    /// xClose: releases locks and writes back anything still dirty.
+    /// xClose: releases locks and writes back anything still dirty (nothing, if the
+    /// database is poisoned).
     pub(crate) fn close(self, vfs: &VfsState) -> Result<()> {
         vfs.open_files.fetch_sub(1, Ordering::SeqCst);
         match self {
             FileHandle::Kv(mut h) => {
                 h.lent.clear();
                 h.fetched.clear();
-                let flushed = h.inode.flush(&h.vfs.kv).map(drop);
+                let flushed = h.guarded("xClose", |h| h.inode.flush(&h.vfs.kv).map(drop));
                 h.inode.locks.lock().unlock(&mut h.lock, LockLevel::None);
                 flushed
             }
@@ -621,6 +721,41 @@ impl FileHandle {
 impl KvHandle {
     fn kv(&self) -> &Kv {
         &self.vfs.kv
+    }
+
+    /// Runs SQLite's call `call` on this handle under [`VfsState::guarded`].
+    fn guarded<T>(
+        &mut self,
+        call: &'static str,
+        body: impl FnOnce(&mut KvHandle) -> Result<T>,
+    ) -> Result<T> {
+        self.vfs.check_poison(self.inode.id)?;
+        match catch_unwind(AssertUnwindSafe(|| body(self))) {
+            Ok(result) => result,
+            Err(panic) => {
+                let inode = &self.inode;
+                self.vfs.poison(inode.id, &inode.name, call, panic.as_ref());
+                resume_unwind(panic)
+            }
+        }
+    }
+
+    /// xFetch (see [`FileHandle::fetch`]).
+    fn fetch(&mut self, offset: u64, len: usize) -> Option<*const u8> {
+        let cs = u64::from(self.inode.chunk_size());
+        let chunk = u32::try_from(offset / cs.max(1)).ok()?;
+        let page = match self.fetched.get(chunk) {
+            Some(page) if page.len() == len && offset.is_multiple_of(cs.max(1)) => {
+                DbCounters::add(&self.inode.counters.pages_fetched, 1);
+                page.clone()
+            }
+            _ => {
+                let page = self.inode.fetch(&self.vfs.kv, offset, len).ok()??;
+                self.fetched.insert(chunk, page.clone());
+                page
+            }
+        };
+        Some(self.lent.lend(page))
     }
 
     fn sync(&mut self) -> Result<()> {
@@ -735,11 +870,14 @@ mod tests {
             other => panic!("LOCKSTATE answered {other:?}"),
         };
         assert_eq!(state(&mut f), 0);
-        assert!(f.lock(LockLevel::Shared));
+        assert!(f.lock(LockLevel::Shared).unwrap());
         assert_eq!(state(&mut f), 1);
-        assert!(f.lock(LockLevel::Exclusive));
+        assert!(f.lock(LockLevel::Exclusive).unwrap());
         assert_eq!(state(&mut f), 4);
-        assert!(f.lock(LockLevel::Reserved), "a lower level is already held");
+        assert!(
+            f.lock(LockLevel::Reserved).unwrap(),
+            "a lower level is already held"
+        );
         assert_eq!(state(&mut f), 4);
         f.unlock(LockLevel::Shared).unwrap();
         assert_eq!(state(&mut f), 1);

@@ -117,15 +117,27 @@ fn a_panicking_backend_is_an_ioerr_not_an_abort() {
     let conn = open(&vfs, "p");
     conn.execute_batch("CREATE TABLE t(x); INSERT INTO t VALUES (1);")
         .unwrap();
-    // One panicking batch: the atomic commit fails with an IOERR, and SQLite falls back
-    // to its rollback journal, which succeeds.
+    // One panicking batch: the atomic commit fails with an IOERR and poisons the
+    // database (the panic may have left its shared state half-updated), so SQLite's
+    // fallback to its rollback journal fails too, and so does every later call.
     backend.panic_nth(FaultOp::Batch, 1);
-    conn.execute("INSERT INTO t VALUES (2)", []).unwrap();
-    assert_eq!(stats(&vfs, "p").batch_rollbacks, 1);
-    // Every batch panicking: the statement fails with an IOERR.
-    backend.panic_from(FaultOp::Batch, 1);
+    let err = conn.execute("INSERT INTO t VALUES (2)", []).unwrap_err();
+    assert_eq!(primary_code(&err), ffi::SQLITE_IOERR, "{err}");
     let err = conn.execute("INSERT INTO t VALUES (3)", []).unwrap_err();
     assert_eq!(primary_code(&err), ffi::SQLITE_IOERR, "{err}");
+    drop(conn);
+    let err = try_open(&vfs, "p")
+        .and_then(|c| c.query_row("SELECT count(*) FROM t", [], |r| r.get::<_, i64>(0)))
+        .unwrap_err();
+    assert_eq!(primary_code(&err), ffi::SQLITE_IOERR, "{err}");
+    assert_eq!(vfs.open_files(), 0);
+    drop(vfs);
+    // Reopened: the panicking batch applied nothing.
+    let vfs = vfs_over(backend.clone());
+    let conn = open(&vfs, "p");
+    assert_eq!(rows(&conn, "SELECT x FROM t"), [["1"]]);
+    conn.execute("INSERT INTO t VALUES (2)", []).unwrap();
+    // A panicking read while opening: an IOERR (or CANTOPEN from xOpen), no abort.
     backend.panic_nth(FaultOp::Read, 1);
     drop(conn);
     let err = try_open(&vfs, "p")
@@ -136,6 +148,8 @@ fn a_panicking_backend_is_an_ioerr_not_an_abort() {
         "{err}"
     );
     backend.clear();
+    drop(vfs);
+    let vfs = vfs_over(backend.clone());
     let conn = open(&vfs, "p");
     assert_eq!(rows(&conn, "SELECT x FROM t"), [["1"], ["2"]]);
     assert_eq!(integrity(&conn), "ok");

@@ -741,33 +741,39 @@ fn every_failed_kv_operation_with_a_persistent_size_limited_journal_leaves_befor
     let out = exhaust(&Workload {
         name: "persistent journal",
         dbs: &["persist", "bystander"],
-        setup: |vfs| {
-            bystander(vfs);
-            open(vfs, "persist")
-                .execute_batch(
-                    "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT);
-                     WITH RECURSIVE k(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM k WHERE i < 200)
-                     INSERT INTO t SELECT i, printf('%0500d', i) FROM k;",
-                )
-                .unwrap();
-        },
-        connect: |vfs| {
-            let c = open(vfs, "persist");
-            c.execute_batch(
-                "PRAGMA journal_mode = PERSIST;
-                 PRAGMA journal_size_limit = 40000;
-                 PRAGMA cache_size = 10;",
-            )
-            .unwrap();
-            vec![c]
-        },
-        txn: |c| {
-            // Every page changes, so the journal grows far past the limit.
-            c[0].execute_batch("BEGIN; UPDATE t SET v = 'persisted ' || v; COMMIT;")
-        },
+        setup: persist_setup,
+        connect: persist_connect,
+        txn: persist_txn,
         atomic_group: &[],
     });
     expect_journal_path(&out);
+}
+
+fn persist_setup(vfs: &Vfs) {
+    bystander(vfs);
+    open(vfs, "persist")
+        .execute_batch(
+            "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT);
+             WITH RECURSIVE k(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM k WHERE i < 200)
+             INSERT INTO t SELECT i, printf('%0500d', i) FROM k;",
+        )
+        .unwrap();
+}
+
+fn persist_connect(vfs: &Vfs) -> Vec<Connection> {
+    let c = open(vfs, "persist");
+    c.execute_batch(
+        "PRAGMA journal_mode = PERSIST;
+         PRAGMA journal_size_limit = 40000;
+         PRAGMA cache_size = 10;",
+    )
+    .unwrap();
+    vec![c]
+}
+
+fn persist_txn(c: &[Connection]) -> rusqlite::Result<()> {
+    // Every page changes, so the journal grows far past the limit.
+    c[0].execute_batch("BEGIN; UPDATE t SET v = 'persisted ' || v; COMMIT;")
 }
 
 /// (g) With `mmap_size > 0` SQLite reads pages through xFetch (a failed fetch must make
@@ -885,4 +891,103 @@ fn a_failed_flush_refuses_writes_until_reopened_and_reads_go_on() {
     assert_eq!(integrity(&b), "ok");
     let panics = panics_here();
     assert!(panics.is_empty(), "panics: {panics:#?}");
+}
+
+/// A panic caught at the FFI boundary may leave a database's shared state (its inodes'
+/// overlays and sizes) half-updated, so the database is poisoned: every later call on it,
+/// from any connection, fails with an SQLITE_IOERR code and a message naming the call and
+/// the panic, until the store is reopened; other databases go on. Checked for a panic in
+/// every kv read and batch of a journaled transaction, which includes panics inside
+/// xWrite (an unaligned journal write reads its chunk) and inside xTruncate
+/// (`journal_size_limit` cuts the persistent journal at an unaligned size, reading the new
+/// last chunk). Flushes run on the group committer's thread, where a panic is a failed
+/// flush (see the next test), not a panic in a call on the database.
+#[test]
+fn a_panic_poisons_its_database_until_the_store_is_reopened() {
+    watch_panics();
+    let prepared = Arc::new(MemKv::new());
+    persist_setup(&vfs_over(prepared.clone()));
+    let entries = prepared.snapshot();
+    let (reads, batches) = {
+        let store = store_from(&entries);
+        let vfs = vfs_over(store.clone());
+        let conns = persist_connect(&vfs);
+        store.reset_counts();
+        persist_txn(&conns).unwrap();
+        (store.count(FaultOp::Read), store.count(FaultOp::Batch))
+    };
+    let mut calls = BTreeMap::<String, u64>::new();
+    let runs = (1..=reads)
+        .map(|i| (FaultOp::Read, i))
+        .chain((1..=batches).map(|i| (FaultOp::Batch, i)));
+    for (op, i) in runs {
+        let context = format!("panic in kv {op:?} {i}");
+        let store = store_from(&entries);
+        let vfs = vfs_over(store.clone());
+        let conns = persist_connect(&vfs);
+        let other = open(&vfs, "bystander");
+        store.panic_nth(op, i);
+        let _ = persist_txn(&conns);
+        assert_eq!(store.injected(), 1, "{context}: the panic never came");
+        store.clear();
+
+        let err = conns[0]
+            .execute_batch("PRAGMA shoal_stats")
+            .expect_err(&format!("{context}: not poisoned"));
+        assert_eq!(primary_code(&err), ffi::SQLITE_IOERR, "{context}: {err}");
+        let msg = err.to_string();
+        let call = msg
+            .split_once("poisoned by an earlier panic in ")
+            .and_then(|(_, rest)| rest.split_once(" (injected panic in "))
+            .map(|(call, _)| call.to_owned())
+            .unwrap_or_else(|| panic!("{context}: the message does not say why: {msg}"));
+        *calls.entry(call).or_default() += 1;
+        let read = conns[0].query_row("SELECT count(*) FROM t", [], |r| r.get::<_, i64>(0));
+        assert_eq!(
+            primary_code(&read.expect_err(&format!("{context}: {msg}"))),
+            ffi::SQLITE_IOERR,
+            "{context}"
+        );
+        let late = try_open(&vfs, "persist")
+            .and_then(|c| c.query_row("SELECT count(*) FROM t", [], |r| r.get::<_, i64>(0)));
+        assert_eq!(
+            primary_code(&late.unwrap_err()),
+            ffi::SQLITE_IOERR,
+            "{context}"
+        );
+        assert_eq!(count(&other, "b"), 20, "{context}: other databases go on");
+        other.execute("INSERT INTO b VALUES ('after')", []).unwrap();
+        drop((conns, other));
+        assert_eq!(vfs.open_files(), 0, "{context}: files left open");
+        drop(vfs);
+
+        let reopened = vfs_over(store.clone());
+        let conn = open(&reopened, "persist");
+        assert_eq!(integrity(&conn), "ok", "{context}");
+        let changed = count_where(&conn, "v LIKE 'persisted %'");
+        assert!(
+            changed == 0 || changed == 200,
+            "{context}: {changed} rows changed"
+        );
+        conn.execute("UPDATE t SET v = 'again' WHERE id = 1", [])
+            .unwrap();
+        let panics = panics_here();
+        assert!(panics.is_empty(), "{context}: panics: {panics:#?}");
+    }
+    eprintln!("poisoning calls over {reads} reads and {batches} batches: {calls:?}");
+    for call in ["xWrite", "xTruncate"] {
+        assert!(
+            calls.contains_key(call),
+            "no panic inside {call}: {calls:?}"
+        );
+    }
+}
+
+fn count_where(conn: &Connection, condition: &str) -> i64 {
+    conn.query_row(
+        &format!("SELECT count(*) FROM t WHERE {condition}"),
+        [],
+        |r| r.get(0),
+    )
+    .unwrap()
 }

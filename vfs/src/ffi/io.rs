@@ -142,7 +142,7 @@ unsafe extern "C" fn x_file_size(
         // SAFETY: see `handle`.
         let h = unsafe { handle(file) }?;
         let size =
-            i64::try_from(h.file_size()).map_err(|_| Error::corrupt("file", "size beyond i64"))?;
+            i64::try_from(h.file_size()?).map_err(|_| Error::corrupt("file", "size beyond i64"))?;
         // SAFETY: SQLite passes a writable i64.
         unsafe { *out = size };
         Ok(sys::SQLITE_OK)
@@ -160,7 +160,7 @@ unsafe extern "C" fn x_lock(file: *mut sys::sqlite3_file, lock: c_int) -> c_int 
     catch(Op::Lock, || {
         // SAFETY: see `handle`.
         let h = unsafe { handle(file) }?;
-        Ok(if h.lock(level(lock)?) {
+        Ok(if h.lock(level(lock)?)? {
             sys::SQLITE_OK
         } else {
             sys::SQLITE_BUSY
@@ -181,8 +181,9 @@ unsafe extern "C" fn x_check_reserved_lock(file: *mut sys::sqlite3_file, out: *m
     catch(Op::CheckReservedLock, || {
         // SAFETY: see `handle`.
         let h = unsafe { handle(file) }?;
+        let reserved = h.check_reserved_lock()?;
         // SAFETY: SQLite passes a writable int.
-        unsafe { *out = c_int::from(h.check_reserved_lock()) };
+        unsafe { *out = c_int::from(reserved) };
         Ok(sys::SQLITE_OK)
     })
 }
@@ -277,7 +278,10 @@ fn pragma(
         Ok(Reply::Text(text)) => (sys::SQLITE_OK, Some(text)),
         Ok(Reply::NotFound) => (sys::SQLITE_NOTFOUND, None),
         Ok(_) => (sys::SQLITE_OK, None),
-        Err(e @ Error::Refused(_)) => (sqlite_code(&e, Op::Control), Some(e.to_string())),
+        // A poisoned database says why in the statement's error message too.
+        Err(e @ (Error::Refused(_) | Error::Poisoned { .. })) => {
+            (sqlite_code(&e, Op::Control), Some(e.to_string()))
+        }
         Err(e) => return Err(e),
     };
     if let Some(text) = text {

@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex};
 
 use rusqlite::ffi as sys;
 
-use crate::error::{Error, Op, Result, io_code, sqlite_code};
+use crate::error::{Error, Op, Result, io_code, panic_message, sqlite_code};
 use crate::vfs::{FileHandle, VfsState};
 
 /// Longest file name SQLite may pass (a 512-byte name plus SQLite's suffixes).
@@ -168,11 +168,7 @@ fn catch(op: Op, body: impl FnOnce() -> Result<c_int>) -> c_int {
             code
         }
         Err(panic) => {
-            let what = panic
-                .downcast_ref::<&str>()
-                .map(|s| (*s).to_owned())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "unknown panic".to_owned());
+            let what = panic_message(panic.as_ref());
             let code = io_code(op);
             record_error(code, &format!("shoal: panic during {op:?}: {what}"));
             code
