@@ -32,6 +32,20 @@ pub enum Error {
         /// The store directory.
         path: PathBuf,
     },
+    /// Connections opened through an earlier `Store` on this directory, in this process,
+    /// are still open and keep its backing open.
+    #[error(
+        "the store at {} is still in use in this process: {databases} database connection(s) \
+         opened through it are still open; close them before opening it again",
+        path.display()
+    )]
+    StoreInUse {
+        /// The store directory.
+        path: PathBuf,
+        /// Database files still open through it (one per connection, one more per
+        /// attached database).
+        databases: usize,
+    },
     /// There is no store at the path (for operations that must not create one).
     #[error("no store at {}", path.display())]
     NoStore {

@@ -42,8 +42,12 @@ static NEXT_STAGING: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64
 #[cfg(feature = "kv-vfs")]
 use std::sync::Arc;
 
+/// The kv stores this process opened, by directory: a connection that outlives its
+/// `Store` keeps the backing open, and reopening the directory must say so rather than
+/// blame another process.
 #[cfg(feature = "kv-vfs")]
-static NEXT_VFS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+static OPENED: std::sync::Mutex<Vec<(PathBuf, shoal_vfs::StoreUsage)>> =
+    std::sync::Mutex::new(Vec::new());
 
 #[derive(Debug)]
 enum Engine {
@@ -663,8 +667,19 @@ fn open_kv(
     backend: Option<Arc<dyn shoal_kv::KvStore>>,
 ) -> Result<shoal_vfs::Vfs> {
     use crate::config::KvEngine;
-    use std::sync::atomic::Ordering;
+    use std::sync::PoisonError;
 
+    let key = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+    {
+        let mut opened = OPENED.lock().unwrap_or_else(PoisonError::into_inner);
+        opened.retain(|(_, usage)| usage.in_use());
+        if let Some((_, usage)) = opened.iter().find(|(d, _)| *d == key) {
+            return Err(Error::StoreInUse {
+                path: dir.to_path_buf(),
+                databases: usage.open_databases(),
+            });
+        }
+    }
     let locked = |e: shoal_kv::Error| match e {
         shoal_kv::Error::StoreLocked { .. } => Error::StoreLocked {
             path: dir.to_path_buf(),
@@ -689,17 +704,28 @@ fn open_kv(
     // Half the kv share is the backend's own cache, half the verified-chunk cache above it.
     let read_cache = usize::try_from(config.kv_cache_bytes() / 2).unwrap_or(usize::MAX);
     let kv = Arc::new(shoal_kv::Kv::open_with_cache(backend, read_cache)?);
-    let name = format!("shoal-{}", NEXT_VFS.fetch_add(1, Ordering::Relaxed));
-    Ok(shoal_vfs::register(
-        kv,
-        shoal_vfs::VfsOptions {
-            name,
-            durability: match config.durability {
-                Durability::Full => shoal_vfs::Durability::Full,
-                Durability::Relaxed => shoal_vfs::Durability::Relaxed,
-            },
-        },
-    )?)
+    let durability = match config.durability {
+        Durability::Full => shoal_vfs::Durability::Full,
+        Durability::Relaxed => shoal_vfs::Durability::Relaxed,
+    };
+    // A VFS name stays registered with SQLite for the process; taking the first free
+    // `shoal-N` reuses the names of stores already closed instead of adding new ones.
+    let mut n = 0u64;
+    loop {
+        let options = shoal_vfs::VfsOptions {
+            name: format!("shoal-{n}"),
+            durability,
+        };
+        match shoal_vfs::register(Arc::clone(&kv), options) {
+            Err(shoal_vfs::Error::AlreadyRegistered(_)) => n += 1,
+            Err(e) => return Err(e.into()),
+            Ok(vfs) => {
+                let mut opened = OPENED.lock().unwrap_or_else(PoisonError::into_inner);
+                opened.push((key, vfs.usage()));
+                return Ok(vfs);
+            }
+        }
+    }
 }
 
 fn actor_path(dir: &Path, name: &str) -> PathBuf {

@@ -283,6 +283,36 @@ fn delete_is_refused_while_in_use_and_removes_everything_after() {
     }
 }
 
+/// A connection the caller kept after dropping its `Store` keeps working and keeps the
+/// store's backing open; reopening the directory in this process says so (instead of
+/// blaming another process), and succeeds once the connection is closed.
+#[cfg(feature = "kv-vfs")]
+#[test]
+fn a_connection_that_outlives_its_store_is_named_when_the_store_is_reopened() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store");
+    let store = Store::open(&path, config(Backing::Kv)).unwrap();
+    let kept = store.open_actor("kept").unwrap();
+    kept.execute_batch("CREATE TABLE notes(body); INSERT INTO notes VALUES ('one')")
+        .unwrap();
+    drop(store);
+    kept.execute("INSERT INTO notes VALUES ('two')", [])
+        .unwrap();
+    let err = Store::open(&path, config(Backing::Kv)).unwrap_err();
+    assert!(
+        matches!(err, Error::StoreInUse { databases: 1, .. }),
+        "{err}"
+    );
+    let msg = err.to_string();
+    assert!(
+        msg.contains("still in use in this process: 1 database connection(s)"),
+        "{msg}"
+    );
+    drop(kept);
+    let store = Store::open(&path, config(Backing::Kv)).unwrap();
+    assert_eq!(count(&store, "kept"), 2);
+}
+
 #[test]
 fn a_store_is_open_in_one_place_at_a_time_and_private() {
     let dir = tempfile::tempdir().unwrap();

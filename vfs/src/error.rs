@@ -72,6 +72,9 @@ pub enum Error {
         /// The panic's message.
         panic: String,
     },
+    /// The `Vfs` behind this VFS name was dropped: its store is closed to new opens.
+    #[error("the store behind SQLite VFS {0:?} was closed (its Vfs was dropped)")]
+    StoreClosed(String),
     /// A call SQLite refused (registration, configuration).
     #[error("SQLite refused {what} with code {code}")]
     Sqlite {

@@ -84,10 +84,39 @@ impl Default for VfsOptions {
     }
 }
 
-/// A registered shoal VFS. Dropping it unregisters the VFS if no file is open.
+/// A registered shoal VFS.
+///
+/// Dropping it closes the store to new connections: opening a database through its name
+/// then fails with SQLITE_CANTOPEN ("the store ... was closed"). Connections still open
+/// go on working and keep the store (and its kv) alive until the last one closes. The
+/// name stays registered with SQLite for the rest of the process (a thread may be inside
+/// one of its methods at any moment), and a later [`register`] under the same name reuses
+/// that registration.
 #[derive(Debug)]
 pub struct Vfs {
     registered: ffi::RegisteredVfs,
+}
+
+/// A handle that outlives its [`Vfs`] and tells whether connections opened through it
+/// still hold its store (see [`Vfs::usage`]).
+#[derive(Debug, Clone)]
+pub struct StoreUsage {
+    state: std::sync::Weak<vfs::VfsState>,
+}
+
+impl StoreUsage {
+    /// Database files still open through the VFS (one per connection, one more per
+    /// attached database); 0 once the store is released.
+    pub fn open_databases(&self) -> usize {
+        self.state.upgrade().map_or(0, |s| {
+            s.open_databases.load(std::sync::atomic::Ordering::SeqCst)
+        })
+    }
+
+    /// Whether the store is still held, by the `Vfs` or by files opened through it.
+    pub fn in_use(&self) -> bool {
+        self.state.strong_count() > 0
+    }
 }
 
 /// Registers a VFS over `kv`. Fails if the name is taken in this process, if another VFS
@@ -128,6 +157,13 @@ impl Vfs {
     /// database exists.
     pub fn stats(&self, name: &str) -> Result<Option<DbStats>> {
         self.state().stats(name)
+    }
+
+    /// A handle that outlives this `Vfs` and tells whether its store is still held.
+    pub fn usage(&self) -> StoreUsage {
+        StoreUsage {
+            state: Arc::downgrade(self.state()),
+        }
     }
 
     /// Files currently open through this VFS.

@@ -45,6 +45,8 @@ pub(crate) struct VfsState {
     mains: Mutex<HashMap<String, Weak<Inode>>>,
     counters: Mutex<HashMap<DbId, Arc<DbCounters>>>,
     pub(crate) open_files: AtomicUsize,
+    /// Open database files (one per connection, one more per attached database).
+    pub(crate) open_databases: AtomicUsize,
     /// Databases poisoned by a panic (see the module docs), with what panicked.
     poisoned: Mutex<HashMap<DbId, Poison>>,
     /// Whether `poisoned` has any entry, so healthy calls skip its lock.
@@ -99,6 +101,7 @@ impl VfsState {
             mains: Mutex::default(),
             counters: Mutex::default(),
             open_files: AtomicUsize::new(0),
+            open_databases: AtomicUsize::new(0),
             poisoned: Mutex::default(),
             any_poisoned: AtomicBool::new(false),
         }
@@ -406,6 +409,9 @@ impl VfsState {
 
     fn opened(&self, handle: FileHandle) -> FileHandle {
         self.open_files.fetch_add(1, Ordering::SeqCst);
+        if handle.is_database() {
+            self.open_databases.fetch_add(1, Ordering::SeqCst);
+        }
         handle
     }
 
@@ -572,6 +578,11 @@ pub(crate) struct KvHandle {
 }
 
 impl FileHandle {
+    /// Whether this is a stored database's main file.
+    fn is_database(&self) -> bool {
+        matches!(self, FileHandle::Kv(h) if h.inode.kind == FileKind::Main)
+    }
+
     /// xRead: bytes filled (fewer than `buf.len()` at end of file).
     pub(crate) fn read(&mut self, buf: &mut [u8], offset: u64) -> Result<usize> {
         match self {
@@ -704,6 +715,9 @@ impl FileHandle {
     /// xClose: releases locks and writes back anything still dirty (nothing, if the
     /// database is poisoned).
     pub(crate) fn close(self, vfs: &VfsState) -> Result<()> {
+        if self.is_database() {
+            vfs.open_databases.fetch_sub(1, Ordering::SeqCst);
+        }
         vfs.open_files.fetch_sub(1, Ordering::SeqCst);
         match self {
             FileHandle::Kv(mut h) => {

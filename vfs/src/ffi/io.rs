@@ -71,8 +71,10 @@ unsafe extern "C" fn x_close(file: *mut sys::sqlite3_file) -> c_int {
             return Ok(sys::SQLITE_OK);
         }
         // SAFETY: `open` is the box xOpen made; taking it back frees it exactly once.
-        let OpenFile { vfs, file } = *unsafe { Box::from_raw(open) };
-        file.close(&vfs)?;
+        let OpenFile { reg, vfs, file } = *unsafe { Box::from_raw(open) };
+        let closed = file.close(&vfs);
+        reg.closed_one(&vfs);
+        closed?;
         Ok(sys::SQLITE_OK)
     })
 }

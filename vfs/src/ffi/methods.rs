@@ -39,24 +39,24 @@ pub(super) fn vfs_table(size: c_int, max_pathname: c_int, name: *const c_char) -
 /// The registration behind a `sqlite3_vfs` pointer SQLite passes back.
 ///
 /// # Safety
-/// `vfs` must be the table of a live [`Registration`] (SQLite only calls a VFS it found
-/// registered, and registrations are freed only after unregistering).
-unsafe fn registration<'a>(vfs: *mut sys::sqlite3_vfs) -> &'a Registration {
-    // SAFETY: per this function's contract pAppData points at the Registration.
+/// `vfs` must be the table of a [`Registration`] (SQLite only calls a VFS it found
+/// registered, and registrations are leaked, so they outlive every call).
+unsafe fn registration(vfs: *mut sys::sqlite3_vfs) -> &'static Registration {
+    // SAFETY: per this function's contract pAppData points at the Registration; SQLite
+    // never writes pAppData.
     let app = unsafe { (*vfs).pAppData };
-    // SAFETY: as above; Registration is never mutated while registered.
+    // SAFETY: as above; the Registration is leaked and only read through `&`.
     unsafe { &*app.cast::<Registration>() }
 }
 
-/// The default VFS this one delegates to.
+/// The default VFS this one delegates to, as a raw pointer: it is the process-wide
+/// default VFS that every thread uses, so no `&mut` to it may be made here.
 ///
 /// # Safety
 /// As [`registration`].
-unsafe fn parent<'a>(vfs: *mut sys::sqlite3_vfs) -> &'a mut sys::sqlite3_vfs {
+unsafe fn parent(vfs: *mut sys::sqlite3_vfs) -> *mut sys::sqlite3_vfs {
     // SAFETY: per this function's contract.
-    let reg = unsafe { registration(vfs) };
-    // SAFETY: the default VFS is registered for the life of the process.
-    unsafe { &mut *reg.parent }
+    unsafe { registration(vfs) }.parent
 }
 
 /// xOpen. SQLite's contract: on failure `pMethods` must be NULL, so xClose is not called.
@@ -83,9 +83,15 @@ unsafe extern "C" fn x_open(
         // SAFETY: SQLite's file name is NUL-terminated (or NULL for a temp file) and lives
         // until the file is closed.
         let name = unsafe { c_str(name) }?;
-        let handle = reg.state.open(name, flags)?;
+        // A new database (a new connection, or ATTACH) needs a live Vfs; the journals
+        // and temp files of connections already open are served while it closes.
+        let new_database = flags & sys::SQLITE_OPEN_MAIN_DB != 0;
+        let (state, handle) = reg.serve(new_database, |state| {
+            Ok((std::sync::Arc::clone(state), state.open(name, flags)?))
+        })?;
         let open = Box::into_raw(Box::new(OpenFile {
-            vfs: std::sync::Arc::clone(&reg.state),
+            reg,
+            vfs: state,
             file: handle,
         }));
         // SAFETY: `file` was initialised above; setting pMethods last marks success.
@@ -115,7 +121,7 @@ unsafe extern "C" fn x_delete(
         let reg = unsafe { registration(vfs) };
         // SAFETY: SQLite passes a NUL-terminated name.
         let name = unsafe { c_str(name) }?.ok_or_else(|| Error::NoSuchFile(String::new()))?;
-        reg.state.delete(name)?;
+        reg.serve(false, |state| state.delete(name))?;
         Ok(sys::SQLITE_OK)
     })
 }
@@ -137,7 +143,7 @@ unsafe extern "C" fn x_access(
         let Ok(Some(name)) = (unsafe { c_str(name) }) else {
             return Ok(sys::SQLITE_OK);
         };
-        let exists = reg.state.access(name)?;
+        let exists = reg.serve(false, |state| state.access(name))?;
         if !out.is_null() {
             // SAFETY: as above.
             unsafe { *out = c_int::from(exists) };
@@ -205,7 +211,8 @@ fn copy_c_string(src: &[u8], out: &mut [u8]) {
 unsafe extern "C" fn x_dl_open(vfs: *mut sys::sqlite3_vfs, name: *const c_char) -> *mut c_void {
     // SAFETY: SQLite passes the VFS it found registered.
     let p = unsafe { parent(vfs) };
-    match p.xDlOpen {
+    // SAFETY: the default VFS lives for the process; its table is only read.
+    match unsafe { (*p).xDlOpen } {
         // SAFETY: delegating with the parent's own table and SQLite's argument.
         Some(f) => unsafe { f(p, name) },
         None => std::ptr::null_mut(),
@@ -215,7 +222,8 @@ unsafe extern "C" fn x_dl_open(vfs: *mut sys::sqlite3_vfs, name: *const c_char) 
 unsafe extern "C" fn x_dl_error(vfs: *mut sys::sqlite3_vfs, n: c_int, out: *mut c_char) {
     // SAFETY: SQLite passes the VFS it found registered.
     let p = unsafe { parent(vfs) };
-    if let Some(f) = p.xDlError {
+    // SAFETY: the default VFS lives for the process; its table is only read.
+    if let Some(f) = unsafe { (*p).xDlError } {
         // SAFETY: delegating with the parent's own table and SQLite's arguments.
         unsafe { f(p, n, out) }
     }
@@ -230,14 +238,17 @@ unsafe extern "C" fn x_dl_sym(
 ) -> Option<DlSym> {
     // SAFETY: SQLite passes the VFS it found registered.
     let p = unsafe { parent(vfs) };
+    // SAFETY: the default VFS lives for the process; its table is only read.
+    let sym = unsafe { (*p).xDlSym };
     // SAFETY: delegating with the parent's own table and SQLite's arguments.
-    p.xDlSym.and_then(|f| unsafe { f(p, handle, symbol) })
+    sym.and_then(|f| unsafe { f(p, handle, symbol) })
 }
 
 unsafe extern "C" fn x_dl_close(vfs: *mut sys::sqlite3_vfs, handle: *mut c_void) {
     // SAFETY: SQLite passes the VFS it found registered.
     let p = unsafe { parent(vfs) };
-    if let Some(f) = p.xDlClose {
+    // SAFETY: the default VFS lives for the process; its table is only read.
+    if let Some(f) = unsafe { (*p).xDlClose } {
         // SAFETY: delegating with the parent's own table and SQLite's argument.
         unsafe { f(p, handle) }
     }
@@ -246,7 +257,8 @@ unsafe extern "C" fn x_dl_close(vfs: *mut sys::sqlite3_vfs, handle: *mut c_void)
 unsafe extern "C" fn x_randomness(vfs: *mut sys::sqlite3_vfs, n: c_int, out: *mut c_char) -> c_int {
     // SAFETY: SQLite passes the VFS it found registered.
     let p = unsafe { parent(vfs) };
-    match p.xRandomness {
+    // SAFETY: the default VFS lives for the process; its table is only read.
+    match unsafe { (*p).xRandomness } {
         // SAFETY: delegating with the parent's own table and SQLite's arguments.
         Some(f) => unsafe { f(p, n, out) },
         None => 0,
@@ -256,7 +268,8 @@ unsafe extern "C" fn x_randomness(vfs: *mut sys::sqlite3_vfs, n: c_int, out: *mu
 unsafe extern "C" fn x_sleep(vfs: *mut sys::sqlite3_vfs, micros: c_int) -> c_int {
     // SAFETY: SQLite passes the VFS it found registered.
     let p = unsafe { parent(vfs) };
-    match p.xSleep {
+    // SAFETY: the default VFS lives for the process; its table is only read.
+    match unsafe { (*p).xSleep } {
         // SAFETY: delegating with the parent's own table and SQLite's argument.
         Some(f) => unsafe { f(p, micros) },
         None => 0,
@@ -266,7 +279,8 @@ unsafe extern "C" fn x_sleep(vfs: *mut sys::sqlite3_vfs, micros: c_int) -> c_int
 unsafe extern "C" fn x_current_time(vfs: *mut sys::sqlite3_vfs, out: *mut f64) -> c_int {
     // SAFETY: SQLite passes the VFS it found registered.
     let p = unsafe { parent(vfs) };
-    match p.xCurrentTime {
+    // SAFETY: the default VFS lives for the process; its table is only read.
+    match unsafe { (*p).xCurrentTime } {
         // SAFETY: delegating with the parent's own table and SQLite's argument.
         Some(f) => unsafe { f(p, out) },
         None => sys::SQLITE_ERROR,
@@ -279,7 +293,8 @@ unsafe extern "C" fn x_current_time_int64(
 ) -> c_int {
     // SAFETY: SQLite passes the VFS it found registered.
     let p = unsafe { parent(vfs) };
-    match p.xCurrentTimeInt64 {
+    // SAFETY: the default VFS lives for the process; its table is only read.
+    match unsafe { (*p).xCurrentTimeInt64 } {
         // SAFETY: delegating with the parent's own table and SQLite's argument.
         Some(f) => unsafe { f(p, out) },
         None => sys::SQLITE_ERROR,

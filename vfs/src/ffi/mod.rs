@@ -8,7 +8,14 @@
 //! becomes the method's `SQLITE_IOERR_*` code and an entry in SQLite's error log.
 //!
 //! Memory ownership:
-//! - a [`Registration`] is boxed and leaked while registered; `pAppData` points at it;
+//! - a [`Registration`] (SQLite's method table for one VFS name) is leaked: SQLite's VFS
+//!   list points at it for the rest of the process, so a thread that found the VFS can
+//!   never call into freed memory, even while another thread drops the `Vfs`. What it
+//!   serves is its [`Slot`], behind a lock that every call from SQLite holds for its whole
+//!   duration: dropping the `Vfs` takes the state out (waiting for calls in flight), the
+//!   store is released once its last file closes, and new opens then fail with
+//!   SQLITE_CANTOPEN. A later registration of the same name refills the slot, so the leak
+//!   is one small table per distinct name;
 //! - each open file's state is boxed by xOpen (`ShoalFile::open`) and freed by xClose;
 //! - buffers lent by xFetch are owned by the handle until xUnfetch (or xClose).
 
@@ -16,10 +23,13 @@ mod io;
 mod methods;
 pub(crate) mod sqlite;
 
-use std::cell::RefCell;
+use std::cell::{RefCell, UnsafeCell};
 use std::ffi::{CStr, CString, c_char, c_int};
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use parking_lot::RwLock;
 
 use rusqlite::ffi as sys;
 
@@ -29,20 +39,79 @@ use crate::vfs::{FileHandle, VfsState};
 /// Longest file name SQLite may pass (a 512-byte name plus SQLite's suffixes).
 const MAX_PATHNAME: c_int = 1024;
 
-/// Serialises find-then-register so two registrations of one name cannot both succeed.
-static REGISTRY: Mutex<()> = Mutex::new(());
+/// Every registration this process made, by name. Its lock also serialises
+/// find-then-register, so two registrations of one name cannot both succeed.
+static REGISTRY: Mutex<Vec<&'static Registration>> = Mutex::new(Vec::new());
 
 thread_local! {
     static LAST_ERROR: RefCell<String> = const { RefCell::new(String::new()) };
 }
 
-/// One registered VFS: SQLite's method table and what it needs.
+/// One VFS name registered with SQLite: its method table and what it serves. Never
+/// freed (see the module docs).
 struct Registration {
-    vfs: sys::sqlite3_vfs,
-    state: Arc<VfsState>,
+    /// SQLite's table. SQLite writes its `pNext` (under its own mutex) when it links or
+    /// unlinks a VFS, so Rust only reaches it through the cell's pointer.
+    vfs: UnsafeCell<sys::sqlite3_vfs>,
+    slot: RwLock<Slot>,
     /// The default VFS, for randomness, time, sleep and extension loading.
     parent: *mut sys::sqlite3_vfs,
-    _name: CString,
+    name: CString,
+}
+
+// SAFETY: after registration the table is only touched by SQLite under its mutex; the
+// parent is SQLite's default VFS, registered for the life of the process and only passed
+// back to SQLite; the slot is behind a lock.
+unsafe impl Sync for Registration {}
+// SAFETY: as above; nothing in it is tied to a thread.
+unsafe impl Send for Registration {}
+
+/// What a registration serves.
+enum Slot {
+    /// The state of a live `Vfs`.
+    Open(Arc<VfsState>),
+    /// Its `Vfs` was dropped while files were open: their connections go on (journals,
+    /// temp files, xAccess and xDelete still work), but no new database is opened. The
+    /// last xClose frees the slot.
+    Closing(Arc<VfsState>),
+    /// Nothing: new opens fail; the next registration of this name refills it.
+    Free,
+}
+
+impl Registration {
+    /// The state serving calls for an open database file (`Open` or `Closing`), or an
+    /// error saying the store was closed. Runs `body` under the slot's read lock, so a
+    /// `Vfs` being dropped waits for it.
+    fn serve<T>(
+        &self,
+        new_database: bool,
+        body: impl FnOnce(&Arc<VfsState>) -> Result<T>,
+    ) -> Result<T> {
+        let slot = self.slot.read();
+        match &*slot {
+            Slot::Open(state) => body(state),
+            Slot::Closing(state) if !new_database => body(state),
+            _ => Err(Error::StoreClosed(self.name.to_string_lossy().into_owned())),
+        }
+    }
+
+    /// Called after a file of `state` closed: frees a closing slot once nothing is open.
+    fn closed_one(&self, state: &Arc<VfsState>) {
+        if state.open_files.load(Ordering::SeqCst) != 0 {
+            return;
+        }
+        let mut slot = self.slot.write();
+        if let Slot::Closing(s) = &*slot
+            && Arc::ptr_eq(s, state)
+            && s.open_files.load(Ordering::SeqCst) == 0
+        {
+            *slot = Slot::Free;
+        }
+    }
+
+    fn table(&self) -> *mut sys::sqlite3_vfs {
+        self.vfs.get()
+    }
 }
 
 /// An open file as SQLite allocates it: its `sqlite3_file` header, then our pointer.
@@ -54,57 +123,46 @@ struct ShoalFile {
 
 /// What an open file owns.
 struct OpenFile {
+    reg: &'static Registration,
     vfs: Arc<VfsState>,
     file: FileHandle,
 }
 
-/// A registered VFS. Dropping it unregisters the VFS when no file is open; if files are
-/// still open it stays registered (and its memory stays allocated) for the rest of the
-/// process, since SQLite would still call into it.
+/// A registered VFS: fills its name's [`Registration`] until dropped. Dropping it waits
+/// for SQLite calls in flight on that name, then empties the slot (or, while files are
+/// still open, marks it closing so their connections go on until they close).
 pub(crate) struct RegisteredVfs {
-    reg: *mut Registration,
+    reg: &'static Registration,
+    state: Arc<VfsState>,
 }
-
-// SAFETY: the Registration is immutable after registration (SQLite only reads it, under
-// its own mutex), and VfsState is Sync; the pointer is only freed in Drop.
-unsafe impl Send for RegisteredVfs {}
-// SAFETY: as above; &RegisteredVfs only reads the Registration.
-unsafe impl Sync for RegisteredVfs {}
 
 impl std::fmt::Debug for RegisteredVfs {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RegisteredVfs")
-            .field("name", &self.state().name)
+            .field("name", &self.state.name)
             .finish()
     }
 }
 
 impl RegisteredVfs {
     pub(crate) fn state(&self) -> &Arc<VfsState> {
-        // SAFETY: `reg` came from Box::into_raw in `register` and is freed only in Drop.
-        let reg = unsafe { &*self.reg };
-        &reg.state
+        &self.state
     }
 }
 
 impl Drop for RegisteredVfs {
     fn drop(&mut self) {
-        let _serial = REGISTRY.lock();
-        if self
-            .state()
-            .open_files
-            .load(std::sync::atomic::Ordering::SeqCst)
-            != 0
+        let mut slot = self.reg.slot.write();
+        if let Slot::Open(s) = &*slot
+            && Arc::ptr_eq(s, &self.state)
         {
-            return;
+            // The write lock waited for every xOpen in flight, so the count is exact.
+            *slot = if self.state.open_files.load(Ordering::SeqCst) == 0 {
+                Slot::Free
+            } else {
+                Slot::Closing(Arc::clone(&self.state))
+            };
         }
-        // SAFETY: `reg` is live (see `state`); no file is open, so no connection uses the
-        // VFS, and after unregistering SQLite holds no pointer to it.
-        let vfs = unsafe { &raw mut (*self.reg).vfs };
-        // SAFETY: `vfs` was registered by `register`.
-        unsafe { sys::sqlite3_vfs_unregister(vfs) };
-        // SAFETY: unregistered above; this is the only owner of the box.
-        drop(unsafe { Box::from_raw(self.reg) });
     }
 }
 
@@ -114,14 +172,23 @@ pub(crate) fn has_batch_atomic_write() -> bool {
     unsafe { sys::sqlite3_compileoption_used(c"ENABLE_BATCH_ATOMIC_WRITE".as_ptr()) != 0 }
 }
 
-/// Registers `state` with SQLite under `state.name` (not as the default VFS).
+/// Registers `state` with SQLite under `state.name` (not as the default VFS), reusing
+/// the registration of an earlier, dropped VFS of that name.
 pub(crate) fn register(state: Arc<VfsState>) -> Result<RegisteredVfs> {
     if !has_batch_atomic_write() {
         return Err(Error::NoBatchAtomicWrite);
     }
     let name = CString::new(state.name.clone())
         .map_err(|_| Error::cant_open(&state.name, "a VFS name may not contain NUL"))?;
-    let _serial = REGISTRY.lock();
+    let mut registry = REGISTRY.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(reg) = registry.iter().find(|r| r.name == name) {
+        let mut slot = reg.slot.write();
+        if !matches!(*slot, Slot::Free) {
+            return Err(Error::AlreadyRegistered(state.name.clone()));
+        }
+        *slot = Slot::Open(Arc::clone(&state));
+        return Ok(RegisteredVfs { reg, state });
+    }
     // SAFETY: `name` is NUL-terminated and outlives the call.
     if !unsafe { sys::sqlite3_vfs_find(name.as_ptr()) }.is_null() {
         return Err(Error::AlreadyRegistered(state.name.clone()));
@@ -135,27 +202,29 @@ pub(crate) fn register(state: Arc<VfsState>) -> Result<RegisteredVfs> {
         });
     }
     let size = c_int::try_from(std::mem::size_of::<ShoalFile>()).unwrap_or(c_int::MAX);
-    let reg = Box::into_raw(Box::new(Registration {
-        vfs: methods::vfs_table(size, MAX_PATHNAME, name.as_ptr()),
-        state,
+    let reg: &'static Registration = Box::leak(Box::new(Registration {
+        vfs: UnsafeCell::new(methods::vfs_table(size, MAX_PATHNAME, name.as_ptr())),
+        slot: RwLock::new(Slot::Open(Arc::clone(&state))),
         parent,
-        _name: name,
+        name,
     }));
-    // SAFETY: `reg` is a live, uniquely owned box.
-    let table = unsafe { &raw mut (*reg).vfs };
-    // SAFETY: as above; pAppData lets trampolines find the registration.
-    unsafe { (*table).pAppData = reg.cast() };
-    // SAFETY: the table is fully initialised and lives until unregistered in Drop.
+    let table = reg.table();
+    // SAFETY: the table is not registered yet, so nothing else reads or writes it;
+    // pAppData lets trampolines find the registration.
+    unsafe { (*table).pAppData = std::ptr::from_ref(reg).cast_mut().cast() };
+    // SAFETY: the table is fully initialised and, leaked, lives for the process.
     let rc = unsafe { sys::sqlite3_vfs_register(table, 0) };
     if rc != sys::SQLITE_OK {
-        // SAFETY: registration failed, so SQLite holds no pointer to the box.
-        drop(unsafe { Box::from_raw(reg) });
+        // SQLite holds no pointer to the table; it stays leaked, unused, and releases
+        // the state (a rare, small leak).
+        *reg.slot.write() = Slot::Free;
         return Err(Error::Sqlite {
             what: "registering the VFS",
             code: rc,
         });
     }
-    Ok(RegisteredVfs { reg })
+    registry.push(reg);
+    Ok(RegisteredVfs { reg, state })
 }
 
 /// Runs a trampoline body: converts its error, or a panic, to SQLite's code for `op`.
