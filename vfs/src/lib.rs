@@ -154,9 +154,10 @@ impl Vfs {
     }
 
     /// Counters of database `name` since the VFS was registered; `None` if no such
-    /// database exists.
+    /// database exists. Like every name this API takes, `name` means what it means to
+    /// SQLite's open: a path is resolved to the database's one name (see `docs/design.md`).
     pub fn stats(&self, name: &str) -> Result<Option<DbStats>> {
-        self.state().stats(name)
+        self.state().stats(&self.state().canonical(name)?)
     }
 
     /// A handle that outlives this `Vfs` and tells whether its store is still held.
@@ -175,7 +176,7 @@ impl Vfs {
 
     /// Whether any connection has database `name` open.
     pub fn is_open(&self, name: &str) -> Result<bool> {
-        Ok(match self.kv().lookup(name)? {
+        Ok(match self.kv().lookup(&self.state().canonical(name)?)? {
             Some(entry) => self.state().is_open(entry.id),
             None => false,
         })
@@ -184,18 +185,19 @@ impl Vfs {
     /// Verifies every stored record of database `name` (checksums, chunk numbering and
     /// lengths); `None` if no such database exists.
     pub fn audit(&self, name: &str) -> Result<Option<Audit>> {
-        self.state().audit(name)
+        self.state().audit(&self.state().canonical(name)?)
     }
 
     /// The size in bytes of database `name`'s main file; `None` if it does not exist.
     pub fn file_size(&self, name: &str) -> Result<Option<u64>> {
-        self.state().file_size(name)
+        self.state().file_size(&self.state().canonical(name)?)
     }
 
     /// Deletes database `name` and every key it has, durably. Refused while any
     /// connection has it open.
     pub fn delete_database(&self, name: &str) -> Result<()> {
         let state = self.state();
+        let name = &*state.canonical(name)?;
         let entry = state
             .kv
             .lookup(name)?

@@ -40,6 +40,9 @@ pub(crate) struct VfsState {
     pub(crate) name: String,
     pub(crate) kv: Arc<Kv>,
     pub(crate) durability: Durability,
+    /// The working directory when the VFS was registered: where relative paths lead
+    /// (see `names.rs`); `None` if it could not be read as UTF-8.
+    base: Option<String>,
     inodes: Mutex<HashMap<(DbId, FileKind), Weak<Inode>>>,
     /// Open database files by name, so a journal name resolves without a catalog read.
     mains: Mutex<HashMap<String, Weak<Inode>>>,
@@ -97,6 +100,9 @@ impl VfsState {
             name,
             kv,
             durability,
+            base: std::env::current_dir()
+                .ok()
+                .and_then(|d| d.to_str().map(str::to_owned)),
             inodes: Mutex::default(),
             mains: Mutex::default(),
             counters: Mutex::default(),
@@ -156,6 +162,13 @@ impl VfsState {
         };
         self.poisoned.lock().entry(id).or_insert(poison);
         self.any_poisoned.store(true, Ordering::Release);
+    }
+
+    /// xFullPathname: the one name of the database file SQLite was asked to open as
+    /// `name` (see `names.rs`).
+    pub(crate) fn canonical<'a>(&self, name: &'a str) -> Result<std::borrow::Cow<'a, str>> {
+        names::canonical(name, self.base.as_deref())
+            .map_err(|reason| Error::cant_open(name, reason))
     }
 
     pub(crate) fn counters(&self, id: DbId) -> Arc<DbCounters> {

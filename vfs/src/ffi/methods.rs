@@ -152,26 +152,30 @@ unsafe extern "C" fn x_access(
     })
 }
 
-/// xFullPathname: names are catalog keys, already absolute; copy them through.
+/// xFullPathname: the one name of the database (see `names.rs`: bare names stay as they
+/// are, paths are resolved as the unix VFS resolves them, without following symlinks).
 unsafe extern "C" fn x_full_pathname(
-    _vfs: *mut sys::sqlite3_vfs,
+    vfs: *mut sys::sqlite3_vfs,
     name: *const c_char,
     n_out: c_int,
     out: *mut c_char,
 ) -> c_int {
     catch(Op::Open, || {
+        // SAFETY: SQLite passes the VFS it found registered.
+        let reg = unsafe { registration(vfs) };
         // SAFETY: SQLite passes a NUL-terminated name.
         let name = unsafe { c_str(name) }?.unwrap_or_default();
+        let full = reg.serve(true, |state| Ok(state.canonical(name)?.into_owned()))?;
         let capacity = usize::try_from(n_out).unwrap_or(0);
-        if name.len() >= capacity || out.is_null() {
+        if full.len() >= capacity || out.is_null() {
             return Err(Error::cant_open(
                 name,
                 "the name is longer than SQLite's path limit",
             ));
         }
-        // SAFETY: `out` has `n_out` writable bytes and name.len() + 1 <= n_out.
+        // SAFETY: `out` has `n_out` writable bytes and full.len() + 1 <= n_out.
         let out = unsafe { std::slice::from_raw_parts_mut(out.cast::<u8>(), capacity) };
-        copy_c_string(name.as_bytes(), out);
+        copy_c_string(full.as_bytes(), out);
         Ok(sys::SQLITE_OK)
     })
 }

@@ -1,0 +1,119 @@
+//! One database, one name: through the VFS (as a loadable extension would be used), a
+//! database opened as `test.db`, `./test.db`, `sub/../test.db` or by its absolute path is
+//! the same database, as with SQLite's unix VFS (`unixFullPathname`). Names without a
+//! `/`, which every actor name of the facade is, stay exactly as given in the catalog.
+#![allow(clippy::unwrap_used, clippy::indexing_slicing)]
+
+mod common;
+
+use common::*;
+use rusqlite::ffi;
+use shoal_vfs::Vfs;
+
+fn catalog(vfs: &Vfs) -> Vec<String> {
+    vfs.kv()
+        .list()
+        .unwrap()
+        .into_iter()
+        .map(|(name, _)| name)
+        .collect()
+}
+
+fn cwd() -> String {
+    std::env::current_dir()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_owned()
+}
+
+#[test]
+fn one_database_has_one_name_whatever_path_opens_it() {
+    let vfs = mem_vfs();
+    let first = open(&vfs, "test.db");
+    first
+        .execute_batch("CREATE TABLE t(x); INSERT INTO t VALUES (0);")
+        .unwrap();
+    drop(first);
+    let absolute = format!("{}/test.db", cwd());
+    // Out of the working directory by `..` and back in by its own name.
+    let climbed = format!(
+        "../{}/test.db",
+        std::path::Path::new(&cwd())
+            .file_name()
+            .unwrap()
+            .to_str()
+            .unwrap()
+    );
+    let spellings = [
+        "./test.db",
+        absolute.as_str(),
+        "sub/../test.db",
+        ".//test.db",
+        climbed.as_str(),
+    ];
+    for (i, name) in spellings.into_iter().enumerate() {
+        let conn = open(&vfs, name);
+        assert_eq!(conn.path(), Some("test.db"), "{name}");
+        assert_eq!(count(&conn, "t"), i as i64 + 1, "{name}");
+        conn.execute("INSERT INTO t VALUES (?1)", [i as i64 + 1])
+            .unwrap();
+    }
+    // A transaction big enough for the rollback journal, through a path: the journal is
+    // the one database's journal.
+    let conn = open(&vfs, "./test.db");
+    let before = stats(&vfs, "test.db").journal_commits;
+    conn.execute_batch(
+        "PRAGMA cache_size = 5;
+         BEGIN;
+         WITH RECURSIVE k(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM k WHERE i < 500)
+         INSERT INTO t SELECT printf('%0400d', i) FROM k;
+         COMMIT;",
+    )
+    .unwrap();
+    assert_eq!(stats(&vfs, "./test.db").journal_commits, before + 1);
+    assert_eq!(stats(&vfs, "./test.db"), stats(&vfs, &absolute));
+    assert!(vfs.is_open("sub/../test.db").unwrap());
+    drop(conn);
+    assert_eq!(catalog(&vfs), ["test.db"]);
+
+    // A file outside the working directory keeps its absolute path as its name.
+    let nested = format!("{}/sub/x.db", cwd());
+    open(&vfs, "sub/x.db")
+        .execute_batch("CREATE TABLE n(x)")
+        .unwrap();
+    open(&vfs, &nested)
+        .execute_batch("INSERT INTO n VALUES (1)")
+        .unwrap();
+    assert_eq!(count(&open(&vfs, "./sub/./x.db"), "n"), 1);
+    let mut names = catalog(&vfs);
+    names.sort();
+    assert_eq!(names, [nested, "test.db".to_owned()]);
+
+    // The root directory is not a database file (unix refuses it too).
+    let err = try_open(&vfs, "/..").unwrap_err();
+    assert_eq!(primary_code(&err), ffi::SQLITE_CANTOPEN, "{err}");
+}
+
+#[test]
+fn names_without_a_slash_are_catalog_names_exactly_as_given() {
+    let vfs = mem_vfs();
+    let names = [
+        "task-42",
+        "user@team:7",
+        "a.b_c+d=e",
+        ".hidden",
+        "..",
+        "...",
+    ];
+    for name in names {
+        let conn = open(&vfs, name);
+        conn.execute_batch("CREATE TABLE t(x)").unwrap();
+        assert_eq!(conn.path(), Some(name));
+    }
+    let mut want = names.map(str::to_owned).to_vec();
+    want.sort();
+    let mut got = catalog(&vfs);
+    got.sort();
+    assert_eq!(got, want);
+}
