@@ -168,6 +168,20 @@ impl Inode {
         self.state.lock().size
     }
 
+    /// The size of the file as last stored (0 if it never was).
+    pub(crate) fn stored_size(&self) -> u64 {
+        self.state
+            .lock()
+            .persisted
+            .as_ref()
+            .map_or(0, |p| p.meta.size)
+    }
+
+    /// Whether SQLite is between BEGIN_ATOMIC_WRITE and its commit or rollback.
+    pub(crate) fn in_batch(&self) -> bool {
+        self.state.lock().in_batch
+    }
+
     /// Bytes per chunk (0 while nothing was written).
     pub(crate) fn chunk_size(&self) -> u32 {
         self.state.lock().chunk_size

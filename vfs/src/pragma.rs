@@ -4,7 +4,9 @@
 //! and are refused, with a message naming the alternative. What is refused is the setting
 //! SQLite would apply, not a spelling: the value is read exactly as pragma.c reads it
 //! (`sqlite3Atoi` for numbers, so `8`, `0x8` and `0.5` are OFF; a prefix match for
-//! journal modes, so `w` is WAL), and the tests check that against stock SQLite.
+//! journal modes, so `w` is WAL), and the tests check that against stock SQLite. Behind
+//! this, the VFS refuses the writes those settings lead to (`KvHandle::refuse_unjournaled`
+//! in `vfs.rs`), for the settings that reach a database without passing through here.
 //! - `synchronous = OFF` makes SQLite skip the atomic-batch path and write pages straight
 //!   into the database file (a crash can tear it);
 //! - `journal_mode = WAL | OFF | MEMORY`: WAL needs shared memory this VFS does not

@@ -607,6 +607,7 @@ impl FileHandle {
     pub(crate) fn write(&mut self, data: &[u8], offset: u64) -> Result<()> {
         match self {
             FileHandle::Kv(h) => h.guarded("xWrite", |h| {
+                h.refuse_unjournaled()?;
                 h.fetched.clear();
                 h.inode.write(&h.vfs.kv, data, offset)
             }),
@@ -765,6 +766,39 @@ impl KvHandle {
                 resume_unwind(panic)
             }
         }
+    }
+
+    /// Refuses a write to a database that could tear it: outside an atomic batch, to a
+    /// database the store holds data of, while the database has no rollback journal at
+    /// all. That is the state `synchronous=OFF` (SQLite keeps the journal in memory and
+    /// skips the batch) and `journal_mode=OFF|MEMORY` produce, however they were set
+    /// (the pragma refusals only see pragmas sent to this database's own file: an
+    /// unqualified `journal_mode` reaches only the main database's VFS but applies to
+    /// every attached one). Every other path SQLite writes a database by has a journal
+    /// file first: a journaled or spilling transaction (the journal is created before the
+    /// first page is written, pager.c `pagerStress`), a batch that failed and falls back
+    /// (`sqlite3JournalCreate` before `pager_write_pagelist`), a hot-journal rollback,
+    /// and the first transaction of an empty database (its journal is a real file from
+    /// the start, `jrnlBufferSize` being 0). A database still empty in the store (a new
+    /// target of `VACUUM INTO`, which runs without a journal) has nothing to tear.
+    fn refuse_unjournaled(&self) -> Result<()> {
+        let inode = &self.inode;
+        if inode.kind != FileKind::Main || inode.in_batch() || inode.stored_size() == 0 {
+            return Ok(());
+        }
+        let journaled = match self.vfs.live_inode(inode.id, FileKind::MainJournal) {
+            Some(journal) => journal.exists_nonempty(),
+            None => self
+                .kv()
+                .read_meta(inode.id, FileKind::MainJournal)?
+                .is_some_and(|m| m.meta.size > 0),
+        };
+        if journaled {
+            return Ok(());
+        }
+        Err(Error::Unjournaled {
+            db: inode.name.clone(),
+        })
     }
 
     /// xFetch (see [`FileHandle::fetch`]).

@@ -5,7 +5,7 @@
 mod common;
 
 use common::*;
-use rusqlite::{Connection, ErrorCode};
+use rusqlite::{Connection, ErrorCode, ffi};
 
 #[test]
 fn sql_round_trips_on_both_backends_and_survive_reopening() {
@@ -286,6 +286,52 @@ fn pragmas_are_refused_by_what_sqlite_applies_not_by_spelling() {
     conn.execute("INSERT INTO t VALUES (1)", []).unwrap();
     let s = stats(&vfs, "spellings");
     assert!(s.durable_syncs > 0, "{s}");
+}
+
+/// An unqualified `PRAGMA journal_mode` reaches only the main database's VFS (pragma.c
+/// sends SQLITE_FCNTL_PRAGMA to the named schema, main by default) but applies to every
+/// attached database, so a shoal database attached to a plain one ends up with
+/// journal_mode=OFF or MEMORY without shoal seeing the pragma. The VFS then refuses the
+/// writes that could tear it (outside a batch, no journal) with an IOERR, and the
+/// database stays whole; what SQLite can still commit as one atomic batch goes through.
+#[test]
+fn a_database_without_a_journal_is_never_written_outside_a_batch() {
+    let vfs = mem_vfs();
+    open(&vfs, "attached")
+        .execute_batch("CREATE TABLE t(x); INSERT INTO t VALUES ('first');")
+        .unwrap();
+    let big = "BEGIN;
+         WITH RECURSIVE k(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM k WHERE i < 500)
+         INSERT INTO aux.t SELECT printf('%0400d', i) FROM k;
+         COMMIT;";
+    for (mode, small_commits) in [("off", false), ("memory", true)] {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(&format!(
+            "ATTACH 'file:attached?vfs={}' AS aux; PRAGMA aux.cache_size = 5;",
+            vfs.name()
+        ))
+        .unwrap();
+        conn.execute_batch(&format!("PRAGMA journal_mode = {mode}"))
+            .unwrap();
+        let applied: String = conn
+            .query_row("PRAGMA aux.journal_mode", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(
+            applied, mode,
+            "SQLite applied the mode to the attached database"
+        );
+        let small = conn.execute("INSERT INTO aux.t VALUES ('small')", []);
+        assert_eq!(small.is_ok(), small_commits, "{mode}: {small:?}");
+        let err = conn.execute_batch(big).unwrap_err();
+        assert_eq!(primary_code(&err), ffi::SQLITE_IOERR, "{mode}: {err}");
+        let _ = conn.execute_batch("ROLLBACK");
+        drop(conn);
+        let check = open(&vfs, "attached");
+        assert_eq!(integrity(&check), "ok", "{mode}");
+        assert_eq!(count(&check, "t"), 1 + i64::from(small_commits), "{mode}");
+    }
+    let s = stats(&vfs, "attached");
+    assert!(s.batch_commits >= 1, "{s}");
 }
 
 #[test]
