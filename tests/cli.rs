@@ -592,3 +592,56 @@ fn sql_creates_actors_on_request_and_reads_stdin() {
         "a\n"
     );
 }
+
+/// The awake bound of a wake comes from the budget, not from `--actors`: with 16 MiB,
+/// 16 MiB / 4 / 32 KiB = 128 actors stay awake however many wake, and SQLite's heap
+/// (connections and page caches) stays within its half of the budget.
+#[test]
+fn wake_keeps_no_more_actors_awake_than_the_budget_allows() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    let out = ok(
+        &store,
+        &[
+            "--budget-mb",
+            "16",
+            "wake",
+            "--actors",
+            "300",
+            "--warmup",
+            "0",
+            "--messages",
+            "2",
+            "--concurrency",
+            "4",
+            "--json",
+        ],
+    );
+    let json: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(json["max_awake"], 128, "{json}");
+    assert!(json["awake_at_spike"].as_u64().unwrap() <= 128, "{json}");
+    assert!(
+        json["sqlite_heap_spike_kb"].as_u64().unwrap() <= 8 << 10,
+        "SQLite's heap outgrew its half of the budget: {json}"
+    );
+    // `--max-awake` still lets a caller keep more awake on purpose.
+    let out = ok(
+        &store,
+        &[
+            "--budget-mb",
+            "16",
+            "--max-awake",
+            "300",
+            "wake",
+            "--actors",
+            "300",
+            "--warmup",
+            "0",
+            "--messages",
+            "2",
+            "--json",
+        ],
+    );
+    let json: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(json["awake_at_spike"], 300, "{json}");
+}

@@ -139,6 +139,9 @@ fn wake(store_dir: &Path, args: &BenchArgs) -> anyhow::Result<Value> {
             let out = std::process::Command::new(&exe)
                 .arg("--store")
                 .arg(store_dir)
+                // Every actor stays awake, past what the budget alone would allow:
+                // the figure this measures is the cost of each awake actor.
+                .args(["--max-awake", &n.to_string()])
                 .args([
                     "--backing",
                     backing,

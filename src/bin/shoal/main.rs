@@ -34,6 +34,10 @@ struct Cli {
     /// The process memory budget in MiB (kv cache, SQLite heap limit, awake actors).
     #[arg(long, global = true, default_value_t = 256)]
     budget_mb: u64,
+    /// Most actors kept awake at once; by default derived from the budget (a quarter of
+    /// it at 32 KiB each). A larger bound lets awake actors outgrow the budget.
+    #[arg(long, global = true)]
+    max_awake: Option<usize>,
     #[command(subcommand)]
     command: Command,
 }
@@ -110,6 +114,7 @@ fn config(cli: &Cli) -> Config {
         backing: cli.backing,
         kv_engine: cli.kv,
         memory_budget: cli.budget_mb << 20,
+        max_awake: cli.max_awake,
         ..Config::default()
     }
 }

@@ -2,8 +2,9 @@
 //!
 //! Population runs once per store and backing, in a child process (`shoal populate`), so
 //! the measuring process starts clean: its baseline is a store opened and idle, its
-//! spike is every actor awake at once, its post-sleep figure is after all of them were put
-//! to sleep. RSS is what the kernel reports (allocator, SQLite, sled, everything), sampled
+//! spike is every actor woken and as many of them awake at once as the store's awake
+//! bound allows (derived from the budget unless `--max-awake` sets it), its post-sleep
+//! figure is after all of them were put to sleep. RSS is what the kernel reports (allocator, SQLite, sled, everything), sampled
 //! every 10 ms for the peak and the plot.
 
 use std::io::Read as _;
@@ -22,7 +23,9 @@ use crate::{plot, workload};
 
 #[derive(Debug, Args)]
 pub struct WakeArgs {
-    /// How many actors wake at once.
+    /// How many actors wake. At most the store's awake bound stay awake at once
+    /// (`--max-awake`, by default derived from `--budget-mb`); the least recently used
+    /// go back to sleep.
     #[arg(long, default_value_t = 1000)]
     actors: usize,
     /// Worker threads waking them.
@@ -288,10 +291,12 @@ pub fn wake(dir: &Path, config: Config, args: &WakeArgs) -> anyhow::Result<()> {
 
     let budget_mb = config.memory_budget >> 20;
     let kv_engine = config.kv_engine;
+    // The awake bound is the configuration's (from the budget, or `--max-awake`): a
+    // wake that set it to `--actors` would keep every actor's connection open whatever
+    // the budget says.
     let store = Store::open(
         dir,
         Config {
-            max_awake: Some(args.actors),
             max_waking: args.concurrency.max(1),
             ..config
         },
@@ -409,7 +414,9 @@ pub fn wake(dir: &Path, config: Config, args: &WakeArgs) -> anyhow::Result<()> {
         .into_inner()
         .map_err(|_| anyhow::anyhow!("poisoned"))?;
     let [baseline, spike, post] = [&phases[0], &phases[1], &phases[2]].map(|p| &p.report);
-    let per_actor_kb = spike.rss_kb.saturating_sub(baseline.rss_kb) as f64 / args.actors as f64;
+    // Only the actors still awake hold memory at the spike.
+    let per_actor_kb =
+        spike.rss_kb.saturating_sub(baseline.rss_kb) as f64 / spike.awake.max(1) as f64;
     if args.json {
         let json = serde_json::json!({
             "backing": backing.as_str(),
@@ -433,6 +440,7 @@ pub fn wake(dir: &Path, config: Config, args: &WakeArgs) -> anyhow::Result<()> {
             "peak_growth_from_cold_kb": peak_kb.saturating_sub(cold.rss_kb),
             "per_actor_kb": (per_actor_kb * 10.0).round() / 10.0,
             "awake_at_spike": spike.awake,
+            "max_awake": store.max_awake(),
             "sqlite_heap_baseline_kb": baseline.sqlite_heap / 1024,
             "sqlite_heap_spike_kb": spike.sqlite_heap / 1024,
             "sqlite_heap_post_sleep_kb": post.sqlite_heap / 1024,
@@ -446,7 +454,7 @@ pub fn wake(dir: &Path, config: Config, args: &WakeArgs) -> anyhow::Result<()> {
     } else {
         let mb = |kb: u64| kb as f64 / 1024.0;
         println!(
-            "shoal wake: backing {}{}, {} actors, concurrency {}, {} messages each, budget {budget_mb} MiB",
+            "shoal wake: backing {}{}, {} actors, concurrency {}, {} messages each, budget {budget_mb} MiB, at most {} awake",
             backing.as_str(),
             if backing.is_kv() {
                 format!(" ({})", kv_engine.as_str())
@@ -455,7 +463,8 @@ pub fn wake(dir: &Path, config: Config, args: &WakeArgs) -> anyhow::Result<()> {
             },
             args.actors,
             args.concurrency,
-            args.messages
+            args.messages,
+            store.max_awake()
         );
         println!(
             "cold store: RSS {:.1} MB; warm-up read {:.1} MB of {} other actors' pages through the store",
