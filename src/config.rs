@@ -147,20 +147,41 @@ impl Default for ActorTuning {
 }
 
 /// How to open a store.
+///
+/// # The memory budget
+///
+/// [`Config::memory_budget`] is split into shares, each enforced where it is spent:
+///
+/// | share | of the budget | minimum | enforced by |
+/// | --- | --- | --- | --- |
+/// | kv caches ([`Config::kv_cache_bytes`]) | 1/4 | 4 MiB | half fjall's (or sled's) block cache, half the verified-chunk cache above it |
+/// | kv write buffer ([`Config::kv_write_buffer_bytes`]) | 1/16 | 4 MiB | fjall's memtables: past it writers wait for a flush |
+/// | SQLite's heap ([`Config::sqlite_heap_limit`]) | 1/2 | none | SQLite's soft heap limit: page caches shrink past it |
+/// | awake connections ([`Config::max_awake`]) | 1/4, inside SQLite's half | 16 connections | the awake set: idle actors past the bound are put to sleep |
+/// | temp files ([`Config::temp_limit`]) | 1/8 | none | the VFS: a temp file write past it fails with SQLITE_FULL |
+///
+/// The shares add up to 15/16; the last sixteenth is for what no share counts (the
+/// VFS's per-file state, allocator overhead). The minimums keep the key-value store
+/// working (fjall flushes a memtable for every few writes below them), so a budget under
+/// 64 MiB is exceeded: the kv always takes at least 8 MiB. With a 16 MiB budget the
+/// shares come to 4 + 4 + 8 + 2 = 18 MiB.
+///
+/// What the budget does not cover, measured in `docs/BENCHMARKS.md` ("Memory after a
+/// mass wake"): fjall's per-block bookkeeping of its cache and its in-memory segment
+/// indexes, and heap that the allocator keeps after connections close.
 #[derive(Debug, Clone)]
 pub struct Config {
     /// Where actor databases live.
     pub backing: Backing,
     /// The key-value store under [`Backing::Kv`].
     pub kv_engine: KvEngine,
-    /// The process-wide memory budget in bytes. It is split: a quarter for the kv's
-    /// caches (half the backend's block cache, half verified chunks above it), a
-    /// sixteenth for its write buffer, half as SQLite's soft heap limit (page
-    /// caches give memory back past it), and the rest for awake connections (see
-    /// [`Config::max_awake`]).
+    /// The process-wide memory budget in bytes, split as the table above says (a
+    /// quarter for the kv's caches, a sixteenth for its write buffer, half as SQLite's
+    /// soft heap limit with the awake connections inside it, an eighth for temp files).
     pub memory_budget: u64,
     /// Most actor connections kept awake; past it the least recently used idle actors
-    /// are put to sleep (closed). `None` derives it from the budget (32 KiB each).
+    /// are put to sleep (closed). `None` derives it from the budget (a quarter of it at
+    /// 32 KiB each, at least 16); a larger bound lets awake actors outgrow the budget.
     pub max_awake: Option<usize>,
     /// Most actors waking (opening) at the same moment; more wait their turn.
     pub max_waking: usize,
@@ -186,12 +207,14 @@ impl Default for Config {
 }
 
 impl Config {
-    /// Bytes of the budget given to the key-value store's cache.
+    /// Bytes of the budget given to the key-value store's caches: a quarter, at least
+    /// 4 MiB.
     pub fn kv_cache_bytes(&self) -> u64 {
         (self.memory_budget / 4).max(4 << 20)
     }
 
-    /// Bytes of the budget given to the key-value store's write buffer (memtables).
+    /// Bytes of the budget given to the key-value store's write buffer (memtables): a
+    /// sixteenth, at least 4 MiB.
     pub fn kv_write_buffer_bytes(&self) -> u64 {
         (self.memory_budget / 16).max(4 << 20)
     }
@@ -199,6 +222,15 @@ impl Config {
     /// SQLite's soft heap limit: half the budget.
     pub fn sqlite_heap_limit(&self) -> u64 {
         self.memory_budget / 2
+    }
+
+    /// Bytes all temp files together may hold (temp tables, sorts larger than the page
+    /// cache, VACUUM's copy of the database): an eighth of the budget. With the kv
+    /// backing they live in memory, so a write past this fails with SQLITE_FULL, whose
+    /// message through [`crate::Store::with_actor`] names the limit. (File backings
+    /// keep SQLite's temp files on disk.)
+    pub fn temp_limit(&self) -> u64 {
+        self.memory_budget / 8
     }
 
     /// The awake-connection bound in force.

@@ -378,14 +378,17 @@ impl Store {
 
     /// Runs `f` on actor `name`'s connection (waking, and creating, it if needed) and
     /// returns it to the awake set. An I/O error from a commit in `f` leaves the
-    /// commit's outcome unknown (see [`Store`], "Errors on commit").
+    /// commit's outcome unknown (see [`Store`], "Errors on commit"). An error that the kv
+    /// backing caused carries the VFS's reason in its message (SQLite's own is generic: a
+    /// full temp space is "database or disk is full", here followed by the limit).
     pub fn with_actor<T>(
         &self,
         name: &str,
         f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
     ) -> Result<T> {
         let actor = self.actor(name)?;
-        Ok(f(&actor)?)
+        let _stale = shoal_vfs::take_last_failure();
+        f(&actor).map_err(|e| Error::Sqlite(with_vfs_reason(e)))
     }
 
     fn checkin(&self, name: String, mut actor: ActorConn) {
@@ -715,6 +718,7 @@ fn open_kv(
         let options = shoal_vfs::VfsOptions {
             name: format!("shoal-{n}"),
             durability,
+            temp_limit: config.temp_limit(),
         };
         match shoal_vfs::register(Arc::clone(&kv), options) {
             Err(shoal_vfs::Error::AlreadyRegistered(_)) => n += 1,
@@ -725,6 +729,22 @@ fn open_kv(
                 return Ok(vfs);
             }
         }
+    }
+}
+
+/// `err` with the reason the VFS gave for it on this thread, if it gave one for this code.
+fn with_vfs_reason(err: rusqlite::Error) -> rusqlite::Error {
+    match err {
+        rusqlite::Error::SqliteFailure(e, message) => {
+            let message = match shoal_vfs::take_last_failure() {
+                Some((code, reason)) if code & 0xff == e.extended_code & 0xff => {
+                    Some(message.map_or_else(|| reason.clone(), |m| format!("{m}: {reason}")))
+                }
+                _ => message,
+            };
+            rusqlite::Error::SqliteFailure(e, message)
+        }
+        other => other,
     }
 }
 

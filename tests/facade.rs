@@ -912,3 +912,94 @@ fn a_relative_store_dir_that_looks_like_a_uri_is_a_path() {
         assert!(status.success(), "{backing:?}: the child failed");
     }
 }
+
+/// Runs the test named `name` alone in a child process (this test binary, filtered to it)
+/// and passes if it passes there: RSS is a property of a process, and the other tests of
+/// this binary run beside each other in threads of this one.
+#[cfg(feature = "kv-vfs")]
+fn in_own_process(name: &str) -> bool {
+    const CHILD: &str = "SHOAL_TEST_OWN_PROCESS";
+    if std::env::var_os(CHILD).is_some() {
+        return false;
+    }
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", name, "--nocapture", "--test-threads=1"])
+        .env(CHILD, "1")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("1 passed"),
+        "{name} failed in its own process:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    true
+}
+
+/// The budget bounds temp tables: they live in memory (the VFS keeps temp files in the
+/// process), so a 300 MB `CREATE TEMP TABLE` under a 32 MiB budget must fail with
+/// SQLITE_FULL naming the limit (an eighth of the budget) instead of growing the process
+/// by 300 MB, while a temp table within the limit works. Measured as the kernel counts
+/// it: the peak RSS of a process that does nothing else.
+#[cfg(feature = "kv-vfs")]
+#[test]
+fn temp_tables_stay_within_the_memory_budget() {
+    if in_own_process("temp_tables_stay_within_the_memory_budget") {
+        return;
+    }
+    let budget: u64 = 32 << 20;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(
+        dir.path(),
+        Config {
+            memory_budget: budget,
+            ..config(Backing::Kv)
+        },
+    )
+    .unwrap();
+    let before_kb = shoal::memory::rss_kb().unwrap();
+    // One checkout: temp tables are their connection's, and a checkout that made one
+    // gets a fresh connection next time.
+    let err = store
+        .with_actor("a", |c| {
+            c.execute_batch(
+                "CREATE TEMP TABLE small AS
+                 WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM n WHERE i < 2000)
+                 SELECT i, randomblob(1000) AS b FROM n;",
+            )?;
+            let n: i64 = c.query_row("SELECT count(*) FROM small", [], |r| r.get(0))?;
+            assert_eq!(n, 2000, "a temp table within the limit works");
+            c.execute_batch(
+                "CREATE TEMP TABLE big AS
+                 WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM n WHERE i < 300000)
+                 SELECT i, randomblob(1000) AS b FROM n;",
+            )
+        })
+        .unwrap_err();
+    let peak_kb = shoal::memory::peak_rss_kb().unwrap();
+    let Error::Sqlite(rusqlite::Error::SqliteFailure(code, Some(message))) = &err else {
+        panic!("not a SQLite failure with a message: {err:?}");
+    };
+    assert_eq!(code.code, rusqlite::ErrorCode::DiskFull, "{err}");
+    let limit = budget / 8;
+    assert!(
+        message.contains(&format!("{limit} bytes")) && message.contains("temp"),
+        "the message names the limit: {message}"
+    );
+    let (held, cap) = store.vfs().unwrap().temp_bytes();
+    assert_eq!(cap, limit);
+    assert!(held <= limit);
+    let grew_kb = peak_kb.saturating_sub(before_kb);
+    assert!(
+        grew_kb < budget >> 10,
+        "a refused temp table grew RSS by {grew_kb} KiB, past the {} KiB budget",
+        budget >> 10
+    );
+    // The actor is fine afterwards, and the temp database's memory came back with its
+    // connection (the temp database is the connection's until it closes).
+    store.sleep_all();
+    store
+        .with_actor("a", |c| c.execute_batch("SELECT 1"))
+        .unwrap();
+    assert_eq!(store.vfs().unwrap().temp_bytes().0, 0);
+}

@@ -86,6 +86,16 @@ pub enum Error {
     /// The `Vfs` behind this VFS name was dropped: its store is closed to new opens.
     #[error("the store behind SQLite VFS {0:?} was closed (its Vfs was dropped)")]
     StoreClosed(String),
+    /// Temp files (temp tables, sorts, VACUUM's copy, statement journals) would outgrow
+    /// the memory they are given ([`crate::VfsOptions::temp_limit`]).
+    #[error(
+        "temp files (temp tables, sorts, VACUUM's copy) would outgrow their limit of {limit} bytes \
+         ({} MiB, the temp share of the memory budget)", limit >> 20
+    )]
+    TempFull {
+        /// The limit in bytes, shared by every temp file of the VFS.
+        limit: u64,
+    },
     /// A call SQLite refused (registration, configuration).
     #[error("SQLite refused {what} with code {code}")]
     Sqlite {
@@ -153,7 +163,7 @@ pub(crate) fn sqlite_code(err: &Error, op: Op) -> i32 {
         Error::Refused(_) => ffi::SQLITE_ERROR,
         Error::InUse(_) => ffi::SQLITE_BUSY,
         Error::NoSuchFile(_) if op == Op::Delete => ffi::SQLITE_IOERR_DELETE_NOENT,
-        Error::TooLarge { .. } => ffi::SQLITE_FULL,
+        Error::TooLarge { .. } | Error::TempFull { .. } => ffi::SQLITE_FULL,
         // xOpen's own code is CANTOPEN; a poisoned database answers an I/O error to all.
         Error::Poisoned { .. } if op == Op::Open => ffi::SQLITE_IOERR,
         _ => io_code(op),

@@ -73,13 +73,22 @@ pub struct VfsOptions {
     /// Durability of new connections (changed per connection by
     /// `PRAGMA shoal_durability`).
     pub durability: Durability,
+    /// Bytes all temp files together may hold (temp tables and indexes, sorts too large
+    /// for the page cache, VACUUM's copy of the database, statement journals). They live
+    /// in memory, so this bounds them: a write past it fails with SQLITE_FULL (default
+    /// [`DEFAULT_TEMP_LIMIT`]).
+    pub temp_limit: u64,
 }
+
+/// The temp-file limit of [`VfsOptions::default`]: 64 MiB.
+pub const DEFAULT_TEMP_LIMIT: u64 = 64 << 20;
 
 impl Default for VfsOptions {
     fn default() -> VfsOptions {
         VfsOptions {
             name: "shoal".to_owned(),
             durability: Durability::Full,
+            temp_limit: DEFAULT_TEMP_LIMIT,
         }
     }
 }
@@ -127,10 +136,24 @@ pub fn register(kv: Arc<Kv>, options: VfsOptions) -> Result<Vfs> {
     if !kv.claim() {
         return Err(Error::KvInUse);
     }
-    let state = Arc::new(vfs::VfsState::new(options.name, kv, options.durability));
+    let state = Arc::new(vfs::VfsState::new(
+        options.name,
+        kv,
+        options.durability,
+        options.temp_limit,
+    ));
     Ok(Vfs {
         registered: ffi::register(state)?,
     })
+}
+
+/// Takes the SQLite result code and message of the last failure a shoal VFS method
+/// returned to SQLite on this thread, clearing it. SQLite reports such failures with its
+/// generic text (a full temp space is "database or disk is full"); this says which limit
+/// or file it was. SQLite calls the VFS on the thread running the statement, so right
+/// after a failed statement this is that statement's cause, if the VFS caused it.
+pub fn take_last_failure() -> Option<(i32, String)> {
+    ffi::take_last_failure()
 }
 
 /// Whether the linked SQLite was built with `SQLITE_ENABLE_BATCH_ATOMIC_WRITE`.
@@ -165,6 +188,12 @@ impl Vfs {
         StoreUsage {
             state: Arc::downgrade(self.state()),
         }
+    }
+
+    /// Bytes held by temp files now, and their limit ([`VfsOptions::temp_limit`]).
+    pub fn temp_bytes(&self) -> (u64, u64) {
+        let temp = &self.state().temp;
+        (temp.used(), temp.limit())
     }
 
     /// Files currently open through this VFS.

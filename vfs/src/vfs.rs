@@ -28,7 +28,7 @@ use shoal_kv::{Batch, DbId, EntryKind, FileKind, Kv, keys};
 use crate::error::{Error, Result, panic_message};
 use crate::file::Inode;
 use crate::lock::LockLevel;
-use crate::memfile::MemFile;
+use crate::memfile::{MemFile, TempSpace};
 use crate::names::{self, Target};
 use crate::pages::{Fetched, Lent};
 use crate::pragma::{self, Durability, Pragma};
@@ -54,6 +54,8 @@ pub(crate) struct VfsState {
     poisoned: Mutex<HashMap<DbId, Poison>>,
     /// Whether `poisoned` has any entry, so healthy calls skip its lock.
     any_poisoned: AtomicBool,
+    /// The memory every temp file shares (see `memfile.rs`).
+    pub(crate) temp: Arc<TempSpace>,
 }
 
 /// What poisoned a database.
@@ -95,7 +97,12 @@ pub(crate) enum Reply {
 }
 
 impl VfsState {
-    pub(crate) fn new(name: String, kv: Arc<Kv>, durability: Durability) -> VfsState {
+    pub(crate) fn new(
+        name: String,
+        kv: Arc<Kv>,
+        durability: Durability,
+        temp_limit: u64,
+    ) -> VfsState {
         VfsState {
             name,
             kv,
@@ -110,6 +117,7 @@ impl VfsState {
             open_databases: AtomicUsize::new(0),
             poisoned: Mutex::default(),
             any_poisoned: AtomicBool::new(false),
+            temp: TempSpace::new(temp_limit),
         }
     }
 
@@ -317,7 +325,7 @@ impl VfsState {
             | ffi::SQLITE_OPEN_SUBJOURNAL
             | ffi::SQLITE_OPEN_TRANSIENT_DB;
         let Some(name) = name else {
-            return Ok(self.opened(FileHandle::Mem(MemFile::default())));
+            return Ok(self.opened(FileHandle::Mem(MemFile::new(Arc::clone(&self.temp)))));
         };
         let create = flags & ffi::SQLITE_OPEN_CREATE != 0;
         let target = names::classify(name);
@@ -404,7 +412,7 @@ impl VfsState {
                 "WAL files are not supported (journal_mode=WAL is refused)",
             ));
         } else if flags & temp_kinds != 0 || flags & ffi::SQLITE_OPEN_DELETEONCLOSE != 0 {
-            return Ok(self.opened(FileHandle::Mem(MemFile::default())));
+            return Ok(self.opened(FileHandle::Mem(MemFile::new(Arc::clone(&self.temp)))));
         } else {
             return Err(Error::cant_open(name, "unknown kind of file"));
         };
@@ -611,10 +619,7 @@ impl FileHandle {
                 h.fetched.clear();
                 h.inode.write(&h.vfs.kv, data, offset)
             }),
-            FileHandle::Mem(m) => m.write(data, offset).ok_or_else(|| Error::TooLarge {
-                file: "temp file".into(),
-                max: usize::MAX as u64,
-            }),
+            FileHandle::Mem(m) => m.write(data, offset),
         }
     }
 
@@ -624,10 +629,7 @@ impl FileHandle {
                 h.fetched.clear();
                 h.inode.truncate(&h.vfs.kv, size)
             }),
-            FileHandle::Mem(m) => m.truncate(size).ok_or_else(|| Error::TooLarge {
-                file: "temp file".into(),
-                max: usize::MAX as u64,
-            }),
+            FileHandle::Mem(m) => m.truncate(size),
         }
     }
 
@@ -925,7 +927,7 @@ mod tests {
     /// file; an in-memory file answers the level it was last asked for the same way.
     #[test]
     fn in_memory_files_answer_lockstate_with_the_level_asked_for() {
-        let mut f = FileHandle::Mem(MemFile::default());
+        let mut f = FileHandle::Mem(MemFile::new(TempSpace::new(1 << 20)));
         let state = |f: &mut FileHandle| match f.control(Control::LockState) {
             Ok(Reply::Int(level)) => level,
             other => panic!("LOCKSTATE answered {other:?}"),

@@ -45,6 +45,14 @@ static REGISTRY: Mutex<Vec<&'static Registration>> = Mutex::new(Vec::new());
 
 thread_local! {
     static LAST_ERROR: RefCell<String> = const { RefCell::new(String::new()) };
+    /// The code and message of the last failure on this thread, until taken.
+    static LAST_FAILURE: RefCell<Option<(c_int, String)>> = const { RefCell::new(None) };
+}
+
+/// Takes the code and message of the last failure a VFS method returned to SQLite on
+/// this thread (SQLite runs a statement's VFS calls on the statement's thread).
+pub(crate) fn take_last_failure() -> Option<(c_int, String)> {
+    LAST_FAILURE.with(|f| f.borrow_mut().take())
 }
 
 /// One VFS name registered with SQLite: its method table and what it serves. Never
@@ -248,6 +256,7 @@ fn catch(op: Op, body: impl FnOnce() -> Result<c_int>) -> c_int {
 /// Keeps `msg` for xGetLastError and sends it to SQLite's error log.
 fn record_error(code: c_int, msg: &str) {
     LAST_ERROR.with(|e| msg.clone_into(&mut e.borrow_mut()));
+    LAST_FAILURE.with(|f| *f.borrow_mut() = Some((code, msg.to_owned())));
     let text = CString::new(msg.replace('\0', " ")).unwrap_or_default();
     // SAFETY: the format is "%s" with one NUL-terminated string argument.
     unsafe { sys::sqlite3_log(code, c"%s".as_ptr(), text.as_ptr()) };
