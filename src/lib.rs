@@ -7,7 +7,10 @@
 //!   the idle one) and hand out a [`rusqlite::Connection`] tuned for actors; idle actors
 //!   beyond the budget are put to sleep (closed), least recently used first;
 //! - [`Store::open_actor`] gives a connection the caller owns outright;
-//! - list, delete, stats, export to a plain SQLite file, import from one, check.
+//! - list, delete, stats, export to a plain SQLite file, import from one, check;
+//! - [`configure_sqlite_heap`], called first thing in `main`, puts SQLite's heap on an
+//!   allocator arena of its own so that memory freed by sleeping actors goes back to the
+//!   kernel (see its documentation).
 //!
 //! With the default feature `kv-vfs` actors live in the shared key-value store through
 //! the shoal VFS ([`Backing::Kv`]); without it, and with [`Backing::Files`] or
@@ -30,6 +33,25 @@ pub use error::{Error, Result};
 pub use memory::MemoryReport;
 pub use names::{MAX_ACTOR_NAME, validate_actor_name};
 pub use store::{Actor, ActorStats, CheckReport, Store};
+
+pub use shoal_vfs::sqlite::SqliteHeap;
+
+/// Puts SQLite's heap on an allocator arena of its own (a jemalloc arena beside the
+/// process's malloc, which stays the host's), unless SQLite has initialised already;
+/// returns the heap SQLite uses. Only the first call configures.
+///
+/// Why: with SQLite on the process's malloc, the memory of actors put to sleep after a
+/// mass wake stays resident, spread between blocks the key-value caches took in at the
+/// same time (measured: 117 MB of a 10,000-actor wake's 184 MB; docs/BENCHMARKS.md,
+/// "Memory after a mass wake"). On its own arena, [`Store::sleep_all`] returns it.
+///
+/// Call it before anything in the process uses SQLite, while no other thread can:
+/// SQLite's `sqlite3_config` must not run beside other SQLite calls. Later calls, or
+/// calls after SQLite started, change nothing and return [`SqliteHeap::Default`] or the
+/// heap configured before. The `shoal` command calls it first thing.
+pub fn configure_sqlite_heap() -> SqliteHeap {
+    shoal_vfs::sqlite::configure_heap()
+}
 
 /// Re-exported so callers name the same rusqlite the store hands out.
 pub use rusqlite;

@@ -59,6 +59,7 @@ pub use vfs::Audit;
 
 /// Process-wide and per-connection SQLite memory controls.
 pub mod sqlite {
+    pub use crate::ffi::heap::{SqliteHeap, configure as configure_heap, current as heap};
     pub use crate::ffi::sqlite::{
         cache_used, connection_memory, memory_highwater, memory_used, release_memory,
         set_lookaside, set_soft_heap_limit, trim_heap,

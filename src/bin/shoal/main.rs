@@ -99,6 +99,9 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // Before anything uses SQLite: its heap on an arena of its own, so that memory freed
+    // by sleeping actors goes back to the kernel.
+    shoal::configure_sqlite_heap();
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => code,

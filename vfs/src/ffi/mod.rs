@@ -19,6 +19,7 @@
 //! - each open file's state is boxed by xOpen (`ShoalFile::open`) and freed by xClose;
 //! - buffers lent by xFetch are owned by the handle until xUnfetch (or xClose).
 
+pub(crate) mod heap;
 mod io;
 mod methods;
 pub(crate) mod sqlite;

@@ -116,6 +116,7 @@ unsafe extern "C" {
 pub fn trim_heap() -> i64 {
     // SAFETY: plain integer argument; SQLite serialises this internally.
     let released = unsafe { sys::sqlite3_release_memory(c_int::MAX) };
+    super::heap::purge();
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim takes a byte count and only touches allocator state, under
     // glibc's own arena locks; it is safe to call from any thread at any time.
