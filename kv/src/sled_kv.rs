@@ -7,7 +7,13 @@
 //!   mutex that makes preconditions atomic costs nothing in concurrency;
 //! - a sled directory can be opened once at a time (a file lock), reported as
 //!   [`Error::StoreLocked`];
-//! - `get` returns a reference-counted `IVec`, wrapped here as [`Bytes`] without a copy.
+//! - `get` returns a reference-counted `IVec`, wrapped here as [`Bytes`] without a copy;
+//! - an open that finds the log grown since the last snapshot writes a new one, to
+//!   `snap.<lsn>.generating` until it is complete and synced, then renames it; but sled's
+//!   reader takes `.generating` files too (it skips only an older suffix, `.in___motion`)
+//!   and refuses an unfinished one as corrupt, so a kill at that moment left a store that
+//!   never opened again. [`SledKv::open`] removes them first (see
+//!   [`remove_unfinished_snapshots`]).
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -76,6 +82,7 @@ impl SledKv {
     }
 
     fn open_once(config: &SledConfig) -> Result<SledKv> {
+        remove_unfinished_snapshots(&config.path)?;
         let db = sled::Config::new()
             .path(&config.path)
             .cache_capacity(config.cache_capacity)
@@ -114,6 +121,28 @@ impl SledKv {
     fn range_iter(&self, range: &KeyRange) -> sled::Iter {
         self.db.range::<&[u8], _>(range.bounds())
     }
+}
+
+/// Removes the snapshot files in `dir` that sled was interrupted writing (see the module
+/// notes), unless the directory is open in a sled, which locks its `db` file. Without them
+/// sled reads its last complete snapshot, or none, and replays its log from there, as after
+/// any crash.
+fn remove_unfinished_snapshots(dir: &Path) -> Result<()> {
+    let Ok(db) = std::fs::File::open(dir.join("db")) else {
+        return Ok(()); // a new store, or one sled reports on itself
+    };
+    if db.try_lock().is_err() {
+        return Ok(()); // open elsewhere: sled's own open says so
+    }
+    for entry in std::fs::read_dir(dir).map_err(Error::at("open"))? {
+        let entry = entry.map_err(Error::at("open"))?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with("snap.") && name.ends_with(".generating") {
+            std::fs::remove_file(entry.path()).map_err(Error::at("open"))?;
+        }
+    }
+    Ok(())
 }
 
 fn to_bytes(v: sled::IVec) -> Bytes {

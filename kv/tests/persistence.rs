@@ -473,3 +473,27 @@ fn opening_a_store_twice_is_store_locked<B: Backend>() {
     drop(first);
     B::open(dir.path()).unwrap();
 }
+
+/// sled 0.34.7 writes a snapshot at every open that finds its log grown, under
+/// `snap.<lsn>.generating` until the file is complete and synced, and then renames it; but
+/// its reader took such an unfinished file (empty when the process was killed just after
+/// creating it) and refused the store as corrupt, for good.
+#[test]
+fn a_snapshot_sled_was_killed_writing_is_ignored() {
+    for unfinished in [&b""[..], &b"a torn snapshot"[..]] {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open::<SledKv>(dir.path());
+        let id = store.1.create("alpha", EntryKind::Database).unwrap().id;
+        let main = write_file(&store.1, id, FileKind::Main, 3, 1);
+        close(store);
+        // The next open snapshots the grown log: killed there.
+        std::fs::write(
+            dir.path().join("snap.7FFFFFFFFFFFFFFF.generating"),
+            unfinished,
+        )
+        .unwrap();
+        let store = open::<SledKv>(dir.path());
+        assert_file(&store.1, id, FileKind::Main, 3, main);
+        close(store);
+    }
+}
