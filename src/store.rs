@@ -696,11 +696,29 @@ fn open_kv(
             let mut fjall = shoal_kv::FjallConfig::new(dir.join("kv-fjall"));
             fjall.cache_capacity = config.kv_cache_bytes() / 2;
             fjall.write_buffer = config.kv_write_buffer_bytes();
-            Arc::new(shoal_kv::FjallKv::open(&fjall).map_err(locked)?)
+            let created = create_if_missing(&fjall.path, |path| {
+                // No background fsync: the creation flushes itself, and closing waits
+                // for that thread to wake.
+                let creating = shoal_kv::FjallConfig {
+                    path: path.to_path_buf(),
+                    flush_every_ms: None,
+                    ..fjall.clone()
+                };
+                Ok(Arc::new(shoal_kv::FjallKv::open(&creating)?))
+            })?;
+            Arc::new(open_created(created, || shoal_kv::FjallKv::open(&fjall)).map_err(locked)?)
         }
         (None, KvEngine::Sled) => {
             let mut sled = shoal_kv::SledConfig::new(dir.join("kv-sled"));
             sled.cache_capacity = config.kv_cache_bytes() / 2;
+            // `SledKv::open` waits for a held lock itself (see `open_created`).
+            create_if_missing(&sled.path, |path| {
+                let creating = shoal_kv::SledConfig {
+                    path: path.to_path_buf(),
+                    ..sled.clone()
+                };
+                Ok(Arc::new(shoal_kv::SledKv::open(&creating)?))
+            })?;
             Arc::new(shoal_kv::SledKv::open(&sled).map_err(locked)?)
         }
     };
@@ -746,6 +764,108 @@ fn with_vfs_reason(err: rusqlite::Error) -> rusqlite::Error {
         }
         other => other,
     }
+}
+
+/// Suffix of the name an engine directory is built under before it takes its own.
+#[cfg(feature = "kv-vfs")]
+const CREATING_SUFFIX: &str = ".creating";
+
+/// Creates the engine directory `path` all at once if it does not exist (and says whether
+/// it did), so that a crash while a store is created leaves either no engine directory
+/// (the next open creates it again) or a complete one. An engine writes its first files
+/// one after another (fjall's `version` file is created empty and then written, sled's
+/// `conf` is written before its checksum), and a kill between them left a directory that
+/// no later open accepted.
+///
+/// The directory is built under `path` + [`CREATING_SUFFIX`] with `open` (the engine as
+/// the store will use it, since fjall keeps some options from its creation): the format
+/// version record is written, flushed, and the engine closed; then every file and
+/// directory of it is fsynced, it is renamed to `path` (atomic) and the store directory
+/// fsynced. A leftover of an interrupted creation is removed first: it never held
+/// acknowledged data, and no other process is creating it, because the caller holds the
+/// store's `LOCK`. An existing engine directory is left as it is.
+#[cfg(feature = "kv-vfs")]
+fn create_if_missing(
+    path: &Path,
+    open: impl FnOnce(&Path) -> Result<std::sync::Arc<dyn shoal_kv::KvStore>>,
+) -> Result<bool> {
+    if path
+        .try_exists()
+        .map_err(Error::io("cannot look for", path))?
+    {
+        return Ok(false);
+    }
+    let mut creating = path.as_os_str().to_owned();
+    creating.push(CREATING_SUFFIX);
+    let creating = PathBuf::from(creating);
+    match std::fs::remove_dir_all(&creating) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(Error::io("cannot remove", &creating)(e));
+        }
+        _ => {}
+    }
+    {
+        let kv = shoal_kv::Kv::open_with_cache(open(&creating)?, 0)?;
+        kv.commit_durable()?;
+    } // Closed: the engine's threads have stopped and its lock is released.
+    sync_tree(&creating)?;
+    std::fs::rename(&creating, path).map_err(Error::io("cannot rename", &creating))?;
+    if let Some(store_dir) = path.parent() {
+        sync_dir(store_dir)?;
+    }
+    Ok(true)
+}
+
+/// How long [`open_created`] waits for the lock of an engine directory just created.
+#[cfg(feature = "kv-vfs")]
+const CREATED_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Runs `open`, and if the engine directory was `created` just now, runs it again while
+/// it reports the directory locked, for up to [`CREATED_LOCK_WAIT`]. Nothing else can hold
+/// that lock (the caller holds the store's `LOCK`), but closing the engine that built the
+/// directory releases its lock only once no process holds a copy of the lock file's
+/// descriptor, and a child this process is spawning holds copies until it execs. Without
+/// the wait, 2 of 244 stores created while another thread spawned processes (the checks of
+/// `killed_creation` in tests/crash.rs) were refused as locked.
+#[cfg(feature = "kv-vfs")]
+fn open_created<T>(created: bool, open: impl Fn() -> shoal_kv::Result<T>) -> shoal_kv::Result<T> {
+    let deadline = std::time::Instant::now() + CREATED_LOCK_WAIT;
+    loop {
+        match open() {
+            Err(shoal_kv::Error::StoreLocked { .. })
+                if created && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            done => return done,
+        }
+    }
+}
+
+/// fsyncs every file and directory under `dir`, and `dir` itself.
+#[cfg(feature = "kv-vfs")]
+fn sync_tree(dir: &Path) -> Result<()> {
+    for entry in std::fs::read_dir(dir).map_err(Error::io("cannot list", dir))? {
+        let entry = entry.map_err(Error::io("cannot list", dir))?;
+        let path = entry.path();
+        let kind = entry.file_type().map_err(Error::io("cannot stat", &path))?;
+        if kind.is_dir() {
+            sync_tree(&path)?;
+        } else if kind.is_file() {
+            File::open(&path)
+                .and_then(|f| f.sync_all())
+                .map_err(Error::io("cannot sync", &path))?;
+        }
+    }
+    sync_dir(dir)
+}
+
+/// fsyncs the directory `dir`, making the names in it durable.
+#[cfg(feature = "kv-vfs")]
+fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(Error::io("cannot sync", dir))
 }
 
 fn actor_path(dir: &Path, name: &str) -> PathBuf {

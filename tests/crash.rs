@@ -14,7 +14,11 @@
 //! kill the actor must be absent or whole, no staging leftover may remain, and a retried
 //! import must work, on the kv backing and on files.
 //!
-//! The child is this same test binary, re-run with `SHOAL_CRASH_CHILD` set. CI runs 50
+//! A third child creates a store and writes one actor, killed while it does; the store
+//! must open afterwards (`killed_creation`).
+//!
+//! The child is this same test binary, re-run with `SHOAL_CRASH_CHILD` (or
+//! `SHOAL_CREATION_CHILD`) set. CI runs 50
 //! kill cycles per durability mode; `SHOAL_CRASH_CYCLES=1000 cargo test --release --test
 //! crash` is the long mode (docs/BENCHMARKS.md records a run).
 #![cfg(feature = "kv-vfs")]
@@ -513,4 +517,175 @@ fn crash_during_import_kv() {
 #[test]
 fn crash_during_import_files() {
     crash_during_import(Backing::Files, 20);
+}
+
+/// Rows the child of `killed_creation` writes into its one actor, in one transaction.
+const CREATION_ROWS: i64 = 50;
+
+/// The child of `killed_creation`: says it is about to open, creates a store in a fresh
+/// directory, writes one actor in one transaction and says so.
+#[test]
+fn creation_child() {
+    let Ok(dir) = std::env::var("SHOAL_CREATION_CHILD") else {
+        return; // only runs as the child of `killed_creation_*`
+    };
+    let kv = engine(&std::env::var("SHOAL_CRASH_KV").unwrap());
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "opening").unwrap();
+    out.flush().unwrap();
+    let store = Store::open(&dir, config(Durability::Full, kv)).unwrap();
+    store
+        .with_actor("only", |c| {
+            c.execute_batch(&format!(
+                "BEGIN;
+                 CREATE TABLE t(k INTEGER PRIMARY KEY, v BLOB NOT NULL);
+                 WITH RECURSIVE n(k) AS (SELECT 1 UNION ALL SELECT k + 1 FROM n WHERE k < {CREATION_ROWS})
+                 INSERT INTO t SELECT k, randomblob(100) FROM n;
+                 COMMIT;"
+            ))
+        })
+        .unwrap();
+    writeln!(out, "written").unwrap();
+    out.flush().unwrap();
+}
+
+/// What a store killed while it was created held when it was opened again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Created {
+    /// No actor: the child was killed before it made one.
+    NoActor,
+    /// The actor exists without its table: its first commit was not made.
+    Empty,
+    /// The actor holds every row of its first commit.
+    Whole,
+}
+
+/// Opens the store at `dir`, killed while it was being created (`round`, `delay` and
+/// whether the child acknowledged its commit name the kill), and checks its one actor.
+fn check_created(
+    dir: &Path,
+    engine_name: &str,
+    round: u64,
+    delay: Duration,
+    acknowledged: bool,
+) -> Created {
+    let at = format!("{engine_name}, round {round} (killed {delay:?} into the creation)");
+    let store = Store::open(dir, config(Durability::Full, engine(engine_name)))
+        .unwrap_or_else(|e| panic!("{at}: the store does not open: {e}"));
+    let leftovers: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .filter(|name| name.to_string_lossy().ends_with(".creating"))
+        .collect();
+    assert!(leftovers.is_empty(), "{at}: left over: {leftovers:?}");
+    if !store.actor_exists("only").unwrap() {
+        assert!(!acknowledged, "{at}: the acknowledged actor vanished");
+        return Created::NoActor;
+    }
+    let report = store.check_actor("only").unwrap();
+    assert!(report.is_ok(), "{at}: {report:?}");
+    let rows: Option<i64> = store
+        .with_actor("only", |c| {
+            let tables: i64 = c.query_row(
+                "SELECT count(*) FROM sqlite_schema WHERE name = 't'",
+                [],
+                |r| r.get(0),
+            )?;
+            if tables == 0 {
+                return Ok(None);
+            }
+            c.query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+                .map(Some)
+        })
+        .unwrap();
+    match rows {
+        None => {
+            assert!(!acknowledged, "{at}: the acknowledged commit vanished");
+            Created::Empty
+        }
+        Some(n) => {
+            assert_eq!(n, CREATION_ROWS, "{at}: the first commit is torn");
+            Created::Whole
+        }
+    }
+}
+
+/// Rounds of one sweep of [`creation_kill_delay`].
+const CREATION_SWEEP: u64 = 81;
+
+/// How long after the child of `round` starts to open its store it is killed: 0 to 30 ms
+/// in steps of 0.5 ms, where the engine writes its first files, then to 330 ms in steps of
+/// 15 ms, through the rest of a fjall creation (closing the new engine waits up to 250 ms
+/// for a fjall thread) and the first commit.
+fn creation_kill_delay(round: u64) -> Duration {
+    match round % CREATION_SWEEP {
+        fine @ 0..=60 => Duration::from_micros(fine * 500),
+        coarse => Duration::from_millis(30 + (coarse - 60) * 15),
+    }
+}
+
+/// Kills a child while it creates a store, after the delays of [`creation_kill_delay`],
+/// and checks that every store then opens, and that its one actor is absent, empty (its
+/// first commit was not made) or whole. Each store is checked on a thread of its own while
+/// the next child runs, because opening and closing a fjall store waits for its
+/// background threads to wake (see kv/src/fjall_kv.rs).
+fn killed_creation(engine_name: &str) {
+    let tmp = tempfile::tempdir().unwrap();
+    let rounds: u64 = std::env::var("SHOAL_CREATION_ROUNDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(CREATION_SWEEP);
+    let outcomes: Vec<Created> = std::thread::scope(|scope| {
+        let mut checks = Vec::new();
+        for round in 0..rounds {
+            let dir = tmp.path().join(format!("store-{round}"));
+            let delay = creation_kill_delay(round);
+            let mut child = Command::new(std::env::current_exe().unwrap())
+                .args([
+                    "--exact",
+                    "creation_child",
+                    "--nocapture",
+                    "--test-threads",
+                    "1",
+                ])
+                .env("SHOAL_CREATION_CHILD", &dir)
+                .env("SHOAL_CRASH_KV", engine_name)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+            // The test harness prints its own lines first.
+            while !lines.next().unwrap().unwrap().ends_with("opening") {}
+            std::thread::sleep(delay);
+            // Fails only if the child has been reaped, which `wait` below does.
+            child.kill().unwrap();
+            child.wait().unwrap();
+            let acknowledged = lines.any(|l| l.is_ok_and(|l| l.ends_with("written")));
+            checks.push(
+                scope.spawn(move || check_created(&dir, engine_name, round, delay, acknowledged)),
+            );
+        }
+        checks
+            .into_iter()
+            .map(|c| c.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
+            .collect()
+    });
+    let count = |what| outcomes.iter().filter(|&&o| o == what).count();
+    println!(
+        "{engine_name}: {rounds} kills during creation; then no actor {}, an empty actor {}, a whole actor {}",
+        count(Created::NoActor),
+        count(Created::Empty),
+        count(Created::Whole)
+    );
+}
+
+#[test]
+fn killed_creation_leaves_a_store_that_opens() {
+    killed_creation("fjall");
+}
+
+#[test]
+fn killed_creation_leaves_a_store_that_opens_on_sled() {
+    killed_creation("sled");
 }

@@ -1003,3 +1003,42 @@ fn temp_tables_stay_within_the_memory_budget() {
         .unwrap();
     assert_eq!(store.vfs().unwrap().temp_bytes().0, 0);
 }
+
+/// A store killed while it was being created leaves its engine directory under a
+/// temporary name (tests/crash.rs kills such creations); the next open removes it and
+/// creates the engine afresh under its own name.
+#[cfg(feature = "kv-vfs")]
+#[test]
+fn a_leftover_of_an_interrupted_creation_is_removed() {
+    // What a kill inside each engine's first open can leave: fjall's `version` file
+    // created but not yet written, sled's `conf` written without its checksum.
+    let torn = [
+        (shoal::KvEngine::Fjall, "kv-fjall", "version", &b""[..]),
+        (
+            shoal::KvEngine::Sled,
+            "kv-sled",
+            "conf",
+            &b"segment_size: 524288\n"[..],
+        ),
+    ];
+    for (kv_engine, engine_dir, file, bytes) in torn {
+        let dir = tempfile::tempdir().unwrap();
+        let leftover = dir.path().join(format!("{engine_dir}.creating"));
+        std::fs::create_dir(&leftover).unwrap();
+        std::fs::write(leftover.join(file), bytes).unwrap();
+        let config = Config {
+            kv_engine,
+            ..config(Backing::Kv)
+        };
+        {
+            let store = Store::open(dir.path(), config.clone()).unwrap();
+            store
+                .with_actor("a", |c| c.execute_batch("CREATE TABLE notes(body TEXT)"))
+                .unwrap();
+        }
+        assert!(!leftover.exists(), "{kv_engine:?}: the leftover stayed");
+        assert!(dir.path().join(engine_dir).is_dir(), "{kv_engine:?}");
+        let store = Store::open(dir.path(), config).unwrap();
+        assert_eq!(count(&store, "a"), 0, "{kv_engine:?}");
+    }
+}
