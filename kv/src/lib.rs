@@ -2,8 +2,9 @@
 //!
 //! It knows nothing of SQLite. It offers:
 //! - [`KvStore`], the backend trait (ordered keys, refcounted values, atomic guarded
-//!   batches, flush), with [`SledKv`] (the default), [`FjallKv`] (an LSM-tree whose memory
-//!   stays within its configured cache) and [`MemKv`] (the reference model);
+//!   batches, flush), with [`FjallKv`] (the default: an LSM-tree whose memory
+//!   stays within its configured cache), [`SledKv`] (sled 0.34, selectable) and [`MemKv`]
+//!   (the reference model);
 //! - [`keys`], the only place keys are built and parsed, and [`checksum`], the only place
 //!   values are sealed and verified;
 //! - [`Kv`], the shared handle: catalog of names, file records, and the
