@@ -59,11 +59,28 @@ pub enum Error {
     FlushFailed {
         /// The backend's error, as text (one failure is reported to many waiters).
         cause: String,
+        /// Whether it failed for lack of space.
+        disk_full: bool,
     },
-    /// A flush failed earlier; the store refuses writes until it is reopened.
-    #[error("the store refuses writes after a failed flush ({cause}); reopen it")]
+    /// A flush or write failed earlier; the store refuses writes until it is reopened.
+    #[error("the store refuses writes until it is reopened, after an earlier failure: {cause}")]
     Poisoned {
-        /// The error of the flush that failed.
+        /// The error of the first failure.
+        cause: String,
+        /// Whether that failure was a full disk.
+        disk_full: bool,
+    },
+    /// The file system holding the store has no space left.
+    #[error(
+        "the disk is full ({op} in the store at {}: {cause}); free space, then reopen the store",
+        path.display()
+    )]
+    Full {
+        /// The operation that failed.
+        op: &'static str,
+        /// The store's directory.
+        path: std::path::PathBuf,
+        /// The engine's error, as text.
         cause: String,
     },
     /// A database name is not acceptable.
@@ -116,4 +133,57 @@ impl Error {
     pub fn is_corruption(&self) -> bool {
         matches!(self, Error::Checksum { .. } | Error::Corrupt { .. })
     }
+
+    /// Whether this error comes from a full disk (now, or when the store was poisoned).
+    pub fn is_disk_full(&self) -> bool {
+        matches!(
+            self,
+            Error::Full { .. }
+                | Error::Poisoned {
+                    disk_full: true,
+                    ..
+                }
+                | Error::FlushFailed {
+                    disk_full: true,
+                    ..
+                }
+        )
+    }
+
+    /// Whether this error leaves the store unable to take writes until it is reopened:
+    /// a full disk (a write the engine half made may be in its log), or an engine that
+    /// poisoned itself.
+    pub fn poisons_store(&self) -> bool {
+        matches!(self, Error::Full { .. } | Error::Poisoned { .. })
+    }
+}
+
+/// The I/O error saying the file system (or the user's quota on it) has no space left,
+/// as text, if `err` is one or was caused by one.
+pub(crate) fn out_of_space(err: &(dyn std::error::Error + 'static)) -> Option<String> {
+    io_errors(err)
+        .find(|io| {
+            matches!(
+                io.kind(),
+                std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+            )
+        })
+        .map(ToString::to_string)
+}
+
+/// The I/O errors among `err` and the errors it was caused by.
+pub(crate) fn io_errors<'a>(
+    err: &'a (dyn std::error::Error + 'static),
+) -> impl Iterator<Item = &'a std::io::Error> {
+    std::iter::successors(Some(err), |e| e.source())
+        .filter_map(|e| e.downcast_ref::<std::io::Error>())
+}
+
+/// The message of a caught panic, as far as it is text.
+pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_owned())
 }

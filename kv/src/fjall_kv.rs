@@ -8,12 +8,30 @@
 //! fjall 3 needs Rust 1.90) and, where a test here says so, checked by it:
 //! - memory is the block cache ([`FjallConfig::cache_capacity`], one for the keyspace,
 //!   weighed by uncompressed block size) plus the memtables, capped together by
-//!   [`FjallConfig::write_buffer`] (`Config::max_write_buffer_size`; past it writers halt
-//!   until a flush brings the total back under). The partition's memtable bound is half
-//!   of it, so the write path seals a memtable before the cap halts writers (a quarter
-//!   sustained half the write rate in a one-off probe); that bound is stored with the
-//!   partition when the store is created and ignored on later opens, while the cap
-//!   applies at every open;
+//!   [`FjallConfig::write_buffer`]. A memtable is sealed at half of it, so one is sealed
+//!   before the cap holds writers back (a quarter sustained half the write rate in a
+//!   one-off probe). fjall stores its memtable bound with the partition when the store is
+//!   created and ignores it on later opens, so `FjallKv::make_room` seals at half of the
+//!   current cap itself (fjall's write path still seals at the stored bound if it is
+//!   lower);
+//! - fjall's own cap (`Config::max_write_buffer_size`) is left off (`u64::MAX`, which
+//!   fjall documents as off), and [`FjallKv`] holds writers back itself, before they
+//!   commit. fjall halts a writer *after* its batch is in, in
+//!   `PartitionHandle::check_write_buffer_size`, sleeping in a loop until flushes bring
+//!   the buffer back under the cap, and it never looks at whether the flush worker is
+//!   still alive: a flush that fails (a full disk) poisons the keyspace and ends the
+//!   worker, so nothing ever frees the buffer and the writer sleeps forever (seen on a
+//!   full tmpfs). `FjallKv::make_room` waits for room *before* the commit instead, seals
+//!   the memtable itself when that is what stands in the way, and checks between waits
+//!   whether the keyspace is poisoned, returning [`Error::Full`] or [`Error::Poisoned`].
+//!   The two other loops of that kind (journals over `Config::max_journaling_size`, 32 or
+//!   more runs in level 0), which fjall enters only after sealing a memtable, are waited
+//!   out the same way whenever a seal is due;
+//! - fjall reports most write failures as `Error::Poisoned`, without the I/O error behind
+//!   them (that goes to its log, and a failed background worker prints it on stderr). A
+//!   poisoned keyspace is reported as a full disk when the store's file system has less
+//!   than [`FULL_MARGIN`] left for unprivileged writers (`statvfs`): a failed segment
+//!   write leaves its partial file, so the space stays used;
 //! - the partition's options are stored with it too, compression among them: blocks are
 //!   lz4-compressed unless [`FjallConfig::compress`] is off (lz4 wrote incompressible
 //!   pages at the same rate as no compression in a one-off probe; in the mixed benchmark
@@ -32,6 +50,8 @@
 //!   fsyncs even when nothing is new, so a flush with no commit since the last one skips
 //!   it and returns at once, as sled's does;
 //! - a failed fsync or journal write poisons the keyspace: later commits and persists fail;
+//! - data fjall cannot decode is reported as [`Error::Corrupt`]; fjall's open and reads
+//!   run under `catch_unwind`, so a panic on damaged files is reported the same way;
 //! - fjall 2 does not lock its directory (two keyspaces on one directory corrupt it), so
 //!   [`FjallKv`] holds an exclusive lock (`File::try_lock`, an `flock` on Unix) on
 //!   [`LOCK_FILE`] in it, reported as [`Error::StoreLocked`]. The lock is released last,
@@ -69,14 +89,17 @@
 
 use std::fs::{File, TryLockError};
 use std::ops::Bound;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use bytes::Bytes;
 use fjall::{Keyspace, PartitionCreateOptions, PartitionHandle, PersistMode, Slice, Snapshot};
 use parking_lot::Mutex;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, out_of_space, panic_message};
 use crate::keys::{self, KeyRange};
 use crate::store::{Batch, Entry, KvStats, KvStore, Scan, fold_ops};
 
@@ -94,6 +117,25 @@ const MAX_KEY_LEN: usize = u16::MAX as usize - 1;
 
 /// fjall refuses (with a panic) a write buffer under 1 MiB.
 const MIN_WRITE_BUFFER: u64 = 1 << 20;
+
+/// fjall's journal bound (`Config::max_journaling_size`, its default, set explicitly
+/// because [`FjallKv::make_room`] waits on it too).
+const MAX_JOURNALING: u64 = 512 << 20;
+
+/// fjall halts writers while level 0 has this many runs (`check_write_halt`).
+const L0_HALT: usize = 32;
+
+/// How long [`FjallKv::make_room`] sleeps between looks at the write buffer.
+const HALT_POLL: Duration = Duration::from_millis(1);
+
+/// Free space under which a poisoned keyspace is reported as a full disk.
+const FULL_MARGIN: u64 = 1 << 20;
+
+/// Bytes fjall counts for one item in its write buffer: its key and value, a sequence
+/// number and a value type (`InternalValue::size` in lsm-tree).
+fn item_size(stored_key: &[u8], value: &[u8]) -> u64 {
+    (stored_key.len() + value.len() + 9) as u64
+}
 
 /// How many entries one page of a scan holds at most...
 const SCAN_PAGE_ENTRIES: usize = 256;
@@ -144,6 +186,11 @@ pub struct FjallKv {
     write_lock: Mutex<()>,
     /// Set after every commit, cleared by the flush that covers it.
     unsynced: AtomicBool,
+    /// The write buffer's cap, enforced by [`FjallKv::make_room`].
+    write_buffer: u64,
+    /// Why this store stopped taking writes, when fjall would not know (a memtable this
+    /// module sealed that fjall could not queue for its flush).
+    broken: OnceLock<String>,
     path: PathBuf,
     cache_capacity: u64,
     /// The locked [`LOCK_FILE`]; closing it releases the lock.
@@ -245,35 +292,117 @@ impl FjallKv {
             Err(TryLockError::Error(e)) => return Err(Error::backend("lock", e)),
         }
         let write_buffer = config.write_buffer.max(MIN_WRITE_BUFFER);
-        let keyspace = fjall::Config::new(path)
-            .cache_size(config.cache_capacity)
-            .max_write_buffer_size(write_buffer)
-            .fsync_ms(config.flush_every_ms.filter(|&ms| ms > 0))
-            .open()
-            .map_err(Error::at("open"))?;
         let memtable = u32::try_from(write_buffer / 2).unwrap_or(u32::MAX);
-        let partition = keyspace
-            .open_partition(
-                PARTITION,
-                PartitionCreateOptions::default()
-                    .max_memtable_size(memtable)
-                    .compression(if config.compress {
-                        fjall::CompressionType::Lz4
-                    } else {
-                        fjall::CompressionType::None
-                    }),
-            )
-            .map_err(Error::at("open"))?;
+        let options = PartitionCreateOptions::default()
+            .max_memtable_size(memtable)
+            .compression(if config.compress {
+                fjall::CompressionType::Lz4
+            } else {
+                fjall::CompressionType::None
+            });
+        // fjall panics on some damaged files; its recovery runs here.
+        let opened = catch_unwind(AssertUnwindSafe(|| {
+            let keyspace = fjall::Config::new(path)
+                .cache_size(config.cache_capacity)
+                // Off: `make_room` enforces the cap (see the module docs).
+                .max_write_buffer_size(u64::MAX)
+                .max_journaling_size(MAX_JOURNALING)
+                .fsync_ms(config.flush_every_ms.filter(|&ms| ms > 0))
+                .open()?;
+            let partition = keyspace.open_partition(PARTITION, options)?;
+            fjall::Result::Ok((keyspace, partition))
+        }));
+        let (keyspace, partition) = match opened {
+            Ok(Ok(opened)) => opened,
+            Ok(Err(e)) => return Err(engine_error("open", path, e)),
+            Err(panic) => return Err(panicked("open", path, &*panic)),
+        };
         Ok(FjallKv {
             partition,
             keyspace,
             write_lock: Mutex::new(()),
             // A journal replayed at open may not have been synced before the crash.
             unsynced: AtomicBool::new(true),
+            write_buffer,
+            broken: OnceLock::new(),
             path: path.clone(),
             cache_capacity: config.cache_capacity,
             _lock: lock,
         })
+    }
+
+    /// Our error for fjall's `e` during `op` (see the module docs).
+    fn error(&self, op: &'static str, e: impl Into<fjall::Error>) -> Error {
+        engine_error(op, &self.path, e)
+    }
+
+    /// Fails if the keyspace is poisoned (fjall answers a buffer-only persist with
+    /// `Poisoned` then, and otherwise writes nothing: every commit has flushed its
+    /// buffer already) or this module found the store broken.
+    fn check_alive(&self, op: &'static str) -> Result<()> {
+        if let Some(cause) = self.broken.get() {
+            return Err(Error::Poisoned {
+                cause: cause.clone(),
+                disk_full: disk_nearly_full(&self.path),
+            });
+        }
+        self.keyspace
+            .persist(PersistMode::Buffer)
+            .map_err(|e| self.error(op, e))
+    }
+
+    /// Holds back a batch of `need` bytes (as fjall counts them) until fjall can take it
+    /// without halting in `commit`, and fails instead of waiting once fjall can no longer
+    /// make room (see the module docs). Called under the write lock, so nothing but this
+    /// batch adds to the buffer meanwhile; fjall's flushes only take from it.
+    fn make_room(&self, need: u64) -> Result<()> {
+        use fjall::AbstractTree;
+        // The bound this open gives memtables; the one stored with the partition may be
+        // larger (a store created with a larger buffer), and fjall does not show it.
+        let max_memtable = self.write_buffer / 2;
+        loop {
+            let memtable = u64::from(self.partition.tree.active_memtable_size());
+            let used = self.keyspace.write_buffer_size();
+            // A batch larger than the whole buffer goes in alone, once the rest is out.
+            let over_buffer = used > 0 && used + need > self.write_buffer;
+            if memtable > 0 && (memtable + need > max_memtable || over_buffer) {
+                // Sealed here, not in `commit` (see the module docs).
+                if let Err(e) = self.partition.rotate_memtable() {
+                    // fjall's own callers poison the keyspace here: the memtable may be
+                    // out of the tree's active slot without a flush queued for it.
+                    let err = self.error("seal", e);
+                    let _ = self.broken.set(err.to_string());
+                    return Err(err);
+                }
+                continue;
+            }
+            if !over_buffer {
+                // fjall may still seal in `commit` (the partition's stored bound can be
+                // smaller than this open's) and then check its other halts: they must
+                // not be due.
+                return self.wait_for_flushes_and_compactions();
+            }
+            self.check_alive("commit")?;
+            std::thread::sleep(HALT_POLL);
+        }
+    }
+
+    /// Waits while fjall would halt a writer after a seal: journals over their bound,
+    /// level 0 with [`L0_HALT`] runs. Both clear as background work completes. The
+    /// journals' size costs a `stat`, so it is looked at only once there are 8 of them:
+    /// fjall preallocates each to 32 MiB and a journal is sealed with its memtable, far
+    /// below 64 MiB, so fewer stay under the bound.
+    fn wait_for_flushes_and_compactions(&self) -> Result<()> {
+        use fjall::AbstractTree;
+        let journals_over = || {
+            self.keyspace.journal_count() as u64 >= MAX_JOURNALING / (64 << 20)
+                && self.keyspace.journal_disk_space() > MAX_JOURNALING
+        };
+        while self.partition.tree.l0_run_count() >= L0_HALT || journals_over() {
+            self.check_alive("commit")?;
+            std::thread::sleep(HALT_POLL);
+        }
+        Ok(())
     }
 
     /// The store's directory.
@@ -287,9 +416,12 @@ impl FjallKv {
         if key.len() > MAX_KEY_LEN {
             return Err(too_long("put_raw", key));
         }
+        let _serial = self.write_lock.lock();
+        let key = stored_key(key);
+        self.make_room(item_size(&key, value))?;
         self.partition
-            .insert(stored_key(key), value)
-            .map_err(Error::at("put_raw"))?;
+            .insert(key, value)
+            .map_err(|e| self.error("put_raw", e))?;
         self.unsynced.store(true, Ordering::SeqCst);
         Ok(())
     }
@@ -345,12 +477,105 @@ impl FjallKv {
     fn snapshot(&self) -> Snapshot {
         self.partition.snapshot_at(self.keyspace.instant())
     }
+
+    /// Runs a read of the latest state (under the write lock) with a panic caught.
+    fn read_latest<T>(
+        &self,
+        op: &'static str,
+        read: impl FnOnce(&PartitionHandle) -> fjall::Result<T>,
+    ) -> Result<T> {
+        match catch_unwind(AssertUnwindSafe(|| read(&self.partition))) {
+            Ok(result) => result.map_err(|e| self.error(op, e)),
+            Err(panic) => Err(panicked(op, &self.path, &*panic)),
+        }
+    }
+}
+
+/// Our error for fjall's `e` during `op` on the store at `path`: a full disk is
+/// [`Error::Full`], a poisoned keyspace [`Error::Full`] or [`Error::Poisoned`] (see the
+/// module docs), data fjall cannot decode [`Error::Corrupt`].
+fn engine_error(op: &'static str, path: &Path, e: impl Into<fjall::Error>) -> Error {
+    use fjall::LsmError;
+    let e = e.into();
+    if let fjall::Error::Poisoned = e {
+        return if disk_nearly_full(path) {
+            Error::Full {
+                op,
+                path: path.to_path_buf(),
+                cause: "fjall stopped taking writes after one failed for lack of space".into(),
+            }
+        } else {
+            Error::Poisoned {
+                cause: format!(
+                    "fjall stopped taking writes after a failed write or background flush \
+                     in {} (its error went to its log or stderr)",
+                    path.display()
+                ),
+                disk_full: false,
+            }
+        };
+    }
+    if let Some(cause) = out_of_space(&e) {
+        return Error::Full {
+            op,
+            path: path.to_path_buf(),
+            cause,
+        };
+    }
+    let damaged = match &e {
+        fjall::Error::Decode(_)
+        | fjall::Error::JournalRecovery(_)
+        | fjall::Error::InvalidVersion(_)
+        | fjall::Error::Storage(
+            LsmError::Decode(_)
+            | LsmError::Decompress(_)
+            | LsmError::InvalidChecksum(_)
+            | LsmError::InvalidVersion(_)
+            | LsmError::Unrecoverable,
+        ) => true,
+        // A file shorter than its index says, or bytes that do not parse.
+        other => crate::error::io_errors(other).any(|io| {
+            matches!(
+                io.kind(),
+                std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::InvalidData
+            )
+        }),
+    };
+    if damaged {
+        return Error::Corrupt {
+            what: format!("the fjall files in {}", path.display()),
+            reason: format!("{op}: {e}"),
+        };
+    }
+    Error::backend(op, e)
+}
+
+/// The error for a panic inside fjall during `op`: it panics on some damaged data.
+fn panicked(op: &'static str, path: &Path, panic: &(dyn std::any::Any + Send)) -> Error {
+    Error::Corrupt {
+        what: format!("the fjall files in {}", path.display()),
+        reason: format!("fjall panicked during {op}: {}", panic_message(panic)),
+    }
+}
+
+/// Whether the file system holding `path` has less than [`FULL_MARGIN`] bytes left for
+/// unprivileged writers (`false` if that cannot be told).
+#[cfg(unix)]
+fn disk_nearly_full(path: &Path) -> bool {
+    rustix::fs::statvfs(path).is_ok_and(|st| st.f_bavail.saturating_mul(st.f_frsize) < FULL_MARGIN)
+}
+
+#[cfg(not(unix))]
+fn disk_nearly_full(_path: &Path) -> bool {
+    false
 }
 
 /// A scan read page by page from one snapshot, holding no fjall iterator (and so none of
 /// its locks) between pages.
 struct PagedScan {
     snapshot: Snapshot,
+    /// The store's directory, for errors.
+    path: PathBuf,
     /// Where the next page starts.
     next: Bound<Vec<u8>>,
     end: Bound<Vec<u8>>,
@@ -360,12 +585,20 @@ struct PagedScan {
 
 impl PagedScan {
     fn fill(&mut self) -> Result<()> {
+        let path = self.path.clone();
+        match catch_unwind(AssertUnwindSafe(|| self.fill_page())) {
+            Ok(filled) => filled,
+            Err(panic) => Err(panicked("scan", &path, &*panic)),
+        }
+    }
+
+    fn fill_page(&mut self) -> Result<()> {
         let mut page = Vec::new();
         let mut bytes = 0;
         let mut last = None;
         self.done = true;
         for item in self.snapshot.range((self.next.clone(), self.end.clone())) {
-            let (k, v) = item.map_err(Error::at("scan"))?;
+            let (k, v) = item.map_err(|e| engine_error("scan", &self.path, e))?;
             bytes += k.len() + v.len();
             page.push((user_key(&k)?, to_bytes(v)));
             last = Some(k);
@@ -406,11 +639,11 @@ impl KvStore for FjallKv {
         if key.len() > MAX_KEY_LEN {
             return Ok(None);
         }
-        let value = self
-            .snapshot()
-            .get(stored_key(key))
-            .map_err(Error::at("get"))?;
-        Ok(value.map(to_bytes))
+        let got = catch_unwind(AssertUnwindSafe(|| self.snapshot().get(stored_key(key))));
+        match got {
+            Ok(value) => Ok(value.map_err(|e| self.error("get", e))?.map(to_bytes)),
+            Err(panic) => Err(panicked("get", &self.path, &*panic)),
+        }
     }
 
     fn scan(&self, range: KeyRange) -> Result<Scan<'_>> {
@@ -419,6 +652,7 @@ impl KvStore for FjallKv {
         };
         Ok(Box::new(PagedScan {
             snapshot: self.snapshot(),
+            path: self.path.clone(),
             next: start,
             end,
             page: Vec::new().into_iter(),
@@ -432,9 +666,7 @@ impl KvStore for FjallKv {
             let current = if pre.key.len() > MAX_KEY_LEN {
                 None
             } else {
-                self.partition
-                    .get(stored_key(&pre.key))
-                    .map_err(Error::at("precondition"))?
+                self.read_latest("precondition", |p| p.get(stored_key(&pre.key)))?
             };
             pre.check(current.as_deref())?;
         }
@@ -445,13 +677,14 @@ impl KvStore for FjallKv {
             let Some(bounds) = stored_bounds(range) else {
                 return Ok(Vec::new());
             };
-            self.partition
-                .range(bounds)
-                .map(|item| {
-                    item.map_err(Error::at("delete_range"))
-                        .and_then(|(key, _)| user_key(&key))
-                })
-                .collect()
+            self.read_latest("delete_range", |p| {
+                Ok(p.range(bounds)
+                    .map(|item| {
+                        item.map_err(|e| self.error("delete_range", e))
+                            .and_then(|(key, _)| user_key(&key))
+                    })
+                    .collect())
+            })?
         })?;
         // Checked before any item is built: fjall panics on these.
         for (k, v) in &writes {
@@ -472,13 +705,22 @@ impl KvStore for FjallKv {
             return Ok(());
         }
         let mut fjall_batch = self.keyspace.batch();
+        let mut need = 0;
         for (k, v) in writes {
+            let key = stored_key(&k);
             match v {
-                Some(v) => fjall_batch.insert(&self.partition, stored_key(&k), &v[..]),
-                None => fjall_batch.remove(&self.partition, stored_key(&k)),
+                Some(v) => {
+                    need += item_size(&key, &v);
+                    fjall_batch.insert(&self.partition, key, &v[..]);
+                }
+                None => {
+                    need += item_size(&key, &[]);
+                    fjall_batch.remove(&self.partition, key);
+                }
             }
         }
-        fjall_batch.commit().map_err(Error::at("commit"))?;
+        self.make_room(need)?;
+        fjall_batch.commit().map_err(|e| self.error("commit", e))?;
         self.unsynced.store(true, Ordering::SeqCst);
         Ok(())
     }
@@ -493,7 +735,7 @@ impl KvStore for FjallKv {
         self.keyspace
             .persist(PersistMode::SyncAll)
             .inspect_err(|_| self.unsynced.store(true, Ordering::SeqCst))
-            .map_err(Error::at("flush"))
+            .map_err(|e| self.error("flush", e))
     }
 
     fn stats(&self) -> Result<KvStats> {

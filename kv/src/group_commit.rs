@@ -17,7 +17,10 @@
 //! A failed flush is reported to every waiter of that flush and poisons the committer:
 //! later requests and [`GroupCommitter::check_writable`] fail with [`Error::Poisoned`]
 //! until the store is reopened (a backend whose flush failed may have lost writes that
-//! were already acknowledged as applied; writing on would build on sand).
+//! were already acknowledged as applied; writing on would build on sand). A write that
+//! failed in a way that leaves the engine unusable (a full disk, an engine that poisoned
+//! itself) poisons it the same way ([`GroupCommitter::poison`]); the first cause is kept
+//! and every later refusal names it.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -29,7 +32,14 @@ use crossbeam_channel::{Receiver, Sender};
 use crate::error::{Error, Result};
 use crate::store::KvStore;
 
-type Reply = Sender<Result<(), String>>;
+/// Why the store was poisoned: the first failure's text, and whether it was a full disk.
+#[derive(Debug, Clone)]
+struct Poison {
+    cause: String,
+    disk_full: bool,
+}
+
+type Reply = Sender<Result<(), Poison>>;
 
 /// The longest a flush waits for batches being applied when it is asked for.
 pub(crate) const GATHER_LIMIT: Duration = Duration::from_micros(500);
@@ -58,9 +68,9 @@ pub struct GroupCommitStats {
 
 #[derive(Debug, Default)]
 struct Shared {
-    /// The cause of the first failed flush (set once; read without a lock by every
-    /// apply and durable commit).
-    poisoned: OnceLock<String>,
+    /// The first failure that poisoned the store (set once; read without a lock by
+    /// every apply and durable commit).
+    poisoned: OnceLock<Poison>,
     /// Batches being applied right now.
     applying: AtomicUsize,
     requests: AtomicU64,
@@ -69,7 +79,7 @@ struct Shared {
 }
 
 impl Shared {
-    fn poison_cause(&self) -> Option<String> {
+    fn poison_cause(&self) -> Option<Poison> {
         self.poisoned.get().cloned()
     }
 }
@@ -112,7 +122,7 @@ impl GroupCommitter {
         self.shared.requests.fetch_add(1, Ordering::SeqCst);
         match answer.recv() {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(cause)) => Err(Error::FlushFailed { cause }),
+            Ok(Err(Poison { cause, disk_full })) => Err(Error::FlushFailed { cause, disk_full }),
             Err(_) => Err(Error::Closed),
         }
     }
@@ -124,12 +134,27 @@ impl GroupCommitter {
         Applying(&self.shared.applying)
     }
 
-    /// Fails with [`Error::Poisoned`] once a flush has failed.
+    /// Fails with [`Error::Poisoned`] once a flush has failed (or [`GroupCommitter::poison`]
+    /// was called).
     pub fn check_writable(&self) -> Result<()> {
         match self.shared.poison_cause() {
-            Some(cause) => Err(Error::Poisoned { cause }),
+            Some(Poison { cause, disk_full }) => Err(Error::Poisoned { cause, disk_full }),
             None => Ok(()),
         }
+    }
+
+    /// Refuses every later write and flush, naming `err` as the cause (unless the store
+    /// is poisoned already: the first cause stays).
+    pub fn poison(&self, err: &Error) {
+        let cause = match err {
+            // Already the text of an earlier failure, not a sentence about poisoning.
+            Error::Poisoned { cause, .. } => cause.clone(),
+            other => other.to_string(),
+        };
+        let _ = self.shared.poisoned.set(Poison {
+            cause,
+            disk_full: err.is_disk_full(),
+        });
     }
 
     /// Requests, completions and flushes so far.
@@ -151,14 +176,23 @@ fn flusher(backend: &dyn KvStore, rx: &Receiver<Reply>, shared: &Shared) {
         let mut waiters = vec![first];
         waiters.extend(rx.try_iter());
         let result = match shared.poison_cause() {
-            Some(cause) => Err(format!("an earlier flush failed: {cause}")),
+            Some(Poison { cause, disk_full }) => Err(Poison {
+                cause: format!("the store was poisoned earlier: {cause}"),
+                disk_full,
+            }),
             None => {
                 shared.flushes.fetch_add(1, Ordering::SeqCst);
                 // A panicking backend must not kill the flusher and hang every waiter.
                 match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| backend.flush())) {
                     Ok(Ok(())) => Ok(()),
-                    Ok(Err(e)) => Err(e.to_string()),
-                    Err(_) => Err("the backend panicked while flushing".to_owned()),
+                    Ok(Err(e)) => Err(Poison {
+                        cause: e.to_string(),
+                        disk_full: e.is_disk_full(),
+                    }),
+                    Err(_) => Err(Poison {
+                        cause: "the backend panicked while flushing".to_owned(),
+                        disk_full: false,
+                    }),
                 }
             }
         };

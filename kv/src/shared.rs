@@ -1,6 +1,8 @@
 //! `Kv`: the one handle the layers above use. It owns the backend and its group
-//! committer, refuses writes once a flush has failed, keeps the catalog of database names,
-//! and reads and seals file records so that checksums never leave this crate.
+//! committer, refuses writes once a flush or a write has failed in a way that leaves the
+//! engine unusable (a full disk, an engine that poisoned itself), keeps the catalog of
+//! database names, and reads and seals file records so that checksums never leave this
+//! crate.
 //!
 //! Catalog invariants: a name maps to at most one `DbId`; ids come from a counter that only
 //! grows (a dropped database's id is never reused, so stale keys can never be mistaken
@@ -115,18 +117,29 @@ impl Kv {
         self.backend.scan(range)
     }
 
-    /// Applies `batch` atomically, unless a failed flush has poisoned the store.
+    /// Applies `batch` atomically, unless the store is poisoned (a failed flush, or a
+    /// write that left the engine unusable). A write failing for lack of
+    /// space poisons it: the engine may hold part of that write in its log.
     pub fn apply(&self, batch: Batch) -> Result<()> {
-        self.committer.check_writable()?;
+        self.check_writable()?;
         let _applying = self.committer.applying();
         if !self.cache.enabled() {
-            return self.backend.apply(batch);
+            return self.backend.apply(batch).inspect_err(|e| self.failed(e));
         }
         // The cache follows the batch once it is applied, so it keeps a clone (refcounted
         // values; the ops list and the keys' shared headers are allocated).
-        self.backend.apply(batch.clone())?;
+        self.backend
+            .apply(batch.clone())
+            .inspect_err(|e| self.failed(e))?;
         self.cache.written(&batch);
         Ok(())
+    }
+
+    /// Poisons the store if `err` leaves the engine unusable.
+    fn failed(&self, err: &Error) {
+        if err.poisons_store() {
+            self.committer.poison(err);
+        }
     }
 
     /// Bytes the read cache holds now, and its capacity.
@@ -140,7 +153,7 @@ impl Kv {
         self.committer.commit_durable()
     }
 
-    /// Fails once a flush has failed.
+    /// Fails once the store is poisoned (see [`Kv::apply`]).
     pub fn check_writable(&self) -> Result<()> {
         self.committer.check_writable()
     }

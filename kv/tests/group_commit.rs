@@ -267,7 +267,7 @@ fn a_failed_flush_reaches_every_waiter_and_poisons_until_reopened() {
     backend.open_gate();
     for w in waiters {
         match w.join().unwrap() {
-            Err(Error::FlushFailed { cause }) => {
+            Err(Error::FlushFailed { cause, .. }) => {
                 assert!(cause.contains("injected fault in flush"), "{cause}");
             }
             other => panic!("a waiter got {other:?} instead of the flush failure"),
@@ -283,7 +283,7 @@ fn a_failed_flush_reaches_every_waiter_and_poisons_until_reopened() {
     assert!(matches!(kv.check_writable(), Err(Error::Poisoned { .. })));
     let err = kv.apply(put("after".into())).unwrap_err();
     assert!(
-        matches!(&err, Error::Poisoned { cause } if cause.contains("injected")),
+        matches!(&err, Error::Poisoned { cause, .. } if cause.contains("injected")),
         "{err}"
     );
     assert_eq!(

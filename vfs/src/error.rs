@@ -147,6 +147,8 @@ impl Error {
 ///   checksum VFS returns), `SQLITE_CORRUPT` for structural damage;
 /// - a failed atomic commit must be an `SQLITE_IOERR` code, or SQLite cannot fall back to
 ///   its rollback journal;
+/// - a full disk, now or when the store was poisoned, is `SQLITE_FULL` ("database or disk
+///   is full"), as the unix VFS reports ENOSPC;
 /// - every other failure is the operation's `SQLITE_IOERR_*` code.
 pub(crate) fn sqlite_code(err: &Error, op: Op) -> i32 {
     match op {
@@ -158,6 +160,7 @@ pub(crate) fn sqlite_code(err: &Error, op: Op) -> i32 {
         Error::Kv(shoal_kv::Error::Checksum { .. }) => ffi::SQLITE_IOERR_DATA,
         Error::Kv(e) if e.is_corruption() => ffi::SQLITE_CORRUPT,
         Error::Kv(shoal_kv::Error::UnsupportedFormat { .. }) => ffi::SQLITE_CORRUPT,
+        Error::Kv(e) if e.is_disk_full() => ffi::SQLITE_FULL,
         Error::Corrupt { .. } => ffi::SQLITE_CORRUPT,
         Error::CantOpen { .. } => ffi::SQLITE_CANTOPEN,
         Error::Refused(_) => ffi::SQLITE_ERROR,
@@ -209,7 +212,10 @@ mod tests {
     fn a_failed_atomic_commit_is_always_an_ioerr() {
         let errs = [
             Error::corrupt("a", "x"),
-            Error::Kv(shoal_kv::Error::Poisoned { cause: "x".into() }),
+            Error::Kv(shoal_kv::Error::Poisoned {
+                cause: "x".into(),
+                disk_full: false,
+            }),
             Error::Kv(shoal_kv::Error::PreconditionFailed { what: "x".into() }),
         ];
         for e in errs {
@@ -231,5 +237,38 @@ mod tests {
         );
         let injected = Error::Kv(shoal_kv::Error::Injected { op: "get", nth: 1 });
         assert_eq!(sqlite_code(&injected, Op::Read), ffi::SQLITE_IOERR_READ);
+    }
+
+    #[test]
+    fn a_full_disk_is_sqlite_full_outside_atomic_commits() {
+        let full = [
+            shoal_kv::Error::Full {
+                op: "commit",
+                path: "store".into(),
+                cause: "no space".into(),
+            },
+            shoal_kv::Error::Poisoned {
+                cause: "the disk is full".into(),
+                disk_full: true,
+            },
+            shoal_kv::Error::FlushFailed {
+                cause: "no space".into(),
+                disk_full: true,
+            },
+        ];
+        for e in full.map(Error::Kv) {
+            assert_eq!(sqlite_code(&e, Op::Write), ffi::SQLITE_FULL, "{e}");
+            assert_eq!(sqlite_code(&e, Op::Sync), ffi::SQLITE_FULL, "{e}");
+            assert_eq!(
+                sqlite_code(&e, Op::CommitAtomic),
+                ffi::SQLITE_IOERR_COMMIT_ATOMIC,
+                "{e}"
+            );
+        }
+        let poisoned = Error::Kv(shoal_kv::Error::Poisoned {
+            cause: "flush failed".into(),
+            disk_full: false,
+        });
+        assert_eq!(sqlite_code(&poisoned, Op::Write), ffi::SQLITE_IOERR_WRITE);
     }
 }
