@@ -8,25 +8,73 @@
 //! - a sled directory can be opened once at a time (a file lock), reported as
 //!   [`Error::StoreLocked`];
 //! - `get` returns a reference-counted `IVec`, wrapped here as [`Bytes`] without a copy;
+//! - sled panics on some damaged files (a flipped bit or a zeroed block in `db` made
+//!   `Config::open` panic in its deserialisation code, and reads in `Node::set_leaf`), so
+//!   every call into sled runs under `catch_unwind` and a panic is reported as
+//!   [`Error::Corrupt`];
 //! - an open that finds the log grown since the last snapshot writes a new one, to
-//!   `snap.<lsn>.generating` until it is complete and synced, then renames it; but sled's
+//!   `snap.<lsn>.generating` until it is complete and synced, then renames it and only
+//!   then removes older ones (it writes no snapshot anywhere else:
+//!   `pagecache::snapshot::write_snapshot`, called at `PageCache::start`); but sled's
 //!   reader takes `.generating` files too (it skips only an older suffix, `.in___motion`)
-//!   and refuses an unfinished one as corrupt, so a kill at that moment left a store that
-//!   never opened again. [`SledKv::open`] removes them first (see
-//!   [`remove_unfinished_snapshots`]).
+//!   and refuses an unfinished one as corrupt, so an open killed or failing on a full disk
+//!   at that moment left a store that never opened again. Such a file is never the only
+//!   copy of anything (the previous snapshot and the log it summarises are still there),
+//!   so [`SledKv::open`] removes them first (see [`remove_unfinished_snapshots`]);
+//! - an I/O error for lack of space is reported as [`Error::Full`];
+//! - after a write fails (a full disk), a flush can wait forever for a log position that
+//!   will never be written, with no error stored for it to find (seen on a full tmpfs in
+//!   3 of 10 runs of `kv/tests/full_disk.rs`: `apply_batch` returned ENOSPC and the next
+//!   flush, the one in `Db::drop` among them, never returned). `Log::reserve_inner`
+//!   counts itself as a writer of the current I/O buffer and then writes a node too
+//!   large for the log (over a quarter of a segment) to a blob file; when that write
+//!   fails it returns without leaving the buffer, which is written only once its last
+//!   writer leaves, so it never is. So after a failed write
+//!   [`SledKv`] starts no sled write or flush again (they fail with
+//!   [`Error::Poisoned`]), and closes the `sled::Db` in a thread of its own, waiting at
+//!   most [`CLOSE_LIMIT`] for it; one that does not finish keeps sled's lock, and an
+//!   open of that directory in this process says so;
+//! - sled also stores the error of a log write it started from `exit_reservation`
+//!   (`pagecache/logger.rs`) without waking the threads waiting in `make_stable` for
+//!   that write, and they look at the stored error only when woken. Any later flush sees
+//!   the error at once and wakes them, so while a flush runs a watch thread
+//!   ([`FlushWatch`]) starts another one every [`NUDGE`] in a thread of its own (at most
+//!   [`MAX_NUDGES`] at a time);
+//! - dropping the last `sled::Db` flushes and then `sync_all().unwrap()`s its file: the
+//!   drop runs under `catch_unwind` too.
 
+use std::collections::BTreeSet;
+use std::fs::{File, TryLockError};
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use crossbeam_channel::{RecvTimeoutError, Sender};
 use parking_lot::Mutex;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, out_of_space, panic_message};
 use crate::keys::KeyRange;
 use crate::store::{Batch, KvStats, KvStore, Scan, fold_ops};
 
 /// How long [`SledKv::open`] waits for a directory lock that sled has not yet released.
 const LOCK_RETRY: Duration = Duration::from_secs(1);
+
+/// How often a running flush is nudged (see the module docs)...
+const NUDGE: Duration = Duration::from_millis(250);
+
+/// ...by at most this many nudging flushes at a time.
+const MAX_NUDGES: usize = 8;
+
+/// How long closing a store whose write failed waits for sled to let go of it.
+const CLOSE_LIMIT: Duration = Duration::from_secs(5);
+
+/// Directories of stores whose close did not finish within [`CLOSE_LIMIT`]: sled still
+/// holds their lock.
+static STUCK: Mutex<BTreeSet<PathBuf>> = Mutex::new(BTreeSet::new());
 
 /// How to open a [`SledKv`].
 #[derive(Debug, Clone)]
@@ -53,7 +101,12 @@ impl SledConfig {
 /// The sled backend.
 #[derive(Debug)]
 pub struct SledKv {
-    db: sled::Db,
+    /// `None` only while dropping.
+    db: Option<sled::Db>,
+    watch: FlushWatch,
+    /// The first failed write, if any (see the module docs), and whether it was a full
+    /// disk.
+    failed: OnceLock<(String, bool)>,
     /// Held across precondition check and apply so no other batch slips between them.
     write_lock: Mutex<()>,
     path: PathBuf,
@@ -76,32 +129,58 @@ impl SledKv {
                     std::thread::sleep(pause);
                     pause = (pause * 2).min(Duration::from_millis(50));
                 }
+                Err(Error::StoreLocked { path }) if STUCK.lock().contains(&path) => {
+                    return Err(Error::backend(
+                        "open",
+                        std::io::Error::other(format!(
+                            "the sled store at {} could not finish closing after a write \
+                             failed (sled 0.34 waits for that write forever) and still \
+                             holds its lock; restart the process to open it again",
+                            path.display()
+                        )),
+                    ));
+                }
                 done => return done,
             }
         }
     }
 
     fn open_once(config: &SledConfig) -> Result<SledKv> {
-        remove_unfinished_snapshots(&config.path)?;
-        let db = sled::Config::new()
-            .path(&config.path)
-            .cache_capacity(config.cache_capacity)
-            .flush_every_ms(config.flush_every_ms)
-            .open()
-            .map_err(|e| match e {
-                sled::Error::Io(io) if io.to_string().contains("could not acquire lock") => {
-                    Error::StoreLocked {
-                        path: config.path.clone(),
-                    }
-                }
-                other => Error::backend("open", other),
-            })?;
+        let path = &config.path;
+        remove_unfinished_snapshots(path)?;
+        let opened = catch_unwind(|| {
+            sled::Config::new()
+                .path(path)
+                .cache_capacity(config.cache_capacity)
+                .flush_every_ms(config.flush_every_ms)
+                .open()
+        });
+        let db = match opened {
+            Ok(Ok(db)) => db,
+            Ok(Err(sled::Error::Io(io))) if io.to_string().contains("could not acquire lock") => {
+                return Err(Error::StoreLocked { path: path.clone() });
+            }
+            Ok(Err(e)) => return Err(engine_error("open", path, e)),
+            Err(panic) => return Err(panicked("open", path, &*panic)),
+        };
         Ok(SledKv {
-            db,
+            watch: FlushWatch::start(db.clone())?,
+            db: Some(db),
+            failed: OnceLock::new(),
             write_lock: Mutex::new(()),
-            path: config.path.clone(),
+            path: path.clone(),
             cache_capacity: config.cache_capacity,
         })
+    }
+
+    /// Runs `f` against sled, turning its errors into ours and a panic into
+    /// [`Error::Corrupt`] (sled panics on some damaged data).
+    fn call<T>(&self, op: &'static str, f: impl FnOnce(&sled::Db) -> sled::Result<T>) -> Result<T> {
+        let db = self.db.as_ref().ok_or(Error::Closed)?;
+        match catch_unwind(AssertUnwindSafe(|| f(db))) {
+            Ok(result) => result.map_err(|e| engine_error(op, &self.path, e)),
+            Err(panic) => Err(panicked(op, &self.path, &*panic)),
+        }
     }
 
     /// The store's directory.
@@ -112,70 +191,163 @@ impl SledKv {
     /// Writes raw bytes under `key`, bypassing every check: for tests that corrupt data.
     #[doc(hidden)]
     pub fn put_raw(&self, key: &[u8], value: &[u8]) -> Result<()> {
-        self.db
-            .insert(key, value)
-            .map(drop)
-            .map_err(Error::at("put_raw"))
+        self.write("put_raw", |db| db.insert(key, value).map(drop))
     }
 
-    fn range_iter(&self, range: &KeyRange) -> sled::Iter {
-        self.db.range::<&[u8], _>(range.bounds())
+    /// [`SledKv::call`] for a call that writes or flushes: refused once one has failed,
+    /// and remembered as failed if it fails (see the module docs).
+    fn write<T>(
+        &self,
+        op: &'static str,
+        f: impl FnOnce(&sled::Db) -> sled::Result<T>,
+    ) -> Result<T> {
+        if let Some((cause, disk_full)) = self.failed.get() {
+            return Err(Error::Poisoned {
+                cause: cause.clone(),
+                disk_full: *disk_full,
+            });
+        }
+        self.call(op, f).inspect_err(|e| {
+            let _ = self.failed.set((e.to_string(), e.is_disk_full()));
+        })
+    }
+
+    /// The entries of `range`, each step of sled's iterator guarded as [`SledKv::call`]
+    /// guards a call.
+    fn range_iter<'a>(&'a self, op: &'static str, range: &KeyRange) -> Result<SledScan<'a>> {
+        let iter = self.call(op, |db| Ok(db.range::<&[u8], _>(range.bounds())))?;
+        Ok(SledScan {
+            kv: self,
+            op,
+            iter,
+            done: false,
+        })
     }
 }
 
-/// Removes the snapshot files in `dir` that sled was interrupted writing (see the module
-/// notes), unless the directory is open in a sled, which locks its `db` file. Without them
-/// sled reads its last complete snapshot, or none, and replays its log from there, as after
-/// any crash.
-fn remove_unfinished_snapshots(dir: &Path) -> Result<()> {
-    let Ok(db) = std::fs::File::open(dir.join("db")) else {
-        return Ok(()); // a new store, or one sled reports on itself
-    };
-    if db.try_lock().is_err() {
-        return Ok(()); // open elsewhere: sled's own open says so
-    }
-    for entry in std::fs::read_dir(dir).map_err(Error::at("open"))? {
-        let entry = entry.map_err(Error::at("open"))?;
-        let name = entry.file_name();
-        let name = name.to_string_lossy();
-        if name.starts_with("snap.") && name.ends_with(".generating") {
-            std::fs::remove_file(entry.path()).map_err(Error::at("open"))?;
+/// A sled range iterator whose steps cannot panic through.
+struct SledScan<'a> {
+    kv: &'a SledKv,
+    op: &'static str,
+    iter: sled::Iter,
+    done: bool,
+}
+
+impl Iterator for SledScan<'_> {
+    type Item = Result<(Bytes, Bytes)>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done {
+            return None;
         }
+        let step = catch_unwind(AssertUnwindSafe(|| self.iter.next()));
+        let item = match step {
+            Ok(None) => None,
+            Ok(Some(Ok((k, v)))) => Some(Ok((to_bytes(k), to_bytes(v)))),
+            Ok(Some(Err(e))) => Some(Err(engine_error(self.op, &self.kv.path, e))),
+            Err(panic) => Some(Err(panicked(self.op, &self.kv.path, &*panic))),
+        };
+        // After an error the iterator's state is not to be trusted.
+        self.done = !matches!(item, Some(Ok(_)));
+        item
     }
-    Ok(())
 }
 
 fn to_bytes(v: sled::IVec) -> Bytes {
     Bytes::from_owner(v)
 }
 
+/// Our error for sled's: a full disk is [`Error::Full`], detected corruption is
+/// [`Error::Corrupt`], the rest is a backend error.
+fn engine_error(op: &'static str, path: &Path, e: sled::Error) -> Error {
+    match e {
+        sled::Error::Io(io) if out_of_space(&io).is_some() => Error::Full {
+            op,
+            path: path.to_path_buf(),
+            cause: io.to_string(),
+        },
+        sled::Error::Corruption { at, .. } => Error::Corrupt {
+            what: format!("the sled files in {}", path.display()),
+            reason: match at {
+                Some(at) => format!("sled read corrupted data ({op}, at {at:?})"),
+                None => format!("sled read corrupted data ({op})"),
+            },
+        },
+        other => Error::backend(op, other),
+    }
+}
+
+/// The error for a panic inside sled during `op`: sled panics on data it cannot decode.
+fn panicked(op: &'static str, path: &Path, panic: &(dyn std::any::Any + Send)) -> Error {
+    Error::Corrupt {
+        what: format!("the sled files in {}", path.display()),
+        reason: format!("sled panicked during {op}: {}", panic_message(panic)),
+    }
+}
+
+/// Removes the snapshot files in `dir` that sled was interrupted writing (see the module
+/// notes), under an exclusive lock on sled's `db` file, the lock sled itself takes (an
+/// `flock`, via fs2) before it writes a snapshot; if the directory is open in a sled, the
+/// open that follows reports it. Without them sled reads its last complete snapshot, or
+/// none, and replays its log from there, as after any crash.
+fn remove_unfinished_snapshots(dir: &Path) -> Result<()> {
+    let db_file = match File::open(dir.join("db")) {
+        Ok(f) => f,
+        // A new store, or one sled will refuse with its own error.
+        Err(_) => return Ok(()),
+    };
+    match db_file.try_lock() {
+        Ok(()) => {}
+        Err(TryLockError::WouldBlock) => return Ok(()),
+        Err(TryLockError::Error(e)) => return Err(Error::backend("lock", e)),
+    }
+    let entries = std::fs::read_dir(dir).map_err(Error::at("open"))?;
+    for entry in entries {
+        let entry = entry.map_err(Error::at("open"))?;
+        let name = entry.file_name();
+        let unfinished = name
+            .to_str()
+            .is_some_and(|n| n.starts_with("snap.") && n.ends_with(".generating"));
+        if unfinished {
+            std::fs::remove_file(entry.path()).map_err(|e| {
+                Error::backend(
+                    "open",
+                    std::io::Error::new(
+                        e.kind(),
+                        format!(
+                            "cannot remove sled's unfinished snapshot {}: {e}",
+                            entry.path().display()
+                        ),
+                    ),
+                )
+            })?;
+        }
+    }
+    Ok(())
+}
+
 impl KvStore for SledKv {
     fn get(&self, key: &[u8]) -> Result<Option<Bytes>> {
-        Ok(self.db.get(key).map_err(Error::at("get"))?.map(to_bytes))
+        Ok(self.call("get", |db| db.get(key))?.map(to_bytes))
     }
 
     fn scan(&self, range: KeyRange) -> Result<Scan<'_>> {
         if range.is_empty() {
             return Ok(Box::new(std::iter::empty()));
         }
-        let iter = self.range_iter(&range).map(|r| {
-            r.map(|(k, v)| (to_bytes(k), to_bytes(v)))
-                .map_err(Error::at("scan"))
-        });
-        Ok(Box::new(iter))
+        Ok(Box::new(self.range_iter("scan", &range)?))
     }
 
     fn apply(&self, batch: Batch) -> Result<()> {
         let _serial = self.write_lock.lock();
         if let Some(pre) = &batch.precondition {
-            let current = self.db.get(&pre.key).map_err(Error::at("precondition"))?;
+            let current = self.call("precondition", |db| db.get(&pre.key))?;
             pre.check(current.as_deref())?;
         }
         // sled's batch keeps one write per key, so ops are folded in order first.
         let writes = fold_ops(batch.ops, |range| {
-            self.range_iter(range)
-                .keys()
-                .map(|k| k.map(to_bytes).map_err(Error::at("delete_range")))
+            self.range_iter("delete_range", range)?
+                .map(|entry| entry.map(|(k, _)| k))
                 .collect()
         })?;
         let mut sled_batch = sled::Batch::default();
@@ -185,27 +357,26 @@ impl KvStore for SledKv {
                 None => sled_batch.remove(&k[..]),
             }
         }
-        self.db
-            .apply_batch(sled_batch)
-            .map_err(Error::at("apply_batch"))
+        self.write("apply_batch", |db| db.apply_batch(sled_batch))
     }
 
     fn flush(&self) -> Result<()> {
-        self.db.flush().map(drop).map_err(Error::at("flush"))
+        let _watched = self.watch.flushing();
+        self.write("flush", |db| db.flush().map(drop))
     }
 
     fn stats(&self) -> Result<KvStats> {
         let mut keys = 0u64;
         let mut logical_bytes = 0u64;
-        for entry in self.db.iter() {
-            let (k, v) = entry.map_err(Error::at("stats"))?;
+        for entry in self.range_iter("stats", &KeyRange::prefix(&[]))? {
+            let (k, v) = entry?;
             keys += 1;
             logical_bytes += (k.len() + v.len()) as u64;
         }
         Ok(KvStats {
             keys,
             logical_bytes,
-            disk_bytes: self.db.size_on_disk().map_err(Error::at("stats"))?,
+            disk_bytes: self.call("stats", |db| db.size_on_disk())?,
             cache_capacity: self.cache_capacity,
         })
     }
@@ -214,6 +385,117 @@ impl KvStore for SledKv {
 impl Drop for SledKv {
     fn drop(&mut self) {
         // sled flushes on its timer, not on drop; a clean close must not lose the tail.
-        let _ = self.db.flush();
+        let _ = self.flush();
+        self.watch.stop();
+        let Some(db) = self.db.take() else {
+            return;
+        };
+        if self.failed.get().is_none() {
+            let _ = catch_unwind(AssertUnwindSafe(move || drop(db)));
+            return;
+        }
+        // sled's own last flush may wait forever (see the module docs).
+        let path = self.path.clone();
+        STUCK.lock().insert(path.clone());
+        let (closed, wait) = crossbeam_channel::bounded::<()>(1);
+        let closing = std::thread::Builder::new()
+            .name("shoal-sled-close".into())
+            .spawn(move || {
+                let _ = catch_unwind(AssertUnwindSafe(move || drop(db)));
+                STUCK.lock().remove(&path);
+                let _ = closed.send(());
+            });
+        // (Without a thread the store was closed, or hangs, in the failed spawn.)
+        if closing.is_ok() {
+            let _ = wait.recv_timeout(CLOSE_LIMIT);
+        }
+    }
+}
+
+/// The thread that nudges a flush sled may have forgotten to wake (see the module docs).
+/// It sleeps on a channel while no flush runs.
+#[derive(Debug)]
+struct FlushWatch {
+    /// +1 when a flush starts, -1 when it ends.
+    tx: Option<Sender<i8>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// Marks a flush as running while it lives.
+struct Flushing<'a>(&'a FlushWatch);
+
+impl Drop for Flushing<'_> {
+    fn drop(&mut self) {
+        if let Some(tx) = &self.0.tx {
+            let _ = tx.send(-1);
+        }
+    }
+}
+
+impl FlushWatch {
+    fn start(db: sled::Db) -> Result<FlushWatch> {
+        let (tx, rx) = crossbeam_channel::unbounded::<i8>();
+        let thread = std::thread::Builder::new()
+            .name("shoal-sled-watch".into())
+            .spawn(move || {
+                let nudging = Arc::new(AtomicUsize::new(0));
+                let mut running = 0i64;
+                loop {
+                    let next = if running > 0 {
+                        rx.recv_timeout(NUDGE)
+                    } else {
+                        rx.recv().map_err(|_| RecvTimeoutError::Disconnected)
+                    };
+                    match next {
+                        Ok(change) => running += i64::from(change),
+                        Err(RecvTimeoutError::Timeout) => nudge(&db, &nudging),
+                        Err(RecvTimeoutError::Disconnected) => return,
+                    }
+                }
+            })
+            .map_err(|e| Error::backend("start sled watch thread", e))?;
+        Ok(FlushWatch {
+            tx: Some(tx),
+            thread: Some(thread),
+        })
+    }
+
+    fn flushing(&self) -> Flushing<'_> {
+        if let Some(tx) = &self.tx {
+            let _ = tx.send(1);
+        }
+        Flushing(self)
+    }
+
+    /// Ends the thread (and drops its handle on the store).
+    fn stop(&mut self) {
+        drop(self.tx.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Starts a flush of `db` in a thread of its own: it returns at once with sled's stored
+/// error, waking every flush waiting in vain, or else waits with them for the write.
+/// `nudging` counts the nudges still running; none is started past [`MAX_NUDGES`].
+fn nudge(db: &sled::Db, nudging: &Arc<AtomicUsize>) {
+    if nudging.fetch_add(1, Ordering::SeqCst) >= MAX_NUDGES {
+        nudging.fetch_sub(1, Ordering::SeqCst);
+        return;
+    }
+    let db = db.clone();
+    let count = Arc::clone(nudging);
+    let started = std::thread::Builder::new()
+        .name("shoal-sled-nudge".into())
+        .spawn(move || {
+            let _ = catch_unwind(AssertUnwindSafe(move || {
+                let _ = db.flush();
+                drop(db);
+            }));
+            count.fetch_sub(1, Ordering::SeqCst);
+        });
+    if started.is_err() {
+        nudging.fetch_sub(1, Ordering::SeqCst);
     }
 }
