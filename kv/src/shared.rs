@@ -76,7 +76,19 @@ impl Kv {
                 let mut b = Batch::new();
                 b.put(version_key.to_vec(), records::encode_store_version())
                     .guard(version_key.to_vec(), None);
-                backend.apply(b)?;
+                // The read above found no record; the guard finding one means the
+                // engine's reads disagree with each other (damaged files) or another
+                // writer is at work, which the directory lock should make impossible.
+                backend.apply(b).map_err(|e| match e {
+                    Error::PreconditionFailed { .. } => Error::Corrupt {
+                        what: "store".into(),
+                        reason: "its format version record read as absent, then as \
+                                 present: the engine's files are damaged (or another \
+                                 process writes to them)"
+                            .into(),
+                    },
+                    other => other,
+                })?;
             }
         }
         let committer = GroupCommitter::start(Arc::clone(&backend))?;
@@ -466,6 +478,41 @@ mod tests {
         b.put(keys::catalog_key(b"x"), Bytes::from_static(b"junk"));
         backend.apply(b).unwrap();
         assert!(matches!(Kv::open(backend), Err(Error::Corrupt { .. })));
+    }
+
+    /// A backend whose reads miss a record its batches' guards still see, as an engine
+    /// with damaged files can.
+    #[derive(Debug)]
+    struct Disagreeing(MemKv);
+
+    impl KvStore for Disagreeing {
+        fn get(&self, _key: &[u8]) -> Result<Option<Bytes>> {
+            Ok(None)
+        }
+        fn scan(&self, _range: KeyRange) -> Result<Scan<'_>> {
+            Ok(Box::new(std::iter::empty()))
+        }
+        fn apply(&self, batch: Batch) -> Result<()> {
+            self.0.apply(batch)
+        }
+        fn flush(&self) -> Result<()> {
+            self.0.flush()
+        }
+        fn stats(&self) -> Result<KvStats> {
+            self.0.stats()
+        }
+    }
+
+    #[test]
+    fn a_version_record_that_reads_absent_but_guards_present_is_corruption() {
+        let inner = MemKv::new();
+        let key = keys::store_version_key();
+        let mut b = Batch::new();
+        b.put(key.to_vec(), records::encode_store_version());
+        inner.apply(b).unwrap();
+        let err = Kv::open(Arc::new(Disagreeing(inner))).unwrap_err();
+        assert!(err.is_corruption(), "{err}");
+        assert!(err.to_string().contains("damaged"), "{err}");
     }
 
     #[test]
