@@ -83,6 +83,26 @@ pub enum Error {
         /// The engine's error, as text.
         cause: String,
     },
+    /// A write was asked of a store opened read-only ([`crate::Kv::open_read_only`]).
+    #[error("the store is open read-only: {op} refused")]
+    ReadOnly {
+        /// The refused operation.
+        op: &'static str,
+    },
+    /// The engine could not open its files for lack of access: neither engine has a
+    /// read-only mode, so a store on read-only storage (or without write permission)
+    /// cannot be opened.
+    #[error("cannot open the {engine} files in {} ({cause}); {engine} {why}", path.display())]
+    NoAccess {
+        /// The engine.
+        engine: &'static str,
+        /// The engine's directory.
+        path: std::path::PathBuf,
+        /// The I/O error, as text.
+        cause: String,
+        /// Why the engine needs write access.
+        why: &'static str,
+    },
     /// A database name is not acceptable.
     #[error("invalid database name {name:?}: {reason}")]
     InvalidName {
@@ -166,6 +186,19 @@ pub(crate) fn out_of_space(err: &(dyn std::error::Error + 'static)) -> Option<St
             matches!(
                 io.kind(),
                 std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+            )
+        })
+        .map(ToString::to_string)
+}
+
+/// The I/O error saying access was refused (no permission, a read-only file system), as
+/// text, if `err` is one or was caused by one.
+pub(crate) fn access_denied(err: &(dyn std::error::Error + 'static)) -> Option<String> {
+    io_errors(err)
+        .find(|io| {
+            matches!(
+                io.kind(),
+                std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ReadOnlyFilesystem
             )
         })
         .map(ToString::to_string)

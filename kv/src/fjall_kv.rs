@@ -57,10 +57,11 @@
 //!   [`LOCK_FILE`] in it, reported as [`Error::StoreLocked`]. The lock is released last,
 //!   after the keyspace is dropped: `KeyspaceInner::drop` stops fjall's background threads
 //!   and waits until each has left its work loop, so no flush or compaction of the old
-//!   keyspace runs beside a new one, and a store closed here reopens at once (no retry as
-//!   in `SledKv::open`). That wait lasts until the sleeping threads wake (the monitor
-//!   sleeps 250 ms, the fsync thread [`FjallConfig::flush_every_ms`]): closing a store
-//!   takes up to that long;
+//!   keyspace runs beside a new one, and a store closed here reopens at once. That wait
+//!   lasts until the sleeping threads wake (the monitor sleeps 250 ms, the fsync thread
+//!   [`FjallConfig::flush_every_ms`]): closing a store takes up to that long. A held lock
+//!   is retried for [`LOCK_WAIT`]: a child process another thread is starting holds a
+//!   copy of the lock's file until it execs;
 //! - plain `get` and `range` read at no snapshot, and so does `PartitionHandle::snapshot`
 //!   in effect (it takes the next sequence number): they can see part of a batch being
 //!   committed, since `Batch::commit` inserts items one by one and only then publishes the
@@ -105,6 +106,9 @@ use crate::store::{Batch, Entry, KvStats, KvStore, Scan, fold_ops};
 
 /// The file in the store's directory that [`FjallKv`] locks while it is open.
 const LOCK_FILE: &str = "shoal.lock";
+
+/// How long [`FjallKv::open`] waits for a lock held elsewhere.
+const LOCK_WAIT: Duration = Duration::from_millis(500);
 
 /// The one partition every key lives in.
 const PARTITION: &str = "kv";
@@ -279,17 +283,30 @@ impl FjallKv {
     /// [`FjallKv`], in this process or another.
     pub fn open(config: &FjallConfig) -> Result<FjallKv> {
         let path = &config.path;
-        std::fs::create_dir_all(path).map_err(Error::at("open"))?;
+        let io_error =
+            |e: std::io::Error| no_access(path, &e).unwrap_or_else(|| Error::backend("open", e));
+        std::fs::create_dir_all(path).map_err(io_error)?;
         let lock = File::options()
             .create(true)
             .truncate(false)
             .write(true)
             .open(path.join(LOCK_FILE))
-            .map_err(Error::at("open"))?;
-        match lock.try_lock() {
-            Ok(()) => {}
-            Err(TryLockError::WouldBlock) => return Err(Error::StoreLocked { path: path.clone() }),
-            Err(TryLockError::Error(e)) => return Err(Error::backend("lock", e)),
+            .map_err(io_error)?;
+        // A lock held elsewhere is waited for briefly: a child process that another
+        // thread is starting holds a copy of every open file, and so of the lock of a
+        // store closed meanwhile, until it execs.
+        let deadline = std::time::Instant::now() + LOCK_WAIT;
+        loop {
+            match lock.try_lock() {
+                Ok(()) => break,
+                Err(TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(TryLockError::WouldBlock) => {
+                    return Err(Error::StoreLocked { path: path.clone() });
+                }
+                Err(TryLockError::Error(e)) => return Err(Error::backend("lock", e)),
+            }
         }
         let write_buffer = config.write_buffer.max(MIN_WRITE_BUFFER);
         let memtable = u32::try_from(write_buffer / 2).unwrap_or(u32::MAX);
@@ -497,6 +514,11 @@ impl FjallKv {
 fn engine_error(op: &'static str, path: &Path, e: impl Into<fjall::Error>) -> Error {
     use fjall::LsmError;
     let e = e.into();
+    if op == "open"
+        && let Some(err) = no_access(path, &e)
+    {
+        return err;
+    }
     if let fjall::Error::Poisoned = e {
         return if disk_nearly_full(path) {
             Error::Full {
@@ -548,6 +570,17 @@ fn engine_error(op: &'static str, path: &Path, e: impl Into<fjall::Error>) -> Er
         };
     }
     Error::backend(op, e)
+}
+
+/// [`Error::NoAccess`] if `err` says access to the store's files was refused.
+fn no_access(path: &Path, err: &(dyn std::error::Error + 'static)) -> Option<Error> {
+    crate::error::access_denied(err).map(|cause| Error::NoAccess {
+        engine: "fjall",
+        path: path.to_path_buf(),
+        cause,
+        why: "2 has no read-only mode: every open replays its journal and reopens it \
+              for appending, and takes a write lock",
+    })
 }
 
 /// The error for a panic inside fjall during `op`: it panics on some damaged data.

@@ -2,7 +2,7 @@
 //! committer, refuses writes once a flush or a write has failed in a way that leaves the
 //! engine unusable (a full disk, an engine that poisoned itself), keeps the catalog of
 //! database names, and reads and seals file records so that checksums never leave this
-//! crate.
+//! crate. A `Kv` opened with [`Kv::open_read_only`] refuses every write.
 //!
 //! Catalog invariants: a name maps to at most one `DbId`; ids come from a counter that only
 //! grows (a dropped database's id is never reused, so stale keys can never be mistaken
@@ -44,6 +44,8 @@ pub struct Kv {
     claimed: std::sync::atomic::AtomicBool,
     /// Verified chunks above the backend (see `cache.rs`).
     cache: ReadCache,
+    /// Opened with [`Kv::open_read_only`]: every write is refused.
+    read_only: bool,
 }
 
 /// Bytes of the read cache [`Kv::open`] gives a store.
@@ -59,6 +61,17 @@ impl Kv {
     /// As [`Kv::open`], with a read cache of `read_cache` bytes (0: none) holding
     /// verified chunks above the backend; part of the memory budget.
     pub fn open_with_cache(backend: Arc<dyn KvStore>, read_cache: usize) -> Result<Kv> {
+        Kv::open_mode(backend, read_cache, false)
+    }
+
+    /// As [`Kv::open_with_cache`], for reading only: an empty store is not given a format
+    /// version record, and every write ([`Kv::apply`], [`Kv::commit_durable`], catalog
+    /// changes) fails with [`Error::ReadOnly`].
+    pub fn open_read_only(backend: Arc<dyn KvStore>, read_cache: usize) -> Result<Kv> {
+        Kv::open_mode(backend, read_cache, true)
+    }
+
+    fn open_mode(backend: Arc<dyn KvStore>, read_cache: usize, read_only: bool) -> Result<Kv> {
         let version_key = keys::store_version_key();
         match backend.get(&version_key)? {
             Some(v) => records::check_store_version(v)?,
@@ -72,6 +85,9 @@ impl Kv {
                             keys::describe(&key)
                         ),
                     });
+                }
+                if read_only {
+                    return Kv::start(backend, read_cache, true);
                 }
                 let mut b = Batch::new();
                 b.put(version_key.to_vec(), records::encode_store_version())
@@ -91,6 +107,10 @@ impl Kv {
                 })?;
             }
         }
+        Kv::start(backend, read_cache, read_only)
+    }
+
+    fn start(backend: Arc<dyn KvStore>, read_cache: usize, read_only: bool) -> Result<Kv> {
         let committer = GroupCommitter::start(Arc::clone(&backend))?;
         Ok(Kv {
             backend,
@@ -98,7 +118,13 @@ impl Kv {
             catalog_lock: Mutex::new(()),
             claimed: std::sync::atomic::AtomicBool::new(false),
             cache: ReadCache::new(read_cache),
+            read_only,
         })
+    }
+
+    /// Whether the store was opened with [`Kv::open_read_only`].
+    pub fn is_read_only(&self) -> bool {
+        self.read_only
     }
 
     /// Claims the store for one user that caches what it wrote (a VFS keeps file sizes
@@ -130,7 +156,7 @@ impl Kv {
     }
 
     /// Applies `batch` atomically, unless the store is poisoned (a failed flush, or a
-    /// write that left the engine unusable). A write failing for lack of
+    /// write that left the engine unusable) or read-only. A write failing for lack of
     /// space poisons it: the engine may hold part of that write in its log.
     pub fn apply(&self, batch: Batch) -> Result<()> {
         self.check_writable()?;
@@ -162,11 +188,17 @@ impl Kv {
     /// Returns once everything applied so far is durable (shares flushes, see
     /// [`GroupCommitter`]).
     pub fn commit_durable(&self) -> Result<()> {
+        if self.read_only {
+            return Err(Error::ReadOnly { op: "flush" });
+        }
         self.committer.commit_durable()
     }
 
-    /// Fails once the store is poisoned (see [`Kv::apply`]).
+    /// Fails once the store is poisoned (see [`Kv::apply`]), or if it is read-only.
     pub fn check_writable(&self) -> Result<()> {
+        if self.read_only {
+            return Err(Error::ReadOnly { op: "write" });
+        }
         self.committer.check_writable()
     }
 
@@ -513,6 +545,30 @@ mod tests {
         let err = Kv::open(Arc::new(Disagreeing(inner))).unwrap_err();
         assert!(err.is_corruption(), "{err}");
         assert!(err.to_string().contains("damaged"), "{err}");
+    }
+
+    #[test]
+    fn a_read_only_kv_reads_and_refuses_every_write() {
+        let backend = Arc::new(MemKv::new());
+        Kv::open(backend.clone())
+            .unwrap()
+            .create("a", EntryKind::Database)
+            .unwrap();
+        let kv = Kv::open_read_only(backend.clone(), 0).unwrap();
+        assert!(kv.is_read_only());
+        assert!(kv.lookup("a").unwrap().is_some());
+        for err in [
+            kv.create("b", EntryKind::Database).unwrap_err(),
+            kv.drop_entry("a").unwrap_err(),
+            kv.commit_durable().unwrap_err(),
+            kv.check_writable().unwrap_err(),
+        ] {
+            assert!(matches!(err, Error::ReadOnly { .. }), "{err}");
+        }
+        // An empty store is not given its version record.
+        let empty = Arc::new(MemKv::new());
+        Kv::open_read_only(empty.clone(), 0).unwrap();
+        assert!(empty.snapshot().is_empty());
     }
 
     #[test]

@@ -56,7 +56,7 @@ use bytes::Bytes;
 use crossbeam_channel::{RecvTimeoutError, Sender};
 use parking_lot::Mutex;
 
-use crate::error::{Error, Result, out_of_space, panic_message};
+use crate::error::{Error, Result, access_denied, out_of_space, panic_message};
 use crate::keys::KeyRange;
 use crate::store::{Batch, KvStats, KvStore, Scan, fold_ops};
 
@@ -261,6 +261,7 @@ fn to_bytes(v: sled::IVec) -> Bytes {
 /// [`Error::Corrupt`], the rest is a backend error.
 fn engine_error(op: &'static str, path: &Path, e: sled::Error) -> Error {
     match e {
+        sled::Error::Io(io) if op == "open" && access_denied(&io).is_some() => no_access(path, &io),
         sled::Error::Io(io) if out_of_space(&io).is_some() => Error::Full {
             op,
             path: path.to_path_buf(),
@@ -274,6 +275,17 @@ fn engine_error(op: &'static str, path: &Path, e: sled::Error) -> Error {
             },
         },
         other => Error::backend(op, other),
+    }
+}
+
+/// The error for a store whose files could not be opened for lack of access.
+fn no_access(path: &Path, err: &std::io::Error) -> Error {
+    Error::NoAccess {
+        engine: "sled",
+        path: path.to_path_buf(),
+        cause: err.to_string(),
+        why: "0.34 has no read-only mode: every open locks its data file for writing and \
+              writes a snapshot",
     }
 }
 
@@ -310,6 +322,9 @@ fn remove_unfinished_snapshots(dir: &Path) -> Result<()> {
             .is_some_and(|n| n.starts_with("snap.") && n.ends_with(".generating"));
         if unfinished {
             std::fs::remove_file(entry.path()).map_err(|e| {
+                if access_denied(&e).is_some() {
+                    return no_access(dir, &e);
+                }
                 Error::backend(
                     "open",
                     std::io::Error::new(

@@ -148,7 +148,8 @@ impl Error {
 /// - a failed atomic commit must be an `SQLITE_IOERR` code, or SQLite cannot fall back to
 ///   its rollback journal;
 /// - a full disk, now or when the store was poisoned, is `SQLITE_FULL` ("database or disk
-///   is full"), as the unix VFS reports ENOSPC;
+///   is full"), as the unix VFS reports ENOSPC; a write to a read-only store is
+///   `SQLITE_READONLY`;
 /// - every other failure is the operation's `SQLITE_IOERR_*` code.
 pub(crate) fn sqlite_code(err: &Error, op: Op) -> i32 {
     match op {
@@ -161,6 +162,7 @@ pub(crate) fn sqlite_code(err: &Error, op: Op) -> i32 {
         Error::Kv(e) if e.is_corruption() => ffi::SQLITE_CORRUPT,
         Error::Kv(shoal_kv::Error::UnsupportedFormat { .. }) => ffi::SQLITE_CORRUPT,
         Error::Kv(e) if e.is_disk_full() => ffi::SQLITE_FULL,
+        Error::Kv(shoal_kv::Error::ReadOnly { .. }) => ffi::SQLITE_READONLY,
         Error::Corrupt { .. } => ffi::SQLITE_CORRUPT,
         Error::CantOpen { .. } => ffi::SQLITE_CANTOPEN,
         Error::Refused(_) => ffi::SQLITE_ERROR,
