@@ -106,6 +106,55 @@ impl KvEngine {
     }
 }
 
+/// Where a store directory keeps its actors: what [`Config::backing`] and
+/// [`Config::kv_engine`] choose. A store holds one; opening it with another is refused
+/// ([`crate::Error::WrongLayout`]) instead of starting an empty store beside it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StoreLayout {
+    /// Pages in the shared key-value store, kept by this engine (`kv-fjall/`, `kv-sled/`).
+    Kv(KvEngine),
+    /// One SQLite file per actor (`actors/`), for [`Backing::Files`] and
+    /// [`Backing::FilesTuned`] alike.
+    Files,
+}
+
+impl StoreLayout {
+    /// Every layout, in the order a store directory is searched for them.
+    pub(crate) const ALL: [StoreLayout; 3] = [
+        StoreLayout::Kv(KvEngine::Fjall),
+        StoreLayout::Kv(KvEngine::Sled),
+        StoreLayout::Files,
+    ];
+
+    /// The layout `config` asks for.
+    pub fn of(config: &Config) -> StoreLayout {
+        if config.backing.is_kv() {
+            StoreLayout::Kv(config.kv_engine)
+        } else {
+            StoreLayout::Files
+        }
+    }
+
+    /// The subdirectory of the store that holds this layout's files.
+    pub(crate) fn dir_name(self) -> &'static str {
+        match self {
+            StoreLayout::Kv(KvEngine::Fjall) => "kv-fjall",
+            StoreLayout::Kv(KvEngine::Sled) => "kv-sled",
+            StoreLayout::Files => "actors",
+        }
+    }
+}
+
+impl std::fmt::Display for StoreLayout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreLayout::Kv(engine) => write!(f, "the kv backing with {}", engine.as_str()),
+            StoreLayout::Files => f.write_str("the files backing (one SQLite file per actor)"),
+        }
+    }
+}
+
 /// How long a commit waits before it returns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Durability {

@@ -2,6 +2,8 @@
 
 use std::path::PathBuf;
 
+use crate::config::StoreLayout;
+
 /// Result alias for the facade.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -52,6 +54,35 @@ pub enum Error {
         /// The path looked at.
         path: PathBuf,
     },
+    /// The store keeps its actors in another backing (or kv engine) than the one asked
+    /// for; opening it so would start an empty store beside them.
+    #[error(
+        "the store at {} holds its actors in {holds}, not in {asked}; open it with that backing",
+        path.display()
+    )]
+    WrongLayout {
+        /// The store directory.
+        path: PathBuf,
+        /// What it holds.
+        holds: StoreLayout,
+        /// What was asked for.
+        asked: StoreLayout,
+    },
+    /// A write was asked of a store opened with [`crate::Store::open_read_only`].
+    #[error("the store at {} is open read-only", path.display())]
+    ReadOnly {
+        /// The store directory.
+        path: PathBuf,
+    },
+    /// The disk holding the store is full, now or when a write failed and poisoned the
+    /// store (the message says which, and what to do).
+    #[error(transparent)]
+    DiskFull(shoal_kv::Error),
+    /// A write failed earlier in a way that left the store unusable (a failed flush, an
+    /// engine that gave up): it refuses writes until it is reopened, and the message
+    /// names the first failure.
+    #[error(transparent)]
+    Poisoned(shoal_kv::Error),
     /// A file to import is not a SQLite database.
     #[error("{} is not a SQLite database: {reason}", path.display())]
     NotSqlite {
@@ -96,10 +127,31 @@ pub enum Error {
     Sqlite(#[from] rusqlite::Error),
     /// The key-value layer failed.
     #[error(transparent)]
-    Kv(#[from] shoal_kv::Error),
+    Kv(shoal_kv::Error),
     /// The VFS failed.
     #[error(transparent)]
-    Vfs(#[from] shoal_vfs::Error),
+    Vfs(shoal_vfs::Error),
+}
+
+impl From<shoal_kv::Error> for Error {
+    fn from(e: shoal_kv::Error) -> Error {
+        if e.is_disk_full() {
+            Error::DiskFull(e)
+        } else if matches!(e, shoal_kv::Error::Poisoned { .. }) {
+            Error::Poisoned(e)
+        } else {
+            Error::Kv(e)
+        }
+    }
+}
+
+impl From<shoal_vfs::Error> for Error {
+    fn from(e: shoal_vfs::Error) -> Error {
+        match e {
+            shoal_vfs::Error::Kv(kv) => kv.into(),
+            other => Error::Vfs(other),
+        }
+    }
 }
 
 impl Error {

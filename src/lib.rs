@@ -28,7 +28,7 @@ mod reset;
 mod store;
 mod transfer;
 
-pub use config::{ActorTuning, Backing, Config, Durability, KvEngine};
+pub use config::{ActorTuning, Backing, Config, Durability, KvEngine, StoreLayout};
 pub use error::{Error, Result};
 pub use memory::MemoryReport;
 pub use names::{MAX_ACTOR_NAME, validate_actor_name};

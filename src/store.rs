@@ -14,16 +14,13 @@ use std::sync::OnceLock;
 
 use rusqlite::{Connection, OpenFlags};
 
-use crate::config::{Backing, Config, Durability};
+use crate::config::{Backing, Config, Durability, StoreLayout};
 use crate::error::{Error, Result};
 use crate::memory::{self, MemoryReport};
 use crate::names::validate_actor_name;
 use crate::pool::Pool;
 use crate::reset::{self, ActorConn, Defaults};
 use crate::transfer;
-
-/// The directory of actor files inside a store (file backings).
-const ACTORS_DIR: &str = "actors";
 
 /// The lock file that keeps a store open in one process at a time.
 const LOCK_FILE: &str = "LOCK";
@@ -91,7 +88,22 @@ pub struct Store {
     pool: Pool<ActorConn>,
     /// What every checkout starts from, read from the first tuned connection.
     defaults: OnceLock<Defaults>,
+    /// Opened with [`Store::open_read_only`].
+    read_only: bool,
     _lock: File,
+}
+
+/// What an open may do to the store directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OpenMode {
+    /// Create the store if missing.
+    Create,
+    /// As `Create`, beside other layouts in the same directory.
+    Alongside,
+    /// Open a store that exists.
+    Existing,
+    /// Open a store that exists, for reading only.
+    ReadOnly,
 }
 
 /// What [`Store::actor_stats`] reports.
@@ -164,56 +176,87 @@ impl Drop for Actor<'_> {
 impl Store {
     /// Opens the store in `dir` (created owner-only if missing): takes the directory's
     /// lock, opens the backing sized from the budget, and sets SQLite's soft heap limit.
+    /// A store that keeps its actors in another backing or kv engine than `config` asks
+    /// for is refused ([`Error::WrongLayout`]).
     pub fn open(dir: impl AsRef<Path>, config: Config) -> Result<Store> {
-        Store::open_on(dir.as_ref(), config, None)
+        Store::open_on(dir.as_ref(), config, None, OpenMode::Create)
     }
 
-    /// [`Store::open`], on `backend` instead of the engine `config` names (tests).
+    /// As [`Store::open`], in a directory that may hold actors of other backings or kv
+    /// engines too (each keeps its own subdirectory), opening or creating this one's
+    /// beside them: for comparing backings over one directory, as `shoal wake` does.
+    pub fn open_alongside(dir: impl AsRef<Path>, config: Config) -> Result<Store> {
+        Store::open_on(dir.as_ref(), config, None, OpenMode::Alongside)
+    }
+
+    /// Opens an existing store for reading: nothing in it is created or changed. The
+    /// lock file is opened for writing and locked exclusively where that is allowed, else
+    /// opened read-only and locked shared (a store on read-only storage, or without write
+    /// permission). Actor connections are read-only (`SQLITE_OPEN_READONLY`: a write is
+    /// SQLite's "attempt to write a readonly database"), unknown actors are
+    /// [`Error::NoSuchActor`] instead of being created, [`Store::delete_actor`] and
+    /// [`Store::import_actor`] fail with [`Error::ReadOnly`], and the leftovers of an
+    /// interrupted import are left for the next writable open to remove.
+    ///
+    /// With the kv backing the engine still needs write access to its files: neither
+    /// fjall 2 nor sled 0.34 has a read-only mode (fjall replays its journal and reopens it
+    /// for appending at every open, sled locks its data file for writing and writes a
+    /// snapshot), so on read-only storage the open fails with a `NoAccess` error that
+    /// says so. Where the engine can open, nothing is written through it.
+    pub fn open_read_only(dir: impl AsRef<Path>, config: Config) -> Result<Store> {
+        Store::open_on(dir.as_ref(), config, None, OpenMode::ReadOnly)
+    }
+
+    /// [`Store::open`] in `mode`, on `backend` instead of the engine `config` names
+    /// (tests).
     fn open_on(
         dir: &Path,
         config: Config,
         #[cfg(feature = "kv-vfs")] backend: Option<std::sync::Arc<dyn shoal_kv::KvStore>>,
         #[cfg(not(feature = "kv-vfs"))] _backend: Option<()>,
+        mode: OpenMode,
     ) -> Result<Store> {
         let dir = dir.to_path_buf();
-        create_private_dir(&dir)?;
-        let lock_path = dir.join(LOCK_FILE);
-        let lock = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(Error::io("cannot open", &lock_path))?;
-        match lock.try_lock() {
-            Ok(()) => {}
-            Err(std::fs::TryLockError::WouldBlock) => return Err(Error::StoreLocked { path: dir }),
-            Err(std::fs::TryLockError::Error(e)) => {
-                return Err(Error::io("cannot lock", &lock_path)(e));
-            }
+        if matches!(mode, OpenMode::Create | OpenMode::Alongside) {
+            refuse_non_directory(&dir)?;
+            create_private_dir(&dir)?;
+        } else {
+            check_existing(&dir)?;
         }
-        // Nothing else has the store open: what is staged is left from an interrupted
-        // import.
+        let lock = lock_store(&dir, mode)?;
+        if mode != OpenMode::Alongside {
+            check_layout(&dir, &config, mode)?;
+        }
+        let read_only = mode == OpenMode::ReadOnly;
         let staging = dir.join(STAGING_DIR);
         let staging =
             std::path::absolute(&staging).map_err(Error::io("cannot resolve", &staging))?;
-        match std::fs::remove_dir_all(&staging) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                return Err(Error::io("cannot clean", &staging)(e));
+        // Nothing else has the store open: what is staged is left from an interrupted
+        // import.
+        if !read_only {
+            match std::fs::remove_dir_all(&staging) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(Error::io("cannot clean", &staging)(e));
+                }
+                _ => create_private_dir(&staging)?,
             }
-            _ => create_private_dir(&staging)?,
         }
         let engine = match config.backing {
             #[cfg(feature = "kv-vfs")]
             Backing::Kv => {
-                let vfs = open_kv(&dir, &config, backend)?;
-                for (name, _) in vfs.kv().list_prefix(STAGING_PREFIX)? {
-                    vfs.delete_database(&name)?;
+                let vfs = open_kv(&dir, &config, backend, read_only)?;
+                if !read_only {
+                    for (name, _) in vfs.kv().list_prefix(STAGING_PREFIX)? {
+                        vfs.delete_database(&name)?;
+                    }
                 }
                 Engine::Kv(vfs)
             }
             Backing::Files | Backing::FilesTuned => {
-                let actors = dir.join(ACTORS_DIR);
-                create_private_dir(&actors)?;
+                let actors = dir.join(StoreLayout::Files.dir_name());
+                if !read_only {
+                    create_private_dir(&actors)?;
+                }
                 // Absolute, so that no path SQLite is given starts with "file:" (the
                 // bundled SQLite reads such names as URIs, see `names`).
                 let actors =
@@ -234,20 +277,56 @@ impl Store {
             engine,
             pool,
             defaults: OnceLock::new(),
+            read_only,
             _lock: lock,
         })
     }
 
     /// Opens an existing store; [`Error::NoStore`] if `dir` holds none (nothing is
-    /// created).
+    /// created), and an [`Error::Io`] saying what is wrong if it cannot be looked at
+    /// (not a directory, no permission).
     pub fn open_existing(dir: impl AsRef<Path>, config: Config) -> Result<Store> {
-        let dir = dir.as_ref();
-        if !dir.join(LOCK_FILE).is_file() {
-            return Err(Error::NoStore {
-                path: dir.to_path_buf(),
-            });
+        Store::open_on(dir.as_ref(), config, None, OpenMode::Existing)
+    }
+
+    /// Whether the store was opened with [`Store::open_read_only`].
+    pub fn is_read_only(&self) -> bool {
+        self.read_only
+    }
+
+    /// Fails with [`Error::ReadOnly`] on a read-only store.
+    fn writable(&self) -> Result<()> {
+        if self.read_only {
+            Err(Error::ReadOnly {
+                path: self.dir.clone(),
+            })
+        } else {
+            Ok(())
         }
-        Store::open(dir, config)
+    }
+
+    /// `e` from SQLite, with what lies behind it. SQLite's own message is generic, so
+    /// the reason the VFS gave for the failure on this thread is added to it. And after a
+    /// write failed in a way that left the store unusable (a full disk, a failed flush),
+    /// SQLite reports what it ran into next (a disk I/O error, a malformed database image
+    /// where its rollback could not be written), not why: on such a store an I/O,
+    /// full-disk or corruption error from SQLite is [`Error::DiskFull`] when the first
+    /// failure was a full disk, and otherwise says that the store refuses writes until
+    /// it is reopened, and why. Other errors are [`Error::Sqlite`]. The store's own
+    /// methods do this; callers using a connection from [`Store::actor`] directly can too.
+    pub fn explain_sqlite_error(&self, e: rusqlite::Error) -> Error {
+        let e = with_vfs_reason(e);
+        #[cfg(feature = "kv-vfs")]
+        if let Engine::Kv(vfs) = &self.engine
+            && is_storage_error(&e)
+            && let Err(poison @ shoal_kv::Error::Poisoned { .. }) = vfs.kv().check_writable()
+        {
+            if poison.is_disk_full() {
+                return poison.into();
+            }
+            return Error::Sqlite(with_poison(e, &poison));
+        }
+        Error::Sqlite(e)
     }
 
     /// The store's directory.
@@ -285,10 +364,16 @@ impl Store {
     /// Opens a tuned connection to actor `name` (already validated); with
     /// [`Create::No`], [`Error::NoSuchActor`] if it does not exist.
     fn open_valid(&self, name: &str, create: Create) -> Result<ActorConn> {
-        let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-        if create == Create::Yes {
-            flags |= OpenFlags::SQLITE_OPEN_CREATE;
-        }
+        let flags = if self.read_only {
+            self.require(name)?;
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX
+        } else if create == Create::Yes {
+            OpenFlags::SQLITE_OPEN_READ_WRITE
+                | OpenFlags::SQLITE_OPEN_CREATE
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX
+        } else {
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX
+        };
         let opened = match &self.engine {
             #[cfg(feature = "kv-vfs")]
             Engine::Kv(vfs) => Connection::open_with_flags_and_vfs(name, flags, vfs.name()),
@@ -300,9 +385,13 @@ impl Store {
             Err(_) if create == Create::No && !self.actor_exists(name)? => {
                 return Err(Error::NoSuchActor(name.to_owned()));
             }
-            Err(e) => return Err(e.into()),
+            Err(e) => return Err(self.explain_sqlite_error(e)),
         };
-        let conn = self.tune(reset::watch(conn)?)?;
+        // Its pragmas are the connection's first reads (of the schema).
+        let conn = self.tune(reset::watch(conn)?).map_err(|e| match e {
+            Error::Sqlite(e) => self.explain_sqlite_error(e),
+            other => other,
+        })?;
         if self.defaults.get().is_none() {
             let defaults = Defaults::read(&conn, self.config.actor.busy_timeout)?;
             let _ = self.defaults.set(defaults);
@@ -388,7 +477,7 @@ impl Store {
     ) -> Result<T> {
         let actor = self.actor(name)?;
         let _stale = shoal_vfs::take_last_failure();
-        f(&actor).map_err(|e| Error::Sqlite(with_vfs_reason(e)))
+        f(&actor).map_err(|e| self.explain_sqlite_error(e))
     }
 
     fn checkin(&self, name: String, mut actor: ActorConn) {
@@ -485,6 +574,7 @@ impl Store {
     /// Deletes actor `name` and everything it stored. Refused while a connection to it
     /// is checked out.
     pub fn delete_actor(&self, name: &str) -> Result<()> {
+        self.writable()?;
         self.require(name)?;
         self.pool.sleep(name);
         match &self.engine {
@@ -553,6 +643,7 @@ impl Store {
     pub fn import_actor(&self, path: impl AsRef<Path>, name: &str) -> Result<()> {
         let path = path.as_ref();
         validate_actor_name(name)?;
+        self.writable()?;
         if self.actor_exists(name)? {
             return Err(Error::ActorExists(name.to_owned()));
         }
@@ -613,9 +704,12 @@ impl Store {
     pub fn check_actor(&self, name: &str) -> Result<CheckReport> {
         let integrity = {
             let actor = self.existing_actor(name)?;
-            let mut stmt = actor.prepare("PRAGMA integrity_check")?;
-            stmt.query_map([], |r| r.get::<_, String>(0))?
-                .collect::<rusqlite::Result<Vec<String>>>()?
+            let lines = (|| {
+                let mut stmt = actor.prepare("PRAGMA integrity_check")?;
+                stmt.query_map([], |r| r.get::<_, String>(0))?
+                    .collect::<rusqlite::Result<Vec<String>>>()
+            })();
+            lines.map_err(|e| self.explain_sqlite_error(e))?
         };
         let audit = match &self.engine {
             #[cfg(feature = "kv-vfs")]
@@ -668,6 +762,7 @@ fn open_kv(
     dir: &Path,
     config: &Config,
     backend: Option<Arc<dyn shoal_kv::KvStore>>,
+    read_only: bool,
 ) -> Result<shoal_vfs::Vfs> {
     use crate::config::KvEngine;
     use std::sync::PoisonError;
@@ -689,14 +784,23 @@ fn open_kv(
         },
         other => other.into(),
     };
-    // Each engine keeps its own directory: their files are not interchangeable.
+    // Each engine keeps its own directory: their files are not interchangeable. A
+    // read-only open creates none (its layout was checked to be there).
+    let engine_dir = dir.join(StoreLayout::Kv(config.kv_engine).dir_name());
+    let create = |path: &Path, open: &dyn Fn(&Path) -> Result<Arc<dyn shoal_kv::KvStore>>| {
+        if read_only {
+            Ok(false)
+        } else {
+            create_if_missing(path, open)
+        }
+    };
     let backend: Arc<dyn shoal_kv::KvStore> = match (backend, config.kv_engine) {
         (Some(backend), _) => backend,
         (None, KvEngine::Fjall) => {
-            let mut fjall = shoal_kv::FjallConfig::new(dir.join("kv-fjall"));
+            let mut fjall = shoal_kv::FjallConfig::new(engine_dir);
             fjall.cache_capacity = config.kv_cache_bytes() / 2;
             fjall.write_buffer = config.kv_write_buffer_bytes();
-            let created = create_if_missing(&fjall.path, |path| {
+            let created = create(&fjall.path, &|path| {
                 // No background fsync: the creation flushes itself, and closing waits
                 // for that thread to wake.
                 let creating = shoal_kv::FjallConfig {
@@ -709,10 +813,10 @@ fn open_kv(
             Arc::new(open_created(created, || shoal_kv::FjallKv::open(&fjall)).map_err(locked)?)
         }
         (None, KvEngine::Sled) => {
-            let mut sled = shoal_kv::SledConfig::new(dir.join("kv-sled"));
+            let mut sled = shoal_kv::SledConfig::new(engine_dir);
             sled.cache_capacity = config.kv_cache_bytes() / 2;
             // `SledKv::open` waits for a held lock itself (see `open_created`).
-            create_if_missing(&sled.path, |path| {
+            create(&sled.path, &|path| {
                 let creating = shoal_kv::SledConfig {
                     path: path.to_path_buf(),
                     ..sled.clone()
@@ -724,7 +828,11 @@ fn open_kv(
     };
     // Half the kv share is the backend's own cache, half the verified-chunk cache above it.
     let read_cache = usize::try_from(config.kv_cache_bytes() / 2).unwrap_or(usize::MAX);
-    let kv = Arc::new(shoal_kv::Kv::open_with_cache(backend, read_cache)?);
+    let kv = Arc::new(if read_only {
+        shoal_kv::Kv::open_read_only(backend, read_cache)?
+    } else {
+        shoal_kv::Kv::open_with_cache(backend, read_cache)?
+    });
     let durability = match config.durability {
         Durability::Full => shoal_vfs::Durability::Full,
         Durability::Relaxed => shoal_vfs::Durability::Relaxed,
@@ -766,6 +874,168 @@ fn with_vfs_reason(err: rusqlite::Error) -> rusqlite::Error {
     }
 }
 
+/// Whether SQLite's `e` is about storage (I/O, a full disk, damaged data), as opposed to
+/// the SQL or the caller.
+#[cfg(feature = "kv-vfs")]
+fn is_storage_error(e: &rusqlite::Error) -> bool {
+    use rusqlite::ErrorCode;
+    matches!(
+        e.sqlite_error_code(),
+        Some(
+            ErrorCode::SystemIoFailure
+                | ErrorCode::DiskFull
+                | ErrorCode::DatabaseCorrupt
+                | ErrorCode::CannotOpen
+                | ErrorCode::NotADatabase
+        )
+    )
+}
+
+/// Fails if `dir` exists and is not a directory.
+fn refuse_non_directory(dir: &Path) -> Result<()> {
+    match std::fs::metadata(dir) {
+        Ok(meta) if !meta.is_dir() => Err(not_a_directory(dir)),
+        _ => Ok(()),
+    }
+}
+
+fn not_a_directory(dir: &Path) -> Error {
+    Error::Io {
+        what: "cannot open the store at",
+        path: dir.to_path_buf(),
+        cause: std::io::Error::new(std::io::ErrorKind::NotADirectory, "it is not a directory"),
+    }
+}
+
+/// Checks that `dir` holds a store: [`Error::NoStore`] if there is nothing there, an
+/// [`Error::Io`] naming the cause if it cannot be looked at or is not a directory.
+fn check_existing(dir: &Path) -> Result<()> {
+    let cannot = |cause| Error::Io {
+        what: "cannot open the store at",
+        path: dir.to_path_buf(),
+        cause,
+    };
+    let no_store = || Error::NoStore {
+        path: dir.to_path_buf(),
+    };
+    match std::fs::metadata(dir) {
+        Ok(meta) if meta.is_dir() => {}
+        Ok(_) => return Err(not_a_directory(dir)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(no_store()),
+        Err(e) => return Err(cannot(e)),
+    }
+    match std::fs::metadata(dir.join(LOCK_FILE)) {
+        Ok(meta) if meta.is_file() => Ok(()),
+        Ok(_) => Err(no_store()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(no_store()),
+        Err(e) => Err(cannot(e)),
+    }
+}
+
+/// Opens and locks the store's lock file: exclusively, or, for a read-only open of a lock
+/// file that cannot be opened for writing, shared.
+fn lock_store(dir: &Path, mode: OpenMode) -> Result<File> {
+    let path = dir.join(LOCK_FILE);
+    let writable = File::options()
+        .create(matches!(mode, OpenMode::Create | OpenMode::Alongside))
+        .truncate(false)
+        .write(true)
+        .open(&path);
+    let (lock, shared) = match writable {
+        Ok(file) => (file, false),
+        Err(e)
+            if mode == OpenMode::ReadOnly
+                && matches!(
+                    e.kind(),
+                    std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ReadOnlyFilesystem
+                ) =>
+        {
+            (
+                File::open(&path).map_err(Error::io("cannot open", &path))?,
+                true,
+            )
+        }
+        Err(e) => return Err(Error::io("cannot open", &path)(e)),
+    };
+    // A lock held by someone else is waited for briefly: a child process that another
+    // thread is starting holds a copy of every open file, and so of the lock of a store
+    // closed meanwhile, until it execs (seen as a reopen refused in parallel tests).
+    let deadline = std::time::Instant::now() + LOCK_WAIT;
+    loop {
+        let locked = if shared {
+            lock.try_lock_shared()
+        } else {
+            lock.try_lock()
+        };
+        match locked {
+            Ok(()) => return Ok(lock),
+            Err(std::fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(Error::StoreLocked {
+                    path: dir.to_path_buf(),
+                });
+            }
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(Error::io("cannot lock", &path)(e));
+            }
+        }
+    }
+}
+
+/// How long an open waits for a store lock held elsewhere (see `lock_store`).
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Refuses to open a store with another layout than the one it holds: each backing and
+/// engine keeps its own subdirectory, and opening with another would start an empty store
+/// beside the actors. A store holding more than one (made before this check) opens with
+/// any of them. A read-only open of a store that holds none is [`Error::NoStore`]: there
+/// is nothing to read, and nothing may be created.
+fn check_layout(dir: &Path, config: &Config, mode: OpenMode) -> Result<()> {
+    let asked = StoreLayout::of(config);
+    let held: Vec<StoreLayout> = StoreLayout::ALL
+        .into_iter()
+        .filter(|layout| dir.join(layout.dir_name()).exists())
+        .collect();
+    match held.first() {
+        _ if held.contains(&asked) => Ok(()),
+        Some(&holds) => Err(Error::WrongLayout {
+            path: dir.to_path_buf(),
+            holds,
+            asked,
+        }),
+        None if mode == OpenMode::ReadOnly => Err(Error::NoStore {
+            path: dir.to_path_buf(),
+        }),
+        None => Ok(()),
+    }
+}
+
+/// `err` with a note that the store is poisoned, and by what, unless its message says
+/// so already (the VFS's reason for a refused write does).
+#[cfg(feature = "kv-vfs")]
+fn with_poison(err: rusqlite::Error, poison: &shoal_kv::Error) -> rusqlite::Error {
+    let shoal_kv::Error::Poisoned { cause, .. } = poison else {
+        return err;
+    };
+    match err {
+        rusqlite::Error::SqliteFailure(e, message) => {
+            let text = poison.to_string();
+            let message = match message {
+                Some(m) if m.contains(&text) => m,
+                Some(m) if m.contains(cause.as_str()) => {
+                    format!("{m}; the store refuses writes until it is reopened")
+                }
+                Some(m) => format!("{m}: {text}"),
+                None => text,
+            };
+            rusqlite::Error::SqliteFailure(e, Some(message))
+        }
+        other => other,
+    }
+}
+
 /// Suffix of the name an engine directory is built under before it takes its own.
 #[cfg(feature = "kv-vfs")]
 const CREATING_SUFFIX: &str = ".creating";
@@ -787,7 +1057,7 @@ const CREATING_SUFFIX: &str = ".creating";
 #[cfg(feature = "kv-vfs")]
 fn create_if_missing(
     path: &Path,
-    open: impl FnOnce(&Path) -> Result<std::sync::Arc<dyn shoal_kv::KvStore>>,
+    open: &dyn Fn(&Path) -> Result<std::sync::Arc<dyn shoal_kv::KvStore>>,
 ) -> Result<bool> {
     if path
         .try_exists()
@@ -940,7 +1210,13 @@ mod tests {
         let faulty = Arc::new(FaultyKv::new(MemKv::new()));
         let open = || {
             let backend: Arc<dyn shoal_kv::KvStore> = faulty.clone();
-            Store::open_on(dir.path(), Config::default(), Some(backend)).unwrap()
+            Store::open_on(
+                dir.path(),
+                Config::default(),
+                Some(backend),
+                OpenMode::Create,
+            )
+            .unwrap()
         };
         let store = open();
         store

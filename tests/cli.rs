@@ -685,3 +685,201 @@ fn sleeping_actors_give_their_memory_back() {
         "after every actor slept RSS was {post} KiB against {baseline} KiB before the wake: {json}"
     );
 }
+
+/// A store is opened with the backing and engine it holds; another is refused with the
+/// flags to use, and nothing is created.
+#[cfg(feature = "kv-vfs")]
+#[test]
+fn a_store_of_another_backing_or_engine_is_refused_naming_the_flags() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("in.db");
+    sqlite_file(&src, 2);
+    let kv = tmp.path().join("kv");
+    ok(&kv, &["import", src.to_str().unwrap(), "alice"]);
+    let want =
+        "holds its actors in the kv backing with fjall; open it with --backing kv --kv fjall";
+    for args in [
+        &["--kv", "sled", "ls"][..],
+        &["--backing", "files", "ls"],
+        &["--kv", "sled", "import", src.to_str().unwrap(), "bob"],
+        &["--backing", "files-tuned", "sql", "alice", "SELECT 1"],
+    ] {
+        fails(&kv, args, want);
+    }
+    assert!(!kv.join("kv-sled").exists() && !kv.join("actors").exists());
+    assert_eq!(ok(&kv, &["ls"]), "alice\n");
+
+    let files = tmp.path().join("files");
+    ok(
+        &files,
+        &[
+            "--backing",
+            "files",
+            "import",
+            src.to_str().unwrap(),
+            "alice",
+        ],
+    );
+    fails(&files, &["ls"], "open it with --backing files");
+    assert_eq!(ok(&files, &["--backing", "files-tuned", "ls"]), "alice\n");
+}
+
+/// Runs shoal as the unprivileged user `nobody`, so file permissions apply (root ignores
+/// them). `None` (skip) where setpriv cannot do that, except under CI, where it fails.
+fn shoal_as_nobody(store: &Path, args: &[&str]) -> Option<Output> {
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(env!("CARGO_BIN_EXE_shoal"))
+        .arg("--store")
+        .arg(store)
+        .args(args)
+        .output();
+    let usable = match &out {
+        Ok(o) => !String::from_utf8_lossy(&o.stderr).contains("setpriv:"),
+        Err(_) => false,
+    };
+    if usable {
+        return out.ok();
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "cannot run shoal as nobody with setpriv under CI: {out:?}"
+    );
+    eprintln!("skipped: cannot run shoal as nobody with setpriv ({out:?})");
+    None
+}
+
+/// Opens `path` (and everything under it) to everyone for reading, to no one for
+/// writing; the owner's rights come back when the guard drops, so the directory can be
+/// removed.
+#[must_use]
+fn make_read_only(path: &Path) -> Restore<'_> {
+    chmod("a+rX,a-w", path);
+    Restore(path)
+}
+
+struct Restore<'a>(&'a Path);
+
+impl Drop for Restore<'_> {
+    fn drop(&mut self) {
+        chmod("u+rwX", self.0);
+    }
+}
+
+fn chmod(mode: &str, path: &Path) {
+    let status = Command::new("chmod")
+        .args(["-R", mode])
+        .arg(path)
+        .status()
+        .unwrap();
+    assert!(status.success(), "chmod {mode} {}", path.display());
+}
+
+/// A store that cannot be looked at says why rather than "no store at".
+#[test]
+fn an_unusable_store_says_what_is_wrong() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("store");
+    std::fs::write(&file, "a file").unwrap();
+    fails(&file, &["ls"], "not a directory");
+    fails(
+        &file,
+        &["import", file.to_str().unwrap(), "x"],
+        "not a directory",
+    );
+
+    let src = tmp.path().join("in.db");
+    sqlite_file(&src, 1);
+    let store = tmp.path().join("locked");
+    ok(&store, &["import", src.to_str().unwrap(), "alice"]);
+    let _restore = make_read_only(tmp.path());
+    std::fs::set_permissions(&store, std::os::unix::fs::PermissionsExt::from_mode(0o000)).unwrap();
+    let Some(out) = shoal_as_nobody(&store, &["ls"]) else {
+        return;
+    };
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("Permission denied"), "{stderr}");
+    assert!(!stderr.contains("no store at"), "{stderr}");
+}
+
+/// ls, stats, export and check open the store read-only: they work on a store the user
+/// cannot write (a files-backed one; the kv engines cannot open without write access and
+/// say so), and rm is refused clearly.
+#[test]
+fn read_only_commands_work_on_a_store_without_write_access() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("in.db");
+    sqlite_file(&src, 3);
+    let files = tmp.path().join("files");
+    ok(
+        &files,
+        &[
+            "--backing",
+            "files",
+            "import",
+            src.to_str().unwrap(),
+            "alice",
+        ],
+    );
+    #[cfg(feature = "kv-vfs")]
+    let kv = {
+        let kv = tmp.path().join("kv");
+        ok(&kv, &["import", src.to_str().unwrap(), "alice"]);
+        kv
+    };
+    let out_dir = tmp.path().join("out");
+    std::fs::create_dir(&out_dir).unwrap();
+    let _restore = make_read_only(tmp.path());
+    std::fs::set_permissions(
+        &out_dir,
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .unwrap();
+    let exported = out_dir.join("alice.db");
+    let Some(ls) = shoal_as_nobody(&files, &["--backing", "files", "ls"]) else {
+        return;
+    };
+    assert!(
+        ls.status.success(),
+        "ls: {}",
+        String::from_utf8_lossy(&ls.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&ls.stdout), "alice\n");
+    for args in [
+        &["--backing", "files", "stats"][..],
+        &["--backing", "files", "stats", "alice"],
+        &["--backing", "files", "check"],
+        &[
+            "--backing",
+            "files",
+            "export",
+            "alice",
+            exported.to_str().unwrap(),
+        ],
+    ] {
+        let out = shoal_as_nobody(&files, args).unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert!(exported.is_file());
+    let rm = shoal_as_nobody(&files, &["--backing", "files", "rm", "alice"]).unwrap();
+    assert!(!rm.status.success());
+    let stderr = String::from_utf8_lossy(&rm.stderr);
+    assert!(stderr.contains("Permission denied"), "{stderr}");
+
+    #[cfg(feature = "kv-vfs")]
+    {
+        let out = shoal_as_nobody(&kv, &["ls"]).unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(
+            stderr.contains("fjall") && stderr.contains("no read-only mode"),
+            "{stderr}"
+        );
+    }
+}

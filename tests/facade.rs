@@ -1,10 +1,14 @@
 //! The facade through its public API: actors on both backings, the awake set, the
-//! isolation of actor connections, export/import/check, and the store lock.
+//! isolation of actor connections, export/import/check, the store lock, what an open
+//! says about a store it cannot use, read-only opens, and a full disk.
 #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
+
+#[path = "../kv/tests/support/tmpfs.rs"]
+mod tmpfs;
 
 use std::path::Path;
 
-use shoal::{Backing, Config, Error, Store};
+use shoal::{Backing, Config, Error, KvEngine, Store, StoreLayout};
 
 fn backings() -> Vec<Backing> {
     let mut all = Vec::new();
@@ -1041,4 +1045,328 @@ fn a_leftover_of_an_interrupted_creation_is_removed() {
         let store = Store::open(dir.path(), config).unwrap();
         assert_eq!(count(&store, "a"), 0, "{kv_engine:?}");
     }
+}
+
+/// The kv engines this build can open.
+fn kv_engines() -> Vec<KvEngine> {
+    if cfg!(feature = "kv-vfs") {
+        vec![KvEngine::Fjall, KvEngine::Sled]
+    } else {
+        Vec::new()
+    }
+}
+
+/// Every backing, with each kv engine under the kv one.
+fn layouts_to_try() -> Vec<(Backing, KvEngine)> {
+    backings()
+        .into_iter()
+        .flat_map(|b| {
+            if b.is_kv() {
+                kv_engines().into_iter().map(|e| (b, e)).collect()
+            } else {
+                vec![(b, KvEngine::Fjall)]
+            }
+        })
+        .collect()
+}
+
+fn entries(dir: &Path) -> Vec<std::ffi::OsString> {
+    let mut names: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    names.sort();
+    names
+}
+
+fn notes(store: &Store, actor: &str, rows: i64) {
+    store
+        .with_actor(actor, |c| {
+            c.execute_batch("CREATE TABLE notes(body TEXT)")?;
+            for i in 0..rows {
+                c.execute("INSERT INTO notes VALUES (?1)", [format!("note {i}")])?;
+            }
+            Ok(())
+        })
+        .unwrap();
+}
+
+/// Each backing and kv engine keeps its own subdirectory; opening a store with another
+/// used to start an empty store beside the actors. It is refused, naming what the store
+/// holds, and creates nothing. Both file backings read the same files.
+#[test]
+fn a_store_opened_with_another_backing_or_engine_is_refused() {
+    let layouts = |backing, kv_engine| Config {
+        kv_engine,
+        ..config(backing)
+    };
+    let cases = layouts_to_try();
+    for &(backing, engine) in &cases {
+        let dir = tempfile::tempdir().unwrap();
+        let made = layouts(backing, engine);
+        notes(&Store::open(dir.path(), made.clone()).unwrap(), "a", 1);
+        let before = entries(dir.path());
+        for &(other_backing, other_engine) in &cases {
+            let other = layouts(other_backing, other_engine);
+            if StoreLayout::of(&other) == StoreLayout::of(&made) {
+                continue;
+            }
+            for err in [
+                Store::open(dir.path(), other.clone()).unwrap_err(),
+                Store::open_existing(dir.path(), other.clone()).unwrap_err(),
+                Store::open_read_only(dir.path(), other.clone()).unwrap_err(),
+            ] {
+                match &err {
+                    Error::WrongLayout { holds, asked, .. } => {
+                        assert_eq!(*holds, StoreLayout::of(&made));
+                        assert_eq!(*asked, StoreLayout::of(&other));
+                    }
+                    other => panic!("{backing:?}/{engine:?} opened as another: {other}"),
+                }
+                assert!(
+                    err.to_string()
+                        .contains(&StoreLayout::of(&made).to_string()),
+                    "{err}"
+                );
+            }
+            assert_eq!(
+                before,
+                entries(dir.path()),
+                "a refused open created something"
+            );
+        }
+        let store = Store::open_existing(dir.path(), made).unwrap();
+        assert_eq!(count(&store, "a"), 1);
+    }
+    // Both file backings are one layout.
+    let dir = tempfile::tempdir().unwrap();
+    notes(
+        &Store::open(dir.path(), config(Backing::Files)).unwrap(),
+        "a",
+        2,
+    );
+    let tuned = Store::open(dir.path(), config(Backing::FilesTuned)).unwrap();
+    assert_eq!(count(&tuned, "a"), 2);
+}
+
+/// A store directory holding more than one layout (as `shoal wake` keeps them, or as the
+/// old behaviour left them) opens with any of them; `open_alongside` adds one.
+#[cfg(feature = "kv-vfs")]
+#[test]
+fn a_store_holding_several_layouts_opens_with_each() {
+    let dir = tempfile::tempdir().unwrap();
+    notes(
+        &Store::open(dir.path(), config(Backing::Kv)).unwrap(),
+        "kv",
+        1,
+    );
+    assert!(Store::open(dir.path(), config(Backing::Files)).is_err());
+    notes(
+        &Store::open_alongside(dir.path(), config(Backing::Files)).unwrap(),
+        "file",
+        2,
+    );
+    let kv = Store::open(dir.path(), config(Backing::Kv)).unwrap();
+    assert_eq!(kv.list_actors().unwrap(), ["kv"]);
+    drop(kv);
+    let files = Store::open(dir.path(), config(Backing::Files)).unwrap();
+    assert_eq!(files.list_actors().unwrap(), ["file"]);
+}
+
+/// A path that cannot be a store says why, instead of "no store at".
+#[test]
+fn an_unusable_store_path_says_what_is_wrong() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("store");
+    std::fs::write(&file, "not a directory").unwrap();
+    let inside = file.join("nested");
+    for err in [
+        Store::open_existing(&file, config(Backing::default())).unwrap_err(),
+        Store::open_read_only(&file, config(Backing::default())).unwrap_err(),
+        Store::open(&file, config(Backing::default())).unwrap_err(),
+        Store::open_existing(&inside, config(Backing::default())).unwrap_err(),
+    ] {
+        let text = err.to_string();
+        assert!(matches!(err, Error::Io { .. }), "{text}");
+        assert!(!text.contains("no store at"), "{text}");
+        assert!(text.to_lowercase().contains("not a directory"), "{text}");
+    }
+    // Nothing there at all is still "no store".
+    let err = Store::open_existing(tmp.path().join("none"), config(Backing::default()));
+    assert!(matches!(err, Err(Error::NoStore { .. })));
+}
+
+/// A read-only open reads, creates nothing and refuses writes clearly, on a store that
+/// could be written and on one that cannot (a tmpfs remounted read-only: root ignores
+/// file permissions). The files backing reads read-only storage; the kv engines cannot
+/// open it and say why.
+#[test]
+fn a_read_only_store_is_read_and_never_written() {
+    for backing in backings() {
+        let dir = tempfile::tempdir().unwrap();
+        notes(&Store::open(dir.path(), config(backing)).unwrap(), "a", 3);
+        let store = Store::open_read_only(dir.path(), config(backing)).unwrap();
+        assert!(store.is_read_only());
+        read_only_checks(&store, backing);
+    }
+    let Some(disk) = tmpfs::Tmpfs::mount(64 << 10) else {
+        return;
+    };
+    let engines = kv_engines();
+    for &backing in &backings() {
+        for &engine in &engines {
+            let dir = disk.path().join(format!("{backing:?}-{engine:?}"));
+            let cfg = Config {
+                kv_engine: engine,
+                ..config(backing)
+            };
+            notes(&Store::open(&dir, cfg.clone()).unwrap(), "a", 3);
+        }
+        if engines.is_empty() {
+            let dir = disk.path().join(format!("{backing:?}"));
+            notes(&Store::open(&dir, config(backing)).unwrap(), "a", 3);
+        }
+    }
+    disk.set_read_only(true);
+    for backing in backings() {
+        let cases: Vec<(std::path::PathBuf, KvEngine)> = if engines.is_empty() {
+            vec![(disk.path().join(format!("{backing:?}")), KvEngine::Fjall)]
+        } else {
+            engines
+                .iter()
+                .map(|&e| (disk.path().join(format!("{backing:?}-{e:?}")), e))
+                .collect()
+        };
+        for (dir, engine) in cases {
+            let cfg = Config {
+                kv_engine: engine,
+                ..config(backing)
+            };
+            let writable = Store::open(&dir, cfg.clone()).unwrap_err();
+            assert!(
+                writable.to_string().contains("Read-only file system"),
+                "{writable}"
+            );
+            match Store::open_read_only(&dir, cfg) {
+                Ok(store) => {
+                    assert!(!backing.is_kv(), "{backing:?} opened on read-only storage");
+                    read_only_checks(&store, backing);
+                }
+                Err(err) => {
+                    assert!(backing.is_kv(), "{backing:?}: {err}");
+                    let text = err.to_string();
+                    assert!(
+                        text.contains(engine.as_str()) && text.contains("no read-only mode"),
+                        "{text}"
+                    );
+                }
+            }
+        }
+    }
+    disk.set_read_only(false);
+}
+
+fn read_only_checks(store: &Store, backing: Backing) {
+    assert_eq!(store.list_actors().unwrap(), ["a"], "{backing:?}");
+    assert_eq!(count(store, "a"), 3, "{backing:?}");
+    let write = store
+        .with_actor("a", |c| c.execute("INSERT INTO notes VALUES ('x')", []))
+        .unwrap_err();
+    assert!(
+        write.to_string().contains("readonly"),
+        "{backing:?}: {write}"
+    );
+    assert!(matches!(
+        store.delete_actor("a"),
+        Err(Error::ReadOnly { .. })
+    ));
+    assert!(matches!(store.actor("new"), Err(Error::NoSuchActor(_))));
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("a.db");
+    store.export_actor("a", &out).unwrap();
+    assert!(store.check_actor("a").unwrap().is_ok());
+    assert!(matches!(
+        store.import_actor(&out, "b"),
+        Err(Error::ReadOnly { .. })
+    ));
+    assert_eq!(store.list_actors().unwrap(), ["a"], "{backing:?}");
+}
+
+/// An actor writing on a full disk (a small tmpfs) gets an error that says the disk is
+/// full, within a bounded time; later writes say the store must be reopened and why; once
+/// space is freed a reopened store has every committed row and takes writes again.
+#[cfg(feature = "kv-vfs")]
+#[test]
+fn a_full_disk_says_so_and_the_store_reopens_after_space_is_freed() {
+    const DISK_KIB: u64 = 24 << 10;
+    let Some(disk) = tmpfs::Tmpfs::mount(DISK_KIB) else {
+        return;
+    };
+    let dir = disk.path().join("store");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let writer_dir = dir.clone();
+    std::thread::spawn(move || {
+        let store = Store::open(&writer_dir, config(Backing::Kv)).unwrap();
+        store
+            .with_actor("w", |c| {
+                c.execute_batch("CREATE TABLE blobs(n INTEGER PRIMARY KEY, b BLOB)")
+            })
+            .unwrap();
+        let mut committed = 0i64;
+        let failure = loop {
+            // Far past the disk: it must fill long before.
+            if committed > 4 * (DISK_KIB as i64) / 32 {
+                break None;
+            }
+            let step = store.with_actor("w", |c| {
+                c.execute(
+                    "INSERT INTO blobs VALUES (?1, randomblob(32768))",
+                    [committed + 1],
+                )
+            });
+            match step {
+                Ok(_) => committed += 1,
+                Err(e) => break Some(e),
+            }
+        };
+        let later = store
+            .with_actor("w", |c| {
+                c.execute("INSERT INTO blobs VALUES (-1, randomblob(100))", [])
+            })
+            .err();
+        drop(store);
+        let _ = tx.send((committed, failure, later));
+    });
+    let (committed, failure, later) = rx
+        .recv_timeout(std::time::Duration::from_secs(60))
+        .expect("the writer hung on the full disk");
+    let failure = failure.expect("the disk never filled");
+    eprintln!("first failure: {failure}\nlater write: {later:?}");
+    assert!(matches!(failure, Error::DiskFull(_)), "{failure}");
+    assert!(
+        failure.to_string().contains("the disk is full"),
+        "{failure}"
+    );
+    let later = later.expect("a write after the failure succeeded");
+    assert!(matches!(later, Error::DiskFull(_)), "{later}");
+    let text = later.to_string();
+    assert!(
+        text.contains("reopened") && text.contains("the disk is full"),
+        "{text}"
+    );
+
+    disk.resize(4 * DISK_KIB);
+    let store = Store::open(&dir, config(Backing::Kv)).unwrap();
+    let rows: i64 = store
+        .with_actor("w", |c| {
+            c.query_row("SELECT count(*) FROM blobs", [], |r| r.get(0))
+        })
+        .unwrap();
+    assert!(rows >= committed, "{rows} rows of {committed} committed");
+    assert!(store.check_actor("w").unwrap().is_ok());
+    store
+        .with_actor("w", |c| {
+            c.execute("INSERT INTO blobs VALUES (-1, x'00')", [])
+        })
+        .unwrap();
 }

@@ -12,10 +12,10 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{Context, bail};
+use anyhow::{Context, anyhow, bail};
 use clap::{Parser, Subcommand};
 use shoal::rusqlite::fallible_iterator::FallibleIterator as _;
-use shoal::{Backing, Config, KvEngine, Store};
+use shoal::{Backing, Config, KvEngine, Store, StoreLayout};
 
 /// Many SQLite databases, one per actor, in one shared key-value store.
 #[derive(Debug, Parser)]
@@ -123,7 +123,29 @@ fn config(cli: &Cli) -> Config {
 }
 
 fn open_existing(cli: &Cli) -> anyhow::Result<Store> {
-    Ok(Store::open_existing(&cli.store, config(cli))?)
+    opened(Store::open_existing(&cli.store, config(cli)))
+}
+
+/// For the commands that only read: works on a store without write permission (with
+/// the files backing; the kv engines need write access and say so).
+fn open_read_only(cli: &Cli) -> anyhow::Result<Store> {
+    opened(Store::open_read_only(&cli.store, config(cli)))
+}
+
+/// An open's error, in the command line's words where it names a backing.
+fn opened(result: shoal::Result<Store>) -> anyhow::Result<Store> {
+    result.map_err(|e| match e {
+        shoal::Error::WrongLayout { path, holds, .. } => anyhow!(
+            "the store at {} holds its actors in {holds}; open it with {}",
+            path.display(),
+            match holds {
+                StoreLayout::Kv(engine) => format!("--backing kv --kv {}", engine.as_str()),
+                StoreLayout::Files => "--backing files (or files-tuned)".to_owned(),
+                _ => "that backing".to_owned(),
+            }
+        ),
+        other => other.into(),
+    })
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -133,12 +155,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Bench(args) => bench::bench(&cli.store, args)?,
         Command::Populate(args) => wake::populate(&cli.store, config(&cli), args)?,
         Command::Ls => {
-            for name in open_existing(&cli)?.list_actors()? {
+            for name in open_read_only(&cli)?.list_actors()? {
                 writeln!(out, "{name}")?;
             }
         }
         Command::Stats { name: Some(name) } => {
-            let store = open_existing(&cli)?;
+            let store = open_read_only(&cli)?;
             let s = store.actor_stats(name)?;
             writeln!(out, "actor\t{}\nsize_bytes\t{}", s.name, s.size)?;
             // The VFS counts in memory, from when this process opened the store: the
@@ -152,7 +174,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Stats { name: None } => {
-            let store = open_existing(&cli)?;
+            let store = open_read_only(&cli)?;
             let actors = store.list_actors()?;
             writeln!(
                 out,
@@ -171,16 +193,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Export { name, file } => {
-            open_existing(&cli)?.export_actor(name, file)?;
+            open_read_only(&cli)?.export_actor(name, file)?;
         }
         Command::Import { file, name } => {
             shoal::validate_actor_name(name)?;
             std::fs::metadata(file).with_context(|| format!("cannot read {}", file.display()))?;
-            Store::open(&cli.store, config(&cli))?.import_actor(file, name)?;
+            opened(Store::open(&cli.store, config(&cli)))?.import_actor(file, name)?;
         }
         Command::Rm { name } => open_existing(&cli)?.delete_actor(name)?,
         Command::Check { name } => {
-            let store = open_existing(&cli)?;
+            let store = open_read_only(&cli)?;
             let names = match name {
                 Some(n) if store.actor_exists(n)? => vec![n.clone()],
                 Some(n) => return Err(shoal::Error::NoSuchActor(n.clone()).into()),
@@ -240,13 +262,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             // Everything that can refuse the command comes before anything is created.
             shoal::validate_actor_name(name)?;
             let store = if *create {
-                Store::open(&cli.store, config(&cli))?
+                opened(Store::open(&cli.store, config(&cli)))?
             } else {
                 match Store::open_existing(&cli.store, config(&cli)) {
                     Err(e @ shoal::Error::NoStore { .. }) => {
                         bail!("{e}; `shoal sql --create {name}` creates it and the actor")
                     }
-                    opened => opened?,
+                    store => opened(store)?,
                 }
             };
             let existed = store.actor_exists(name)?;

@@ -100,7 +100,8 @@ fn populated(dir: &Path, config: &Config, actors: usize, messages: usize) -> boo
 /// finishes the job, and the marker never vouches for data that is not on disk.
 pub fn populate(dir: &Path, mut config: Config, args: &PopulateArgs) -> anyhow::Result<()> {
     config.durability = Durability::Relaxed;
-    let store = Store::open(dir, config)?;
+    // Each backing's actors beside the others', so one directory serves all of them.
+    let store = Store::open_alongside(dir, config)?;
     let orphaned = Arc::new(AtomicBool::new(false));
     if args.until_stdin_closes {
         watch_parent(Arc::clone(&orphaned));
@@ -302,7 +303,7 @@ pub fn wake(dir: &Path, config: Config, args: &WakeArgs) -> anyhow::Result<()> {
     // The awake bound is the configuration's (from the budget, or `--max-awake`): a
     // wake that set it to `--actors` would keep every actor's connection open whatever
     // the budget says.
-    let store = Store::open(
+    let store = Store::open_alongside(
         dir,
         Config {
             max_waking: args.concurrency.max(1),
