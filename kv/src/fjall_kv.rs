@@ -51,7 +51,15 @@
 //!   it and returns at once, as sled's does;
 //! - a failed fsync or journal write poisons the keyspace: later commits and persists fail;
 //! - data fjall cannot decode is reported as [`Error::Corrupt`]; fjall's open and reads
-//!   run under `catch_unwind`, so a panic on damaged files is reported the same way;
+//!   run under `catch_unwind`, so a panic on damaged files is reported the same way. One
+//!   panic cannot be caught: fjall recovers each partition holding the keyspace's
+//!   partition lock for writing, and a panic there (lsm-tree asserts on some damaged
+//!   segment metadata, `segment/meta/compression.rs`; fjall's decoding of a damaged
+//!   partition config does too) poisons the lock; the half-built keyspace's `Drop` then
+//!   panics on it while unwinding, which aborts the process (seen with a zeroed block in
+//!   a segment file). So `preflight` first reads the partition's config and opens its
+//!   tree with lsm-tree directly, the way fjall will, where a panic unwinds harmlessly
+//!   (lsm-tree's own drops take no lock);
 //! - fjall 2 does not lock its directory (two keyspaces on one directory corrupt it), so
 //!   [`FjallKv`] holds an exclusive lock (`File::try_lock`, an `flock` on Unix) on
 //!   [`LOCK_FILE`] in it, reported as [`Error::StoreLocked`]. The lock is released last,
@@ -317,6 +325,7 @@ impl FjallKv {
             } else {
                 fjall::CompressionType::None
             });
+        preflight(path)?;
         // fjall panics on some damaged files; its recovery runs here.
         let opened = catch_unwind(AssertUnwindSafe(|| {
             let keyspace = fjall::Config::new(path)
@@ -327,6 +336,11 @@ impl FjallKv {
                 .fsync_ms(config.flush_every_ms.filter(|&ms| ms > 0))
                 .open()?;
             let partition = keyspace.open_partition(PARTITION, options)?;
+            // A damaged level manifest can recover a tree with no levels at all, on
+            // which the write path panics ("first level should always exist"): found
+            // here rather than at the first write.
+            use fjall::AbstractTree;
+            partition.tree.l0_run_count();
             fjall::Result::Ok((keyspace, partition))
         }));
         let (keyspace, partition) = match opened {
@@ -435,10 +449,12 @@ impl FjallKv {
         }
         let _serial = self.write_lock.lock();
         let key = stored_key(key);
-        self.make_room(item_size(&key, value))?;
-        self.partition
-            .insert(key, value)
-            .map_err(|e| self.error("put_raw", e))?;
+        self.write_guarded("put_raw", || {
+            self.make_room(item_size(&key, value))?;
+            self.partition
+                .insert(key, value)
+                .map_err(|e| self.error("put_raw", e))
+        })?;
         self.unsynced.store(true, Ordering::SeqCst);
         Ok(())
     }
@@ -493,6 +509,27 @@ impl FjallKv {
     /// A snapshot at the last batch committed in full.
     fn snapshot(&self) -> Snapshot {
         self.partition.snapshot_at(self.keyspace.instant())
+    }
+
+    /// Runs a write into fjall, unless this store is broken, with a panic caught: fjall's
+    /// write path panics on some damaged state, and a batch may then be half in the
+    /// memtable, so a panic breaks the store for writes (reported as [`Error::Corrupt`],
+    /// later writes as [`Error::Poisoned`]).
+    fn write_guarded(&self, op: &'static str, write: impl FnOnce() -> Result<()>) -> Result<()> {
+        if let Some(cause) = self.broken.get() {
+            return Err(Error::Poisoned {
+                cause: cause.clone(),
+                disk_full: disk_nearly_full(&self.path),
+            });
+        }
+        match catch_unwind(AssertUnwindSafe(write)) {
+            Ok(result) => result,
+            Err(panic) => {
+                let err = panicked(op, &self.path, &*panic);
+                let _ = self.broken.set(err.to_string());
+                Err(err)
+            }
+        }
     }
 
     /// Runs a read of the latest state (under the write lock) with a panic caught.
@@ -570,6 +607,121 @@ fn engine_error(op: &'static str, path: &Path, e: impl Into<fjall::Error>) -> Er
         };
     }
     Error::backend(op, e)
+}
+
+/// Reads the partition's files the way fjall's recovery will, with lsm-tree directly and
+/// under `catch_unwind` (see the module docs): damaged files that would make fjall panic
+/// with its partition lock held are reported as [`Error::Corrupt`] instead. A store
+/// without the partition yet (new, or created only in part: fjall removes that) is left
+/// to fjall. Opening the tree does what fjall's open does next anyway.
+fn preflight(path: &Path) -> Result<()> {
+    use lsm_tree::coding::Decode;
+    let partition = path.join("partitions").join(PARTITION);
+    if !partition.join("manifest").exists() {
+        return Ok(());
+    }
+    let read = catch_unwind(|| -> fjall::Result<()> {
+        let mut config = File::open(partition.join("config"))?;
+        PartitionCreateOptions::decode_from(&mut config)?;
+        let segments = partition.join(lsm_tree::file::SEGMENTS_FOLDER);
+        for id in listed_segments(&partition.join(lsm_tree::file::LEVELS_MANIFEST_FILE)) {
+            let segment = segments.join(id.to_string());
+            // A listed segment that is missing is lsm-tree's to report.
+            if segment.exists() {
+                check_segment_sizes(&segment)?;
+            }
+        }
+        let tree = lsm_tree::Config::new(&partition);
+        if partition.join(lsm_tree::file::BLOBS_FOLDER).exists() {
+            drop(tree.open_as_blob_tree()?);
+        } else {
+            drop(tree.open()?);
+        }
+        Ok(())
+    });
+    match read {
+        Ok(result) => result.map_err(|e| engine_error("open", path, e)),
+        Err(panic) => Err(panicked("open", path, &*panic)),
+    }
+}
+
+/// The ids of the segments the tree's level manifest lists (`LevelManifest::
+/// load_level_manifest`: magic, a level count, then per level a count and the ids, all
+/// big-endian), as far as it parses: files it does not list are unfinished segments that
+/// lsm-tree deletes unread, and a manifest that does not parse is lsm-tree's to report.
+fn listed_segments(manifest: &Path) -> Vec<u64> {
+    let Ok(bytes) = std::fs::read(manifest) else {
+        return Vec::new();
+    };
+    let mut ids = Vec::new();
+    let magic = lsm_tree::file::MAGIC_BYTES;
+    let Some(rest) = bytes.strip_prefix(&magic[..]) else {
+        return ids;
+    };
+    let Some((&levels, mut rest)) = rest.split_first() else {
+        return ids;
+    };
+    for _ in 0..levels {
+        let Some((count, after)) = rest.split_first_chunk::<4>() else {
+            return ids;
+        };
+        rest = after;
+        for _ in 0..u32::from_be_bytes(*count) {
+            let Some((id, after)) = rest.split_first_chunk::<8>() else {
+                return ids;
+            };
+            ids.push(u64::from_be_bytes(*id));
+            rest = after;
+        }
+    }
+    ids
+}
+
+/// Checks the sizes lsm-tree reads from a segment file when it opens it and then
+/// allocates without a bound: a damaged one made it ask for 144 PB for a bloom filter,
+/// and a failed allocation aborts the process. Each must fit in the file.
+fn check_segment_sizes(path: &Path) -> fjall::Result<()> {
+    use lsm_tree::coding::Decode;
+    use lsm_tree::segment::block::header::Header;
+    use lsm_tree::segment::trailer::SegmentFileTrailer;
+    use std::io::{Read, Seek, SeekFrom};
+
+    let too_large = |what: &str| {
+        fjall::Error::Io(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!(
+                "segment {}: its {what} is larger than the file",
+                path.display()
+            ),
+        ))
+    };
+    let len = std::fs::metadata(path)?.len();
+    let trailer = SegmentFileTrailer::from_file(path)?;
+    if u64::from(trailer.metadata.index_block_count) > len {
+        return Err(too_large("index block count"));
+    }
+    let mut file = File::open(path)?;
+    if *trailer.offsets.tli_ptr > 0 {
+        file.seek(SeekFrom::Start(*trailer.offsets.tli_ptr))?;
+        let header = Header::decode_from(&mut file).map_err(lsm_tree::Error::from)?;
+        if u64::from(header.data_length) > len {
+            return Err(too_large("top-level index block"));
+        }
+    }
+    if *trailer.offsets.bloom_ptr > 0 {
+        // Magic, filter type and hash type, then the filter's bit count (big-endian).
+        let mut head = [0u8; lsm_tree::file::MAGIC_BYTES.len() + 2 + 8];
+        file.seek(SeekFrom::Start(*trailer.offsets.bloom_ptr))?;
+        file.read_exact(&mut head)?;
+        let bits = head
+            .get(head.len() - 8..)
+            .and_then(|b| <[u8; 8]>::try_from(b).ok())
+            .map_or(u64::MAX, u64::from_be_bytes);
+        if bits / 8 > len {
+            return Err(too_large("bloom filter"));
+        }
+    }
+    Ok(())
 }
 
 /// [`Error::NoAccess`] if `err` says access to the store's files was refused.
@@ -752,8 +904,10 @@ impl KvStore for FjallKv {
                 }
             }
         }
-        self.make_room(need)?;
-        fjall_batch.commit().map_err(|e| self.error("commit", e))?;
+        self.write_guarded("commit", || {
+            self.make_room(need)?;
+            fjall_batch.commit().map_err(|e| self.error("commit", e))
+        })?;
         self.unsynced.store(true, Ordering::SeqCst);
         Ok(())
     }
