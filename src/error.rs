@@ -68,6 +68,17 @@ pub enum Error {
         /// What was asked for.
         asked: StoreLayout,
     },
+    /// An actor has a transaction that was interrupted (a crash, a full disk) and must be
+    /// rolled back before it can be read, which a read-only open cannot do.
+    #[error(
+        "an actor in the store at {} has an interrupted transaction that a read-only open \
+         cannot roll back; open the store for writing once to roll it back",
+        path.display()
+    )]
+    RollbackNeeded {
+        /// The store directory.
+        path: PathBuf,
+    },
     /// A write was asked of a store opened with [`crate::Store::open_read_only`].
     #[error("the store at {} is open read-only", path.display())]
     ReadOnly {

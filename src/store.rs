@@ -312,9 +312,19 @@ impl Store {
     /// where its rollback could not be written), not why: on such a store an I/O,
     /// full-disk or corruption error from SQLite is [`Error::DiskFull`] when the first
     /// failure was a full disk, and otherwise says that the store refuses writes until
-    /// it is reopened, and why. Other errors are [`Error::Sqlite`]. The store's own
+    /// it is reopened, and why. On a read-only store, SQLite's refusal to roll back an
+    /// interrupted transaction ("attempt to write a readonly database") is
+    /// [`Error::RollbackNeeded`]. Other errors are [`Error::Sqlite`]. The store's own
     /// methods do this; callers using a connection from [`Store::actor`] directly can too.
     pub fn explain_sqlite_error(&self, e: rusqlite::Error) -> Error {
+        if self.read_only
+            && e.sqlite_error()
+                .is_some_and(|s| s.extended_code == rusqlite::ffi::SQLITE_READONLY_ROLLBACK)
+        {
+            return Error::RollbackNeeded {
+                path: self.dir.clone(),
+            };
+        }
         let e = with_vfs_reason(e);
         #[cfg(feature = "kv-vfs")]
         if let Engine::Kv(vfs) = &self.engine
@@ -388,12 +398,14 @@ impl Store {
             Err(e) => return Err(self.explain_sqlite_error(e)),
         };
         // Its pragmas are the connection's first reads (of the schema).
-        let conn = self.tune(reset::watch(conn)?).map_err(|e| match e {
+        let explained = |e| match e {
             Error::Sqlite(e) => self.explain_sqlite_error(e),
             other => other,
-        })?;
+        };
+        let conn = self.tune(reset::watch(conn)?).map_err(explained)?;
         if self.defaults.get().is_none() {
-            let defaults = Defaults::read(&conn, self.config.actor.busy_timeout)?;
+            let defaults =
+                Defaults::read(&conn, self.config.actor.busy_timeout).map_err(explained)?;
             let _ = self.defaults.set(defaults);
         }
         Ok(conn)

@@ -1370,3 +1370,53 @@ fn a_full_disk_says_so_and_the_store_reopens_after_space_is_freed() {
         })
         .unwrap();
 }
+
+/// An actor left with a hot journal (a transaction interrupted mid-way) cannot be read
+/// by a read-only open, which may not roll it back: the error says so and what to do,
+/// and a writable open rolls it back.
+#[test]
+fn a_read_only_open_names_an_interrupted_transaction_it_cannot_roll_back() {
+    let dir = tempfile::tempdir().unwrap();
+    notes(
+        &Store::open(dir.path(), config(Backing::Files)).unwrap(),
+        "a",
+        3,
+    );
+    let db = dir.path().join("actors").join("a.db");
+    // A transaction whose pages spilled into the database file, copied with its journal
+    // while it is open: the copy is what a crash at that moment leaves.
+    let interrupted = tempfile::tempdir().unwrap();
+    {
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        conn.execute_batch(
+            "PRAGMA cache_size = 1; BEGIN; \
+             WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c WHERE i < 200) \
+             INSERT INTO notes SELECT hex(randomblob(2000)) FROM c;",
+        )
+        .unwrap();
+        for name in ["a.db", "a.db-journal"] {
+            std::fs::copy(db.with_file_name(name), interrupted.path().join(name)).unwrap();
+        }
+    }
+    for name in ["a.db", "a.db-journal"] {
+        std::fs::copy(interrupted.path().join(name), db.with_file_name(name)).unwrap();
+    }
+    let store = Store::open_read_only(dir.path(), config(Backing::Files)).unwrap();
+    let err = store
+        .with_actor("a", |c| {
+            c.query_row("SELECT count(*) FROM notes", [], |r| r.get::<_, i64>(0))
+        })
+        .unwrap_err();
+    assert!(matches!(err, Error::RollbackNeeded { .. }), "{err}");
+    assert!(
+        err.to_string().contains("open the store for writing"),
+        "{err}"
+    );
+    drop(store);
+    let store = Store::open(dir.path(), config(Backing::Files)).unwrap();
+    assert_eq!(
+        count(&store, "a"),
+        3,
+        "the interrupted transaction was rolled back"
+    );
+}
