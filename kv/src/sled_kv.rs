@@ -265,7 +265,13 @@ fn engine_error(op: &'static str, path: &Path, e: sled::Error) -> Error {
         sled::Error::Io(io) if out_of_space(&io).is_some() => Error::Full {
             op,
             path: path.to_path_buf(),
-            cause: io.to_string(),
+            // sled hands a stored error out as a copy whose text is the original's
+            // `Debug` form; the kind reads better then.
+            cause: if io.raw_os_error().is_some() {
+                io.to_string()
+            } else {
+                io.kind().to_string()
+            },
         },
         sled::Error::Corruption { at, .. } => Error::Corrupt {
             what: format!("the sled files in {}", path.display()),
