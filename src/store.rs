@@ -90,6 +90,9 @@ pub struct Store {
     defaults: OnceLock<Defaults>,
     /// Opened with [`Store::open_read_only`].
     read_only: bool,
+    /// The private copy of the engine's files a read-only open of unwritable storage
+    /// reads (removed after the engine, which is dropped before it).
+    _snapshot: Option<tempfile::TempDir>,
     _lock: File,
 }
 
@@ -198,11 +201,15 @@ impl Store {
     /// [`Store::import_actor`] fail with [`Error::ReadOnly`], and the leftovers of an
     /// interrupted import are left for the next writable open to remove.
     ///
-    /// With the kv backing the engine still needs write access to its files: neither
-    /// fjall 2 nor sled 0.34 has a read-only mode (fjall replays its journal and reopens it
-    /// for appending at every open, sled locks its data file for writing and writes a
-    /// snapshot), so on read-only storage the open fails with a `NoAccess` error that
-    /// says so. Where the engine can open, nothing is written through it.
+    /// With the kv backing the engine needs write access to its files: neither fjall 2 nor
+    /// sled 0.34 has a read-only mode (fjall replays its journal and reopens it for
+    /// appending at every open, sled locks its data file for writing and writes a
+    /// snapshot). Where the engine can open its files, nothing is written through it;
+    /// where it cannot (read-only storage, no write permission), the engine's files are
+    /// copied into a private temporary directory, opened there, and the copy is removed
+    /// when the store is dropped. The copy is consistent (this open holds the store's
+    /// lock shared, so no writer runs) but costs time and temporary disk in proportion to
+    /// the store's size.
     pub fn open_read_only(dir: impl AsRef<Path>, config: Config) -> Result<Store> {
         Store::open_on(dir.as_ref(), config, None, OpenMode::ReadOnly)
     }
@@ -241,16 +248,16 @@ impl Store {
                 _ => create_private_dir(&staging)?,
             }
         }
-        let engine = match config.backing {
+        let (engine, snapshot) = match config.backing {
             #[cfg(feature = "kv-vfs")]
             Backing::Kv => {
-                let vfs = open_kv(&dir, &config, backend, read_only)?;
+                let (vfs, snapshot) = open_kv(&dir, &config, backend, read_only)?;
                 if !read_only {
                     for (name, _) in vfs.kv().list_prefix(STAGING_PREFIX)? {
                         vfs.delete_database(&name)?;
                     }
                 }
-                Engine::Kv(vfs)
+                (Engine::Kv(vfs), snapshot)
             }
             Backing::Files | Backing::FilesTuned => {
                 let actors = dir.join(StoreLayout::Files.dir_name());
@@ -261,7 +268,7 @@ impl Store {
                 // bundled SQLite reads such names as URIs, see `names`).
                 let actors =
                     std::path::absolute(&actors).map_err(Error::io("cannot resolve", &actors))?;
-                Engine::Files { dir: actors }
+                (Engine::Files { dir: actors }, None)
             }
         };
         if config.backing.tuned() {
@@ -278,6 +285,7 @@ impl Store {
             pool,
             defaults: OnceLock::new(),
             read_only,
+            _snapshot: snapshot,
             _lock: lock,
         })
     }
@@ -775,7 +783,7 @@ fn open_kv(
     config: &Config,
     backend: Option<Arc<dyn shoal_kv::KvStore>>,
     read_only: bool,
-) -> Result<shoal_vfs::Vfs> {
+) -> Result<(shoal_vfs::Vfs, Option<tempfile::TempDir>)> {
     use crate::config::KvEngine;
     use std::sync::PoisonError;
 
@@ -799,6 +807,7 @@ fn open_kv(
     // Each engine keeps its own directory: their files are not interchangeable. A
     // read-only open creates none (its layout was checked to be there).
     let engine_dir = dir.join(StoreLayout::Kv(config.kv_engine).dir_name());
+    let mut snapshot = None;
     let create = |path: &Path, open: &dyn Fn(&Path) -> Result<Arc<dyn shoal_kv::KvStore>>| {
         if read_only {
             Ok(false)
@@ -822,7 +831,20 @@ fn open_kv(
                 };
                 Ok(Arc::new(shoal_kv::FjallKv::open(&creating)?))
             })?;
-            Arc::new(open_created(created, || shoal_kv::FjallKv::open(&fjall)).map_err(locked)?)
+            let opened = open_created(created, || shoal_kv::FjallKv::open(&fjall));
+            Arc::new(match opened {
+                Err(shoal_kv::Error::NoAccess { .. }) if read_only => {
+                    let copy = snapshot_engine(&fjall.path)?;
+                    let at = shoal_kv::FjallConfig {
+                        path: copy.path().to_path_buf(),
+                        ..fjall.clone()
+                    };
+                    let kv = shoal_kv::FjallKv::open(&at)?;
+                    snapshot = Some(copy);
+                    kv
+                }
+                other => other.map_err(locked)?,
+            })
         }
         (None, KvEngine::Sled) => {
             let mut sled = shoal_kv::SledConfig::new(engine_dir);
@@ -835,7 +857,19 @@ fn open_kv(
                 };
                 Ok(Arc::new(shoal_kv::SledKv::open(&creating)?))
             })?;
-            Arc::new(shoal_kv::SledKv::open(&sled).map_err(locked)?)
+            Arc::new(match shoal_kv::SledKv::open(&sled) {
+                Err(shoal_kv::Error::NoAccess { .. }) if read_only => {
+                    let copy = snapshot_engine(&sled.path)?;
+                    let at = shoal_kv::SledConfig {
+                        path: copy.path().to_path_buf(),
+                        ..sled.clone()
+                    };
+                    let kv = shoal_kv::SledKv::open(&at)?;
+                    snapshot = Some(copy);
+                    kv
+                }
+                other => other.map_err(locked)?,
+            })
         }
     };
     // Half the kv share is the backend's own cache, half the verified-chunk cache above it.
@@ -864,7 +898,7 @@ fn open_kv(
             Ok(vfs) => {
                 let mut opened = OPENED.lock().unwrap_or_else(PoisonError::into_inner);
                 opened.push((key, vfs.usage()));
-                return Ok(vfs);
+                return Ok((vfs, snapshot));
             }
         }
     }
@@ -1122,6 +1156,39 @@ fn open_created<T>(created: bool, open: impl Fn() -> shoal_kv::Result<T>) -> sho
             done => return done,
         }
     }
+}
+
+/// A private copy of an engine directory the engine cannot open in place (read-only
+/// storage), in a temporary directory removed when the returned guard drops. The store's
+/// lock is held shared meanwhile, so no writer changes the files while they are copied.
+#[cfg(feature = "kv-vfs")]
+fn snapshot_engine(engine_dir: &Path) -> Result<tempfile::TempDir> {
+    let copy = tempfile::Builder::new()
+        .prefix("shoal-read-only-")
+        .tempdir()
+        .map_err(Error::io(
+            "cannot create a temporary directory for",
+            engine_dir,
+        ))?;
+    copy_tree(engine_dir, copy.path())?;
+    Ok(copy)
+}
+
+/// Copies the regular files and directories under `from` into `to` (which exists).
+#[cfg(feature = "kv-vfs")]
+fn copy_tree(from: &Path, to: &Path) -> Result<()> {
+    for entry in std::fs::read_dir(from).map_err(Error::io("cannot list", from))? {
+        let entry = entry.map_err(Error::io("cannot list", from))?;
+        let (src, dst) = (entry.path(), to.join(entry.file_name()));
+        let kind = entry.file_type().map_err(Error::io("cannot stat", &src))?;
+        if kind.is_dir() {
+            std::fs::create_dir(&dst).map_err(Error::io("cannot create", &dst))?;
+            copy_tree(&src, &dst)?;
+        } else if kind.is_file() {
+            std::fs::copy(&src, &dst).map_err(Error::io("cannot copy", &src))?;
+        }
+    }
+    Ok(())
 }
 
 /// fsyncs every file and directory under `dir`, and `dir` itself.
