@@ -168,18 +168,39 @@ impl Inode {
         self.state.lock().size
     }
 
-    /// The size of the file as last stored (0 if it never was).
-    pub(crate) fn stored_size(&self) -> u64 {
-        self.state
-            .lock()
-            .persisted
-            .as_ref()
-            .map_or(0, |p| p.meta.size)
+    /// Whether SQLite is between BEGIN_ATOMIC_WRITE and its commit or rollback, and the
+    /// size of the file as last stored (0 if it never was), read under one lock: every
+    /// write outside a batch asks for both.
+    pub(crate) fn batch_and_stored_size(&self) -> (bool, u64) {
+        let st = self.state.lock();
+        (
+            st.in_batch,
+            st.persisted.as_ref().map_or(0, |p| p.meta.size),
+        )
     }
 
-    /// Whether SQLite is between BEGIN_ATOMIC_WRITE and its commit or rollback.
-    pub(crate) fn in_batch(&self) -> bool {
-        self.state.lock().in_batch
+    /// Whether the file's first bytes, as SQLite would read them now (pending writes
+    /// included), are `prefix`. Counts no read in the statistics: it is the VFS looking,
+    /// not SQLite.
+    pub(crate) fn begins_with(&self, kv: &Kv, prefix: &[u8]) -> Result<bool> {
+        let (size, cs, generation) = {
+            let st = self.state.lock();
+            if st.size < prefix.len() as u64 || st.chunk_size == 0 {
+                return Ok(false);
+            }
+            let cached = st.dirty.get(&0).map(Vec::as_slice);
+            if let Some(chunk) = cached.or(st.first_chunk.as_deref()) {
+                return Ok(chunk.starts_with(prefix));
+            }
+            (
+                st.size,
+                u64::from(st.chunk_size),
+                st.persisted.as_ref().map(|p| p.meta.generation),
+            )
+        };
+        let data = self.stored_chunk(kv, 0, size, cs)?;
+        self.remember_first_chunk(&data, generation);
+        Ok(data.starts_with(prefix))
     }
 
     /// Bytes per chunk (0 while nothing was written).

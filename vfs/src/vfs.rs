@@ -34,6 +34,10 @@ use crate::pages::{Fetched, Lent};
 use crate::pragma::{self, Durability, Pragma};
 use crate::stats::{DbCounters, DbStats};
 
+/// The first bytes of every rollback journal that can roll a transaction back (sqlite3.c
+/// `aJournalMagic`); a finished `journal_mode=PERSIST` journal has them zeroed.
+const JOURNAL_MAGIC: [u8; 8] = [0xd9, 0xd5, 0x05, 0xf9, 0x20, 0xa1, 0x63, 0xd7];
+
 /// One registered VFS.
 #[derive(Debug)]
 pub(crate) struct VfsState {
@@ -771,31 +775,47 @@ impl KvHandle {
     }
 
     /// Refuses a write to a database that could tear it: outside an atomic batch, to a
-    /// database the store holds data of, while the database has no rollback journal at
-    /// all. That is the state `synchronous=OFF` (SQLite keeps the journal in memory and
-    /// skips the batch) and `journal_mode=OFF|MEMORY` produce, however they were set
-    /// (the pragma refusals only see pragmas sent to this database's own file: an
-    /// unqualified `journal_mode` reaches only the main database's VFS but applies to
-    /// every attached one). Every other path SQLite writes a database by has a journal
-    /// file first: a journaled or spilling transaction (the journal is created before the
-    /// first page is written, pager.c `pagerStress`), a batch that failed and falls back
-    /// (`sqlite3JournalCreate` before `pager_write_pagelist`), a hot-journal rollback,
-    /// and the first transaction of an empty database (its journal is a real file from
-    /// the start, `jrnlBufferSize` being 0). A database still empty in the store (a new
-    /// target of `VACUUM INTO`, which runs without a journal) has nothing to tear.
+    /// database the store holds data of, while the database has no rollback journal that
+    /// could roll the transaction back. That is the state `synchronous=OFF` (SQLite keeps
+    /// the journal in memory and skips the batch) and `journal_mode=OFF|MEMORY` produce,
+    /// however they were set (the pragma refusals only see pragmas sent to this database's
+    /// own file: an unqualified `journal_mode` reaches only the main database's VFS but
+    /// applies to every attached one).
+    ///
+    /// A journal counts only if it begins with SQLite's journal magic (`aJournalMagic`,
+    /// the bytes `hasHotJournal` and `pager_playback` look for): a `journal_mode=PERSIST`
+    /// journal outlives its commit with its header zeroed, stays stored and non-empty,
+    /// and protects nothing, and it survives a later switch to `MEMORY` made through
+    /// another database of the connection. Every path SQLite writes a database by has the
+    /// magic in place first: a journaled or spilling transaction (`syncJournal` writes the
+    /// header with the magic before `pager_write_pagelist`, and the journal is created
+    /// before the first page is written, pager.c `pagerStress`), a batch that failed and
+    /// falls back (`sqlite3JournalCreate` copies out the in-memory journal, header
+    /// included, before `pager_write_pagelist`), and a hot-journal rollback (the journal
+    /// is hot because it has the magic). The first transaction of an empty database and
+    /// a new target of `VACUUM INTO` (which runs without a journal) write a database
+    /// still empty in the store: nothing to tear.
     fn refuse_unjournaled(&self) -> Result<()> {
         let inode = &self.inode;
-        if inode.kind != FileKind::Main || inode.in_batch() || inode.stored_size() == 0 {
+        if inode.kind != FileKind::Main {
             return Ok(());
         }
-        let journaled = match self.vfs.live_inode(inode.id, FileKind::MainJournal) {
-            Some(journal) => journal.exists_nonempty(),
-            None => self
-                .kv()
-                .read_meta(inode.id, FileKind::MainJournal)?
-                .is_some_and(|m| m.meta.size > 0),
+        let (in_batch, stored_size) = inode.batch_and_stored_size();
+        if in_batch || stored_size == 0 {
+            return Ok(());
+        }
+        let journal = match self.vfs.live_inode(inode.id, FileKind::MainJournal) {
+            Some(journal) => journal,
+            None => Arc::new(Inode::load(
+                self.kv(),
+                inode.id,
+                FileKind::MainJournal,
+                &inode.name,
+                Arc::clone(&inode.counters),
+                true,
+            )?),
         };
-        if journaled {
+        if journal.begins_with(self.kv(), &JOURNAL_MAGIC)? {
             return Ok(());
         }
         Err(Error::Unjournaled {

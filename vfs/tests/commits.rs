@@ -334,6 +334,61 @@ fn a_database_without_a_journal_is_never_written_outside_a_batch() {
     assert!(s.batch_commits >= 1, "{s}");
 }
 
+/// A `journal_mode=PERSIST` journal stays stored after its commit, not empty but with its
+/// header zeroed: it can roll nothing back. SQLite deletes it only when the same pager
+/// leaves PERSIST, so a later unqualified `journal_mode = MEMORY` sent through another
+/// database leaves it in place. Counting it as a journal let a spilling transaction write
+/// pages straight into the store, and the overlay past its writeback limit reached the kv
+/// mid-transaction: part of an uncommitted transaction durable. Those writes are refused.
+#[test]
+fn a_finished_persist_journal_does_not_count_as_a_journal() {
+    let vfs = mem_vfs();
+    let rows = |n: u32, size: u32| {
+        format!(
+            "WITH RECURSIVE k(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM k WHERE i < {n})
+             INSERT INTO t SELECT printf('%0{size}d', i) FROM k;"
+        )
+    };
+    let persist = open(&vfs, "attached");
+    persist
+        .execute_batch(&format!(
+            "PRAGMA journal_mode = PERSIST; PRAGMA cache_size = 5;
+             CREATE TABLE t(x); INSERT INTO t VALUES ('first');
+             BEGIN; {} COMMIT;",
+            rows(500, 4000)
+        ))
+        .unwrap();
+    assert!(
+        stats(&vfs, "attached").journal_commits >= 1,
+        "the transaction spilled through the journal"
+    );
+    drop(persist);
+
+    let conn = Connection::open_in_memory().unwrap();
+    conn.execute_batch(&format!(
+        "ATTACH 'file:attached?vfs={}' AS aux; PRAGMA aux.cache_size = 5;
+         PRAGMA journal_mode = MEMORY;",
+        vfs.name()
+    ))
+    .unwrap();
+    let applied: String = conn
+        .query_row("PRAGMA aux.journal_mode", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(applied, "memory");
+    let err = conn
+        .execute_batch(&format!(
+            "BEGIN; {}",
+            rows(3000, 4000).replace("INTO t", "INTO aux.t")
+        ))
+        .unwrap_err();
+    assert_eq!(primary_code(&err), ffi::SQLITE_IOERR, "{err}");
+    let _ = conn.execute_batch("ROLLBACK");
+    drop(conn);
+    let check = open(&vfs, "attached");
+    assert_eq!(integrity(&check), "ok");
+    assert_eq!(count(&check, "t"), 501);
+}
+
 #[test]
 fn relaxed_durability_skips_the_flush_wait_after_a_batch() {
     let vfs = mem_vfs();
