@@ -4,12 +4,18 @@
 //! ([`canonical`]) and opens, derives journal names from, and reports what comes back:
 //! - a name without `/` is a catalog name and stays exactly as given: every actor name of
 //!   the facade (which refuses `/` and a leading `.`), and a bare file name like `test.db`;
-//! - a name with `/` is a path, resolved as the unix VFS's `unixFullPathname` and
-//!   `appendAllPathElements` do: a relative path is joined to the base directory (the
-//!   working directory when the VFS was registered), and `.`, `..` and repeated `/` are
-//!   resolved lexically. A path to a file directly in the base directory becomes its bare
-//!   file name, so `test.db`, `./test.db` and `/base/test.db` are one database; any other
-//!   path becomes absolute. A path that resolves to `/` itself is refused, as unix does.
+//! - a name with `/` is a path, its `.`, `..` and repeated `/` resolved lexically as the
+//!   unix VFS's `appendAllPathElements` does (`..` never climbs past the root):
+//!   - an absolute path stays absolute, whatever the working directory, so one absolute
+//!     path names one database in every process;
+//!   - a relative path is joined to the base directory (the working directory when the
+//!     VFS was registered), as `unixFullPathname` does. If it then names a file directly
+//!     in the base directory it becomes that bare file name, so `test.db`, `./test.db`
+//!     and `sub/../test.db` are one database; any other relative path becomes absolute.
+//!
+//!   A path that resolves to `/` itself is refused, as unix does. So `/base/test.db` and
+//!   `test.db` are two databases even in the base directory: making them one would make
+//!   the name of an absolute path depend on the working directory of the process.
 //!
 //! Symlinks are not followed, unlike unix: a name is a key in the store, not a file on
 //! disk, and following links would make which database a name means depend on the file
@@ -69,18 +75,20 @@ pub(crate) fn canonical<'a>(
         return Ok(Cow::Borrowed(name));
     }
     let mut parts: Vec<&str> = Vec::new();
-    let base_parts = base.map(elements).unwrap_or_default();
-    if !name.starts_with('/') {
-        if base.is_none() {
+    let relative = !name.starts_with('/');
+    let base_parts = match base {
+        Some(base) if relative => elements(base),
+        None if relative => {
             return Err("a relative path needs the working directory, which is unknown");
         }
-        parts.extend(&base_parts);
-    }
+        _ => Vec::new(),
+    };
+    parts.extend(&base_parts);
     append_elements(&mut parts, name);
     let Some((last, dir)) = parts.split_last() else {
         return Err("the path names the root directory, not a file");
     };
-    if base.is_some() && dir == base_parts.as_slice() {
+    if relative && dir == base_parts.as_slice() {
         return Ok(Cow::Owned((*last).to_owned()));
     }
     Ok(Cow::Owned(format!("/{}", parts.join("/"))))
@@ -164,14 +172,26 @@ mod tests {
         let resolved = |n: &str| canonical(n, base).map(Cow::into_owned);
         for same in [
             "./test.db",
-            "/srv/app/test.db",
             "sub/../test.db",
             ".//test.db",
-            "/srv//app/./test.db",
             "../app/test.db",
-            "/srv/app/x/y/../../test.db",
+            "x/y/../../test.db",
         ] {
             assert_eq!(resolved(same).as_deref(), Ok("test.db"), "{same}");
+        }
+        // An absolute path names the same database whatever the base directory.
+        for absolute in [
+            "/srv/app/test.db",
+            "/srv//app/./test.db",
+            "/srv/app/x/y/../../test.db",
+        ] {
+            for other in [base, Some("/srv"), Some("/"), Some("/elsewhere"), None] {
+                assert_eq!(
+                    canonical(absolute, other).as_deref(),
+                    Ok("/srv/app/test.db"),
+                    "{absolute} from {other:?}"
+                );
+            }
         }
         assert_eq!(resolved("sub/x.db").as_deref(), Ok("/srv/app/sub/x.db"));
         assert_eq!(
@@ -192,7 +212,9 @@ mod tests {
             Ok("/srv/app/t.db")
         );
         assert!(canonical("./t.db", None).is_err());
-        // The base directory itself is "/": files in it are bare names too.
-        assert_eq!(canonical("/t.db", Some("/")).as_deref(), Ok("t.db"));
+        // The base directory itself is "/": relative paths to files in it are bare names
+        // too, absolute ones are not.
+        assert_eq!(canonical("./t.db", Some("/")).as_deref(), Ok("t.db"));
+        assert_eq!(canonical("/t.db", Some("/")).as_deref(), Ok("/t.db"));
     }
 }
