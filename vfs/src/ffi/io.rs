@@ -72,11 +72,25 @@ unsafe extern "C" fn x_close(file: *mut sys::sqlite3_file) -> c_int {
         }
         // SAFETY: `open` is the box xOpen made; taking it back frees it exactly once.
         let OpenFile { reg, vfs, file } = *unsafe { Box::from_raw(open) };
-        let closed = file.close(&vfs);
-        reg.closed_one(&vfs);
-        closed?;
+        // The file is closed however the close ends: a panic in it (which poisons the
+        // database and unwinds on to `catch`) must still free a dropped VFS's slot once
+        // this was its last file, or the store could never be served again.
+        let _closed = ClosedOne { reg, vfs: &vfs };
+        file.close(&vfs)?;
         Ok(sys::SQLITE_OK)
     })
+}
+
+/// Calls [`super::Registration::closed_one`] when dropped, unwinding included.
+struct ClosedOne<'a> {
+    reg: &'static super::Registration,
+    vfs: &'a std::sync::Arc<crate::vfs::VfsState>,
+}
+
+impl Drop for ClosedOne<'_> {
+    fn drop(&mut self) {
+        self.reg.closed_one(self.vfs);
+    }
 }
 
 /// xRead. SQLite's contract: a short read fills the rest of the buffer with zeros and
@@ -342,4 +356,74 @@ unsafe extern "C" fn x_unfetch(
         }
         Ok(sys::SQLITE_OK)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::sync::Arc;
+
+    use shoal_kv::{FaultOp, FaultyKv, Kv, KvStore, MemKv};
+
+    use super::*;
+    use crate::VfsOptions;
+
+    /// SQLite itself never leaves a stored file dirty at xClose (it unlocks first, and
+    /// the unlock writes back), so this drives the VFS table directly: a write left in
+    /// the overlay, the `Vfs` dropped, then a close whose write-back panics. The panic
+    /// poisons the database, and the store must still be free to serve again.
+    #[test]
+    fn a_panic_in_the_last_close_still_frees_the_registration() {
+        let faulty = Arc::new(FaultyKv::new(MemKv::new()));
+        let kv = Arc::new(Kv::open(Arc::clone(&faulty) as Arc<dyn KvStore>).unwrap());
+        let name = "shoal-close-panic-test";
+        let options = || VfsOptions {
+            name: name.to_owned(),
+            ..VfsOptions::default()
+        };
+        let vfs = crate::register(Arc::clone(&kv), options()).unwrap();
+        let usage = vfs.usage();
+        let table = std::ffi::CString::new(name).unwrap();
+        // SAFETY: the name is NUL-terminated; the VFS of that name was just registered.
+        let vfs_ptr = unsafe { sys::sqlite3_vfs_find(table.as_ptr()) };
+        // SAFETY: `vfs_ptr` is null or the registered VFS, alive while `vfs` is.
+        let table = unsafe { vfs_ptr.as_ref() }.unwrap();
+        let (size, open) = (table.szOsFile, table.xOpen);
+        let size = usize::try_from(size).unwrap();
+        let mut space = vec![0u64; size.div_ceil(8)];
+        let file = space.as_mut_ptr().cast::<sys::sqlite3_file>();
+        let flags = sys::SQLITE_OPEN_MAIN_DB | sys::SQLITE_OPEN_CREATE | sys::SQLITE_OPEN_READWRITE;
+        let mut out_flags = 0;
+        // SAFETY: `file` has szOsFile bytes, 8-aligned; the name is NUL-terminated and
+        // outlives the file (SQLite's contract for xOpen names).
+        let opened = unsafe {
+            open.unwrap()(
+                std::ptr::from_ref(table).cast_mut(),
+                c"db".as_ptr(),
+                file,
+                flags,
+                &mut out_flags,
+            )
+        };
+        assert_eq!(opened, sys::SQLITE_OK);
+        // SAFETY: xOpen succeeded, so `file` starts with its methods pointer.
+        let methods = unsafe { (*file).pMethods };
+        // SAFETY: the methods are the static `IO_METHODS` (or null, which `as_ref` checks).
+        let methods = unsafe { methods.as_ref() }.unwrap();
+        let (write, close) = (methods.xWrite.unwrap(), methods.xClose.unwrap());
+        let page = [7u8; 4096];
+        // SAFETY: `file` is open; `page` has the 4096 bytes passed.
+        let wrote = unsafe { write(file, page.as_ptr().cast(), 4096, 0) };
+        assert_eq!(wrote, sys::SQLITE_OK);
+        drop(vfs);
+        faulty.panic_from(FaultOp::Any, 1);
+        // SAFETY: `file` is open, and closed once.
+        let closed = unsafe { close(file) };
+        assert_ne!(closed, sys::SQLITE_OK, "the write-back panicked");
+        assert!(faulty.injected() > 0);
+        faulty.clear();
+        assert!(!usage.in_use(), "the last close released the store");
+        crate::register(kv, options()).unwrap();
+    }
 }
