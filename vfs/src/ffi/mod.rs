@@ -11,11 +11,14 @@
 //! - a [`Registration`] (SQLite's method table for one VFS name) is leaked: SQLite's VFS
 //!   list points at it for the rest of the process, so a thread that found the VFS can
 //!   never call into freed memory, even while another thread drops the `Vfs`. What it
-//!   serves is its [`Slot`], behind a lock that every call from SQLite holds for its whole
-//!   duration: dropping the `Vfs` takes the state out (waiting for calls in flight), the
-//!   store is released once its last file closes, and new opens then fail with
-//!   SQLITE_CANTOPEN. A later registration of the same name refills the slot, so the leak
-//!   is one small table per distinct name;
+//!   serves is its [`Slot`], behind a lock that every VFS-level call (xOpen, xDelete,
+//!   xAccess, xFullPathname) holds for its whole duration: dropping the `Vfs` takes the
+//!   state out (waiting for those calls in flight) and new opens then fail with
+//!   SQLITE_CANTOPEN. The io methods of an open file do not take that lock: they reach the
+//!   state through the file's own `Arc` ([`OpenFile`]), which keeps the store alive until
+//!   the file's xClose, and the last xClose frees a closing slot (taking the lock only
+//!   then). A later registration of the same name refills the slot, so the leak is one
+//!   small table per distinct name;
 //! - each open file's state is boxed by xOpen (`ShoalFile::open`) and freed by xClose;
 //! - buffers lent by xFetch are owned by the handle until xUnfetch (or xClose).
 
