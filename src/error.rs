@@ -34,6 +34,16 @@ pub enum Error {
         /// The store directory.
         path: PathBuf,
     },
+    /// Another `Store` of this process has the directory open.
+    #[error(
+        "the store at {} is already open in this process (by another Store); use that one, \
+         or drop it first",
+        path.display()
+    )]
+    StoreOpenHere {
+        /// The store directory.
+        path: PathBuf,
+    },
     /// Connections opened through an earlier `Store` on this directory, in this process,
     /// are still open and keep its backing open.
     #[error(

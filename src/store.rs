@@ -93,7 +93,7 @@ pub struct Store {
     /// The private copy of the engine's files a read-only open of unwritable storage
     /// reads (removed after the engine, which is dropped before it).
     _snapshot: Option<tempfile::TempDir>,
-    _lock: File,
+    _lock: StoreLock,
 }
 
 /// What an open may do to the store directory.
@@ -980,8 +980,9 @@ fn check_existing(dir: &Path) -> Result<()> {
 
 /// Opens and locks the store's lock file: exclusively, or, for a read-only open of a lock
 /// file that cannot be opened for writing, shared.
-fn lock_store(dir: &Path, mode: OpenMode) -> Result<File> {
+fn lock_store(dir: &Path, mode: OpenMode) -> Result<StoreLock> {
     let path = dir.join(LOCK_FILE);
+    let key = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
     let writable = File::options()
         .create(matches!(mode, OpenMode::Create | OpenMode::Alongside))
         .truncate(false)
@@ -1013,8 +1014,17 @@ fn lock_store(dir: &Path, mode: OpenMode) -> Result<File> {
         } else {
             lock.try_lock()
         };
+        let here = || held_stores().contains(&key);
         match locked {
-            Ok(()) => return Ok(lock),
+            Ok(()) => {
+                held_stores().push(key.clone());
+                return Ok(StoreLock { _file: lock, key });
+            }
+            Err(std::fs::TryLockError::WouldBlock) if here() => {
+                return Err(Error::StoreOpenHere {
+                    path: dir.to_path_buf(),
+                });
+            }
             Err(std::fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
                 std::thread::sleep(std::time::Duration::from_millis(5));
             }
@@ -1028,6 +1038,31 @@ fn lock_store(dir: &Path, mode: OpenMode) -> Result<File> {
             }
         }
     }
+}
+
+/// A store's lock, held while the `Store` lives. Stores of this process are also listed
+/// (by canonical directory), so that a second open here is told apart from another
+/// process's: an `flock` refuses both alike.
+#[derive(Debug)]
+struct StoreLock {
+    _file: File,
+    key: PathBuf,
+}
+
+impl Drop for StoreLock {
+    fn drop(&mut self) {
+        let mut held = held_stores();
+        if let Some(at) = held.iter().position(|k| *k == self.key) {
+            held.swap_remove(at);
+        }
+    }
+}
+
+/// The directories of the stores this process holds open (one entry per `Store`).
+fn held_stores() -> std::sync::MutexGuard<'static, Vec<PathBuf>> {
+    static HELD: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+    HELD.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// How long an open waits for a store lock held elsewhere (see `lock_store`).

@@ -322,9 +322,14 @@ fn a_store_is_open_in_one_place_at_a_time_and_private() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("store");
     let store = Store::open(&path, config(Backing::default())).unwrap();
+    // A second open in this process is told apart from another process's (the CLI
+    // test checks that one): an flock refuses both alike.
     let err = Store::open(&path, config(Backing::default())).unwrap_err();
-    assert!(matches!(err, Error::StoreLocked { .. }), "{err}");
-    assert!(err.to_string().contains("already open"), "{err}");
+    assert!(matches!(err, Error::StoreOpenHere { .. }), "{err}");
+    assert!(
+        err.to_string().contains("already open in this process"),
+        "{err}"
+    );
     drop(store);
     Store::open(&path, config(Backing::default())).unwrap();
     #[cfg(unix)]
