@@ -34,6 +34,7 @@ pub use memory::MemoryReport;
 pub use names::{MAX_ACTOR_NAME, validate_actor_name};
 pub use store::{Actor, ActorStats, CheckReport, Store};
 
+pub use shoal_vfs::HeapRefused;
 pub use shoal_vfs::sqlite::SqliteHeap;
 
 /// Puts SQLite's heap on an allocator arena of its own (a jemalloc arena beside the
@@ -45,11 +46,18 @@ pub use shoal_vfs::sqlite::SqliteHeap;
 /// same time (measured: 117 MB of a 10,000-actor wake's 184 MB; docs/BENCHMARKS.md,
 /// "Memory after a mass wake"). On its own arena, [`Store::sleep_all`] returns it.
 ///
-/// Call it before anything in the process uses SQLite, while no other thread can:
-/// SQLite's `sqlite3_config` must not run beside other SQLite calls. Later calls, or
-/// calls after SQLite started, change nothing and return [`SqliteHeap::Default`] or the
-/// heap configured before. The `shoal` command calls it first thing.
-pub fn configure_sqlite_heap() -> SqliteHeap {
+/// Call it first thing in `main`, before anything in the process uses SQLite:
+/// `sqlite3_config` must not run while another thread is inside SQLite, which SQLite
+/// cannot check, so this configures only while the process has exactly one thread
+/// (Linux, where the count is known); otherwise it changes nothing and says why. Calls
+/// after SQLite started change nothing and return [`SqliteHeap::Default`]; calls after one
+/// that configured return the heap configured then. The `shoal` command calls it first
+/// thing; [`Store::open`] does not.
+///
+/// # Errors
+///
+/// [`HeapRefused`] if the process has other threads, or its thread count is unknown.
+pub fn configure_sqlite_heap() -> std::result::Result<SqliteHeap, HeapRefused> {
     shoal_vfs::sqlite::configure_heap()
 }
 

@@ -1,7 +1,7 @@
 //! What the process's memory looks like: RSS as the kernel counts it (allocator and
 //! backend memory included), and the parts shoal can name.
 
-const STATUS: &str = "/proc/self/status";
+use shoal_vfs::procfs::STATUS;
 
 /// Resident set size of this process in KiB (`VmRSS`), if the platform reports it.
 pub fn rss_kb() -> Option<u64> {
@@ -42,11 +42,7 @@ fn kb_field(path: &str, field: &str) -> Option<u64> {
 
 /// The values of `fields` (lines `Name:   123 kB`) in one read of the file at `path`.
 fn kb_fields<const N: usize>(path: &str, fields: [&str; N]) -> [Option<u64>; N] {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    fields.map(|field| {
-        let line = text.lines().find(|l| l.starts_with(field))?;
-        line.split_whitespace().nth(1)?.parse().ok()
-    })
+    shoal_vfs::procfs::fields(path, fields)
 }
 
 /// A snapshot of the store's memory.

@@ -274,3 +274,20 @@ mod tests {
         assert_eq!(sqlite_code(&poisoned, Op::Write), ffi::SQLITE_IOERR_WRITE);
     }
 }
+
+/// Why SQLite's heap was not configured ([`crate::sqlite::configure_heap`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum HeapRefused {
+    /// The process has other threads: one of them could be inside SQLite (in the middle
+    /// of `sqlite3_initialize`, which `sqlite3_config` cannot detect) or start using it.
+    #[error("SQLite's heap is configured only while the process has one thread; it has {threads}")]
+    OtherThreads {
+        /// The threads the process had.
+        threads: u64,
+    },
+    /// The platform does not say how many threads the process has (only Linux does, in
+    /// `/proc/self/status`), so the call cannot be known to be alone.
+    #[error("SQLite's heap is configured only where the process's thread count is known (Linux)")]
+    ThreadCountUnknown,
+}

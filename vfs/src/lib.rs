@@ -44,6 +44,7 @@ mod memfile;
 mod names;
 mod pages;
 mod pragma;
+pub mod procfs;
 mod stats;
 mod vfs;
 
@@ -51,7 +52,7 @@ use std::sync::Arc;
 
 use shoal_kv::Kv;
 
-pub use error::{Error, Result};
+pub use error::{Error, HeapRefused, Result};
 pub use names::refuse_as_database;
 pub use pragma::Durability;
 pub use stats::DbStats;

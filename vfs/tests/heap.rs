@@ -1,25 +1,92 @@
 //! SQLite's heap on an arena of its own: the memory of closed connections goes back to
 //! the kernel even when long-lived allocations were made between theirs, as the
-//! key-value caches do during a mass wake. One test in this binary: the heap is
-//! configured once per process, before SQLite starts, and RSS is the process's.
+//! key-value caches do during a mass wake. The heap is configured once per process, only
+//! while it has one thread, before SQLite starts, and RSS is the process's: so this binary
+//! has no test harness (`harness = false`), and `main` runs the checks in order.
 #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
-#![cfg(target_os = "linux")]
 
-use shoal_vfs::sqlite::{SqliteHeap, configure_heap, trim_heap};
+use shoal_vfs::HeapRefused;
+use shoal_vfs::sqlite::{SqliteHeap, configure_heap, heap, trim_heap};
 
+#[cfg(target_os = "linux")]
+fn main() {
+    let checks: [(&str, fn()); 2] = [
+        (
+            "a_call_beside_another_thread_is_refused_and_changes_nothing",
+            a_call_beside_another_thread_is_refused_and_changes_nothing,
+        ),
+        (
+            "memory_of_closed_connections_goes_back_to_the_kernel",
+            memory_of_closed_connections_goes_back_to_the_kernel,
+        ),
+    ];
+    // A failed check panics, which ends the process with a non-zero status: the later
+    // checks depend on the earlier ones (the first leaves the heap configured).
+    for (name, check) in checks {
+        println!("test {name} ...");
+        check();
+        println!("test {name} ... ok");
+    }
+    println!("{} passed, 0 failed", checks.len());
+}
+
+#[cfg(not(target_os = "linux"))]
+fn main() {
+    // The thread count that makes the call safe is known only on Linux.
+    assert_eq!(configure_heap(), Err(HeapRefused::ThreadCountUnknown));
+    assert_eq!(heap(), SqliteHeap::Default);
+    println!("1 passed, 0 failed");
+}
+
+/// With a second thread alive, the call is refused and SQLite keeps its heap; once that
+/// thread is gone the same process configures (so the refusal used nothing up).
+#[cfg(target_os = "linux")]
+fn a_call_beside_another_thread_is_refused_and_changes_nothing() {
+    assert_eq!(
+        shoal_vfs::procfs::thread_count(),
+        Some(1),
+        "main starts alone"
+    );
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let other = std::thread::spawn(move || {
+        ready_tx.send(()).unwrap();
+        // Parks until told to end.
+        let _ = done_rx.recv();
+    });
+    ready_rx.recv().unwrap();
+    assert_eq!(
+        configure_heap(),
+        Err(HeapRefused::OtherThreads { threads: 2 })
+    );
+    assert_eq!(
+        heap(),
+        SqliteHeap::Default,
+        "a refused call configures nothing"
+    );
+    done_tx.send(()).unwrap();
+    other.join().unwrap();
+    // The kernel counts a joined thread until it has been reaped, a moment later.
+    while shoal_vfs::procfs::thread_count() != Some(1) {
+        std::thread::yield_now();
+    }
+    assert_eq!(configure_heap(), Ok(SqliteHeap::OwnArena));
+    assert_eq!(heap(), SqliteHeap::OwnArena);
+}
+
+#[cfg(target_os = "linux")]
 fn rss_kb() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap();
     let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
     line.split_whitespace().nth(1).unwrap().parse().unwrap()
 }
 
-#[test]
+#[cfg(target_os = "linux")]
 fn memory_of_closed_connections_goes_back_to_the_kernel() {
-    assert_eq!(configure_heap(), SqliteHeap::OwnArena);
     assert_eq!(
         configure_heap(),
-        SqliteHeap::OwnArena,
-        "a second call reports"
+        Ok(SqliteHeap::OwnArena),
+        "a later call reports"
     );
     let before = rss_kb();
     // Four threads wake 500 connections each (lookaside off, as actors have it) while a

@@ -100,8 +100,14 @@ enum Command {
 
 fn main() -> ExitCode {
     // Before anything uses SQLite: its heap on an arena of its own, so that memory freed
-    // by sleeping actors goes back to the kernel.
-    shoal::configure_sqlite_heap();
+    // by sleeping actors goes back to the kernel. main runs on the process's only thread,
+    // so the call is not refused where it can be made (Linux); elsewhere SQLite keeps its
+    // heap, which costs memory, not correctness, so the command goes on.
+    if let Err(refused) = shoal::configure_sqlite_heap()
+        && cfg!(target_os = "linux")
+    {
+        eprintln!("shoal: {refused}");
+    }
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => code,

@@ -16,6 +16,9 @@
 
 use std::ffi::{c_int, c_void};
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use crate::error::HeapRefused;
 
 use rusqlite::ffi as sys;
 use tikv_jemalloc_sys as je;
@@ -31,16 +34,20 @@ pub enum SqliteHeap {
     Default,
 }
 
-/// The arena index, once SQLite uses it.
+/// The arena index, once SQLite uses it: what [`current`] and [`purge`] read.
 static ARENA: OnceLock<Option<u32>> = OnceLock::new();
+
+/// The arena index the methods allocate in, stored before `sqlite3_config` installs them
+/// (`ARENA` is set only once `configure`'s initialiser has returned, after that call).
+static METHODS_ARENA: AtomicU32 = AtomicU32::new(0);
 
 fn flags(arena: u32) -> c_int {
     je::MALLOCX_ARENA(usize::try_from(arena).unwrap_or(0)) | je::MALLOCX_TCACHE_NONE
 }
 
 fn arena() -> u32 {
-    // Only called by SQLite after `configure` installed these methods with an arena.
-    ARENA.get().copied().flatten().unwrap_or(0)
+    // Only called by SQLite after `configure` stored the index and installed the methods.
+    METHODS_ARENA.load(Ordering::Acquire)
 }
 
 // The methods SQLite calls. None of them can panic (plain calls into jemalloc and integer
@@ -121,16 +128,37 @@ fn create_arena() -> Option<u32> {
 }
 
 /// Puts SQLite's heap on an arena of its own if SQLite has not initialised yet, and says
-/// which heap SQLite uses. Only the first call configures; later ones report.
+/// which heap SQLite uses. Only the first call that is not refused configures; later ones
+/// report.
 ///
 /// SQLite's contract for `sqlite3_config`: no other thread may be using SQLite while it
-/// runs. Call it before anything in the process uses SQLite (the facade does, in the
-/// first `Store::open`); once SQLite is initialised it refuses (SQLITE_MISUSE) and this
-/// returns [`SqliteHeap::Default`].
-pub fn configure() -> SqliteHeap {
+/// runs, and SQLite cannot check it (it refuses only once `sqlite3_initialize` has
+/// finished, so a thread in the middle of initialising would get its memory methods
+/// swapped). So this configures only while the process has exactly one thread, the
+/// caller's; otherwise, and where the thread count is unknown (not Linux), it changes
+/// nothing and returns the refusal. Call it first thing in `main` (the `shoal` command
+/// does; the facade's `Store::open` does not). Once SQLite is initialised it refuses
+/// (SQLITE_MISUSE) and this returns [`SqliteHeap::Default`].
+///
+/// # Errors
+///
+/// [`HeapRefused`] if the process has other threads or its thread count is unknown;
+/// SQLite then keeps the heap it has.
+pub fn configure() -> Result<SqliteHeap, HeapRefused> {
+    if let Some(configured) = ARENA.get() {
+        return Ok(heap_of(*configured));
+    }
+    match crate::procfs::thread_count() {
+        Some(1) => {}
+        Some(threads) => return Err(HeapRefused::OtherThreads { threads }),
+        None => return Err(HeapRefused::ThreadCountUnknown),
+    }
+    // From here to the end the process has one thread, this one: no other thread exists to
+    // be inside SQLite, and none can start before this function returns.
     let arena = ARENA.get_or_init(|| {
         let arena = create_arena()?;
-        // Set before SQLite can call the methods (they read it).
+        // Stored before SQLite can call the methods (they read it).
+        METHODS_ARENA.store(arena, Ordering::Release);
         let methods = sys::sqlite3_mem_methods {
             xMalloc: Some(x_malloc),
             xFree: Some(x_free),
@@ -142,11 +170,16 @@ pub fn configure() -> SqliteHeap {
             pAppData: std::ptr::null_mut(),
         };
         // SAFETY: CONFIG_MALLOC takes one pointer to a sqlite3_mem_methods, which SQLite
-        // copies before returning. It is refused (SQLITE_MISUSE) once SQLite is
-        // initialised; the caller keeps other threads off SQLite meanwhile (above).
+        // copies before returning. The process has exactly one thread (checked above), so
+        // no other thread is inside SQLite or can enter it while this runs; SQLite refuses
+        // (SQLITE_MISUSE) if it has initialised already, keeping the heap it has.
         let rc = unsafe { sys::sqlite3_config(sys::SQLITE_CONFIG_MALLOC, &raw const methods) };
         (rc == sys::SQLITE_OK).then_some(arena)
     });
+    Ok(heap_of(*arena))
+}
+
+fn heap_of(arena: Option<u32>) -> SqliteHeap {
     if arena.is_some() {
         SqliteHeap::OwnArena
     } else {
@@ -156,10 +189,7 @@ pub fn configure() -> SqliteHeap {
 
 /// Which heap SQLite uses, without configuring anything.
 pub fn current() -> SqliteHeap {
-    match ARENA.get() {
-        Some(Some(_)) => SqliteHeap::OwnArena,
-        _ => SqliteHeap::Default,
-    }
+    heap_of(ARENA.get().copied().flatten())
 }
 
 /// Returns the free pages of SQLite's arena to the kernel (nothing without one).
