@@ -136,7 +136,7 @@ fn memory_of_closed_connections_goes_back_to_the_kernel() {
     );
     assert!(
         connections_kb > 10_000,
-        "1,000 connections grew RSS by only {connections_kb} KiB"
+        "2,000 connections grew RSS by only {connections_kb} KiB"
     );
     assert!(
         left_kb * 10 <= connections_kb,
