@@ -376,6 +376,27 @@ fn ended(pid: u32) -> bool {
     })
 }
 
+/// Kills a `wake` and its populating child when dropped, so no failed assertion leaves
+/// either running.
+#[cfg(target_os = "linux")]
+struct KillOnDrop {
+    parent: std::process::Child,
+    child: Option<u32>,
+}
+
+#[cfg(target_os = "linux")]
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.parent.kill();
+        let _ = self.parent.wait();
+        if let Some(child) = self.child.filter(|&pid| !ended(pid)) {
+            let _ = Command::new("kill")
+                .args(["-KILL", &child.to_string()])
+                .status();
+        }
+    }
+}
+
 /// A `wake` killed while its populating child runs takes the child with it: the child
 /// stops between two actors, closes the store (its lock is free again) and writes no
 /// marker, and the next `wake` finishes the population.
@@ -384,8 +405,9 @@ fn ended(pid: u32) -> bool {
 fn killing_wake_ends_its_populating_child() {
     let tmp = tempfile::tempdir().unwrap();
     let store = tmp.path().join("store");
-    // Far more actors than the child can populate before it notices.
-    let mut parent = Command::new(env!("CARGO_BIN_EXE_shoal"))
+    // Far more actors than the child can populate between starting to work and noticing
+    // that its parent is gone (it checks between two actors).
+    let parent = Command::new(env!("CARGO_BIN_EXE_shoal"))
         .arg("--store")
         .arg(&store)
         .args([
@@ -402,18 +424,38 @@ fn killing_wake_ends_its_populating_child() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
+    // Whatever fails below, neither process outlives the test.
+    let mut procs = KillOnDrop {
+        parent,
+        child: None,
+    };
     let deadline = Instant::now() + Duration::from_secs(60);
     let child = loop {
-        if let Some(pid) = child_of(parent.id()) {
+        if let Some(pid) = child_of(procs.parent.id()) {
             break pid;
         }
         assert!(Instant::now() < deadline, "wake started no child");
-        std::thread::sleep(Duration::from_millis(5));
+        std::thread::sleep(Duration::from_millis(1));
     };
-    // Let it get into its work, then kill the parent the hard way.
-    std::thread::sleep(Duration::from_millis(700));
-    parent.kill().unwrap();
-    parent.wait().unwrap();
+    procs.child = Some(child);
+    // Kill the parent the hard way as soon as the child is at work: it has opened the
+    // store and started its threads (more than one thread), however fast the machine.
+    // No fixed delay, so a machine quick enough to populate every actor within it cannot
+    // finish first.
+    let threads = format!("/proc/{child}/status");
+    while shoal_vfs::procfs::fields(&threads, ["Threads:"])[0].unwrap_or(0) < 2 {
+        assert!(
+            !ended(child),
+            "the populating child ended before it started work"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "the populating child never started work"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    procs.parent.kill().unwrap();
+    procs.parent.wait().unwrap();
     while !ended(child) {
         assert!(
             Instant::now() < deadline,
