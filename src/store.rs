@@ -605,6 +605,12 @@ impl Store {
             }),
             Engine::Files { dir } => {
                 let path = actor_path(dir, name);
+                // The database first, then its journal: a kill between the two leaves a
+                // journal beside no database, which SQLite ignores and deletes when it
+                // creates a database of that name (it is only hot beside a non-empty one)
+                // and an import removes before linking one in. The other order could leave
+                // a database whose hot journal (a crashed transaction not yet rolled back)
+                // is gone: a torn actor.
                 std::fs::remove_file(&path).map_err(Error::io("cannot delete", &path))?;
                 let journal = dir.join(format!("{name}.db-journal"));
                 match std::fs::remove_file(&journal) {

@@ -256,6 +256,7 @@ pub(crate) fn link_into_place(staged: &Staged, target: &Path) -> Result<bool> {
     File::open(&copy)
         .and_then(|f| f.sync_all())
         .map_err(Error::io("cannot sync", &copy))?;
+    remove_stale_journal(target)?;
     match std::fs::hard_link(&copy, target) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(false),
@@ -265,6 +266,33 @@ pub(crate) fn link_into_place(staged: &Staged, target: &Path) -> Result<bool> {
         sync_dir(dir)?;
     }
     Ok(true)
+}
+
+/// Removes a rollback journal left beside `target` when no database is there. It belongs
+/// to a database of that name that no longer exists (an import refuses an existing actor;
+/// a delete killed between removing a database and its journal leaves one): SQLite would
+/// take it for a hot journal and roll it back onto the database linked in its place.
+/// With no database beside it, no connection can be writing through it.
+fn remove_stale_journal(target: &Path) -> Result<()> {
+    match std::fs::symlink_metadata(target) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        // A database is there (the link will refuse it) or it cannot be told: leave all.
+        _ => return Ok(()),
+    }
+    let mut journal = target.as_os_str().to_owned();
+    journal.push("-journal");
+    let journal = std::path::PathBuf::from(journal);
+    match std::fs::remove_file(&journal) {
+        Ok(()) => {
+            // Durable before the link is, so no crash keeps the journal beside the copy.
+            if let Some(dir) = target.parent() {
+                sync_dir(dir)?;
+            }
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io("cannot delete", &journal)(e)),
+    }
 }
 
 fn not_sqlite(path: &Path, reason: impl ToString) -> Error {

@@ -1416,3 +1416,53 @@ fn a_read_only_open_names_an_interrupted_transaction_it_cannot_roll_back() {
         "the interrupted transaction was rolled back"
     );
 }
+
+/// A rollback journal left in the actors directory under an imported actor's name (a
+/// delete killed between removing a database and its journal leaves one) belongs to a
+/// database that is gone: the import removes it, so SQLite does not roll it back onto the
+/// imported data.
+#[test]
+fn an_import_is_not_rolled_back_by_a_stale_journal_beside_it() {
+    for backing in [Backing::Files, Backing::FilesTuned] {
+        let dir = tempfile::tempdir().unwrap();
+        let files = tempfile::tempdir().unwrap();
+        // A real hot journal of another, smaller database named like the import.
+        let old = files.path().join("old.db");
+        let stale = {
+            let c = rusqlite::Connection::open(&old).unwrap();
+            c.execute_batch(
+                "PRAGMA journal_mode = DELETE; PRAGMA synchronous = OFF;
+                 CREATE TABLE t(v); INSERT INTO t VALUES (1);
+                 BEGIN; INSERT INTO t VALUES (randomblob(20000)); UPDATE t SET v = 2;",
+            )
+            .unwrap();
+            let journal = std::fs::read(files.path().join("old.db-journal")).unwrap();
+            c.execute_batch("ROLLBACK").unwrap();
+            journal
+        };
+        let source = files.path().join("source.db");
+        {
+            let c = rusqlite::Connection::open(&source).unwrap();
+            c.execute_batch(
+                "CREATE TABLE notes(body);
+                 WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 500)
+                 INSERT INTO notes SELECT randomblob(300) FROM n;",
+            )
+            .unwrap();
+        }
+        let store = Store::open(dir.path(), config(backing)).unwrap();
+        let journal = dir.path().join("actors").join("imp.db-journal");
+        std::fs::write(&journal, &stale).unwrap();
+        store.import_actor(&source, "imp").unwrap();
+        assert_eq!(count(&store, "imp"), 500, "{backing:?}");
+        assert!(store.check_actor("imp").unwrap().is_ok(), "{backing:?}");
+        assert!(
+            !journal.exists(),
+            "{backing:?}: the stale journal is still there"
+        );
+        assert!(
+            !journal.exists(),
+            "{backing:?}: the stale journal is still there"
+        );
+    }
+}
