@@ -17,6 +17,14 @@ pub enum Backing {
 }
 
 impl Backing {
+    /// Every backing this build has, the default first.
+    pub const ALL: &'static [Backing] = &[
+        #[cfg(feature = "kv-vfs")]
+        Backing::Kv,
+        Backing::Files,
+        Backing::FilesTuned,
+    ];
+
     /// The default backing of this build: `Kv` with feature `kv-vfs`, else `Files`.
     pub const DEFAULT: Backing = {
         #[cfg(feature = "kv-vfs")]

@@ -1286,11 +1286,7 @@ mod tests {
     use super::*;
 
     fn backings() -> Vec<Backing> {
-        let mut all = Vec::new();
-        #[cfg(feature = "kv-vfs")]
-        all.push(Backing::Kv);
-        all.extend([Backing::Files, Backing::FilesTuned]);
-        all
+        Backing::ALL.to_vec()
     }
 
     /// The race of export or check with delete, made deterministic: the actor is deleted

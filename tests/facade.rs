@@ -11,11 +11,7 @@ use std::path::Path;
 use shoal::{Backing, Config, Error, KvEngine, Store, StoreLayout};
 
 fn backings() -> Vec<Backing> {
-    let mut all = Vec::new();
-    #[cfg(feature = "kv-vfs")]
-    all.push(Backing::Kv);
-    all.extend([Backing::Files, Backing::FilesTuned]);
-    all
+    Backing::ALL.to_vec()
 }
 
 fn config(backing: Backing) -> Config {
