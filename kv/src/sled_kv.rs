@@ -1,4 +1,4 @@
-//! `SledKv`: the default backend, sled 0.34.7 behind the [`KvStore`] trait.
+//! `SledKv`: sled 0.34.7 behind the [`KvStore`] trait, selectable beside the default fjall.
 //!
 //! No sled type crosses this module's boundary. Facts about sled this module respects:
 //! - `cache_capacity` defaults to 1 GiB, so [`SledConfig`] always sets it explicitly;
