@@ -95,14 +95,7 @@ fn a_connection_outliving_its_vfs_goes_on_and_new_ones_are_refused() {
     assert_eq!(usage.open_databases(), 1);
 
     // Big enough to spill onto the rollback journal: journal xOpen, xAccess, xDelete.
-    kept.execute_batch(
-        "PRAGMA cache_size = 5;
-         BEGIN;
-         WITH RECURSIVE k(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM k WHERE i < 500)
-         INSERT INTO t SELECT printf('%0400d', i) FROM k;
-         COMMIT;",
-    )
-    .unwrap();
+    kept.execute_batch(SPILLING_INSERT).unwrap();
     assert_eq!(count(&kept, "t"), 501);
 
     let err = open_by_name("kept", &name).unwrap_err();

@@ -64,14 +64,7 @@ fn one_database_has_one_name_whatever_path_opens_it() {
     // the one database's journal.
     let conn = open(&vfs, "./test.db");
     let before = stats(&vfs, "test.db").journal_commits;
-    conn.execute_batch(
-        "PRAGMA cache_size = 5;
-         BEGIN;
-         WITH RECURSIVE k(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM k WHERE i < 500)
-         INSERT INTO t SELECT printf('%0400d', i) FROM k;
-         COMMIT;",
-    )
-    .unwrap();
+    conn.execute_batch(SPILLING_INSERT).unwrap();
     assert_eq!(stats(&vfs, "./test.db").journal_commits, before + 1);
     assert!(vfs.is_open("sub/../test.db").unwrap());
     drop(conn);

@@ -12,6 +12,14 @@ use shoal_vfs::{DbStats, Vfs, VfsOptions};
 static NEXT: AtomicUsize = AtomicUsize::new(0);
 
 /// A VFS name no other test in this process uses.
+/// A transaction that spills its 5-page cache onto the rollback journal (journal xOpen,
+/// xAccess and xDelete): 500 rows of about 400 bytes into table `t`.
+pub const SPILLING_INSERT: &str = "PRAGMA cache_size = 5;
+     BEGIN;
+     WITH RECURSIVE k(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM k WHERE i < 500)
+     INSERT INTO t SELECT printf('%0400d', i) FROM k;
+     COMMIT;";
+
 pub fn unique_name(prefix: &str) -> String {
     format!("{prefix}-{}", NEXT.fetch_add(1, Ordering::Relaxed))
 }
