@@ -48,6 +48,19 @@ pub mod procfs;
 mod stats;
 mod vfs;
 
+/// The safe seam between SQLite and a VFS in Rust, which shoal's own VFS implements:
+/// [`VfsImpl`](contract::VfsImpl) and [`FileImpl`](contract::FileImpl) with SQLite's
+/// contract on each method, [`register`](contract::register) to serve one through the
+/// generic trampolines, and [`Probe`](contract::Probe) to drive a registered VFS's file
+/// methods directly where SQLite would not (the contract tests).
+#[doc(hidden)]
+pub mod contract {
+    pub use crate::ffi::probe::Probe;
+    pub use crate::ffi::{
+        Control, FileImpl, LockLevel, RegisteredVfs, Reply, SyncFlags, VfsImpl, register,
+    };
+}
+
 use std::sync::Arc;
 
 use shoal_kv::Kv;
@@ -105,7 +118,7 @@ impl Default for VfsOptions {
 /// that registration.
 #[derive(Debug)]
 pub struct Vfs {
-    registered: ffi::RegisteredVfs,
+    registered: ffi::RegisteredVfs<vfs::VfsState>,
 }
 
 /// A handle that outlives its [`Vfs`] and tells whether connections opened through it
@@ -145,7 +158,7 @@ pub fn register(kv: Arc<Kv>, options: VfsOptions) -> Result<Vfs> {
         options.temp_limit,
     ));
     Ok(Vfs {
-        registered: ffi::register(state)?,
+        registered: ffi::register(&state.name.clone(), state)?,
     })
 }
 
@@ -200,9 +213,7 @@ impl Vfs {
 
     /// Files currently open through this VFS.
     pub fn open_files(&self) -> usize {
-        self.state()
-            .open_files
-            .load(std::sync::atomic::Ordering::SeqCst)
+        self.registered.open_files()
     }
 
     /// Whether any connection has database `name` open.

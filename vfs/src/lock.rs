@@ -11,14 +11,19 @@
 //!   PENDING, which stops new readers so the writer cannot starve;
 //! - refusals are `false` here and SQLITE_BUSY to SQLite, whose busy handler retries.
 
-/// A lock level (the values are SQLite's).
+/// A lock level (the values are SQLite's `SQLITE_LOCK_*`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
-pub(crate) enum LockLevel {
+pub enum LockLevel {
+    /// No lock.
     #[default]
     None = 0,
+    /// Reading.
     Shared = 1,
+    /// About to write; other connections may still read.
     Reserved = 2,
+    /// Waiting for readers to leave before writing; no new reader may start.
     Pending = 3,
+    /// Writing.
     Exclusive = 4,
 }
 

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::error::{Error, Result};
+use crate::ffi::{Control, FileImpl, Reply, SyncFlags};
 use crate::lock::LockLevel;
 
 /// Bytes per allocation of a temp file.
@@ -171,6 +172,65 @@ impl MemFile {
         self.chunks.reserve(more);
         self.chunks
             .extend(std::iter::repeat_with(|| vec![0; CHUNK].into_boxed_slice()).take(more));
+        Ok(())
+    }
+}
+
+/// The trait SQLite's calls reach a temp file through. Each method calls the inherent one
+/// of the same name (inherent methods win over trait methods in `MemFile::read` paths).
+impl FileImpl for MemFile {
+    fn read(&mut self, buf: &mut [u8], offset: u64) -> Result<usize> {
+        Ok(MemFile::read(self, buf, offset))
+    }
+
+    fn write(&mut self, data: &[u8], offset: u64) -> Result<()> {
+        MemFile::write(self, data, offset)
+    }
+
+    fn truncate(&mut self, size: u64) -> Result<()> {
+        MemFile::truncate(self, size)
+    }
+
+    /// Nothing to make durable: SQLite deletes these files on close.
+    fn sync(&mut self, _flags: SyncFlags) -> Result<()> {
+        Ok(())
+    }
+
+    fn file_size(&mut self) -> Result<u64> {
+        Ok(self.size())
+    }
+
+    fn lock(&mut self, level: LockLevel) -> Result<bool> {
+        MemFile::lock(self, level);
+        Ok(true)
+    }
+
+    fn unlock(&mut self, level: LockLevel) -> Result<()> {
+        MemFile::unlock(self, level);
+        Ok(())
+    }
+
+    fn check_reserved_lock(&mut self) -> Result<bool> {
+        Ok(false)
+    }
+
+    fn control(&mut self, control: Control<'_>) -> Result<Reply> {
+        Ok(match control {
+            Control::Hint => Reply::Done,
+            Control::LockState => Reply::Int(self.lock_level() as i64),
+            _ => Reply::NotFound,
+        })
+    }
+
+    /// A write never disturbs bytes outside it; nothing more is claimed.
+    fn device_characteristics(&self) -> i32 {
+        rusqlite::ffi::SQLITE_IOCAP_POWERSAFE_OVERWRITE
+    }
+
+    /// Nothing is lent ([`FileImpl::fetch`] is always `None`), so nothing comes back.
+    fn unfetch(&mut self, _offset: u64, _ptr: Option<*const u8>) {}
+
+    fn close(self) -> Result<()> {
         Ok(())
     }
 }

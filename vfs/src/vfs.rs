@@ -1,10 +1,12 @@
-//! The VFS in safe Rust: what each SQLite method does, with the FFI layer
-//! (`crate::ffi`) only converting arguments and results.
+//! The VFS in safe Rust: what each SQLite method does, as implementations of the FFI
+//! layer's traits ([`VfsImpl`], [`FileImpl`]; `crate::ffi` only converts arguments and
+//! results, and holds SQLite's contract).
 //!
 //! [`VfsState`] is one registered VFS: the shared [`Kv`], the registry of live inodes
 //! (one per open stored file, shared by every handle on it) and the per-database
 //! counters. A [`FileHandle`] is one `sqlite3_file`: a stored file ([`KvHandle`]) or an
-//! in-memory one ([`MemFile`]) for temp databases, temp and statement journals.
+//! in-memory one ([`MemFile`]) for temp databases, temp and statement journals. Each
+//! implements [`FileImpl`]; the enum only delegates to the one it holds.
 //!
 //! Poisoning: a panic in a call that changes what memory holds of a database (its
 //! inodes' overlays, sizes, journal hint) may leave that state half-updated, and the next
@@ -26,6 +28,7 @@ use rusqlite::ffi;
 use shoal_kv::{Batch, DbId, EntryKind, FileKind, Kv, keys};
 
 use crate::error::{Error, Result, panic_message};
+use crate::ffi::{Control, FileImpl, Reply, SyncFlags, VfsImpl};
 use crate::file::Inode;
 use crate::lock::LockLevel;
 use crate::memfile::{MemFile, TempSpace};
@@ -51,7 +54,6 @@ pub(crate) struct VfsState {
     /// Open database files by name, so a journal name resolves without a catalog read.
     mains: Mutex<HashMap<String, Weak<Inode>>>,
     counters: Mutex<HashMap<DbId, Arc<DbCounters>>>,
-    pub(crate) open_files: AtomicUsize,
     /// Open database files (one per connection, one more per attached database).
     pub(crate) open_databases: AtomicUsize,
     /// Databases poisoned by a panic (see the module docs), with what panicked.
@@ -68,36 +70,6 @@ struct Poison {
     db: String,
     call: &'static str,
     panic: String,
-}
-
-/// A file control request, decoded from SQLite's op code and argument.
-#[derive(Debug)]
-pub(crate) enum Control<'a> {
-    BeginAtomicWrite,
-    CommitAtomicWrite,
-    RollbackAtomicWrite,
-    /// SQLITE_FCNTL_PRAGMA: the value as SQLite passes it (unquoted, any bytes).
-    Pragma {
-        name: &'a str,
-        value: Option<&'a [u8]>,
-    },
-    MmapSize(i64),
-    LockState,
-    HasMoved,
-    PowersafeOverwrite,
-    VfsName,
-    /// SIZE_HINT, CHUNK_SIZE and SYNC: accepted, nothing to do.
-    Hint,
-    Other,
-}
-
-/// The answer to a [`Control`].
-#[derive(Debug)]
-pub(crate) enum Reply {
-    NotFound,
-    Done,
-    Text(String),
-    Int(i64),
 }
 
 impl VfsState {
@@ -117,7 +89,6 @@ impl VfsState {
             inodes: Mutex::default(),
             mains: Mutex::default(),
             counters: Mutex::default(),
-            open_files: AtomicUsize::new(0),
             open_databases: AtomicUsize::new(0),
             poisoned: Mutex::default(),
             any_poisoned: AtomicBool::new(false),
@@ -433,7 +404,6 @@ impl VfsState {
     }
 
     fn opened(&self, handle: FileHandle) -> FileHandle {
-        self.open_files.fetch_add(1, Ordering::SeqCst);
         if handle.is_database() {
             self.open_databases.fetch_add(1, Ordering::SeqCst);
         }
@@ -608,147 +578,186 @@ impl FileHandle {
         matches!(self, FileHandle::Kv(h) if h.inode.kind == FileKind::Main)
     }
 
-    /// xRead: bytes filled (fewer than `buf.len()` at end of file).
-    pub(crate) fn read(&mut self, buf: &mut [u8], offset: u64) -> Result<usize> {
+    /// The file type's own implementation, which every method delegates to.
+    fn inner(&mut self) -> &mut dyn FileImpl {
         match self {
-            FileHandle::Kv(h) => h.guarded("xRead", |h| h.inode.read(&h.vfs.kv, buf, offset)),
-            FileHandle::Mem(m) => Ok(m.read(buf, offset)),
+            FileHandle::Kv(h) => h,
+            FileHandle::Mem(m) => m,
+        }
+    }
+}
+
+impl FileImpl for FileHandle {
+    fn read(&mut self, buf: &mut [u8], offset: u64) -> Result<usize> {
+        self.inner().read(buf, offset)
+    }
+
+    fn write(&mut self, data: &[u8], offset: u64) -> Result<()> {
+        self.inner().write(data, offset)
+    }
+
+    fn truncate(&mut self, size: u64) -> Result<()> {
+        self.inner().truncate(size)
+    }
+
+    fn sync(&mut self, flags: SyncFlags) -> Result<()> {
+        self.inner().sync(flags)
+    }
+
+    fn file_size(&mut self) -> Result<u64> {
+        self.inner().file_size()
+    }
+
+    fn lock(&mut self, level: LockLevel) -> Result<bool> {
+        self.inner().lock(level)
+    }
+
+    fn unlock(&mut self, level: LockLevel) -> Result<()> {
+        self.inner().unlock(level)
+    }
+
+    fn check_reserved_lock(&mut self) -> Result<bool> {
+        self.inner().check_reserved_lock()
+    }
+
+    fn control(&mut self, control: Control<'_>) -> Result<Reply> {
+        self.inner().control(control)
+    }
+
+    fn device_characteristics(&self) -> i32 {
+        match self {
+            FileHandle::Kv(h) => h.device_characteristics(),
+            FileHandle::Mem(m) => m.device_characteristics(),
         }
     }
 
-    pub(crate) fn write(&mut self, data: &[u8], offset: u64) -> Result<()> {
-        match self {
-            FileHandle::Kv(h) => h.guarded("xWrite", |h| {
-                h.refuse_unjournaled()?;
-                h.fetched.clear();
-                h.inode.write(&h.vfs.kv, data, offset)
-            }),
-            FileHandle::Mem(m) => m.write(data, offset),
-        }
+    fn fetch(&mut self, offset: u64, len: usize) -> Option<*const u8> {
+        self.inner().fetch(offset, len)
     }
 
-    pub(crate) fn truncate(&mut self, size: u64) -> Result<()> {
-        match self {
-            FileHandle::Kv(h) => h.guarded("xTruncate", |h| {
-                h.fetched.clear();
-                h.inode.truncate(&h.vfs.kv, size)
-            }),
-            FileHandle::Mem(m) => m.truncate(size),
-        }
+    fn unfetch(&mut self, offset: u64, ptr: Option<*const u8>) {
+        self.inner().unfetch(offset, ptr);
     }
 
-    pub(crate) fn sync(&mut self) -> Result<()> {
+    fn close(self) -> Result<()> {
         match self {
-            FileHandle::Kv(h) => h.guarded("xSync", KvHandle::sync),
-            FileHandle::Mem(_) => Ok(()),
+            FileHandle::Kv(h) => h.close(),
+            FileHandle::Mem(m) => m.close(),
         }
     }
+}
 
-    pub(crate) fn file_size(&mut self) -> Result<u64> {
-        match self {
-            FileHandle::Kv(h) => h.guarded("xFileSize", |h| Ok(h.inode.size())),
-            FileHandle::Mem(m) => Ok(m.size()),
-        }
+impl FileImpl for KvHandle {
+    fn read(&mut self, buf: &mut [u8], offset: u64) -> Result<usize> {
+        self.guarded("xRead", |h| h.inode.read(&h.vfs.kv, buf, offset))
     }
 
-    /// xLock: `false` means SQLITE_BUSY.
-    pub(crate) fn lock(&mut self, level: LockLevel) -> Result<bool> {
-        match self {
-            FileHandle::Kv(h) => h.guarded("xLock", |h| {
-                Ok(h.inode.locks.lock().lock(&mut h.lock, level))
-            }),
-            FileHandle::Mem(m) => {
-                m.lock(level);
-                Ok(true)
-            }
-        }
+    fn write(&mut self, data: &[u8], offset: u64) -> Result<()> {
+        self.guarded("xWrite", |h| {
+            h.refuse_unjournaled()?;
+            h.fetched.clear();
+            h.inode.write(&h.vfs.kv, data, offset)
+        })
     }
 
-    pub(crate) fn unlock(&mut self, level: LockLevel) -> Result<()> {
-        match self {
-            FileHandle::Kv(h) => {
-                if let Err(poisoned) = h.vfs.check_poison(h.inode.id) {
-                    // Release the lock, but store nothing of a half-updated file.
-                    h.inode.locks.lock().unlock(&mut h.lock, level);
-                    return Err(poisoned);
-                }
-                h.guarded("xUnlock", |h| h.unlock(level))
-            }
-            FileHandle::Mem(m) => {
-                m.unlock(level);
-                Ok(())
-            }
-        }
+    fn truncate(&mut self, size: u64) -> Result<()> {
+        self.guarded("xTruncate", |h| {
+            h.fetched.clear();
+            h.inode.truncate(&h.vfs.kv, size)
+        })
     }
 
-    pub(crate) fn check_reserved_lock(&mut self) -> Result<bool> {
-        match self {
-            FileHandle::Kv(h) => h.guarded("xCheckReservedLock", |h| {
-                Ok(h.inode.locks.lock().reserved())
-            }),
-            FileHandle::Mem(_) => Ok(false),
-        }
+    fn sync(&mut self, _flags: SyncFlags) -> Result<()> {
+        self.guarded("xSync", KvHandle::flush_and_sync)
     }
 
-    pub(crate) fn control(&mut self, control: Control<'_>) -> Result<Reply> {
-        match self {
-            FileHandle::Kv(h) => h.guarded("xFileControl", |h| h.control(control)),
-            FileHandle::Mem(m) => Ok(match control {
-                Control::Hint => Reply::Done,
-                Control::LockState => Reply::Int(m.lock_level() as i64),
-                _ => Reply::NotFound,
-            }),
-        }
+    fn file_size(&mut self) -> Result<u64> {
+        self.guarded("xFileSize", |h| Ok(h.inode.size()))
     }
 
-    /// xDeviceCharacteristics: only what this VFS honours. Every flush of a stored file is
-    /// one atomic batch, so SQLite's batches are atomic, a write never disturbs bytes
-    /// outside it, and an append never shows a size without its data.
-    pub(crate) fn device_characteristics(&self) -> i32 {
-        match self {
-            FileHandle::Kv(_) => {
-                ffi::SQLITE_IOCAP_BATCH_ATOMIC
-                    | ffi::SQLITE_IOCAP_POWERSAFE_OVERWRITE
-                    | ffi::SQLITE_IOCAP_SAFE_APPEND
-            }
-            FileHandle::Mem(_) => ffi::SQLITE_IOCAP_POWERSAFE_OVERWRITE,
-        }
+    fn lock(&mut self, level: LockLevel) -> Result<bool> {
+        self.guarded("xLock", |h| {
+            Ok(h.inode.locks.lock().lock(&mut h.lock, level))
+        })
     }
 
-    /// xFetch: a pointer into a stored page, kept alive until xUnfetch; `None` lets
+    fn unlock(&mut self, level: LockLevel) -> Result<()> {
+        if let Err(poisoned) = self.vfs.check_poison(self.inode.id) {
+            // Release the lock, but store nothing of a half-updated file.
+            self.inode.locks.lock().unlock(&mut self.lock, level);
+            return Err(poisoned);
+        }
+        self.guarded("xUnlock", |h| h.unlock_and_flush(level))
+    }
+
+    fn check_reserved_lock(&mut self) -> Result<bool> {
+        self.guarded("xCheckReservedLock", |h| {
+            Ok(h.inode.locks.lock().reserved())
+        })
+    }
+
+    fn control(&mut self, control: Control<'_>) -> Result<Reply> {
+        self.guarded("xFileControl", |h| h.answer(control))
+    }
+
+    /// Only what this VFS honours. Every flush of a stored file is one atomic batch, so
+    /// SQLite's batches are atomic, a write never disturbs bytes outside it, and an
+    /// append never shows a size without its data.
+    fn device_characteristics(&self) -> i32 {
+        ffi::SQLITE_IOCAP_BATCH_ATOMIC
+            | ffi::SQLITE_IOCAP_POWERSAFE_OVERWRITE
+            | ffi::SQLITE_IOCAP_SAFE_APPEND
+    }
+
+    /// A pointer into a stored page, kept alive in `lent` until xUnfetch; `None` lets
     /// SQLite fall back to xRead (which then reports any error properly).
-    pub(crate) fn fetch(&mut self, offset: u64, len: usize) -> Option<*const u8> {
-        let FileHandle::Kv(h) = self else {
-            return None;
-        };
-        h.guarded("xFetch", |h| Ok(h.fetch(offset, len))).ok()?
+    fn fetch(&mut self, offset: u64, len: usize) -> Option<*const u8> {
+        self.guarded("xFetch", |h| Ok(h.lend(offset, len))).ok()?
     }
 
-    /// xUnfetch of a pointer xFetch returned.
-    pub(crate) fn unfetch(&mut self, ptr: usize) {
-        let FileHandle::Kv(h) = self else {
-            return;
-        };
-        h.lent.give_back(ptr);
+    /// A pointer goes back to `lent`. xUnfetch(NULL) (the file may have changed: no page
+    /// is lent then) drops the pages fetched under the lock, the only mapping kept.
+    fn unfetch(&mut self, _offset: u64, ptr: Option<*const u8>) {
+        match ptr {
+            Some(ptr) => self.lent.give_back(ptr.addr()),
+            None => self.fetched.clear(),
+        }
     }
 
-    /// xClose: releases locks and writes back anything still dirty (nothing, if the
-    /// database is poisoned).
-    pub(crate) fn close(self, vfs: &VfsState) -> Result<()> {
-        if self.is_database() {
-            vfs.open_databases.fetch_sub(1, Ordering::SeqCst);
+    /// Releases locks and writes back anything still dirty (nothing, if the database is
+    /// poisoned).
+    fn close(mut self) -> Result<()> {
+        if self.inode.kind == FileKind::Main {
+            self.vfs.open_databases.fetch_sub(1, Ordering::SeqCst);
         }
-        vfs.open_files.fetch_sub(1, Ordering::SeqCst);
-        match self {
-            FileHandle::Kv(mut h) => {
-                h.lent.clear();
-                h.fetched.clear();
-                let flushed = h.guarded("xClose", |h| h.inode.flush(&h.vfs.kv).map(drop));
-                h.inode.locks.lock().unlock(&mut h.lock, LockLevel::None);
-                flushed
-            }
-            FileHandle::Mem(_) => Ok(()),
-        }
+        self.lent.clear();
+        self.fetched.clear();
+        let flushed = self.guarded("xClose", |h| h.inode.flush(&h.vfs.kv).map(drop));
+        self.inode
+            .locks
+            .lock()
+            .unlock(&mut self.lock, LockLevel::None);
+        flushed
+    }
+}
+
+impl VfsImpl for VfsState {
+    type File = FileHandle;
+
+    fn open(self: &Arc<Self>, name: Option<&str>, flags: i32) -> Result<FileHandle> {
+        VfsState::open(self, name, flags)
+    }
+
+    fn delete(&self, name: &str) -> Result<()> {
+        VfsState::delete(self, name)
+    }
+
+    fn access(&self, name: &str) -> Result<bool> {
+        VfsState::access(self, name)
+    }
+
+    fn full_pathname(&self, name: &str) -> Result<String> {
+        Ok(self.canonical(name)?.into_owned())
     }
 }
 
@@ -823,8 +832,8 @@ impl KvHandle {
         })
     }
 
-    /// xFetch (see [`FileHandle::fetch`]).
-    fn fetch(&mut self, offset: u64, len: usize) -> Option<*const u8> {
+    /// xFetch (see [`FileImpl::fetch`]).
+    fn lend(&mut self, offset: u64, len: usize) -> Option<*const u8> {
         let cs = u64::from(self.inode.chunk_size());
         let chunk = u32::try_from(offset / cs.max(1)).ok()?;
         let page = match self.fetched.get(chunk) {
@@ -841,7 +850,7 @@ impl KvHandle {
         Some(self.lent.lend(page))
     }
 
-    fn sync(&mut self) -> Result<()> {
+    fn flush_and_sync(&mut self) -> Result<()> {
         let flushed = self.inode.flush(self.kv())?;
         let counters = &self.inode.counters;
         if self.inode.kind == FileKind::Main && flushed.chunks > 0 {
@@ -867,7 +876,7 @@ impl KvHandle {
         Ok(())
     }
 
-    fn unlock(&mut self, level: LockLevel) -> Result<()> {
+    fn unlock_and_flush(&mut self, level: LockLevel) -> Result<()> {
         // Nothing dirty may outlive the writer's lock: readers read the kv.
         let flushed = if self.lock > LockLevel::Shared && level <= LockLevel::Shared {
             self.inode.flush(self.kv()).map(drop)
@@ -881,7 +890,7 @@ impl KvHandle {
         flushed
     }
 
-    fn control(&mut self, control: Control<'_>) -> Result<Reply> {
+    fn answer(&mut self, control: Control<'_>) -> Result<Reply> {
         let main = self.inode.kind == FileKind::Main;
         Ok(match control {
             Control::BeginAtomicWrite if main => {

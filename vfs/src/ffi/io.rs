@@ -5,47 +5,55 @@ use std::ffi::{c_char, c_int, c_void};
 
 use rusqlite::ffi as sys;
 
-use super::{OpenFile, ShoalFile, c_str, catch, sqlite_string};
+use super::LockLevel;
+use super::{Control, Reply};
+use super::{FileImpl, FileSlot, OpenFile, SyncFlags, VfsImpl, c_str, catch, guard, sqlite_string};
 use crate::error::{Error, Op, Result, sqlite_code};
-use crate::lock::LockLevel;
-use crate::vfs::{Control, FileHandle, Reply};
 
-pub(super) static IO_METHODS: sys::sqlite3_io_methods = sys::sqlite3_io_methods {
-    iVersion: 3,
-    xClose: Some(x_close),
-    xRead: Some(x_read),
-    xWrite: Some(x_write),
-    xTruncate: Some(x_truncate),
-    xSync: Some(x_sync),
-    xFileSize: Some(x_file_size),
-    xLock: Some(x_lock),
-    xUnlock: Some(x_unlock),
-    xCheckReservedLock: Some(x_check_reserved_lock),
-    xFileControl: Some(x_file_control),
-    xSectorSize: Some(x_sector_size),
-    xDeviceCharacteristics: Some(x_device_characteristics),
-    xShmMap: None,
-    xShmLock: None,
-    xShmBarrier: None,
-    xShmUnmap: None,
-    xFetch: Some(x_fetch),
-    xUnfetch: Some(x_unfetch),
-};
+/// The method table of `V`'s files: one `'static` table per implementation.
+pub(super) fn io_methods<V: VfsImpl>() -> &'static sys::sqlite3_io_methods {
+    const {
+        &sys::sqlite3_io_methods {
+            iVersion: 3,
+            xClose: Some(x_close::<V>),
+            xRead: Some(x_read::<V>),
+            xWrite: Some(x_write::<V>),
+            xTruncate: Some(x_truncate::<V>),
+            xSync: Some(x_sync::<V>),
+            xFileSize: Some(x_file_size::<V>),
+            xLock: Some(x_lock::<V>),
+            xUnlock: Some(x_unlock::<V>),
+            xCheckReservedLock: Some(x_check_reserved_lock::<V>),
+            xFileControl: Some(x_file_control::<V>),
+            xSectorSize: Some(x_sector_size::<V>),
+            xDeviceCharacteristics: Some(x_device_characteristics::<V>),
+            // No shared memory, so no WAL (see `FileImpl`).
+            xShmMap: None,
+            xShmLock: None,
+            xShmBarrier: None,
+            xShmUnmap: None,
+            xFetch: Some(x_fetch::<V>),
+            xUnfetch: Some(x_unfetch::<V>),
+        }
+    }
+}
 
 /// The handle of an open file.
 ///
 /// # Safety
-/// `file` must be a file xOpen opened successfully and xClose has not closed, used by
-/// one thread at a time (SQLite serialises calls on one connection's files).
-unsafe fn handle<'a>(file: *mut sys::sqlite3_file) -> Result<&'a mut FileHandle> {
-    // SAFETY: per this function's contract the file is a ShoalFile.
-    let open = unsafe { (*file.cast::<ShoalFile>()).open };
-    // SAFETY: `open` is null or the live box xOpen made; no other reference exists now.
-    let open = unsafe { open.as_mut() };
-    open.map(|o| &mut o.file).ok_or_else(|| Error::Sqlite {
-        what: "an I/O call on a closed file",
-        code: sys::SQLITE_MISUSE,
-    })
+/// `file` must be a `FileSlot<V>` that xOpen initialised (SQLite calls io methods only on
+/// a file whose xOpen set pMethods), not yet freed, used by one thread at a time (SQLite
+/// serialises calls on one connection's files).
+unsafe fn handle<'a, V: VfsImpl>(file: *mut sys::sqlite3_file) -> Result<&'a mut V::File> {
+    // SAFETY: per this function's contract the file is an initialised FileSlot<V> and no
+    // other reference to it exists now.
+    let open = unsafe { &mut (*file.cast::<FileSlot<V>>()).open };
+    open.as_mut()
+        .map(|o| &mut o.file)
+        .ok_or_else(|| Error::Sqlite {
+            what: "an I/O call on a closed file",
+            code: sys::SQLITE_MISUSE,
+        })
 }
 
 fn offset(offset: sys::sqlite3_int64) -> Result<u64> {
@@ -62,32 +70,31 @@ fn length(amount: c_int) -> Result<usize> {
     })
 }
 
-unsafe extern "C" fn x_close(file: *mut sys::sqlite3_file) -> c_int {
+unsafe extern "C" fn x_close<V: VfsImpl>(file: *mut sys::sqlite3_file) -> c_int {
     catch(Op::Close, || {
-        let file = file.cast::<ShoalFile>();
-        // SAFETY: SQLite closes a file it opened successfully, once.
-        let open = unsafe { std::mem::replace(&mut (*file).open, std::ptr::null_mut()) };
-        if open.is_null() {
+        // SAFETY: SQLite closes a file it opened successfully, once; taking the state out
+        // of the slot leaves `None`, so it is dropped exactly once and a second close
+        // finds nothing.
+        let open = unsafe { (*file.cast::<FileSlot<V>>()).open.take() };
+        let Some(OpenFile { reg, vfs, file }) = open else {
             return Ok(sys::SQLITE_OK);
-        }
-        // SAFETY: `open` is the box xOpen made; taking it back frees it exactly once.
-        let OpenFile { reg, vfs, file } = *unsafe { Box::from_raw(open) };
+        };
         // The file is closed however the close ends: a panic in it (which poisons the
         // database and unwinds on to `catch`) must still free a dropped VFS's slot once
         // this was its last file, or the store could never be served again.
         let _closed = ClosedOne { reg, vfs: &vfs };
-        file.close(&vfs)?;
+        file.close()?;
         Ok(sys::SQLITE_OK)
     })
 }
 
 /// Calls [`super::Registration::closed_one`] when dropped, unwinding included.
-struct ClosedOne<'a> {
-    reg: &'static super::Registration,
-    vfs: &'a std::sync::Arc<crate::vfs::VfsState>,
+struct ClosedOne<'a, V: VfsImpl> {
+    reg: &'static super::Registration<V>,
+    vfs: &'a std::sync::Arc<V>,
 }
 
-impl Drop for ClosedOne<'_> {
+impl<V: VfsImpl> Drop for ClosedOne<'_, V> {
     fn drop(&mut self) {
         self.reg.closed_one(self.vfs);
     }
@@ -95,7 +102,7 @@ impl Drop for ClosedOne<'_> {
 
 /// xRead. SQLite's contract: a short read fills the rest of the buffer with zeros and
 /// returns SQLITE_IOERR_SHORT_READ.
-unsafe extern "C" fn x_read(
+unsafe extern "C" fn x_read<V: VfsImpl>(
     file: *mut sys::sqlite3_file,
     buf: *mut c_void,
     amount: c_int,
@@ -103,7 +110,7 @@ unsafe extern "C" fn x_read(
 ) -> c_int {
     catch(Op::Read, || {
         // SAFETY: see `handle`.
-        let h = unsafe { handle(file) }?;
+        let h = unsafe { handle::<V>(file) }?;
         let len = length(amount)?;
         // SAFETY: SQLite passes `amount` writable bytes at `buf`.
         let buf = unsafe { std::slice::from_raw_parts_mut(buf.cast::<u8>(), len) };
@@ -116,7 +123,7 @@ unsafe extern "C" fn x_read(
     })
 }
 
-unsafe extern "C" fn x_write(
+unsafe extern "C" fn x_write<V: VfsImpl>(
     file: *mut sys::sqlite3_file,
     buf: *const c_void,
     amount: c_int,
@@ -124,7 +131,7 @@ unsafe extern "C" fn x_write(
 ) -> c_int {
     catch(Op::Write, || {
         // SAFETY: see `handle`.
-        let h = unsafe { handle(file) }?;
+        let h = unsafe { handle::<V>(file) }?;
         // SAFETY: SQLite passes `amount` readable bytes at `buf`.
         let data = unsafe { std::slice::from_raw_parts(buf.cast::<u8>(), length(amount)?) };
         h.write(data, offset(at)?)?;
@@ -132,31 +139,37 @@ unsafe extern "C" fn x_write(
     })
 }
 
-unsafe extern "C" fn x_truncate(file: *mut sys::sqlite3_file, size: sys::sqlite3_int64) -> c_int {
+unsafe extern "C" fn x_truncate<V: VfsImpl>(
+    file: *mut sys::sqlite3_file,
+    size: sys::sqlite3_int64,
+) -> c_int {
     catch(Op::Truncate, || {
         // SAFETY: see `handle`.
-        let h = unsafe { handle(file) }?;
+        let h = unsafe { handle::<V>(file) }?;
         h.truncate(offset(size)?)?;
         Ok(sys::SQLITE_OK)
     })
 }
 
-unsafe extern "C" fn x_sync(file: *mut sys::sqlite3_file, _flags: c_int) -> c_int {
+unsafe extern "C" fn x_sync<V: VfsImpl>(file: *mut sys::sqlite3_file, flags: c_int) -> c_int {
     catch(Op::Sync, || {
         // SAFETY: see `handle`.
-        let h = unsafe { handle(file) }?;
-        h.sync()?;
+        let h = unsafe { handle::<V>(file) }?;
+        h.sync(SyncFlags {
+            full: flags & 0x0f == sys::SQLITE_SYNC_FULL,
+            data_only: flags & sys::SQLITE_SYNC_DATAONLY != 0,
+        })?;
         Ok(sys::SQLITE_OK)
     })
 }
 
-unsafe extern "C" fn x_file_size(
+unsafe extern "C" fn x_file_size<V: VfsImpl>(
     file: *mut sys::sqlite3_file,
     out: *mut sys::sqlite3_int64,
 ) -> c_int {
     catch(Op::FileSize, || {
         // SAFETY: see `handle`.
-        let h = unsafe { handle(file) }?;
+        let h = unsafe { handle::<V>(file) }?;
         let size =
             i64::try_from(h.file_size()?).map_err(|_| Error::corrupt("file", "size beyond i64"))?;
         // SAFETY: SQLite passes a writable i64.
@@ -172,10 +185,10 @@ fn level(level: c_int) -> Result<LockLevel> {
     })
 }
 
-unsafe extern "C" fn x_lock(file: *mut sys::sqlite3_file, lock: c_int) -> c_int {
+unsafe extern "C" fn x_lock<V: VfsImpl>(file: *mut sys::sqlite3_file, lock: c_int) -> c_int {
     catch(Op::Lock, || {
         // SAFETY: see `handle`.
-        let h = unsafe { handle(file) }?;
+        let h = unsafe { handle::<V>(file) }?;
         Ok(if h.lock(level(lock)?)? {
             sys::SQLITE_OK
         } else {
@@ -184,19 +197,22 @@ unsafe extern "C" fn x_lock(file: *mut sys::sqlite3_file, lock: c_int) -> c_int 
     })
 }
 
-unsafe extern "C" fn x_unlock(file: *mut sys::sqlite3_file, lock: c_int) -> c_int {
+unsafe extern "C" fn x_unlock<V: VfsImpl>(file: *mut sys::sqlite3_file, lock: c_int) -> c_int {
     catch(Op::Unlock, || {
         // SAFETY: see `handle`.
-        let h = unsafe { handle(file) }?;
+        let h = unsafe { handle::<V>(file) }?;
         h.unlock(level(lock)?)?;
         Ok(sys::SQLITE_OK)
     })
 }
 
-unsafe extern "C" fn x_check_reserved_lock(file: *mut sys::sqlite3_file, out: *mut c_int) -> c_int {
+unsafe extern "C" fn x_check_reserved_lock<V: VfsImpl>(
+    file: *mut sys::sqlite3_file,
+    out: *mut c_int,
+) -> c_int {
     catch(Op::CheckReservedLock, || {
         // SAFETY: see `handle`.
-        let h = unsafe { handle(file) }?;
+        let h = unsafe { handle::<V>(file) }?;
         let reserved = h.check_reserved_lock()?;
         // SAFETY: SQLite passes a writable int.
         unsafe { *out = c_int::from(reserved) };
@@ -205,7 +221,7 @@ unsafe extern "C" fn x_check_reserved_lock(file: *mut sys::sqlite3_file, out: *m
 }
 
 /// xFileControl. Unknown ops answer SQLITE_NOTFOUND, as SQLite requires.
-unsafe extern "C" fn x_file_control(
+unsafe extern "C" fn x_file_control<V: VfsImpl>(
     file: *mut sys::sqlite3_file,
     op: c_int,
     arg: *mut c_void,
@@ -218,7 +234,7 @@ unsafe extern "C" fn x_file_control(
     let pragma_args = arg.cast::<*mut c_char>();
     let result = catch(error_op, || {
         // SAFETY: see `handle`.
-        let h = unsafe { handle(file) }?;
+        let h = unsafe { handle::<V>(file) }?;
         let control = match op {
             sys::SQLITE_FCNTL_BEGIN_ATOMIC_WRITE => Control::BeginAtomicWrite,
             sys::SQLITE_FCNTL_COMMIT_ATOMIC_WRITE => Control::CommitAtomicWrite,
@@ -240,7 +256,7 @@ unsafe extern "C" fn x_file_control(
                 let value = (!value.is_null())
                     // SAFETY: SQLite's pragma value is NULL or NUL-terminated.
                     .then(|| unsafe { std::ffi::CStr::from_ptr(value) }.to_bytes());
-                return pragma(h, pragma_args, name, value);
+                return pragma::<V::File>(h, pragma_args, name, value);
             }
             sys::SQLITE_FCNTL_MMAP_SIZE => {
                 // SAFETY: for MMAP_SIZE, `arg` points at an i64 (in and out).
@@ -284,8 +300,8 @@ unsafe extern "C" fn x_file_control(
 }
 
 /// Answers an SQLITE_FCNTL_PRAGMA: a result or an error message goes in `args[0]`.
-fn pragma(
-    h: &mut FileHandle,
+fn pragma<F: FileImpl>(
+    h: &mut F,
     args: *mut *mut c_char,
     name: &str,
     value: Option<&[u8]>,
@@ -307,20 +323,26 @@ fn pragma(
     Ok(rc)
 }
 
-unsafe extern "C" fn x_sector_size(_file: *mut sys::sqlite3_file) -> c_int {
-    512
+unsafe extern "C" fn x_sector_size<V: VfsImpl>(file: *mut sys::sqlite3_file) -> c_int {
+    // A failure cannot be answered as a size: 512 then, as shoal always answered.
+    guard(Op::Control, || {
+        // SAFETY: see `handle`.
+        Ok(unsafe { handle::<V>(file) }?.sector_size())
+    })
+    .unwrap_or(512)
 }
 
-unsafe extern "C" fn x_device_characteristics(file: *mut sys::sqlite3_file) -> c_int {
-    // SAFETY: see `handle`.
-    match unsafe { handle(file) } {
-        Ok(h) => h.device_characteristics(),
-        Err(_) => 0,
-    }
+unsafe extern "C" fn x_device_characteristics<V: VfsImpl>(file: *mut sys::sqlite3_file) -> c_int {
+    // A failure cannot be answered as flags: claim nothing then.
+    guard(Op::Control, || {
+        // SAFETY: see `handle`.
+        Ok(unsafe { handle::<V>(file) }?.device_characteristics())
+    })
+    .unwrap_or(0)
 }
 
 /// xFetch: `*pp` gets a pointer into a stored page, or NULL to make SQLite use xRead.
-unsafe extern "C" fn x_fetch(
+unsafe extern "C" fn x_fetch<V: VfsImpl>(
     file: *mut sys::sqlite3_file,
     at: sys::sqlite3_int64,
     amount: c_int,
@@ -333,7 +355,7 @@ unsafe extern "C" fn x_fetch(
     unsafe { *pp = std::ptr::null_mut() };
     catch(Op::Read, || {
         // SAFETY: see `handle`.
-        let h = unsafe { handle(file) }?;
+        let h = unsafe { handle::<V>(file) }?;
         if let Some(ptr) = h.fetch(offset(at)?, length(amount)?) {
             // SAFETY: as above. SQLite only reads through the pointer; the buffer stays
             // pinned in the handle until xUnfetch.
@@ -343,17 +365,16 @@ unsafe extern "C" fn x_fetch(
     })
 }
 
-unsafe extern "C" fn x_unfetch(
+unsafe extern "C" fn x_unfetch<V: VfsImpl>(
     file: *mut sys::sqlite3_file,
-    _at: sys::sqlite3_int64,
+    at: sys::sqlite3_int64,
     p: *mut c_void,
 ) -> c_int {
     catch(Op::Read, || {
         // SAFETY: see `handle`.
-        let h = unsafe { handle(file) }?;
-        if !p.is_null() {
-            h.unfetch(p.addr());
-        }
+        let h = unsafe { handle::<V>(file) }?;
+        // NULL asks to drop every mapping (see `FileImpl::unfetch`).
+        h.unfetch(offset(at)?, (!p.is_null()).then_some(p.cast_const().cast()));
         Ok(sys::SQLITE_OK)
     })
 }
@@ -409,7 +430,7 @@ mod tests {
         assert_eq!(opened, sys::SQLITE_OK);
         // SAFETY: xOpen succeeded, so `file` starts with its methods pointer.
         let methods = unsafe { (*file).pMethods };
-        // SAFETY: the methods are the static `IO_METHODS` (or null, which `as_ref` checks).
+        // SAFETY: the methods are the static table of shoal's files (or null, which `as_ref` checks).
         let methods = unsafe { methods.as_ref() }.unwrap();
         let (write, close) = (methods.xWrite.unwrap(), methods.xClose.unwrap());
         let page = [7u8; 4096];

@@ -5,11 +5,17 @@ use std::ffi::{c_char, c_int, c_void};
 
 use rusqlite::ffi as sys;
 
-use super::io::IO_METHODS;
-use super::{LAST_ERROR, OpenFile, Registration, ShoalFile, c_str, catch};
+use std::sync::Arc;
+
+use super::io::io_methods;
+use super::{FileSlot, LAST_ERROR, OpenFile, Registration, VfsImpl, c_str, catch};
 use crate::error::{Error, Op};
 
-pub(super) fn vfs_table(size: c_int, max_pathname: c_int, name: *const c_char) -> sys::sqlite3_vfs {
+pub(super) fn vfs_table<V: VfsImpl>(
+    size: c_int,
+    max_pathname: c_int,
+    name: *const c_char,
+) -> sys::sqlite3_vfs {
     sys::sqlite3_vfs {
         iVersion: 2,
         szOsFile: size,
@@ -17,19 +23,19 @@ pub(super) fn vfs_table(size: c_int, max_pathname: c_int, name: *const c_char) -
         pNext: std::ptr::null_mut(),
         zName: name,
         pAppData: std::ptr::null_mut(),
-        xOpen: Some(x_open),
-        xDelete: Some(x_delete),
-        xAccess: Some(x_access),
-        xFullPathname: Some(x_full_pathname),
-        xDlOpen: Some(x_dl_open),
-        xDlError: Some(x_dl_error),
-        xDlSym: Some(x_dl_sym),
-        xDlClose: Some(x_dl_close),
-        xRandomness: Some(x_randomness),
-        xSleep: Some(x_sleep),
-        xCurrentTime: Some(x_current_time),
+        xOpen: Some(x_open::<V>),
+        xDelete: Some(x_delete::<V>),
+        xAccess: Some(x_access::<V>),
+        xFullPathname: Some(x_full_pathname::<V>),
+        xDlOpen: Some(x_dl_open::<V>),
+        xDlError: Some(x_dl_error::<V>),
+        xDlSym: Some(x_dl_sym::<V>),
+        xDlClose: Some(x_dl_close::<V>),
+        xRandomness: Some(x_randomness::<V>),
+        xSleep: Some(x_sleep::<V>),
+        xCurrentTime: Some(x_current_time::<V>),
         xGetLastError: Some(x_get_last_error),
-        xCurrentTimeInt64: Some(x_current_time_int64),
+        xCurrentTimeInt64: Some(x_current_time_int64::<V>),
         xSetSystemCall: None,
         xGetSystemCall: None,
         xNextSystemCall: None,
@@ -41,12 +47,12 @@ pub(super) fn vfs_table(size: c_int, max_pathname: c_int, name: *const c_char) -
 /// # Safety
 /// `vfs` must be the table of a [`Registration`] (SQLite only calls a VFS it found
 /// registered, and registrations are leaked, so they outlive every call).
-unsafe fn registration(vfs: *mut sys::sqlite3_vfs) -> &'static Registration {
+unsafe fn registration<V: VfsImpl>(vfs: *mut sys::sqlite3_vfs) -> &'static Registration<V> {
     // SAFETY: per this function's contract pAppData points at the Registration; SQLite
     // never writes pAppData.
     let app = unsafe { (*vfs).pAppData };
     // SAFETY: as above; the Registration is leaked and only read through `&`.
-    unsafe { &*app.cast::<Registration>() }
+    unsafe { &*app.cast::<Registration<V>>() }
 }
 
 /// The default VFS this one delegates to, as a raw pointer: it is the process-wide
@@ -54,32 +60,34 @@ unsafe fn registration(vfs: *mut sys::sqlite3_vfs) -> &'static Registration {
 ///
 /// # Safety
 /// As [`registration`].
-unsafe fn parent(vfs: *mut sys::sqlite3_vfs) -> *mut sys::sqlite3_vfs {
+unsafe fn parent<V: VfsImpl>(vfs: *mut sys::sqlite3_vfs) -> *mut sys::sqlite3_vfs {
     // SAFETY: per this function's contract.
-    unsafe { registration(vfs) }.parent
+    unsafe { registration::<V>(vfs) }.parent
 }
 
 /// xOpen. SQLite's contract: on failure `pMethods` must be NULL, so xClose is not called.
-unsafe extern "C" fn x_open(
+unsafe extern "C" fn x_open<V: VfsImpl>(
     vfs: *mut sys::sqlite3_vfs,
     name: sys::sqlite3_filename,
     file: *mut sys::sqlite3_file,
     flags: c_int,
     out_flags: *mut c_int,
 ) -> c_int {
-    let file = file.cast::<ShoalFile>();
-    // SAFETY: SQLite passes szOsFile writable bytes for the file.
+    let file = file.cast::<FileSlot<V>>();
+    // SAFETY: SQLite passes szOsFile (the size of a FileSlot<V>) writable bytes, 8-byte
+    // aligned, which `register` checked is enough for FileSlot<V>. Nothing is in them
+    // yet, so nothing is dropped; a failure leaves them so: pMethods NULL, no file.
     unsafe {
-        file.write(ShoalFile {
+        file.write(FileSlot {
             base: sys::sqlite3_file {
                 pMethods: std::ptr::null(),
             },
-            open: std::ptr::null_mut(),
+            open: None,
         })
     };
     catch(Op::Open, || {
         // SAFETY: SQLite passes the VFS it found registered.
-        let reg = unsafe { registration(vfs) };
+        let reg = unsafe { registration::<V>(vfs) };
         // SAFETY: SQLite's file name is NUL-terminated (or NULL for a temp file) and lives
         // until the file is closed.
         let name = unsafe { c_str(name) }?;
@@ -87,22 +95,22 @@ unsafe extern "C" fn x_open(
         // and temp files of connections already open are served while it closes.
         let new_database = flags & sys::SQLITE_OPEN_MAIN_DB != 0;
         let (state, handle) = reg.serve(new_database, |state| {
-            Ok((std::sync::Arc::clone(state), state.open(name, flags)?))
+            let handle = state.open(name, flags)?;
+            // Counted under the slot's lock, so a `Vfs` being dropped sees it.
+            reg.open_files
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Ok((Arc::clone(state), handle))
         })?;
-        let open = Box::into_raw(Box::new(OpenFile {
-            reg,
-            vfs: state,
-            file: handle,
-        }));
-        // SAFETY: `file` was initialised above; setting pMethods last marks success.
+        // SAFETY: `file` was initialised above and nothing else refers to it.
         unsafe {
-            file.write(ShoalFile {
-                base: sys::sqlite3_file {
-                    pMethods: &IO_METHODS,
-                },
-                open,
+            (*file).open = Some(OpenFile {
+                reg,
+                vfs: state,
+                file: handle,
             })
         };
+        // SAFETY: as above; setting pMethods after the file is in place marks success.
+        unsafe { (*file).base.pMethods = io_methods::<V>() };
         if !out_flags.is_null() {
             // SAFETY: SQLite passes a writable int or NULL.
             unsafe { *out_flags = flags };
@@ -111,14 +119,14 @@ unsafe extern "C" fn x_open(
     })
 }
 
-unsafe extern "C" fn x_delete(
+unsafe extern "C" fn x_delete<V: VfsImpl>(
     vfs: *mut sys::sqlite3_vfs,
     name: *const c_char,
     _sync_dir: c_int,
 ) -> c_int {
     catch(Op::Delete, || {
         // SAFETY: SQLite passes the VFS it found registered.
-        let reg = unsafe { registration(vfs) };
+        let reg = unsafe { registration::<V>(vfs) };
         // SAFETY: SQLite passes a NUL-terminated name.
         let name = unsafe { c_str(name) }?.ok_or_else(|| Error::NoSuchFile(String::new()))?;
         reg.serve(false, |state| state.delete(name))?;
@@ -126,7 +134,7 @@ unsafe extern "C" fn x_delete(
     })
 }
 
-unsafe extern "C" fn x_access(
+unsafe extern "C" fn x_access<V: VfsImpl>(
     vfs: *mut sys::sqlite3_vfs,
     name: *const c_char,
     _flags: c_int,
@@ -138,7 +146,7 @@ unsafe extern "C" fn x_access(
     }
     catch(Op::Access, || {
         // SAFETY: SQLite passes the VFS it found registered.
-        let reg = unsafe { registration(vfs) };
+        let reg = unsafe { registration::<V>(vfs) };
         // SAFETY: SQLite passes a NUL-terminated name.
         let Ok(Some(name)) = (unsafe { c_str(name) }) else {
             return Ok(sys::SQLITE_OK);
@@ -154,7 +162,7 @@ unsafe extern "C" fn x_access(
 
 /// xFullPathname: the one name of the database (see `names.rs`: bare names stay as they
 /// are, paths are resolved as the unix VFS resolves them, without following symlinks).
-unsafe extern "C" fn x_full_pathname(
+unsafe extern "C" fn x_full_pathname<V: VfsImpl>(
     vfs: *mut sys::sqlite3_vfs,
     name: *const c_char,
     n_out: c_int,
@@ -162,10 +170,10 @@ unsafe extern "C" fn x_full_pathname(
 ) -> c_int {
     catch(Op::Open, || {
         // SAFETY: SQLite passes the VFS it found registered.
-        let reg = unsafe { registration(vfs) };
+        let reg = unsafe { registration::<V>(vfs) };
         // SAFETY: SQLite passes a NUL-terminated name.
         let name = unsafe { c_str(name) }?.unwrap_or_default();
-        let full = reg.serve(true, |state| Ok(state.canonical(name)?.into_owned()))?;
+        let full = reg.serve(true, |state| state.full_pathname(name))?;
         let capacity = usize::try_from(n_out).unwrap_or(0);
         if full.len() >= capacity || out.is_null() {
             return Err(Error::cant_open(
@@ -212,9 +220,12 @@ fn copy_c_string(src: &[u8], out: &mut [u8]) {
 // The rest delegate to the default VFS, which knows the platform. None of them can
 // panic on our side; the parent is C code.
 
-unsafe extern "C" fn x_dl_open(vfs: *mut sys::sqlite3_vfs, name: *const c_char) -> *mut c_void {
+unsafe extern "C" fn x_dl_open<V: VfsImpl>(
+    vfs: *mut sys::sqlite3_vfs,
+    name: *const c_char,
+) -> *mut c_void {
     // SAFETY: SQLite passes the VFS it found registered.
-    let p = unsafe { parent(vfs) };
+    let p = unsafe { parent::<V>(vfs) };
     // SAFETY: the default VFS lives for the process; its table is only read.
     match unsafe { (*p).xDlOpen } {
         // SAFETY: delegating with the parent's own table and SQLite's argument.
@@ -223,9 +234,13 @@ unsafe extern "C" fn x_dl_open(vfs: *mut sys::sqlite3_vfs, name: *const c_char) 
     }
 }
 
-unsafe extern "C" fn x_dl_error(vfs: *mut sys::sqlite3_vfs, n: c_int, out: *mut c_char) {
+unsafe extern "C" fn x_dl_error<V: VfsImpl>(
+    vfs: *mut sys::sqlite3_vfs,
+    n: c_int,
+    out: *mut c_char,
+) {
     // SAFETY: SQLite passes the VFS it found registered.
-    let p = unsafe { parent(vfs) };
+    let p = unsafe { parent::<V>(vfs) };
     // SAFETY: the default VFS lives for the process; its table is only read.
     if let Some(f) = unsafe { (*p).xDlError } {
         // SAFETY: delegating with the parent's own table and SQLite's arguments.
@@ -235,22 +250,22 @@ unsafe extern "C" fn x_dl_error(vfs: *mut sys::sqlite3_vfs, n: c_int, out: *mut 
 
 type DlSym = unsafe extern "C" fn(*mut sys::sqlite3_vfs, *mut c_void, *const c_char);
 
-unsafe extern "C" fn x_dl_sym(
+unsafe extern "C" fn x_dl_sym<V: VfsImpl>(
     vfs: *mut sys::sqlite3_vfs,
     handle: *mut c_void,
     symbol: *const c_char,
 ) -> Option<DlSym> {
     // SAFETY: SQLite passes the VFS it found registered.
-    let p = unsafe { parent(vfs) };
+    let p = unsafe { parent::<V>(vfs) };
     // SAFETY: the default VFS lives for the process; its table is only read.
     let sym = unsafe { (*p).xDlSym };
     // SAFETY: delegating with the parent's own table and SQLite's arguments.
     sym.and_then(|f| unsafe { f(p, handle, symbol) })
 }
 
-unsafe extern "C" fn x_dl_close(vfs: *mut sys::sqlite3_vfs, handle: *mut c_void) {
+unsafe extern "C" fn x_dl_close<V: VfsImpl>(vfs: *mut sys::sqlite3_vfs, handle: *mut c_void) {
     // SAFETY: SQLite passes the VFS it found registered.
-    let p = unsafe { parent(vfs) };
+    let p = unsafe { parent::<V>(vfs) };
     // SAFETY: the default VFS lives for the process; its table is only read.
     if let Some(f) = unsafe { (*p).xDlClose } {
         // SAFETY: delegating with the parent's own table and SQLite's argument.
@@ -258,9 +273,13 @@ unsafe extern "C" fn x_dl_close(vfs: *mut sys::sqlite3_vfs, handle: *mut c_void)
     }
 }
 
-unsafe extern "C" fn x_randomness(vfs: *mut sys::sqlite3_vfs, n: c_int, out: *mut c_char) -> c_int {
+unsafe extern "C" fn x_randomness<V: VfsImpl>(
+    vfs: *mut sys::sqlite3_vfs,
+    n: c_int,
+    out: *mut c_char,
+) -> c_int {
     // SAFETY: SQLite passes the VFS it found registered.
-    let p = unsafe { parent(vfs) };
+    let p = unsafe { parent::<V>(vfs) };
     // SAFETY: the default VFS lives for the process; its table is only read.
     match unsafe { (*p).xRandomness } {
         // SAFETY: delegating with the parent's own table and SQLite's arguments.
@@ -269,9 +288,9 @@ unsafe extern "C" fn x_randomness(vfs: *mut sys::sqlite3_vfs, n: c_int, out: *mu
     }
 }
 
-unsafe extern "C" fn x_sleep(vfs: *mut sys::sqlite3_vfs, micros: c_int) -> c_int {
+unsafe extern "C" fn x_sleep<V: VfsImpl>(vfs: *mut sys::sqlite3_vfs, micros: c_int) -> c_int {
     // SAFETY: SQLite passes the VFS it found registered.
-    let p = unsafe { parent(vfs) };
+    let p = unsafe { parent::<V>(vfs) };
     // SAFETY: the default VFS lives for the process; its table is only read.
     match unsafe { (*p).xSleep } {
         // SAFETY: delegating with the parent's own table and SQLite's argument.
@@ -280,9 +299,12 @@ unsafe extern "C" fn x_sleep(vfs: *mut sys::sqlite3_vfs, micros: c_int) -> c_int
     }
 }
 
-unsafe extern "C" fn x_current_time(vfs: *mut sys::sqlite3_vfs, out: *mut f64) -> c_int {
+unsafe extern "C" fn x_current_time<V: VfsImpl>(
+    vfs: *mut sys::sqlite3_vfs,
+    out: *mut f64,
+) -> c_int {
     // SAFETY: SQLite passes the VFS it found registered.
-    let p = unsafe { parent(vfs) };
+    let p = unsafe { parent::<V>(vfs) };
     // SAFETY: the default VFS lives for the process; its table is only read.
     match unsafe { (*p).xCurrentTime } {
         // SAFETY: delegating with the parent's own table and SQLite's argument.
@@ -291,12 +313,12 @@ unsafe extern "C" fn x_current_time(vfs: *mut sys::sqlite3_vfs, out: *mut f64) -
     }
 }
 
-unsafe extern "C" fn x_current_time_int64(
+unsafe extern "C" fn x_current_time_int64<V: VfsImpl>(
     vfs: *mut sys::sqlite3_vfs,
     out: *mut sys::sqlite3_int64,
 ) -> c_int {
     // SAFETY: SQLite passes the VFS it found registered.
-    let p = unsafe { parent(vfs) };
+    let p = unsafe { parent::<V>(vfs) };
     // SAFETY: the default VFS lives for the process; its table is only read.
     match unsafe { (*p).xCurrentTimeInt64 } {
         // SAFETY: delegating with the parent's own table and SQLite's argument.

@@ -1,11 +1,15 @@
 //! The only unsafe code of shoal: the `sqlite3_vfs` and `sqlite3_io_methods` tables and
 //! their trampolines, over `rusqlite::ffi` (no second binding, no second SQLite).
 //!
-//! Each trampoline is named after the SQLite method it implements (`x_read` for xRead),
-//! converts its C arguments with checked conversions, calls the safe code in
-//! [`crate::vfs`], and converts the result back. Each one runs its body inside
-//! [`catch`]: a panic must never cross `extern "C"` (it would abort the host), so it
-//! becomes the method's `SQLITE_IOERR_*` code and an entry in SQLite's error log.
+//! The seam is two safe traits ([`VfsImpl`], [`FileImpl`], in `traits.rs`) with SQLite's
+//! contract written on each method. The trampolines (`x_read::<V>` for xRead, ...) are
+//! generic over them and know nothing of shoal: each converts its C arguments with checked
+//! conversions, calls the trait, and converts the result back, keeping the parts of the
+//! contract a safe signature cannot (a short read's zero-fill and code, `pMethods` NULL
+//! after a failed open). Each one runs its body inside [`catch`]: a panic must never cross
+//! `extern "C"` (it would abort the host), so it becomes the method's `SQLITE_IOERR_*`
+//! code and an entry in SQLite's error log. shoal's VFS (`crate::vfs`) and a test's mock
+//! are two implementations of the same traits.
 //!
 //! Memory ownership:
 //! - a [`Registration`] (SQLite's method table for one VFS name) is leaked: SQLite's VFS
@@ -19,33 +23,39 @@
 //!   the file's xClose, and the last xClose frees a closing slot (taking the lock only
 //!   then). A later registration of the same name refills the slot, so the leak is one
 //!   small table per distinct name;
-//! - each open file's state is boxed by xOpen (`ShoalFile::open`) and freed by xClose;
+//! - each open file's state lives inline in SQLite's own `sqlite3_file` allocation
+//!   ([`FileSlot`]: `szOsFile` is its size), written by a successful xOpen and moved out
+//!   and dropped by xClose; no second allocation per file;
 //! - buffers lent by xFetch are owned by the handle until xUnfetch (or xClose).
 
 pub(crate) mod heap;
 mod io;
 mod methods;
+pub mod probe;
 pub(crate) mod sqlite;
+mod traits;
 
+use std::any::Any;
 use std::cell::{RefCell, UnsafeCell};
 use std::ffi::{CStr, CString, c_char, c_int};
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use parking_lot::RwLock;
 
 use rusqlite::ffi as sys;
 
+pub use traits::{Control, FileImpl, LockLevel, Reply, SyncFlags, VfsImpl};
+
 use crate::error::{Error, Op, Result, io_code, panic_message, sqlite_code};
-use crate::vfs::{FileHandle, VfsState};
 
 /// Longest file name SQLite may pass (a 512-byte name plus SQLite's suffixes).
 const MAX_PATHNAME: c_int = 1024;
 
-/// Every registration this process made, by name. Its lock also serialises
-/// find-then-register, so two registrations of one name cannot both succeed.
-static REGISTRY: Mutex<Vec<&'static Registration>> = Mutex::new(Vec::new());
+/// Every registration this process made, by name, whatever it serves. Its lock also
+/// serialises find-then-register, so two registrations of one name cannot both succeed.
+static REGISTRY: Mutex<Vec<(CString, &'static (dyn Any + Send + Sync))>> = Mutex::new(Vec::new());
 
 thread_local! {
     static LAST_ERROR: RefCell<String> = const { RefCell::new(String::new()) };
@@ -61,11 +71,14 @@ pub(crate) fn take_last_failure() -> Option<(c_int, String)> {
 
 /// One VFS name registered with SQLite: its method table and what it serves. Never
 /// freed (see the module docs).
-struct Registration {
+struct Registration<V> {
     /// SQLite's table. SQLite writes its `pNext` (under its own mutex) when it links or
     /// unlinks a VFS, so Rust only reaches it through the cell's pointer.
     vfs: UnsafeCell<sys::sqlite3_vfs>,
-    slot: RwLock<Slot>,
+    slot: RwLock<Slot<V>>,
+    /// Files open through this name. Exact: opens count under the slot's read lock, and a
+    /// slot is refilled only once every file of the state it served has closed.
+    open_files: AtomicUsize,
     /// The default VFS, for randomness, time, sleep and extension loading.
     parent: *mut sys::sqlite3_vfs,
     name: CString,
@@ -73,32 +86,28 @@ struct Registration {
 
 // SAFETY: after registration the table is only touched by SQLite under its mutex; the
 // parent is SQLite's default VFS, registered for the life of the process and only passed
-// back to SQLite; the slot is behind a lock.
-unsafe impl Sync for Registration {}
+// back to SQLite; the slot is behind a lock and `V` is Send + Sync.
+unsafe impl<V: VfsImpl> Sync for Registration<V> {}
 // SAFETY: as above; nothing in it is tied to a thread.
-unsafe impl Send for Registration {}
+unsafe impl<V: VfsImpl> Send for Registration<V> {}
 
 /// What a registration serves.
-enum Slot {
+enum Slot<V> {
     /// The state of a live `Vfs`.
-    Open(Arc<VfsState>),
+    Open(Arc<V>),
     /// Its `Vfs` was dropped while files were open: their connections go on (journals,
     /// temp files, xAccess and xDelete still work), but no new database is opened. The
     /// last xClose frees the slot.
-    Closing(Arc<VfsState>),
+    Closing(Arc<V>),
     /// Nothing: new opens fail; the next registration of this name refills it.
     Free,
 }
 
-impl Registration {
+impl<V: VfsImpl> Registration<V> {
     /// The state serving calls for an open database file (`Open` or `Closing`), or an
     /// error saying the store was closed. Runs `body` under the slot's read lock, so a
     /// `Vfs` being dropped waits for it.
-    fn serve<T>(
-        &self,
-        new_database: bool,
-        body: impl FnOnce(&Arc<VfsState>) -> Result<T>,
-    ) -> Result<T> {
+    fn serve<T>(&self, new_database: bool, body: impl FnOnce(&Arc<V>) -> Result<T>) -> Result<T> {
         let slot = self.slot.read();
         match &*slot {
             Slot::Open(state) => body(state),
@@ -108,14 +117,14 @@ impl Registration {
     }
 
     /// Called after a file of `state` closed: frees a closing slot once nothing is open.
-    fn closed_one(&self, state: &Arc<VfsState>) {
-        if state.open_files.load(Ordering::SeqCst) != 0 {
+    fn closed_one(&self, state: &Arc<V>) {
+        if self.open_files.fetch_sub(1, Ordering::SeqCst) != 1 {
             return;
         }
         let mut slot = self.slot.write();
         if let Slot::Closing(s) = &*slot
             && Arc::ptr_eq(s, state)
-            && s.open_files.load(Ordering::SeqCst) == 0
+            && self.open_files.load(Ordering::SeqCst) == 0
         {
             *slot = Slot::Free;
         }
@@ -126,50 +135,66 @@ impl Registration {
     }
 }
 
-/// An open file as SQLite allocates it: its `sqlite3_file` header, then our pointer.
+/// An open file as SQLite allocates it (`szOsFile` bytes): its `sqlite3_file` header,
+/// then the file's state inline. `open` is `Some` from a successful xOpen until xClose.
+///
+/// SQLite allocates these 8-byte aligned (sqlite3_malloc, or ROUND8 offsets inside the
+/// pager's allocation), so [`register`] refuses at compile time a file type that needs
+/// more; shoal's handles need 8.
 #[repr(C)]
-struct ShoalFile {
+struct FileSlot<V: VfsImpl> {
     base: sys::sqlite3_file,
-    open: *mut OpenFile,
+    open: Option<OpenFile<V>>,
 }
 
 /// What an open file owns.
-struct OpenFile {
-    reg: &'static Registration,
-    vfs: Arc<VfsState>,
-    file: FileHandle,
+struct OpenFile<V: VfsImpl> {
+    reg: &'static Registration<V>,
+    vfs: Arc<V>,
+    file: V::File,
 }
 
 /// A registered VFS: fills its name's [`Registration`] until dropped. Dropping it waits
 /// for SQLite calls in flight on that name, then empties the slot (or, while files are
 /// still open, marks it closing so their connections go on until they close).
-pub(crate) struct RegisteredVfs {
-    reg: &'static Registration,
-    state: Arc<VfsState>,
+pub struct RegisteredVfs<V: VfsImpl> {
+    reg: &'static Registration<V>,
+    state: Arc<V>,
 }
 
-impl std::fmt::Debug for RegisteredVfs {
+impl<V: VfsImpl> std::fmt::Debug for RegisteredVfs<V> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RegisteredVfs")
-            .field("name", &self.state.name)
+            .field("name", &self.reg.name)
             .finish()
     }
 }
 
-impl RegisteredVfs {
-    pub(crate) fn state(&self) -> &Arc<VfsState> {
+impl<V: VfsImpl> RegisteredVfs<V> {
+    /// What this registration serves.
+    pub fn state(&self) -> &Arc<V> {
         &self.state
+    }
+
+    /// The name SQLite knows the VFS by.
+    pub fn name(&self) -> &str {
+        self.reg.name.to_str().unwrap_or_default()
+    }
+
+    /// Files open through this name now (journals and temp files included).
+    pub fn open_files(&self) -> usize {
+        self.reg.open_files.load(Ordering::SeqCst)
     }
 }
 
-impl Drop for RegisteredVfs {
+impl<V: VfsImpl> Drop for RegisteredVfs<V> {
     fn drop(&mut self) {
         let mut slot = self.reg.slot.write();
         if let Slot::Open(s) = &*slot
             && Arc::ptr_eq(s, &self.state)
         {
             // The write lock waited for every xOpen in flight, so the count is exact.
-            *slot = if self.state.open_files.load(Ordering::SeqCst) == 0 {
+            *slot = if self.reg.open_files.load(Ordering::SeqCst) == 0 {
                 Slot::Free
             } else {
                 Slot::Closing(Arc::clone(&self.state))
@@ -184,26 +209,38 @@ pub(crate) fn has_batch_atomic_write() -> bool {
     unsafe { sys::sqlite3_compileoption_used(c"ENABLE_BATCH_ATOMIC_WRITE".as_ptr()) != 0 }
 }
 
-/// Registers `state` with SQLite under `state.name` (not as the default VFS), reusing
-/// the registration of an earlier, dropped VFS of that name.
-pub(crate) fn register(state: Arc<VfsState>) -> Result<RegisteredVfs> {
+/// Registers `state` with SQLite under `name` (not as the default VFS), reusing the
+/// registration of an earlier, dropped VFS of that name and type. The linked SQLite must
+/// have SQLITE_ENABLE_BATCH_ATOMIC_WRITE (shoal's commits are built on it).
+pub fn register<V: VfsImpl>(name: &str, state: Arc<V>) -> Result<RegisteredVfs<V>> {
+    const {
+        assert!(
+            std::mem::align_of::<FileSlot<V>>() <= 8,
+            "SQLite aligns a sqlite3_file to 8 bytes only"
+        );
+    };
     if !has_batch_atomic_write() {
         return Err(Error::NoBatchAtomicWrite);
     }
-    let name = CString::new(state.name.clone())
-        .map_err(|_| Error::cant_open(&state.name, "a VFS name may not contain NUL"))?;
+    let c_name =
+        CString::new(name).map_err(|_| Error::cant_open(name, "a VFS name may not contain NUL"))?;
     let mut registry = REGISTRY.lock().unwrap_or_else(PoisonError::into_inner);
-    if let Some(reg) = registry.iter().find(|r| r.name == name) {
+    if let Some((_, any)) = registry.iter().find(|(n, _)| *n == c_name) {
+        // A name once registered for another implementation stays that one's.
+        let Some(reg) = any.downcast_ref::<Registration<V>>() else {
+            return Err(Error::AlreadyRegistered(name.to_owned()));
+        };
         let mut slot = reg.slot.write();
         if !matches!(*slot, Slot::Free) {
-            return Err(Error::AlreadyRegistered(state.name.clone()));
+            return Err(Error::AlreadyRegistered(name.to_owned()));
         }
         *slot = Slot::Open(Arc::clone(&state));
         return Ok(RegisteredVfs { reg, state });
     }
+    let name_ptr = c_name.as_ptr();
     // SAFETY: `name` is NUL-terminated and outlives the call.
-    if !unsafe { sys::sqlite3_vfs_find(name.as_ptr()) }.is_null() {
-        return Err(Error::AlreadyRegistered(state.name.clone()));
+    if !unsafe { sys::sqlite3_vfs_find(name_ptr) }.is_null() {
+        return Err(Error::AlreadyRegistered(name.to_owned()));
     }
     // SAFETY: a null name asks for the default VFS; SQLite initialises itself first.
     let parent = unsafe { sys::sqlite3_vfs_find(std::ptr::null()) };
@@ -213,12 +250,14 @@ pub(crate) fn register(state: Arc<VfsState>) -> Result<RegisteredVfs> {
             code: sys::SQLITE_ERROR,
         });
     }
-    let size = c_int::try_from(std::mem::size_of::<ShoalFile>()).unwrap_or(c_int::MAX);
-    let reg: &'static Registration = Box::leak(Box::new(Registration {
-        vfs: UnsafeCell::new(methods::vfs_table(size, MAX_PATHNAME, name.as_ptr())),
+    let size = c_int::try_from(std::mem::size_of::<FileSlot<V>>()).unwrap_or(c_int::MAX);
+    let reg: &'static Registration<V> = Box::leak(Box::new(Registration {
+        vfs: UnsafeCell::new(methods::vfs_table::<V>(size, MAX_PATHNAME, name_ptr)),
         slot: RwLock::new(Slot::Open(Arc::clone(&state))),
+        open_files: AtomicUsize::new(0),
         parent,
-        name,
+        // Moving the CString keeps its heap buffer, so `name_ptr` stays valid.
+        name: c_name,
     }));
     let table = reg.table();
     // SAFETY: the table is not registered yet, so nothing else reads or writes it;
@@ -235,24 +274,30 @@ pub(crate) fn register(state: Arc<VfsState>) -> Result<RegisteredVfs> {
             code: rc,
         });
     }
-    registry.push(reg);
+    registry.push((reg.name.clone(), reg));
     Ok(RegisteredVfs { reg, state })
 }
 
 /// Runs a trampoline body: converts its error, or a panic, to SQLite's code for `op`.
 fn catch(op: Op, body: impl FnOnce() -> Result<c_int>) -> c_int {
+    guard(op, body).unwrap_or_else(|code| code)
+}
+
+/// Runs a trampoline body whose result is not a code: an error, or a panic, is recorded
+/// and comes back as SQLite's code for `op`, for the caller to answer in its own terms.
+fn guard<T>(op: Op, body: impl FnOnce() -> Result<T>) -> std::result::Result<T, c_int> {
     match catch_unwind(AssertUnwindSafe(body)) {
-        Ok(Ok(rc)) => rc,
+        Ok(Ok(value)) => Ok(value),
         Ok(Err(err)) => {
             let code = sqlite_code(&err, op);
             record_error(code, &format!("shoal: {err}"));
-            code
+            Err(code)
         }
         Err(panic) => {
             let what = panic_message(panic.as_ref());
             let code = io_code(op);
             record_error(code, &format!("shoal: panic during {op:?}: {what}"));
-            code
+            Err(code)
         }
     }
 }
