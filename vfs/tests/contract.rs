@@ -375,7 +375,16 @@ fn the_handle_is_dropped_once_by_its_close() {
     assert_eq!(file.close(), ffi::SQLITE_OK);
     assert_eq!(mock.dropped.load(Ordering::SeqCst), 1);
     assert_eq!(vfs.open_files(), 0);
-    let (temp, rc) = Probe::open(vfs.name(), None, ffi::SQLITE_OPEN_TEMP_JOURNAL).unwrap();
+    let (mut temp, rc) = Probe::open(vfs.name(), None, ffi::SQLITE_OPEN_TEMP_JOURNAL).unwrap();
+    assert_eq!(temp.sync(ffi::SQLITE_SYNC_NORMAL), ffi::SQLITE_OK);
+    let full_data = ffi::SQLITE_SYNC_FULL | ffi::SQLITE_SYNC_DATAONLY;
+    assert_eq!(temp.sync(full_data), ffi::SQLITE_OK);
+    let flags = |full, data_only| SyncFlags { full, data_only };
+    assert_eq!(
+        *mock.synced.lock(),
+        [flags(false, false), flags(true, true)],
+        "xSync's flags reach the file"
+    );
     assert_eq!(rc, ffi::SQLITE_OK);
     drop(temp);
     assert_eq!(mock.dropped.load(Ordering::SeqCst), 2);

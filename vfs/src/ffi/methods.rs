@@ -6,6 +6,7 @@ use std::ffi::{c_char, c_int, c_void};
 use rusqlite::ffi as sys;
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use super::io::io_methods;
 use super::{FileSlot, LAST_ERROR, OpenFile, Registration, VfsImpl, c_str, catch};
@@ -97,8 +98,7 @@ unsafe extern "C" fn x_open<V: VfsImpl>(
         let (state, handle) = reg.serve(new_database, |state| {
             let handle = state.open(name, flags)?;
             // Counted under the slot's lock, so a `Vfs` being dropped sees it.
-            reg.open_files
-                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            reg.open_files.fetch_add(1, Ordering::SeqCst);
             Ok((Arc::clone(state), handle))
         })?;
         // SAFETY: `file` was initialised above and nothing else refers to it.

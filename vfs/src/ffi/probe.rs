@@ -116,6 +116,15 @@ impl Probe {
         unsafe { f(self.file(), data.as_ptr().cast(), n, offset) }
     }
 
+    /// xSync with SQLite's `SQLITE_SYNC_*` `flags`.
+    pub fn sync(&mut self, flags: i32) -> i32 {
+        let Some(f) = self.methods().and_then(|m| m.xSync) else {
+            return sys::SQLITE_MISUSE;
+        };
+        // SAFETY: the file is open.
+        unsafe { f(self.file(), flags) }
+    }
+
     /// xFileSize: its code and the size.
     pub fn file_size(&mut self) -> (i32, i64) {
         let Some(f) = self.methods().and_then(|m| m.xFileSize) else {
