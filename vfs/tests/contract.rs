@@ -148,7 +148,7 @@ impl FileImpl for MockFile {
     }
 
     fn file_size(&mut self) -> Result<u64> {
-        Ok(self.bytes(|b| b.len() as u64))
+        Ok(self.bytes(|b| u64::try_from(b.len()).unwrap()))
     }
 
     fn lock(&mut self, _level: LockLevel) -> Result<bool> {

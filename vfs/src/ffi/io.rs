@@ -357,14 +357,17 @@ unsafe extern "C" fn x_fetch<V: VfsImpl>(
         // SAFETY: see `handle`.
         let h = unsafe { handle::<V>(file) }?;
         if let Some(ptr) = h.fetch(offset(at)?, length(amount)?) {
-            // SAFETY: as above. SQLite only reads through the pointer; the buffer stays
-            // pinned in the handle until xUnfetch.
+            // SAFETY: as above. SQLite only reads through the pointer; `FileImpl::fetch`'s
+            // contract keeps the bytes valid until xUnfetch or xClose.
             unsafe { *pp = ptr.cast_mut().cast() };
         }
         Ok(sys::SQLITE_OK)
     })
 }
 
+/// xUnfetch: gives back a page xFetch lent, or, for NULL, asks the file to drop every
+/// mapping (os_unix.c `unixUnfetch`: "If p==0 (unmap the entire file) then there must be
+/// no outstanding xFetch references"); both reach [`FileImpl::unfetch`].
 unsafe extern "C" fn x_unfetch<V: VfsImpl>(
     file: *mut sys::sqlite3_file,
     at: sys::sqlite3_int64,
@@ -389,6 +392,7 @@ mod tests {
 
     use super::*;
     use crate::VfsOptions;
+    use crate::ffi::probe::Probe;
 
     /// SQLite itself never leaves a stored file dirty at xClose (it unlocks first, and
     /// the unlock writes back), so this drives the VFS table directly: a write left in
@@ -405,43 +409,14 @@ mod tests {
         };
         let vfs = crate::register(Arc::clone(&kv), options()).unwrap();
         let usage = vfs.usage();
-        let table = std::ffi::CString::new(name).unwrap();
-        // SAFETY: the name is NUL-terminated; the VFS of that name was just registered.
-        let vfs_ptr = unsafe { sys::sqlite3_vfs_find(table.as_ptr()) };
-        // SAFETY: `vfs_ptr` is null or the registered VFS, alive while `vfs` is.
-        let table = unsafe { vfs_ptr.as_ref() }.unwrap();
-        let (size, open) = (table.szOsFile, table.xOpen);
-        let size = usize::try_from(size).unwrap();
-        let mut space = vec![0u64; size.div_ceil(8)];
-        let file = space.as_mut_ptr().cast::<sys::sqlite3_file>();
         let flags = sys::SQLITE_OPEN_MAIN_DB | sys::SQLITE_OPEN_CREATE | sys::SQLITE_OPEN_READWRITE;
-        let mut out_flags = 0;
-        // SAFETY: `file` has szOsFile bytes, 8-aligned; the name is NUL-terminated and
-        // outlives the file (SQLite's contract for xOpen names).
-        let opened = unsafe {
-            open.unwrap()(
-                std::ptr::from_ref(table).cast_mut(),
-                c"db".as_ptr(),
-                file,
-                flags,
-                &mut out_flags,
-            )
-        };
+        let (mut file, opened) = Probe::open(name, Some("db"), flags).unwrap();
         assert_eq!(opened, sys::SQLITE_OK);
-        // SAFETY: xOpen succeeded, so `file` starts with its methods pointer.
-        let methods = unsafe { (*file).pMethods };
-        // SAFETY: the methods are the static table of shoal's files (or null, which `as_ref` checks).
-        let methods = unsafe { methods.as_ref() }.unwrap();
-        let (write, close) = (methods.xWrite.unwrap(), methods.xClose.unwrap());
         let page = [7u8; 4096];
-        // SAFETY: `file` is open; `page` has the 4096 bytes passed.
-        let wrote = unsafe { write(file, page.as_ptr().cast(), 4096, 0) };
-        assert_eq!(wrote, sys::SQLITE_OK);
+        assert_eq!(file.write(&page, 0), sys::SQLITE_OK);
         drop(vfs);
         faulty.panic_from(FaultOp::Any, 1);
-        // SAFETY: `file` is open, and closed once.
-        let closed = unsafe { close(file) };
-        assert_ne!(closed, sys::SQLITE_OK, "the write-back panicked");
+        assert_ne!(file.close(), sys::SQLITE_OK, "the write-back panicked");
         assert!(faulty.injected() > 0);
         faulty.clear();
         assert!(!usage.in_use(), "the last close released the store");

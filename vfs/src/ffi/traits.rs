@@ -120,9 +120,10 @@ pub trait FileImpl: Send + 'static {
     /// SQLite's contract for the pointer: the bytes behind it must stay valid and
     /// unchanged until SQLite gives the same pointer back through [`FileImpl::unfetch`],
     /// or until [`FileImpl::close`], whichever is first. SQLite only reads through it,
-    /// and it may read it from several threads (a page of a connection's cache is read
-    /// by whichever thread runs the connection), so the bytes must be immutable while
-    /// lent. The same page may be lent twice and is then given back twice.
+    /// and it may read it from several threads (a connection may move between threads,
+    /// and in shared-cache mode one pager serves connections on several), so the bytes
+    /// must be immutable and `Sync` while lent. The same page may be lent twice and is
+    /// then given back twice.
     fn fetch(&mut self, offset: u64, len: usize) -> Option<*const u8> {
         let _ = (offset, len);
         None
