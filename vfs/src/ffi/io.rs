@@ -1,13 +1,15 @@
 //! The `sqlite3_io_methods` table (version 3: with xFetch/xUnfetch, without shared
-//! memory) and its trampolines.
+//! memory) and its trampolines, generic over the [`VfsImpl`] whose [`FileImpl`] they
+//! call. The file's state is the `FileSlot` xOpen wrote into SQLite's allocation.
 
 use std::ffi::{c_char, c_int, c_void};
 
 use rusqlite::ffi as sys;
 
-use super::LockLevel;
-use super::{Control, Reply};
-use super::{FileImpl, FileSlot, OpenFile, SyncFlags, VfsImpl, c_str, catch, guard, sqlite_string};
+use super::{
+    Control, FileImpl, FileSlot, LockLevel, OpenFile, Reply, SyncFlags, VfsImpl, c_str, catch,
+    guard, sqlite_string,
+};
 use crate::error::{Error, Op, Result, sqlite_code};
 
 /// The method table of `V`'s files: one `'static` table per implementation.
@@ -156,6 +158,7 @@ unsafe extern "C" fn x_sync<V: VfsImpl>(file: *mut sys::sqlite3_file, flags: c_i
         // SAFETY: see `handle`.
         let h = unsafe { handle::<V>(file) }?;
         h.sync(SyncFlags {
+            // NORMAL or FULL in the low bits, DATAONLY beside them (os_unix.c `unixSync`).
             full: flags & 0x0f == sys::SQLITE_SYNC_FULL,
             data_only: flags & sys::SQLITE_SYNC_DATAONLY != 0,
         })?;

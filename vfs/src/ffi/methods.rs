@@ -1,5 +1,6 @@
 //! The `sqlite3_vfs` method table and its trampolines (xOpen, xDelete, xAccess,
-//! xFullPathname, xGetLastError; the rest delegate to the default VFS).
+//! xFullPathname, xGetLastError; the rest delegate to the default VFS), generic over the
+//! [`VfsImpl`] they serve.
 
 use std::ffi::{c_char, c_int, c_void};
 

@@ -154,9 +154,9 @@ struct OpenFile<V: VfsImpl> {
     file: V::File,
 }
 
-/// A registered VFS: fills its name's [`Registration`] until dropped. Dropping it waits
-/// for SQLite calls in flight on that name, then empties the slot (or, while files are
-/// still open, marks it closing so their connections go on until they close).
+/// A registered VFS: fills its name's `Registration` until dropped. Dropping it waits for
+/// SQLite calls in flight on that name, then empties the slot (or, while files are still
+/// open, marks it closing so their connections go on until they close).
 pub struct RegisteredVfs<V: VfsImpl> {
     reg: &'static Registration<V>,
     state: Arc<V>,
