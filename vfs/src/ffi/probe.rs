@@ -13,7 +13,8 @@ use rusqlite::ffi as sys;
 #[derive(Debug)]
 pub struct Probe {
     /// `szOsFile` bytes, 8-byte aligned as SQLite's allocator gives them; never moves
-    /// (a `Vec`'s buffer stays put when the `Probe` moves).
+    /// (a `Vec`'s buffer stays put when the `Probe` moves). They start as a non-zero
+    /// pattern, so a `pMethods` that xOpen failed to write cannot pass for NULL.
     space: Vec<u64>,
     /// The file's name, alive until xClose as SQLite's contract requires.
     _name: Option<CString>,
@@ -53,7 +54,7 @@ impl Probe {
         let size = usize::try_from(t.szOsFile).ok()?;
         let x_open = t.xOpen?;
         let mut probe = Probe {
-            space: vec![0u64; size.div_ceil(8).max(1)],
+            space: vec![0xaaaa_aaaa_aaaa_aaaa_u64; size.div_ceil(8).max(1)],
             _name: name,
             open: false,
         };
@@ -64,7 +65,7 @@ impl Probe {
             .map_or(std::ptr::null(), |n| n.as_ptr());
         let mut out_flags: c_int = 0;
         // SAFETY: as SQLite calls xOpen: the VFS's own table, a name (or NULL) that lives
-        // until xClose, szOsFile zeroed bytes 8-byte aligned, a writable int.
+        // until xClose, szOsFile bytes 8-byte aligned, a writable int.
         let rc = unsafe { x_open(table, name_ptr, file, flags, &mut out_flags) };
         probe.open = rc == sys::SQLITE_OK;
         Some((probe, rc))
@@ -76,7 +77,8 @@ impl Probe {
 
     /// Whether the file's `pMethods` is set (it must be NULL after a failed xOpen).
     pub fn has_methods(&self) -> bool {
-        // SAFETY: the space starts with a `sqlite3_file`, written by xOpen or zeroed.
+        // SAFETY: the space holds at least a `sqlite3_file` (written by xOpen, or the
+        // initial pattern); reading its pointer field only copies bits.
         !unsafe { (*self.space.as_ptr().cast::<sys::sqlite3_file>()).pMethods }.is_null()
     }
 
