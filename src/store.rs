@@ -253,7 +253,7 @@ impl Store {
             Backing::Kv => {
                 let (vfs, snapshot) = open_kv(&dir, &config, backend, read_only)?;
                 if !read_only {
-                    for (name, _) in vfs.kv().list_prefix(STAGING_PREFIX)? {
+                    for name in vfs.list_prefix(STAGING_PREFIX)? {
                         vfs.delete_database(&name)?;
                     }
                 }
@@ -543,10 +543,7 @@ impl Store {
         validate_actor_name(name)?;
         Ok(match &self.engine {
             #[cfg(feature = "kv-vfs")]
-            Engine::Kv(vfs) => vfs
-                .kv()
-                .lookup(name)?
-                .is_some_and(|e| e.kind == shoal_kv::EntryKind::Database),
+            Engine::Kv(vfs) => vfs.exists(name)?,
             Engine::Files { dir } => actor_path(dir, name).is_file(),
         })
     }
@@ -565,13 +562,9 @@ impl Store {
             #[cfg(feature = "kv-vfs")]
             // Staging entries of an import under way are not actors (yet).
             Engine::Kv(vfs) => vfs
-                .kv()
                 .list()?
                 .into_iter()
-                .filter(|(n, e)| {
-                    e.kind == shoal_kv::EntryKind::Database && validate_actor_name(n).is_ok()
-                })
-                .map(|(n, _)| n)
+                .filter(|n| validate_actor_name(n).is_ok())
                 .collect(),
             Engine::Files { dir } => {
                 let mut names = Vec::new();
@@ -713,13 +706,14 @@ impl Store {
             backup.run_to_completion(1024, std::time::Duration::ZERO, None)?;
             drop(backup);
             target.close().map_err(|(_, e)| e)?;
-            vfs.kv().rename(&staging, name).map_err(|e| match e {
-                shoal_kv::Error::AlreadyExists(_) => Error::ActorExists(name.to_owned()),
+            vfs.rename_database(&staging, name).map_err(|e| match e {
+                shoal_vfs::Error::Kv(shoal_kv::Error::AlreadyExists(_)) => {
+                    Error::ActorExists(name.to_owned())
+                }
                 other => other.into(),
-            })?;
-            Ok(vfs.kv().commit_durable()?)
+            })
         })();
-        if copied.is_err() && vfs.kv().lookup(&staging).is_ok_and(|e| e.is_some()) {
+        if copied.is_err() && vfs.exists(&staging).unwrap_or(false) {
             let _ = vfs.delete_database(&staging);
         }
         copied

@@ -497,7 +497,8 @@ fn killing_wake_ends_its_populating_child() {
 #[cfg(feature = "kv-vfs")]
 #[test]
 fn check_reports_every_damaged_actor_by_name() {
-    use shoal_kv::{Batch, ChunkNo, FileKind, keys};
+    use shoal_kv::raw::{self, Batch, keys};
+    use shoal_kv::{ChunkNo, FileKind};
     let tmp = tempfile::tempdir().unwrap();
     let store = tmp.path().join("store");
     {
@@ -524,7 +525,7 @@ fn check_reports_every_damaged_actor_by_name() {
             keys::chunk_key(carol, FileKind::Main, ChunkNo(2)).to_vec(),
             vec![0u8; 4104],
         );
-        kv.apply(b).unwrap();
+        raw::of(kv).apply(b).unwrap();
     }
     let out = shoal(&store, &["check"]);
     let stdout = String::from_utf8(out.stdout).unwrap();
@@ -585,7 +586,7 @@ fn sql_creates_actors_on_request_and_reads_stdin() {
     #[cfg(feature = "kv-vfs")]
     {
         let s = shoal::Store::open_existing(&store, shoal::Config::default()).unwrap();
-        assert!(s.vfs().unwrap().kv().lookup("bob").unwrap().is_none());
+        assert!(!s.vfs().unwrap().exists("bob").unwrap());
     }
 
     // Statements from standard input, for an existing actor and a new one.

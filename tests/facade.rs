@@ -346,7 +346,8 @@ fn a_store_is_open_in_one_place_at_a_time_and_private() {
 #[cfg(feature = "kv-vfs")]
 #[test]
 fn check_finds_a_damaged_page_in_the_store() {
-    use shoal_kv::{Batch, ChunkNo, FileKind, keys};
+    use shoal_kv::raw::{self, Batch, keys};
+    use shoal_kv::{ChunkNo, FileKind};
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path(), config(Backing::Kv)).unwrap();
     store
@@ -365,7 +366,7 @@ fn check_finds_a_damaged_page_in_the_store() {
         keys::chunk_key(id, FileKind::Main, ChunkNo(2)).to_vec(),
         vec![0u8; 4104],
     );
-    kv.apply(b).unwrap();
+    raw::of(kv).apply(b).unwrap();
     let err = store.check_actor("x").map(|r| r.is_ok());
     // Either SQLite's integrity check trips over the page (IOERR_DATA) or the audit finds it.
     assert!(!matches!(err, Ok(true)), "{err:?}");

@@ -25,9 +25,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use shoal_kv::keys::{KeyRange, chunk_key};
+use shoal_kv::raw::keys::chunk_key;
 use shoal_kv::{
-    Batch, ChunkNo, DbId, FileKind, FjallConfig, FjallKv, Kv, KvStore, MemKv, SledConfig, SledKv,
+    ChunkNo, DbId, FileKind, FileWrite, FjallConfig, FjallKv, KeyRange, Kv, KvStore, MemKv,
+    SledConfig, SledKv,
 };
 
 const CHUNK: usize = 4096;
@@ -89,7 +90,7 @@ impl Chunks {
 }
 
 fn page(no: u32) -> Vec<u8> {
-    let mut v = Vec::with_capacity(CHUNK + shoal_kv::checksum::TRAILER_LEN);
+    let mut v = Vec::with_capacity(CHUNK + FileWrite::SPARE_CAPACITY);
     v.extend((0..CHUNK).map(|i| (i as u32 ^ no) as u8));
     v
 }
@@ -146,13 +147,13 @@ fn row(name: &str, figure: &str, note: &str) {
 
 fn load(kv: &Kv, chunks: u32) {
     for first in (0..chunks).step_by(256) {
-        let mut batch = Batch::new();
+        let mut write = kv.file_write(READS, FileKind::Main);
         for no in first..(first + 256).min(chunks) {
-            Kv::put_chunk(&mut batch, READS, FileKind::Main, ChunkNo(no), page(no));
+            write.put_chunk(ChunkNo(no), page(no));
         }
-        kv.apply(batch).unwrap();
+        write.commit().unwrap();
     }
-    kv.backend().flush().unwrap();
+    shoal_kv::raw::of(kv).backend().flush().unwrap();
 }
 
 /// Raw point gets (no checksum), warm; returns gets per second.
@@ -202,16 +203,16 @@ fn bench_batches(kv: &Kv, per_batch: u32, b: Budget) -> BatchResult {
     while r.applying + r.flushing < b.write {
         let start = Instant::now();
         for _ in 0..b.round / per_batch {
-            let mut batch = Batch::new();
+            let mut write = kv.file_write(WRITES, FileKind::Main);
             for _ in 0..per_batch {
                 let no = order.next();
-                Kv::put_chunk(&mut batch, WRITES, FileKind::Main, no, page(no.0));
+                write.put_chunk(no, page(no.0));
             }
-            kv.apply(batch).unwrap();
+            write.commit().unwrap();
             r.batches += 1;
         }
         let applied = Instant::now();
-        kv.backend().flush().unwrap();
+        shoal_kv::raw::of(kv).backend().flush().unwrap();
         r.applying += applied - start;
         r.flushing += applied.elapsed();
     }
@@ -225,13 +226,13 @@ fn bench_flush(kv: &Kv, after_batch: bool, b: Budget) -> Vec<Duration> {
     let start = Instant::now();
     while start.elapsed() < b.flush && lat.len() < 5000 {
         if after_batch {
-            let mut batch = Batch::new();
             let no = order.next();
-            Kv::put_chunk(&mut batch, WRITES, FileKind::Main, no, page(no.0));
-            kv.apply(batch).unwrap();
+            let mut write = kv.file_write(WRITES, FileKind::Main);
+            write.put_chunk(no, page(no.0));
+            write.commit().unwrap();
         }
         let t = Instant::now();
-        kv.backend().flush().unwrap();
+        shoal_kv::raw::of(kv).backend().flush().unwrap();
         lat.push(t.elapsed());
     }
     lat.sort();
@@ -259,9 +260,9 @@ fn bench_group(kv: &Arc<Kv>, threads: u32, b: Budget) -> GroupResult {
                 while !stop.load(Ordering::Relaxed) {
                     let t0 = Instant::now();
                     let no = ChunkNo(t * 64 + i % 64);
-                    let mut batch = Batch::new();
-                    Kv::put_chunk(&mut batch, COMMITS, FileKind::Main, no, page(no.0));
-                    kv.apply(batch).unwrap();
+                    let mut write = kv.file_write(COMMITS, FileKind::Main);
+                    write.put_chunk(no, page(no.0));
+                    write.commit().unwrap();
                     kv.commit_durable().unwrap();
                     lat.push(t0.elapsed());
                     i += 1;
@@ -385,7 +386,7 @@ fn rss_child(phase: &str, backend: &str, dir: &Path, mib: u32) {
         "write" => {
             let mut state = 0x9e37_79b9_7f4a_7c15u64;
             for first in (0..chunks).step_by(16) {
-                let mut batch = Batch::new();
+                let mut batch = shoal_kv::raw::Batch::new();
                 for no in first..(first + 16).min(chunks) {
                     batch.put(
                         chunk_key(DbId(1), FileKind::Main, ChunkNo(no)).to_vec(),
@@ -610,14 +611,14 @@ fn main() {
     println!("| benchmark | figure | notes |");
     println!("| --- | --- | --- |");
 
-    let mem_gets = bench_gets(mem.backend().as_ref(), b);
+    let mem_gets = bench_gets(shoal_kv::raw::of(&mem).backend().as_ref(), b);
     row(
         "MemKv get, 4 KiB chunk (baseline)",
         &format!("{} gets/s", thousands(mem_gets)),
         "raw `KvStore::get`, random chunk of 16 MiB",
     );
     for (name, kv) in &backends {
-        let gets = bench_gets(kv.backend().as_ref(), b);
+        let gets = bench_gets(shoal_kv::raw::of(kv).backend().as_ref(), b);
         row(
             &format!("{name} get, 4 KiB chunk, warm"),
             &format!("{} gets/s", thousands(gets)),

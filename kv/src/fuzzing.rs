@@ -311,7 +311,7 @@ impl KvStore for Counted {
         self.fjall.get(key)
     }
 
-    fn scan(&self, range: KeyRange) -> crate::Result<crate::Scan<'_>> {
+    fn scan(&self, range: KeyRange) -> crate::Result<crate::raw::Scan<'_>> {
         self.fjall.scan(range)
     }
 
@@ -320,9 +320,9 @@ impl KvStore for Counted {
         let mut bound = 0;
         for op in &batch.ops {
             bound += match op {
-                crate::Op::Put(k, v) => k.len() + v.len() + 128,
-                crate::Op::Delete(k) => k.len() + 128,
-                crate::Op::DeleteRange(r) => 256 * self.fjall.scan(r.clone())?.count(),
+                crate::raw::Op::Put(k, v) => k.len() + v.len() + 128,
+                crate::raw::Op::Delete(k) => k.len() + 128,
+                crate::raw::Op::DeleteRange(r) => 256 * self.fjall.scan(r.clone())?.count(),
             };
         }
         self.written.fetch_add(bound as u64, Ordering::Relaxed);
@@ -699,7 +699,7 @@ impl Layer {
         let build = |kv: &Kv| -> Result<(Batch, Option<FileMeta>), String> {
             let mut batch = Batch::new();
             for (no, data) in &chunks {
-                Kv::put_chunk(&mut batch, id, kind, *no, data.clone());
+                crate::raw::put_chunk(&mut batch, id, kind, *no, data.clone());
             }
             let mut written = None;
             if let Some((size, guard)) = meta {
@@ -724,7 +724,7 @@ impl Layer {
                     }
                     MetaGuard::Absent => None,
                 };
-                Kv::put_meta(&mut batch, id, kind, &new, previous.as_ref());
+                crate::raw::put_meta(&mut batch, id, kind, &new, previous.as_ref());
                 written = Some(new);
             }
             Ok((batch, written))

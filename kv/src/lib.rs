@@ -1,43 +1,57 @@
 //! shoal-kv: the key-value layer that every actor database of a process lives in.
 //!
-//! It knows nothing of SQLite. It offers:
+//! It knows nothing of SQLite, and it owns the stored format end to end: nothing above
+//! it builds a key, seals a value, decodes a record or assembles a batch. It offers:
 //! - [`KvStore`], the backend trait (ordered keys, refcounted values, atomic guarded
 //!   batches, flush), with [`FjallKv`] (the default: an LSM-tree whose memory
 //!   stays within its configured cache), [`SledKv`] (sled 0.34, selectable) and [`MemKv`]
-//!   (the reference model);
-//! - [`keys`], the only place keys are built and parsed, and [`checksum`], the only place
-//!   values are sealed and verified;
-//! - [`Kv`], the shared handle: catalog of names, file records, and the
+//!   (the reference model); [`FaultyKv`] wraps any of them to inject failures;
+//! - [`Kv`], the shared handle the layers above use: the catalog of names
+//!   ([`Kv::lookup`], [`Kv::create`], [`Kv::rename`], [`Kv::drop_entry`], [`Kv::list`]),
+//!   verified reads of files ([`Kv::read_meta`], [`Kv::read_chunk`]), typed writes of one
+//!   file as one atomic batch ([`Kv::file_write`], [`FileWrite`]), the audit of a
+//!   database's records ([`Kv::audit`]), the one-writer [`Claim`], and the
 //!   [`GroupCommitter`] that lets many commits share one flush;
-//! - [`FaultyKv`], a wrapper that injects failures for tests;
+//! - [`raw`], the key bytes, checksum trailer, record layouts and batches underneath, for
+//!   tests and tools only;
 //! - with the `fuzzing` feature, `fuzzing::kv_ops`, the body of the `kv_ops` fuzz target.
+//!
+//! Invariants: `keys` is the only place keys are built and parsed, `checksum` the only
+//! place values are sealed and opened, `records` the only place record layouts are
+//! written and read; a value read through [`Kv`] has been verified against its key. The
+//! format is pinned by the golden-byte fixtures in `kv/tests/golden/`.
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 #![deny(clippy::indexing_slicing)]
 
+mod audit;
 mod cache;
-pub mod checksum;
+mod checksum;
 mod error;
 mod faulty;
+mod file_write;
 mod fjall_kv;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 mod group_commit;
-pub mod keys;
+mod keys;
 mod mem;
-pub mod records;
+pub mod raw;
+mod records;
 mod shared;
 mod sled_kv;
 mod store;
 
+pub use audit::Audit;
 pub use error::{Error, Result};
 pub use faulty::{FaultMode, FaultOp, FaultyKv};
+pub use file_write::FileWrite;
 pub use fjall_kv::{FjallConfig, FjallKv};
 pub use group_commit::{GroupCommitStats, GroupCommitter};
-pub use keys::{ChunkNo, DbId, FileKind, KeyRange};
+pub use keys::{ChunkNo, DbId, FileKind, KeyRange, MAX_NAME_LEN, validate_name};
 pub use mem::MemKv;
 pub use records::{CatalogEntry, EntryKind, FileMeta};
-pub use shared::{DEFAULT_READ_CACHE, Kv, StoredMeta};
+pub use shared::{Claim, DEFAULT_READ_CACHE, Kv, StoredMeta};
 pub use sled_kv::{SledConfig, SledKv};
-pub use store::{Batch, Entry, KvStats, KvStore, Op, Precondition, Scan};
+pub use store::{KvStats, KvStore};

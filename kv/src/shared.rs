@@ -48,6 +48,28 @@ pub struct Kv {
     read_only: bool,
 }
 
+/// The one-writer claim on a [`Kv`], from [`Kv::claim`]: while it lives, every other
+/// claim fails. Dropping it gives the claim back.
+#[derive(Debug)]
+pub struct Claim {
+    kv: Arc<Kv>,
+}
+
+impl Claim {
+    /// The claimed store.
+    pub fn kv(&self) -> &Arc<Kv> {
+        &self.kv
+    }
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        self.kv
+            .claimed
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
 /// Bytes of the read cache [`Kv::open`] gives a store.
 pub const DEFAULT_READ_CACHE: usize = 16 << 20;
 
@@ -129,36 +151,36 @@ impl Kv {
 
     /// Claims the store for one user that caches what it wrote (a VFS keeps file sizes
     /// and recent pages in memory, which is only right while nothing else writes):
-    /// `false` if it is claimed already. [`Kv::release`] gives it back.
-    pub fn claim(&self) -> bool {
-        !self.claimed.swap(true, std::sync::atomic::Ordering::SeqCst)
+    /// `None` if it is claimed already. The claim lasts as long as the returned
+    /// [`Claim`]; nothing else can give it back.
+    pub fn claim(self: &Arc<Kv>) -> Option<Claim> {
+        if self.claimed.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            return None;
+        }
+        Some(Claim {
+            kv: Arc::clone(self),
+        })
     }
 
-    /// Gives back a [`Kv::claim`].
-    pub fn release(&self) {
-        self.claimed
-            .store(false, std::sync::atomic::Ordering::SeqCst);
-    }
-
-    /// The backend (for statistics and tests).
-    pub fn backend(&self) -> &Arc<dyn KvStore> {
+    /// The backend (for statistics and [`crate::raw`]).
+    pub(crate) fn backend(&self) -> &Arc<dyn KvStore> {
         &self.backend
     }
 
     /// Raw value under `key`.
-    pub fn get(&self, key: &[u8]) -> Result<Option<Bytes>> {
+    pub(crate) fn get(&self, key: &[u8]) -> Result<Option<Bytes>> {
         self.backend.get(key)
     }
 
     /// Raw entries in `range`.
-    pub fn scan(&self, range: KeyRange) -> Result<Scan<'_>> {
+    pub(crate) fn scan(&self, range: KeyRange) -> Result<Scan<'_>> {
         self.backend.scan(range)
     }
 
     /// Applies `batch` atomically, unless the store is poisoned (a failed flush, or a
     /// write that left the engine unusable) or read-only. A write failing for lack of
     /// space poisons it: the engine may hold part of that write in its log.
-    pub fn apply(&self, batch: Batch) -> Result<()> {
+    pub(crate) fn apply(&self, batch: Batch) -> Result<()> {
         self.check_writable()?;
         let _applying = self.committer.applying();
         if !self.cache.enabled() {
@@ -238,40 +260,6 @@ impl Kv {
             }
             None => Ok(None),
         }
-    }
-
-    /// Adds a put of one chunk to `batch` and returns the chunk's bytes (a view of the
-    /// sealed value, without a copy). `data` should have [`checksum::TRAILER_LEN`] bytes
-    /// of spare capacity, so sealing does not reallocate.
-    pub fn put_chunk(
-        batch: &mut Batch,
-        id: DbId,
-        kind: FileKind,
-        no: ChunkNo,
-        data: Vec<u8>,
-    ) -> Bytes {
-        let key = keys::chunk_key(id, kind, no);
-        let len = data.len();
-        let value = checksum::seal(&key, data);
-        let payload = value.slice(..len);
-        batch.put(key.to_vec(), value);
-        payload
-    }
-
-    /// Adds a put of a file's metadata to `batch`, guarded on the previous record.
-    pub fn put_meta(
-        batch: &mut Batch,
-        id: DbId,
-        kind: FileKind,
-        meta: &FileMeta,
-        previous: Option<&StoredMeta>,
-    ) -> Bytes {
-        let key = keys::meta_key(id, kind);
-        let value = meta.encode(id, kind);
-        batch
-            .put(key.to_vec(), value.clone())
-            .guard(key.to_vec(), previous.map(|p| p.raw.clone()));
-        value
     }
 
     // ---- catalog ----
@@ -438,16 +426,12 @@ mod tests {
         let a = kv.create("a", EntryKind::Database).unwrap();
         let b = kv.create("b", EntryKind::Database).unwrap();
         for e in [a, b] {
-            let mut batch = Batch::new();
-            Kv::put_chunk(&mut batch, e.id, FileKind::Main, ChunkNo(0), vec![1; 16]);
-            Kv::put_chunk(
-                &mut batch,
-                e.id,
-                FileKind::MainJournal,
-                ChunkNo(3),
-                vec![2; 16],
-            );
-            kv.apply(batch).unwrap();
+            let mut main = kv.file_write(e.id, FileKind::Main);
+            main.put_chunk(ChunkNo(0), vec![1; 16]);
+            main.commit().unwrap();
+            let mut journal = kv.file_write(e.id, FileKind::MainJournal);
+            journal.put_chunk(ChunkNo(3), vec![2; 16]);
+            journal.commit().unwrap();
         }
         kv.drop_entry("a").unwrap();
         assert_eq!(kv.scan(keys::db_range(a.id)).unwrap().count(), 0);
@@ -460,9 +444,9 @@ mod tests {
     fn renaming_moves_the_entry_and_keeps_its_files() {
         let kv = kv();
         let a = kv.create(".staging", EntryKind::Database).unwrap();
-        let mut batch = Batch::new();
-        Kv::put_chunk(&mut batch, a.id, FileKind::Main, ChunkNo(0), vec![7; 16]);
-        kv.apply(batch).unwrap();
+        let mut write = kv.file_write(a.id, FileKind::Main);
+        write.put_chunk(ChunkNo(0), vec![7; 16]);
+        write.commit().unwrap();
         let taken = kv.create("taken", EntryKind::Database).unwrap();
         assert!(matches!(
             kv.rename(".staging", "taken"),
@@ -569,6 +553,16 @@ mod tests {
         let empty = Arc::new(MemKv::new());
         Kv::open_read_only(empty.clone(), 0).unwrap();
         assert!(empty.snapshot().is_empty());
+    }
+
+    #[test]
+    fn a_claim_is_held_until_its_owner_drops_it() {
+        let kv = Arc::new(kv());
+        let first = kv.claim().unwrap();
+        assert!(kv.claim().is_none(), "a second claim while the first lives");
+        assert!(Arc::ptr_eq(first.kv(), &kv));
+        drop(first);
+        assert!(kv.claim().is_some(), "the store can be claimed again");
     }
 
     #[test]

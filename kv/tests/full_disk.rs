@@ -13,7 +13,8 @@ use std::sync::Arc;
 use std::sync::mpsc;
 use std::time::Duration;
 
-use shoal_kv::{Batch, Error, FjallConfig, FjallKv, Kv, KvStore, SledConfig, SledKv};
+use shoal_kv::raw::{self, Batch};
+use shoal_kv::{Error, FjallConfig, FjallKv, Kv, KvStore, SledConfig, SledKv};
 use tmpfs::Tmpfs;
 
 /// How long a writer may take to fill the disk and be told so. A hang is a failure; a
@@ -82,7 +83,7 @@ fn fill(kv: Arc<Kv>, disk_bytes: u64) -> Filled {
             for n in 0..4 {
                 batch.put(key(b, n), noise(b * 4 + n, VALUE));
             }
-            let step = writer.apply(batch).and_then(|()| {
+            let step = raw::of(&writer).apply(batch).and_then(|()| {
                 if (b + 1) % DURABLE_EVERY == 0 {
                     writer.commit_durable()?;
                     durable = b + 1;
@@ -164,7 +165,7 @@ fn a_full_disk_is_reported_and_survived(engine: &str, durable_must_survive: bool
     let mut lost = Vec::new();
     for b in 0..durable {
         for n in 0..4 {
-            let got = kv.get(&key(b, n)).unwrap();
+            let got = raw::of(&kv).get(&key(b, n)).unwrap();
             if got.as_deref() != Some(&noise(b * 4 + n, VALUE)[..]) {
                 lost.push(b);
                 break;
@@ -180,7 +181,7 @@ fn a_full_disk_is_reported_and_survived(engine: &str, durable_must_survive: bool
         println!("{engine}: durable batches {lost:?} of {durable} lost on the full disk");
     }
     // Writes work again.
-    kv.apply(small_batch()).unwrap();
+    raw::of(&kv).apply(small_batch()).unwrap();
     kv.commit_durable().unwrap();
 }
 
@@ -210,7 +211,7 @@ fn fill_and_close(engine: &str, dir: &Path) -> u64 {
     // From then on the store refuses writes, naming the full disk as the cause.
     let later = bounded("a later write", {
         let kv = Arc::clone(&kv);
-        move || kv.apply(small_batch())
+        move || raw::of(&kv).apply(small_batch())
     })
     .unwrap_err();
     assert!(
@@ -293,7 +294,7 @@ fn sled_opened_on_a_full_disk_opens_after_space_is_freed() {
         for i in 0..16u64 {
             let mut b = Batch::new();
             b.put(key(i, 0), noise(i, 4096));
-            kv.apply(b).unwrap();
+            raw::of(&kv).apply(b).unwrap();
         }
         kv.commit_durable().unwrap();
     }
@@ -307,7 +308,7 @@ fn sled_opened_on_a_full_disk_opens_after_space_is_freed() {
     let kv = Kv::open(open_sled(&dir).unwrap()).unwrap();
     for i in 0..16u64 {
         assert_eq!(
-            kv.get(&key(i, 0)).unwrap().as_deref(),
+            raw::of(&kv).get(&key(i, 0)).unwrap().as_deref(),
             Some(&noise(i, 4096)[..])
         );
     }

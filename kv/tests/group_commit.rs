@@ -12,9 +12,9 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use shoal_kv::raw::{self, Batch, Scan};
 use shoal_kv::{
-    Batch, EntryKind, Error, FaultOp, FaultyKv, GroupCommitter, KeyRange, Kv, KvStats, KvStore,
-    MemKv, Scan,
+    EntryKind, Error, FaultOp, FaultyKv, GroupCommitter, KeyRange, Kv, KvStats, KvStore, MemKv,
 };
 
 /// How long a wait for an event that should come at once may last before the test gives
@@ -255,7 +255,7 @@ fn a_failed_flush_reaches_every_waiter_and_poisons_until_reopened() {
         .map(|i| {
             let kv = Arc::clone(&kv);
             thread::spawn(move || {
-                kv.apply(put(format!("k{i:02}")))?;
+                raw::of(&kv).apply(put(format!("k{i:02}")))?;
                 kv.commit_durable()
             })
         })
@@ -281,13 +281,13 @@ fn a_failed_flush_reaches_every_waiter_and_poisons_until_reopened() {
     );
 
     assert!(matches!(kv.check_writable(), Err(Error::Poisoned { .. })));
-    let err = kv.apply(put("after".into())).unwrap_err();
+    let err = raw::of(&kv).apply(put("after".into())).unwrap_err();
     assert!(
         matches!(&err, Error::Poisoned { cause, .. } if cause.contains("injected")),
         "{err}"
     );
     assert_eq!(
-        kv.get(b"after").unwrap(),
+        raw::of(&kv).get(b"after").unwrap(),
         None,
         "a refused batch was applied"
     );
@@ -297,14 +297,14 @@ fn a_failed_flush_reaches_every_waiter_and_poisons_until_reopened() {
     ));
     assert!(matches!(kv.commit_durable(), Err(Error::Poisoned { .. })));
     assert!(
-        kv.get(b"k00").unwrap().is_some(),
+        raw::of(&kv).get(b"k00").unwrap().is_some(),
         "reads go on after a failed flush"
     );
 
     drop(kv);
     let kv = Kv::open(backend.clone()).unwrap();
     kv.check_writable().unwrap();
-    kv.apply(put("after".into())).unwrap();
+    raw::of(&kv).apply(put("after".into())).unwrap();
     kv.commit_durable().unwrap();
     assert_eq!(backend.inner.count(FaultOp::Flush), 2);
 }
@@ -312,7 +312,7 @@ fn a_failed_flush_reaches_every_waiter_and_poisons_until_reopened() {
 /// Applies one batch and waits for durability; returns the batch's number and the
 /// highest batch number made durable when `commit_durable` returned.
 fn apply_and_commit(kv: &Kv, backend: &Probe<MemKv>, key: String) -> (u64, u64) {
-    kv.apply(put(key)).unwrap();
+    raw::of(kv).apply(put(key)).unwrap();
     let applied = LAST_APPLIED.get();
     kv.commit_durable().unwrap();
     (applied, backend.durable())

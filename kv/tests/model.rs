@@ -12,9 +12,8 @@ use bytes::Bytes;
 use proptest::collection::vec;
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
-use shoal_kv::{
-    Batch, Entry, Error, FjallConfig, FjallKv, KeyRange, KvStore, MemKv, SledConfig, SledKv,
-};
+use shoal_kv::raw::{Batch, Entry};
+use shoal_kv::{Error, FjallConfig, FjallKv, KeyRange, KvStore, MemKv, SledConfig, SledKv};
 use tempfile::TempDir;
 
 /// Key bytes, including the extremes, so ranges with unbounded or `0xff` ends are hit.

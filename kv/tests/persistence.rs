@@ -11,11 +11,10 @@ use std::path::Path;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use shoal_kv::checksum::TRAILER_LEN;
-use shoal_kv::keys::{catalog_key, chunk_key, meta_key};
+use shoal_kv::raw::keys::{catalog_key, chunk_key, meta_key};
 use shoal_kv::{
-    Batch, CatalogEntry, ChunkNo, DbId, EntryKind, Error, FileKind, FileMeta, FjallConfig, FjallKv,
-    Kv, KvStore, SledConfig, SledKv, StoredMeta,
+    CatalogEntry, ChunkNo, DbId, EntryKind, Error, FileKind, FileMeta, FileWrite, FjallConfig,
+    FjallKv, Kv, KvStore, SledConfig, SledKv, StoredMeta,
 };
 
 const PAGE: usize = 4096;
@@ -92,7 +91,7 @@ fn close<B: Backend>((backend, kv): (Arc<B>, Kv)) {
 
 /// A page whose bytes depend on where it belongs, with room for the trailer.
 fn page(id: DbId, kind: FileKind, no: u32, len: usize) -> Vec<u8> {
-    let mut v = Vec::with_capacity(len + TRAILER_LEN);
+    let mut v = Vec::with_capacity(len + FileWrite::SPARE_CAPACITY);
     let seed = id.0 as u8 ^ (kind as u8).wrapping_mul(31) ^ (no as u8).wrapping_mul(7);
     v.extend((0..len).map(|i| seed.wrapping_add(i as u8)));
     v
@@ -106,12 +105,12 @@ fn write_file(kv: &Kv, id: DbId, kind: FileKind, chunks: u32, generation: u64) -
         size: u64::from(chunks) * PAGE as u64,
         generation,
     };
-    let mut batch = Batch::new();
+    let mut write = kv.file_write(id, kind);
     for no in 0..chunks {
-        Kv::put_chunk(&mut batch, id, kind, ChunkNo(no), page(id, kind, no, PAGE));
+        write.put_chunk(ChunkNo(no), page(id, kind, no, PAGE));
     }
-    Kv::put_meta(&mut batch, id, kind, &meta, previous.as_ref());
-    kv.apply(batch).unwrap();
+    write.set_meta(&meta, previous.as_ref());
+    write.commit().unwrap();
     meta
 }
 
@@ -168,16 +167,10 @@ fn everything_written_through_kv_survives_reopening<B: Backend>() {
         meta: FileMeta::EMPTY,
         raw: FileMeta::EMPTY.encode(alpha.id, FileKind::Main),
     };
-    let mut batch = Batch::new();
-    Kv::put_meta(
-        &mut batch,
-        alpha.id,
-        FileKind::Main,
-        &FileMeta::EMPTY,
-        Some(&stale),
-    );
+    let mut write = kv.file_write(alpha.id, FileKind::Main);
+    write.set_meta(&FileMeta::EMPTY, Some(&stale));
     assert!(matches!(
-        kv.apply(batch),
+        write.commit(),
         Err(Error::PreconditionFailed { .. })
     ));
     assert_file(kv, alpha.id, FileKind::Main, 8, alpha_main);
@@ -254,8 +247,13 @@ fn corrupt_chunks_are_errors_never_data<B: Backend>() {
     let (backend, kv) = (&store.0, &store.1);
     let (a, b) = (fx.a.id, fx.b.id);
     let key = chunk_key(a, FileKind::Main, ChunkNo(0));
-    let good = kv.get(&key).unwrap().unwrap();
-    let raw = |id, kind, no| kv.get(&chunk_key(id, kind, ChunkNo(no))).unwrap().unwrap();
+    let good = shoal_kv::raw::of(kv).get(&key).unwrap().unwrap();
+    let raw = |id, kind, no| {
+        shoal_kv::raw::of(kv)
+            .get(&chunk_key(id, kind, ChunkNo(no)))
+            .unwrap()
+            .unwrap()
+    };
     let names = format!("{a} main chunk 0");
 
     let cases: Vec<(&str, Vec<u8>, Expect)> = vec![
@@ -282,7 +280,7 @@ fn corrupt_chunks_are_errors_never_data<B: Backend>() {
         ),
         (
             "shorter than a trailer",
-            good[..TRAILER_LEN - 3].to_vec(),
+            good[..shoal_kv::raw::checksum::TRAILER_LEN - 3].to_vec(),
             Expect::Corrupt,
         ),
         ("empty", Vec::new(), Expect::Corrupt),
@@ -303,7 +301,8 @@ fn corrupt_chunks_are_errors_never_data<B: Backend>() {
         ),
         (
             "the metadata record",
-            kv.get(&meta_key(a, FileKind::Main))
+            shoal_kv::raw::of(kv)
+                .get(&meta_key(a, FileKind::Main))
                 .unwrap()
                 .unwrap()
                 .to_vec(),
@@ -360,7 +359,7 @@ fn corrupt_metadata_is_an_error<B: Backend>() {
     let (backend, kv) = (&store.0, &store.1);
     let (a, b) = (fx.a.id, fx.b.id);
     let key = meta_key(a, FileKind::Main);
-    let good = kv.get(&key).unwrap().unwrap();
+    let good = shoal_kv::raw::of(kv).get(&key).unwrap().unwrap();
     let names = format!("{a} main metadata");
 
     let cases: Vec<(&str, Vec<u8>, Expect)> = vec![
@@ -384,7 +383,8 @@ fn corrupt_metadata_is_an_error<B: Backend>() {
         ("empty", Vec::new(), Expect::Corrupt),
         (
             "another database's record",
-            kv.get(&meta_key(b, FileKind::Main))
+            shoal_kv::raw::of(kv)
+                .get(&meta_key(b, FileKind::Main))
                 .unwrap()
                 .unwrap()
                 .to_vec(),
@@ -392,7 +392,8 @@ fn corrupt_metadata_is_an_error<B: Backend>() {
         ),
         (
             "the journal's record",
-            kv.get(&meta_key(a, FileKind::MainJournal))
+            shoal_kv::raw::of(kv)
+                .get(&meta_key(a, FileKind::MainJournal))
                 .unwrap()
                 .unwrap()
                 .to_vec(),
@@ -400,7 +401,8 @@ fn corrupt_metadata_is_an_error<B: Backend>() {
         ),
         (
             "a chunk",
-            kv.get(&chunk_key(a, FileKind::Main, ChunkNo(0)))
+            shoal_kv::raw::of(kv)
+                .get(&chunk_key(a, FileKind::Main, ChunkNo(0)))
                 .unwrap()
                 .unwrap()
                 .to_vec(),
@@ -420,7 +422,7 @@ fn corrupt_catalog_entries_are_errors<B: Backend>() {
     let (fx, store) = fixture::<B>();
     let (backend, kv) = (&store.0, &store.1);
     let key = catalog_key(b"a");
-    let good = kv.get(&key).unwrap().unwrap();
+    let good = shoal_kv::raw::of(kv).get(&key).unwrap().unwrap();
     let names = "catalog entry \"a\"";
 
     let cases: Vec<(&str, Vec<u8>, Expect)> = vec![
@@ -438,7 +440,11 @@ fn corrupt_catalog_entries_are_errors<B: Backend>() {
         ),
         (
             "another name's entry",
-            kv.get(&catalog_key(b"b")).unwrap().unwrap().to_vec(),
+            shoal_kv::raw::of(kv)
+                .get(&catalog_key(b"b"))
+                .unwrap()
+                .unwrap()
+                .to_vec(),
             Expect::Checksum,
         ),
     ];

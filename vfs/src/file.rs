@@ -27,8 +27,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use parking_lot::Mutex;
-use shoal_kv::checksum::TRAILER_LEN;
-use shoal_kv::{Batch, ChunkNo, DbId, FileKind, FileMeta, Kv, StoredMeta, keys};
+use shoal_kv::{ChunkNo, DbId, FileKind, FileMeta, FileWrite, Kv, StoredMeta};
 
 use crate::error::{Error, Result};
 use crate::lock::LockTable;
@@ -361,7 +360,7 @@ impl Inode {
             let current_len = usize_of(chunk_len(st.size, cs, c));
             let buf = if within == 0 && take >= current_len {
                 // The write covers everything the chunk holds: no need to read it.
-                let mut v = Vec::with_capacity(take + TRAILER_LEN);
+                let mut v = Vec::with_capacity(take + FileWrite::SPARE_CAPACITY);
                 v.extend_from_slice(src);
                 v
             } else {
@@ -411,7 +410,7 @@ impl Inode {
             return Ok(v);
         }
         let cs = u64::from(st.chunk_size);
-        let mut v = Vec::with_capacity(usize_of(cs) + TRAILER_LEN);
+        let mut v = Vec::with_capacity(usize_of(cs) + FileWrite::SPARE_CAPACITY);
         if u64::from(c) * cs < st.size {
             v.extend_from_slice(&self.stored_chunk(kv, c, st.size, cs)?);
         }
@@ -467,7 +466,7 @@ impl Inode {
             }
             for c in first_new..new_size.div_ceil(cs) {
                 let len = usize_of(chunk_len(new_size, cs, c));
-                let mut v = Vec::with_capacity(len + TRAILER_LEN);
+                let mut v = Vec::with_capacity(len + FileWrite::SPARE_CAPACITY);
                 v.resize(len, 0);
                 st.put_dirty(u32::try_from(c).map_err(|_| self.too_large(cs))?, v);
             }
@@ -502,28 +501,28 @@ impl Inode {
         if unchanged {
             return Ok(Flushed::default());
         }
-        let mut batch = Batch::new();
+        let mut write = kv.file_write(self.id, self.kind);
         let keeps_first_chunk = st.truncate_from != Some(0);
         if let Some(t) = st.truncate_from.take() {
-            batch.delete_range(keys::chunks_from(self.id, self.kind, ChunkNo(t)));
+            write.drop_chunks_from(ChunkNo(t));
         }
         let chunks = st.dirty.len() as u64;
         let mut first = st.first_chunk.take().filter(|_| keeps_first_chunk);
         for (c, data) in std::mem::take(&mut st.dirty) {
-            let stored = Kv::put_chunk(&mut batch, self.id, self.kind, ChunkNo(c), data);
+            let stored = write.put_chunk(ChunkNo(c), data);
             if c == 0 {
                 first = Some(stored);
             }
         }
         st.dirty_bytes = 0;
-        let raw = Kv::put_meta(&mut batch, self.id, self.kind, &meta, st.persisted.as_ref());
-        // The overlay has moved into the batch: a backend that panics must leave the file
+        let persisted = write.set_meta(&meta, st.persisted.as_ref());
+        // The overlay has moved into the write: a backend that panics must leave the file
         // as one that fails does, or the next flush would store the new size without
         // the chunks (the FFI layer still reports the panic).
-        let applied = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| kv.apply(batch)));
+        let applied = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| write.commit()));
         match applied {
             Ok(Ok(())) => {
-                st.persisted = Some(StoredMeta { meta, raw });
+                st.persisted = Some(persisted);
                 st.first_chunk = first;
                 DbCounters::add(&self.counters.kv_batches, 1);
                 if self.kind == FileKind::Main {
@@ -711,18 +710,18 @@ mod tests {
         f.write(&kv, &[1u8; 4096], 0).unwrap();
         f.write(&kv, &[1u8; 4096], 4096).unwrap();
         f.flush(&kv).unwrap();
-        let mut b = Batch::new();
-        Kv::put_chunk(&mut b, f.id, FileKind::Main, ChunkNo(1), vec![0u8; 100]);
-        kv.apply(b).unwrap();
+        let mut w = kv.file_write(f.id, FileKind::Main);
+        w.put_chunk(ChunkNo(1), vec![0u8; 100]);
+        w.commit().unwrap();
         let mut buf = [0u8; 4096];
         assert!(matches!(
             f.read(&kv, &mut buf, 4096),
             Err(Error::Corrupt { .. })
         ));
         assert!(f.fetch(&kv, 4096, 4096).is_err());
-        let mut b = Batch::new();
-        b.delete(keys::chunk_key(f.id, FileKind::Main, ChunkNo(1)).to_vec());
-        kv.apply(b).unwrap();
+        let mut b = shoal_kv::raw::Batch::new();
+        b.delete(shoal_kv::raw::keys::chunk_key(f.id, FileKind::Main, ChunkNo(1)).to_vec());
+        shoal_kv::raw::of(&kv).apply(b).unwrap();
         let err = f.read(&kv, &mut buf, 4096).unwrap_err().to_string();
         assert!(err.contains("missing"), "{err}");
     }

@@ -63,13 +63,13 @@ pub mod contract {
 
 use std::sync::Arc;
 
-use shoal_kv::Kv;
+use shoal_kv::{EntryKind, Kv};
 
 pub use error::{Error, HeapRefused, Result};
 pub use names::refuse_as_database;
 pub use pragma::Durability;
+pub use shoal_kv::Audit;
 pub use stats::DbStats;
-pub use vfs::Audit;
 
 /// Process-wide and per-connection SQLite memory controls.
 pub mod sqlite {
@@ -148,12 +148,10 @@ impl StoreUsage {
 pub fn register(kv: Arc<Kv>, options: VfsOptions) -> Result<Vfs> {
     // The VFS keeps what it wrote in memory (file sizes, the database header, whether a
     // journal exists), which is right only while it is the store's one writer.
-    if !kv.claim() {
-        return Err(Error::KvInUse);
-    }
+    let claim = kv.claim().ok_or(Error::KvInUse)?;
     let state = Arc::new(vfs::VfsState::new(
         options.name,
-        kv,
+        claim,
         options.durability,
         options.temp_limit,
     ));
@@ -227,7 +225,61 @@ impl Vfs {
     /// Verifies every stored record of database `name` (checksums, chunk numbering and
     /// lengths); `None` if no such database exists.
     pub fn audit(&self, name: &str) -> Result<Option<Audit>> {
-        self.state().audit(&self.state().canonical(name)?)
+        Ok(self.kv().audit(&self.state().canonical(name)?)?)
+    }
+
+    /// Whether database `name` exists (a super-journal of that name does not count).
+    pub fn exists(&self, name: &str) -> Result<bool> {
+        Ok(self
+            .kv()
+            .lookup(&self.state().canonical(name)?)?
+            .is_some_and(|e| e.kind == EntryKind::Database))
+    }
+
+    /// The name of every stored database, in name order (super-journals are left out).
+    pub fn list(&self) -> Result<Vec<String>> {
+        self.list_prefix("")
+    }
+
+    /// Every stored name, databases and the super-journals of multi-database commits
+    /// alike, with what it is, in name order.
+    pub fn catalog(&self) -> Result<Vec<(String, EntryKind)>> {
+        Ok(self
+            .kv()
+            .list()?
+            .into_iter()
+            .map(|(name, entry)| (name, entry.kind))
+            .collect())
+    }
+
+    /// The names of the stored databases that start with `prefix`, in name order.
+    pub fn list_prefix(&self, prefix: &str) -> Result<Vec<String>> {
+        Ok(self
+            .kv()
+            .list_prefix(prefix)?
+            .into_iter()
+            .filter(|(_, e)| e.kind == EntryKind::Database)
+            .map(|(name, _)| name)
+            .collect())
+    }
+
+    /// Gives database `from` the name `to`, durably, keeping its pages (one kv batch).
+    /// Fails if `to` exists or `from` does not ([`shoal_kv::Error::AlreadyExists`],
+    /// [`shoal_kv::Error::NotFound`]), and, like [`Vfs::delete_database`], while any
+    /// connection has `from` open.
+    pub fn rename_database(&self, from: &str, to: &str) -> Result<()> {
+        let state = self.state();
+        let (from, to) = (&*state.canonical(from)?, &*state.canonical(to)?);
+        let entry = state
+            .kv
+            .lookup(from)?
+            .ok_or_else(|| Error::Kv(shoal_kv::Error::NotFound(from.to_owned())))?;
+        if state.is_open(entry.id) {
+            return Err(Error::InUse(from.to_owned()));
+        }
+        state.kv.rename(from, to)?;
+        state.kv.commit_durable()?;
+        Ok(())
     }
 
     /// The size in bytes of database `name`'s main file; `None` if it does not exist.

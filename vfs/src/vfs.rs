@@ -25,7 +25,7 @@ use std::sync::{Arc, Weak};
 
 use parking_lot::Mutex;
 use rusqlite::ffi;
-use shoal_kv::{Batch, DbId, EntryKind, FileKind, Kv, keys};
+use shoal_kv::{Claim, DbId, EntryKind, FileKind, Kv};
 
 use crate::error::{Error, Result, panic_message};
 use crate::ffi::{Control, FileImpl, Reply, SyncFlags, VfsImpl};
@@ -46,6 +46,8 @@ const JOURNAL_MAGIC: [u8; 8] = [0xd9, 0xd5, 0x05, 0xf9, 0x20, 0xa1, 0x63, 0xd7];
 pub(crate) struct VfsState {
     pub(crate) name: String,
     pub(crate) kv: Arc<Kv>,
+    /// This VFS is the store's one writer while it lives (see [`shoal_kv::Claim`]).
+    _claim: Claim,
     pub(crate) durability: Durability,
     /// The working directory when the VFS was registered: where relative paths lead
     /// (see `names.rs`); `None` if it could not be read as UTF-8.
@@ -75,13 +77,14 @@ struct Poison {
 impl VfsState {
     pub(crate) fn new(
         name: String,
-        kv: Arc<Kv>,
+        claim: Claim,
         durability: Durability,
         temp_limit: u64,
     ) -> VfsState {
         VfsState {
             name,
-            kv,
+            kv: Arc::clone(claim.kv()),
+            _claim: claim,
             durability,
             base: std::env::current_dir()
                 .ok()
@@ -169,79 +172,6 @@ impl VfsState {
                 .map(|c| c.snapshot())
                 .unwrap_or_default(),
         ))
-    }
-
-    /// Verifies every stored record of database `name`: checksums, chunk numbering and
-    /// lengths against the metadata, no chunk missing inside a file.
-    pub(crate) fn audit(&self, name: &str) -> Result<Option<Audit>> {
-        let Some(entry) = self.kv.lookup(name)? else {
-            return Ok(None);
-        };
-        let mut audit = Audit::default();
-        for kind in FileKind::ALL {
-            let range = keys::file_range(entry.id, kind);
-            let mut meta = None;
-            let mut expected_next = 0u64;
-            for item in self.kv.scan(range)? {
-                let (key, value) = item?;
-                audit.records += 1;
-                audit.bytes += value.len() as u64;
-                match keys::Key::decode(&key) {
-                    Ok(keys::Key::Meta(..)) => {
-                        match shoal_kv::FileMeta::decode(entry.id, kind, value) {
-                            Ok(m) => meta = Some(m),
-                            Err(e) => audit.problems.push(format!("{kind} metadata: {e}")),
-                        }
-                    }
-                    Ok(keys::Key::Chunk(_, _, no)) => {
-                        let Some(m) = meta else {
-                            audit
-                                .problems
-                                .push(format!("{kind} chunk {} without metadata", no.0));
-                            continue;
-                        };
-                        let cs = u64::from(m.chunk_size.max(1));
-                        let c = u64::from(no.0);
-                        if c != expected_next {
-                            audit
-                                .problems
-                                .push(format!("{kind} chunks {expected_next}..{c} are missing"));
-                        }
-                        expected_next = c + 1;
-                        match shoal_kv::checksum::open(&key, value) {
-                            Ok(data) => {
-                                audit.chunks += 1;
-                                let want = crate::file::chunk_len(m.size, cs, c);
-                                if data.len() as u64 != want {
-                                    audit.problems.push(format!(
-                                        "{kind} chunk {c} is {} bytes where the size implies {want}",
-                                        data.len()
-                                    ));
-                                }
-                            }
-                            Err(e) => audit.problems.push(format!("{kind} chunk {c}: {e}")),
-                        }
-                    }
-                    Ok(other) => audit
-                        .problems
-                        .push(format!("unexpected key {other} in the file range")),
-                    Err(e) => audit.problems.push(e.to_string()),
-                }
-            }
-            if let Some(m) = meta {
-                let want = m.size.div_ceil(u64::from(m.chunk_size.max(1)));
-                if expected_next < want {
-                    audit
-                        .problems
-                        .push(format!("{kind} chunks {expected_next}..{want} are missing"));
-                }
-            } else if kind == FileKind::Main && entry.kind == EntryKind::Database {
-                audit
-                    .problems
-                    .push("the database's metadata is missing".to_owned());
-            }
-        }
-        Ok(Some(audit))
     }
 
     /// The stored size of database `name`'s main file.
@@ -451,10 +381,9 @@ impl VfsState {
         if let Some(main) = &main {
             main.journal_hint.lock().changed(false);
         }
-        let mut batch = Batch::new();
-        batch.delete_range(keys::file_range(id, FileKind::MainJournal));
-        self.kv.apply(batch)?;
-        self.kv.commit_durable()?;
+        let mut journal = self.kv.file_write(id, FileKind::MainJournal);
+        journal.remove();
+        journal.commit_durable()?;
         if let Some(main) = &main {
             main.journal_hint.lock().changed(true);
         }
@@ -478,7 +407,7 @@ impl VfsState {
             Target::Journal(db) => (db, FileKind::MainJournal),
             Target::Catalog(n) => (n, FileKind::Main),
         };
-        if shoal_kv::keys::validate_name(entry_name).is_err() {
+        if shoal_kv::validate_name(entry_name).is_err() {
             return Ok(false);
         }
         let Some(entry) = self.kv.lookup(entry_name)? else {
@@ -499,20 +428,6 @@ impl VfsState {
                 .is_some_and(|m| m.meta.size > 0))
         })
     }
-}
-
-/// The result of [`VfsState::audit`]: what was checked and what was wrong.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct Audit {
-    /// Records read (metadata and chunks).
-    pub records: u64,
-    /// Chunks whose checksum verified.
-    pub chunks: u64,
-    /// Stored bytes read.
-    pub bytes: u64,
-    /// Every problem found, described; empty when the database is sound.
-    pub problems: Vec<String>,
 }
 
 impl VfsState {
@@ -540,12 +455,6 @@ impl VfsState {
             }
         }
         Ok(exists)
-    }
-}
-
-impl Drop for VfsState {
-    fn drop(&mut self) {
-        self.kv.release();
     }
 }
 

@@ -8,7 +8,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 use common::*;
 use rusqlite::ffi;
-use shoal_kv::{Batch, ChunkNo, FaultOp, FaultyKv, FileKind, KvStore, MemKv, keys};
+use shoal_kv::raw::{self, Batch, keys};
+use shoal_kv::{ChunkNo, FaultOp, FaultyKv, FileKind, KvStore, MemKv};
 
 /// A database of a few pages, closed; returns the backend and the database's id.
 fn populated() -> (Arc<MemKv>, shoal_vfs::Vfs, shoal_kv::DbId) {
@@ -77,7 +78,7 @@ fn a_truncated_or_missing_page_is_corrupt() {
     );
     // A validly sealed page of the wrong length.
     let mut short = Batch::new();
-    shoal_kv::Kv::put_chunk(&mut short, id, FileKind::Main, ChunkNo(3), vec![0; 100]);
+    raw::put_chunk(&mut short, id, FileKind::Main, ChunkNo(3), vec![0; 100]);
     backend.apply(short).unwrap();
     assert_eq!(
         primary_code(&scan_all(&vfs).unwrap_err()),

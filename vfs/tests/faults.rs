@@ -29,7 +29,8 @@ use std::time::Instant;
 use bytes::Bytes;
 use common::*;
 use rusqlite::{Connection, ffi};
-use shoal_kv::{Batch, EntryKind, FaultOp, FaultyKv, KvStore, MemKv, keys, records::decode_u64};
+use shoal_kv::raw::{self, Batch, keys, records::decode_u64};
+use shoal_kv::{EntryKind, FaultOp, FaultyKv, KvStore, MemKv};
 use shoal_vfs::{DbStats, Vfs};
 
 // ---- no panics, anywhere ----
@@ -123,11 +124,10 @@ fn checked_state(vfs: &Vfs, db: &str, context: &str) -> DbState {
 /// Super-journals still in the catalog (garbage a failed commit may leave; harmless,
 /// since SQLite only reads one through a hot journal that names it).
 fn leftover_super_journals(vfs: &Vfs) -> usize {
-    vfs.kv()
-        .list()
+    vfs.catalog()
         .unwrap()
         .iter()
-        .filter(|(_, e)| e.kind == EntryKind::SuperJournal)
+        .filter(|(_, kind)| *kind == EntryKind::SuperJournal)
         .count()
 }
 
@@ -135,7 +135,7 @@ fn leftover_super_journals(vfs: &Vfs) -> usize {
 /// super-journals included.
 fn next_db_id(vfs: &Vfs) -> u64 {
     let key = keys::next_db_id_key();
-    decode_u64(&key, vfs.kv().get(&key).unwrap().unwrap()).unwrap()
+    decode_u64(&key, raw::of(vfs.kv()).get(&key).unwrap().unwrap()).unwrap()
 }
 
 /// The primary result code of an error the transaction returned, after checking it is

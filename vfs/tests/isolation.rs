@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::*;
 use rusqlite::ErrorCode;
-use shoal_kv::keys;
+use shoal_kv::raw::{self, keys};
 
 /// The unix VFS's rules (os_unix.c `unixLock`): a reader never sees a transaction that
 /// has not committed, a second writer gets SQLITE_BUSY, and a busy timeout waits it out.
@@ -99,7 +99,10 @@ fn a_thousand_databases_are_independent_and_deleting_one_removes_all_its_keys() 
             .unwrap();
     }
     let victim = vfs.kv().lookup("actor-500").unwrap().unwrap();
-    let victim_keys = vfs.kv().scan(keys::db_range(victim.id)).unwrap().count();
+    let victim_keys = raw::of(vfs.kv())
+        .scan(keys::db_range(victim.id))
+        .unwrap()
+        .count();
     assert!(victim_keys >= 3, "meta plus pages: {victim_keys}");
     let total_before = vfs.kv().stats().unwrap().keys;
 
@@ -111,7 +114,13 @@ fn a_thousand_databases_are_independent_and_deleting_one_removes_all_its_keys() 
     drop(conn);
     vfs.delete_database("actor-500").unwrap();
 
-    assert_eq!(vfs.kv().scan(keys::db_range(victim.id)).unwrap().count(), 0);
+    assert_eq!(
+        raw::of(vfs.kv())
+            .scan(keys::db_range(victim.id))
+            .unwrap()
+            .count(),
+        0
+    );
     assert!(vfs.kv().lookup("actor-500").unwrap().is_none());
     // Its catalog entry plus every key of its range, and nothing else.
     assert_eq!(

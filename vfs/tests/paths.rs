@@ -13,8 +13,7 @@ use rusqlite::ffi;
 use shoal_vfs::Vfs;
 
 fn catalog(vfs: &Vfs) -> Vec<String> {
-    vfs.kv()
-        .list()
+    vfs.catalog()
         .unwrap()
         .into_iter()
         .map(|(name, _)| name)
