@@ -1,98 +1,24 @@
-//! `FjallKv`: fjall 2.x (an LSM-tree) behind the [`KvStore`] trait, because its memory
-//! stays near what it is given: reading back 300 MiB of 4 KiB values in random order, with
-//! a 16 MiB cache for both, grew sled 0.34.7's RSS by about 216 MiB and fjall's by about
-//! 25 MiB (docs/BENCHMARKS.md): sled's cache does not hold to its `cache_capacity`.
+//! `FjallKv`: fjall 2.x (an LSM-tree) behind the [`KvStore`] trait, the default backend
+//! because its memory stays near its configured cache (docs/BENCHMARKS.md, "Memory").
 //!
-//! No fjall type crosses this module's boundary. Facts about fjall this module respects,
-//! read in the sources of fjall 2.11.2 and lsm-tree 2.10.4 (the versions in Cargo.lock;
-//! fjall 3 needs Rust 1.90) and, where a test here says so, checked by it:
-//! - memory is the block cache ([`FjallConfig::cache_capacity`], one for the keyspace,
-//!   weighed by uncompressed block size) plus the memtables, capped together by
-//!   [`FjallConfig::write_buffer`]. A memtable is sealed at half of it, so one is sealed
-//!   before the cap holds writers back (a quarter sustained half the write rate in a
-//!   one-off probe). fjall stores its memtable bound with the partition when the store is
-//!   created and ignores it on later opens, so `FjallKv::make_room` seals at half of the
-//!   current cap itself (fjall's write path still seals at the stored bound if it is
-//!   lower);
-//! - fjall's own cap (`Config::max_write_buffer_size`) is left off (`u64::MAX`, which
-//!   fjall documents as off), and [`FjallKv`] holds writers back itself, before they
-//!   commit. fjall halts a writer *after* its batch is in, in
-//!   `PartitionHandle::check_write_buffer_size`, sleeping in a loop until flushes bring
-//!   the buffer back under the cap, and it never looks at whether the flush worker is
-//!   still alive: a flush that fails (a full disk) poisons the keyspace and ends the
-//!   worker, so nothing ever frees the buffer and the writer sleeps forever (seen on a
-//!   full tmpfs). `FjallKv::make_room` waits for room *before* the commit instead, seals
-//!   the memtable itself when that is what stands in the way, and checks between waits
-//!   whether the keyspace is poisoned, returning [`Error::Full`] or [`Error::Poisoned`].
-//!   The two other loops of that kind (journals over `Config::max_journaling_size`, 32 or
-//!   more runs in level 0), which fjall enters only after sealing a memtable, are waited
-//!   out the same way whenever a seal is due;
-//! - fjall reports most write failures as `Error::Poisoned`, without the I/O error behind
-//!   them (that goes to its log, and a failed background worker prints it on stderr). A
-//!   poisoned keyspace is reported as a full disk when the store's file system has less
-//!   than [`FULL_MARGIN`] left for unprivileged writers (`statvfs`): a failed segment
-//!   write leaves its partial file, so the space stays used;
-//! - the partition's options are stored with it too, compression among them: blocks are
-//!   lz4-compressed unless [`FjallConfig::compress`] is off (lz4 wrote incompressible
-//!   pages at the same rate as no compression in a one-off probe; in the mixed benchmark
-//!   it took 13% of all CPU samples but turning it off saved only 3 to 5% of the time);
-//! - a committed batch is atomic: one journal record framed by a start marker (item count)
-//!   and an end marker (xxh3 checksum); recovery drops a torn tail record
-//!   (`RecoveryMode::TolerateCorruptTail`) and refuses to open on a bad record before it;
-//! - `commit` writes the record through the journal's 8 KiB `BufWriter` and then flushes
-//!   that to the OS (`PersistMode::Buffer`, which `keyspace.batch()` sets unless
-//!   `manual_journal_persist`): once `commit` returns, the batch is in the OS page cache
-//!   and survives a crash of this process, not of the machine. `commit` ignores the error
-//!   of the record write itself and relies on that flush to report it (and poison the
-//!   keyspace), so `manual_journal_persist` must stay off. [`KvStore::flush`] is
-//!   `persist(PersistMode::SyncAll)`, an fsync of the active journal; sealed journals are
-//!   fsynced when rotated and segments when written, so that one fsync covers all. fjall
-//!   fsyncs even when nothing is new, so a flush with no commit since the last one skips
-//!   it and returns at once, as sled's does;
-//! - a failed fsync or journal write poisons the keyspace: later commits and persists fail;
-//! - data fjall cannot decode is reported as [`Error::Corrupt`]; fjall's open and reads
-//!   run under `catch_unwind`, so a panic on damaged files is reported the same way. One
-//!   panic cannot be caught: fjall recovers each partition holding the keyspace's
-//!   partition lock for writing, and a panic there (lsm-tree asserts on some damaged
-//!   segment metadata, `segment/meta/compression.rs`; fjall's decoding of a damaged
-//!   partition config does too) poisons the lock; the half-built keyspace's `Drop` then
-//!   panics on it while unwinding, which aborts the process (seen with a zeroed block in
-//!   a segment file). So `preflight` first reads the partition's config and opens its
-//!   tree with lsm-tree directly, the way fjall will, where a panic unwinds harmlessly
-//!   (lsm-tree's own drops take no lock);
-//! - fjall 2 does not lock its directory (two keyspaces on one directory corrupt it), so
-//!   [`FjallKv`] holds an exclusive lock (`File::try_lock`, an `flock` on Unix) on
-//!   [`LOCK_FILE`] in it, reported as [`Error::StoreLocked`]. The lock is released last,
-//!   after the keyspace is dropped: `KeyspaceInner::drop` stops fjall's background threads
-//!   and waits until each has left its work loop, so no flush or compaction of the old
-//!   keyspace runs beside a new one, and a store closed here reopens at once. That wait
-//!   lasts until the sleeping threads wake (the monitor sleeps 250 ms, the fsync thread
-//!   [`FjallConfig::flush_every_ms`]): closing a store takes up to that long. A held lock
-//!   is retried for [`LOCK_WAIT`]: a child process another thread is starting holds a
-//!   copy of the lock's file until it execs;
-//! - plain `get` and `range` read at no snapshot, and so does `PartitionHandle::snapshot`
-//!   in effect (it takes the next sequence number): they can see part of a batch being
-//!   committed, since `Batch::commit` inserts items one by one and only then publishes the
-//!   batch's sequence number (`readers_never_see_part_of_a_batch` below fails when reads
-//!   go through them). Reads here use a snapshot at `Keyspace::instant()`, the last
-//!   published batch, so readers never see part of one; a one-off probe put its cost at
-//!   about 15% of the raw get rate;
-//! - a range iterator is not `Send` (a [`Scan`] must be) and pins, until dropped, the
-//!   memtables and segments it started from (lsm-tree's `IterState`), so memory and files
-//!   a flush or compaction released stay held while a slow reader walks a large range.
-//!   [`scan`] therefore reads pages of at most [`SCAN_PAGE_ENTRIES`] entries (and about
-//!   1 MiB) from one snapshot, holding no fjall iterator between pages;
-//! - keys must be non-empty and at most 65,535 bytes (fjall asserts both), so every key is
-//!   stored behind a one-byte [`USER_PREFIX`] (the empty key is then storable, and other
-//!   first bytes stay free for the backend's own records), and longer keys are refused
-//!   with an error instead of a panic;
-//! - `get` returns a `Slice`: a refcounted `ByteView` (inline up to 20 bytes) that shares
-//!   the value's buffer with the memtable or the cached block, wrapped here as [`Bytes`]
-//!   without a copy (`Bytes::from_owner`; a test checks two gets share one buffer). fjall
-//!   itself copies a value when it loads its block from disk: lsm-tree decompresses the
-//!   block into a `Vec` and copies each value into its own `ByteView`
-//!   (`Block::from_reader`, `InternalValue::decode_from`); a put is copied once into the
-//!   memtable. Reads served from the memtable or the block cache copy nothing.
+//! It owns everything fjall-specific: no fjall type crosses this module's boundary. The
+//! invariants it keeps for the trait's contract:
+//! - a batch is one fjall batch, atomic after a crash; reads go through a snapshot of the
+//!   last published batch, so a reader never sees part of one;
+//! - [`KvStore::flush`] fsyncs the journal (and returns at once when nothing was committed
+//!   since the last flush); a failed write or fsync poisons the keyspace for good;
+//! - a writer waits for memtable room before it commits, never inside fjall's own stall
+//!   loop, so a full disk is [`Error::Full`] or [`Error::Poisoned`], not a hang;
+//! - damaged files are [`Error::Corrupt`], never a panic that aborts (see `preflight`);
+//! - one keyspace per directory, held by an exclusive lock on [`LOCK_FILE`];
+//! - a [`scan`] reads pages of at most [`SCAN_PAGE_ENTRIES`] entries and holds no fjall
+//!   iterator between them;
+//! - every key is stored behind [`USER_PREFIX`], and keys fjall cannot store are refused
+//!   with an error;
+//! - a value read is fjall's buffer, shared as [`Bytes`] without a copy.
+//!
+//! Why each of these holds, as read in the fjall 2.11.2 and lsm-tree 2.10.4 sources and
+//! measured, is in docs/design.md ("What `FjallKv` relies on in fjall").
 //!
 //! [`scan`]: KvStore::scan
 

@@ -1,8 +1,13 @@
 //! `Kv`: the one handle the layers above use. It owns the backend and its group
 //! committer, refuses writes once a flush or a write has failed in a way that leaves the
 //! engine unusable (a full disk, an engine that poisoned itself), keeps the catalog of
-//! database names, and reads and seals file records so that checksums never leave this
-//! crate. A `Kv` opened with [`Kv::open_read_only`] refuses every write.
+//! database names, and reads file records verified (writes go through
+//! [`FileWrite`](crate::FileWrite)), so that keys and checksums never leave this crate. A
+//! `Kv` opened with [`Kv::open_read_only`] refuses every write.
+//!
+//! One-writer invariant: at most one [`Claim`] on a `Kv` lives at a time, and only
+//! dropping it gives the claim back; a VFS holds it for as long as it caches what it
+//! wrote.
 //!
 //! Catalog invariants: a name maps to at most one `DbId`; ids come from a counter that only
 //! grows (a dropped database's id is never reused, so stale keys can never be mistaken
@@ -87,7 +92,7 @@ impl Kv {
     }
 
     /// As [`Kv::open_with_cache`], for reading only: an empty store is not given a format
-    /// version record, and every write ([`Kv::apply`], [`Kv::commit_durable`], catalog
+    /// version record, and every write ([`FileWrite::commit`](crate::FileWrite::commit), [`Kv::commit_durable`], catalog
     /// changes) fails with [`Error::ReadOnly`].
     pub fn open_read_only(backend: Arc<dyn KvStore>, read_cache: usize) -> Result<Kv> {
         Kv::open_mode(backend, read_cache, true)
@@ -216,7 +221,7 @@ impl Kv {
         self.committer.commit_durable()
     }
 
-    /// Fails once the store is poisoned (see [`Kv::apply`]), or if it is read-only.
+    /// Fails once the store is poisoned (a failed flush, or a write that left the engine unusable), or if it is read-only.
     pub fn check_writable(&self) -> Result<()> {
         if self.read_only {
             return Err(Error::ReadOnly { op: "write" });
