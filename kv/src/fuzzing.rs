@@ -40,7 +40,7 @@ use parking_lot::Mutex;
 use crate::error::Error;
 use crate::keys::{self, ChunkNo, DbId, FileKind, KeyRange};
 use crate::records::{CatalogEntry, EntryKind, FileMeta};
-use crate::shared::{Kv, StoredMeta};
+use crate::shared::Kv;
 use crate::store::{Batch, Entry, KvStore};
 use crate::{FjallConfig, FjallKv, MemKv};
 
@@ -717,10 +717,7 @@ impl Layer {
                             generation: generation + 7,
                             ..FileMeta::EMPTY
                         };
-                        Some(StoredMeta {
-                            meta: stale,
-                            raw: stale.encode(id, kind),
-                        })
+                        Some(crate::raw::stored_meta(id, kind, stale))
                     }
                     MetaGuard::Absent => None,
                 };

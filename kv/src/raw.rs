@@ -85,3 +85,12 @@ pub fn put_meta(
 ) -> StoredMeta {
     crate::file_write::put_meta(batch, id, kind, meta, expected)
 }
+
+/// The record of `meta` as it would be stored for file `kind` of database `id`, usable
+/// as the guard of a write (a stale one, in tests of the guard).
+pub fn stored_meta(id: DbId, kind: FileKind, meta: FileMeta) -> StoredMeta {
+    StoredMeta {
+        meta,
+        raw: meta.encode(id, kind),
+    }
+}

@@ -31,7 +31,7 @@ impl FileMeta {
     };
 
     /// The sealed value stored under `meta_key(id, kind)`.
-    pub fn encode(&self, id: DbId, kind: FileKind) -> Bytes {
+    pub(crate) fn encode(&self, id: DbId, kind: FileKind) -> Bytes {
         let mut v = Vec::with_capacity(META_LEN + checksum::TRAILER_LEN);
         v.push(FORMAT_VERSION);
         v.extend_from_slice(&self.chunk_size.to_be_bytes());
@@ -41,7 +41,7 @@ impl FileMeta {
     }
 
     /// Verifies and parses a value read under `meta_key(id, kind)`.
-    pub fn decode(id: DbId, kind: FileKind, value: Bytes) -> Result<FileMeta> {
+    pub(crate) fn decode(id: DbId, kind: FileKind, value: Bytes) -> Result<FileMeta> {
         let key = keys::meta_key(id, kind);
         let payload = checksum::open(&key, value)?;
         let corrupt = |reason: String| Error::Corrupt {
@@ -105,7 +105,7 @@ const ENTRY_LEN: usize = 1 + 8 + 1;
 
 impl CatalogEntry {
     /// The sealed value stored under `catalog_key(name)`.
-    pub fn encode(&self, name: &[u8]) -> Bytes {
+    pub(crate) fn encode(&self, name: &[u8]) -> Bytes {
         let mut v = Vec::with_capacity(ENTRY_LEN + checksum::TRAILER_LEN);
         v.push(FORMAT_VERSION);
         v.extend_from_slice(&self.id.0.to_be_bytes());
@@ -114,7 +114,7 @@ impl CatalogEntry {
     }
 
     /// Verifies and parses a value read under `catalog_key(name)`.
-    pub fn decode(name: &[u8], value: Bytes) -> Result<CatalogEntry> {
+    pub(crate) fn decode(name: &[u8], value: Bytes) -> Result<CatalogEntry> {
         let key = keys::catalog_key(name);
         let payload = checksum::open(&key, value)?;
         let corrupt = |reason: &str| Error::Corrupt {
@@ -139,6 +139,26 @@ impl CatalogEntry {
             kind,
         })
     }
+}
+
+/// The sealed metadata record of file `kind` of database `id` (for [`crate::raw`]).
+pub fn encode_meta(meta: &FileMeta, id: DbId, kind: FileKind) -> Bytes {
+    meta.encode(id, kind)
+}
+
+/// Verifies and parses a metadata record read under `meta_key(id, kind)`.
+pub fn decode_meta(id: DbId, kind: FileKind, value: Bytes) -> Result<FileMeta> {
+    FileMeta::decode(id, kind, value)
+}
+
+/// The sealed catalog record of `entry` under name `name` (for [`crate::raw`]).
+pub fn encode_entry(entry: &CatalogEntry, name: &[u8]) -> Bytes {
+    entry.encode(name)
+}
+
+/// Verifies and parses a catalog record read under `catalog_key(name)`.
+pub fn decode_entry(name: &[u8], value: Bytes) -> Result<CatalogEntry> {
+    CatalogEntry::decode(name, value)
 }
 
 /// The sealed value of a `u64` record (the DbId counter) stored under `key`.

@@ -35,7 +35,7 @@ pub struct StoredMeta {
     /// The parsed record.
     pub meta: FileMeta,
     /// The stored bytes (the expected value of the next write's precondition).
-    pub raw: Bytes,
+    pub(crate) raw: Bytes,
 }
 
 /// The shared key-value layer: backend, group commit and catalog.

@@ -156,31 +156,33 @@ fn current_records() -> Vec<(String, Vec<u8>)> {
         ),
         (
             "catalog.actor-1.database".to_owned(),
-            CatalogEntry {
-                id: DB,
-                kind: EntryKind::Database,
-            }
-            .encode(b"actor-1")
+            records::encode_entry(
+                &CatalogEntry {
+                    id: DB,
+                    kind: EntryKind::Database,
+                },
+                b"actor-1",
+            )
             .to_vec(),
         ),
         (
             "catalog.actor-1-mj0.super_journal".to_owned(),
-            CatalogEntry {
-                id: DbId(8),
-                kind: EntryKind::SuperJournal,
-            }
-            .encode(b"actor-1-mj0")
+            records::encode_entry(
+                &CatalogEntry {
+                    id: DbId(8),
+                    kind: EntryKind::SuperJournal,
+                },
+                b"actor-1-mj0",
+            )
             .to_vec(),
         ),
         (
             "meta.main".to_owned(),
-            sample_meta().encode(DB, FileKind::Main).to_vec(),
+            records::encode_meta(&sample_meta(), DB, FileKind::Main).to_vec(),
         ),
         (
             "meta.super_journal.empty".to_owned(),
-            FileMeta::EMPTY
-                .encode(DbId(8), FileKind::SuperJournal)
-                .to_vec(),
+            records::encode_meta(&FileMeta::EMPTY, DbId(8), FileKind::SuperJournal).to_vec(),
         ),
         (
             "chunk.main.2".to_owned(),
@@ -219,7 +221,7 @@ fn records_decode_from_the_golden_bytes() {
     );
     readable(
         "catalog.actor-1.database",
-        CatalogEntry::decode(b"actor-1", value("catalog.actor-1.database")).map(|e| {
+        records::decode_entry(b"actor-1", value("catalog.actor-1.database")).map(|e| {
             e == CatalogEntry {
                 id: DB,
                 kind: EntryKind::Database,
@@ -228,20 +230,22 @@ fn records_decode_from_the_golden_bytes() {
     );
     readable(
         "catalog.actor-1-mj0.super_journal",
-        CatalogEntry::decode(b"actor-1-mj0", value("catalog.actor-1-mj0.super_journal")).map(|e| {
-            e == CatalogEntry {
-                id: DbId(8),
-                kind: EntryKind::SuperJournal,
-            }
-        }),
+        records::decode_entry(b"actor-1-mj0", value("catalog.actor-1-mj0.super_journal")).map(
+            |e| {
+                e == CatalogEntry {
+                    id: DbId(8),
+                    kind: EntryKind::SuperJournal,
+                }
+            },
+        ),
     );
     readable(
         "meta.main",
-        FileMeta::decode(DB, FileKind::Main, value("meta.main")).map(|m| m == sample_meta()),
+        records::decode_meta(DB, FileKind::Main, value("meta.main")).map(|m| m == sample_meta()),
     );
     readable(
         "meta.super_journal.empty",
-        FileMeta::decode(
+        records::decode_meta(
             DbId(8),
             FileKind::SuperJournal,
             value("meta.super_journal.empty"),

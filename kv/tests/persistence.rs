@@ -14,7 +14,7 @@ use bytes::Bytes;
 use shoal_kv::raw::keys::{catalog_key, chunk_key, meta_key};
 use shoal_kv::{
     CatalogEntry, ChunkNo, DbId, EntryKind, Error, FileKind, FileMeta, FileWrite, FjallConfig,
-    FjallKv, Kv, KvStore, SledConfig, SledKv, StoredMeta,
+    FjallKv, Kv, KvStore, SledConfig, SledKv,
 };
 
 const PAGE: usize = 4096;
@@ -163,10 +163,7 @@ fn everything_written_through_kv_survives_reopening<B: Backend>() {
     // before closing, so it guards the next write, and a stale one is refused.
     let current = kv.read_meta(alpha.id, FileKind::Main).unwrap().unwrap();
     assert_eq!(current, alpha_meta_before);
-    let stale = StoredMeta {
-        meta: FileMeta::EMPTY,
-        raw: FileMeta::EMPTY.encode(alpha.id, FileKind::Main),
-    };
+    let stale = shoal_kv::raw::stored_meta(alpha.id, FileKind::Main, FileMeta::EMPTY);
     let mut write = kv.file_write(alpha.id, FileKind::Main);
     write.set_meta(&FileMeta::EMPTY, Some(&stale));
     assert!(matches!(
