@@ -1,4 +1,6 @@
-//! The checksum trailer: the only place values are sealed and opened.
+//! The checksum trailer: the only place values are sealed and opened. Outside this crate
+//! it is reached only through [`crate::raw`]; `kv/tests/golden/records.hex` pins a sealed
+//! chunk.
 //!
 //! A sealed value is `payload ++ xxh3_64(payload, seed = xxh3_64(key))` (8 bytes, little
 //! endian). Seeding with the key makes the checksum cover where the value is stored, so a

@@ -1,4 +1,6 @@
-//! The key format: the only place keys are built and parsed.
+//! The key format: the only place keys are built and parsed. Outside this crate it is
+//! reached only through [`crate::raw`] (tests and tools); `kv/tests/golden/keys.hex`
+//! pins the bytes of every key kind.
 //!
 //! Every key starts with a tag byte that names its key space *and* the format of that
 //! space; a future format gets new tags, so old and new keys can never be confused.

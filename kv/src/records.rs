@@ -1,7 +1,8 @@
 //! Layouts of the small records the store keeps beside chunks: file metadata and
 //! catalog entries. Each starts with [`FORMAT_VERSION`] and is sealed with the checksum
 //! trailer of [`crate::checksum`], so a damaged or foreign record is an error, never a
-//! wrong size or a wrong database.
+//! wrong size or a wrong database. Only this crate encodes and decodes them ([`crate::raw`]
+//! lends the functions to tests and tools); `kv/tests/golden/records.hex` pins their bytes.
 
 use bytes::Bytes;
 
