@@ -164,3 +164,46 @@ fn names_reserved_for_sqlite_files_cannot_be_databases() {
     .unwrap_err();
     assert_eq!(err.sqlite_error_code(), Some(ErrorCode::CannotOpen));
 }
+
+/// What the facade asks of the catalog: databases are listed and exist, a super-journal
+/// left by a multi-database commit does not count as one, and a rename keeps the pages
+/// (the same id) but is refused while the database is open or the new name is taken.
+#[test]
+fn the_catalog_calls_see_databases_only_and_a_rename_keeps_the_pages() {
+    let vfs = mem_vfs();
+    for name in ["b", ".staging-1", "a"] {
+        let conn = open(&vfs, name);
+        conn.execute_batch("CREATE TABLE t(x); INSERT INTO t VALUES (1);")
+            .unwrap();
+    }
+    vfs.kv()
+        .create("a-mj01", shoal_kv::EntryKind::SuperJournal)
+        .unwrap();
+    assert_eq!(vfs.list().unwrap(), [".staging-1", "a", "b"]);
+    assert_eq!(vfs.list_prefix(".st").unwrap(), [".staging-1"]);
+    let catalog: Vec<String> = vfs.catalog().unwrap().into_iter().map(|(n, _)| n).collect();
+    assert_eq!(catalog, [".staging-1", "a", "a-mj01", "b"]);
+    assert!(vfs.exists("a").unwrap());
+    assert!(
+        !vfs.exists("a-mj01").unwrap(),
+        "a super-journal is no database"
+    );
+    assert!(!vfs.exists("c").unwrap());
+
+    let held = open(&vfs, ".staging-1");
+    let err = vfs.rename_database(".staging-1", "c").unwrap_err();
+    assert!(matches!(err, shoal_vfs::Error::InUse(_)), "{err}");
+    drop(held);
+    let err = vfs.rename_database(".staging-1", "a").unwrap_err();
+    assert!(
+        matches!(err, shoal_vfs::Error::Kv(shoal_kv::Error::AlreadyExists(_))),
+        "{err}"
+    );
+    vfs.rename_database(".staging-1", "c").unwrap();
+    assert_eq!(vfs.list().unwrap(), ["a", "b", "c"]);
+    assert_eq!(
+        count(&open(&vfs, "c"), "t"),
+        1,
+        "the pages moved with the name"
+    );
+}
