@@ -10,7 +10,7 @@
 use crate::checksum;
 use crate::error::Result;
 use crate::keys::{self, FileKind};
-use crate::records::{EntryKind, FileMeta};
+use crate::records::{EntryKind, FileMeta, chunk_len};
 use crate::shared::Kv;
 
 /// The result of [`Kv::audit`]: what was checked and what was wrong.
@@ -25,11 +25,6 @@ pub struct Audit {
     pub bytes: u64,
     /// Every problem found, described; empty when the database is sound.
     pub problems: Vec<String>,
-}
-
-/// The length chunk `c` of a file of `size` bytes in chunks of `cs` bytes has.
-pub(crate) fn chunk_len(size: u64, cs: u64, c: u64) -> u64 {
-    size.saturating_sub(c.saturating_mul(cs)).min(cs)
 }
 
 impl Kv {

@@ -51,7 +51,7 @@ pub use fjall_kv::{FjallConfig, FjallKv};
 pub use group_commit::{GroupCommitStats, GroupCommitter};
 pub use keys::{ChunkNo, DbId, FileKind, KeyRange, MAX_NAME_LEN, validate_name};
 pub use mem::MemKv;
-pub use records::{CatalogEntry, EntryKind, FileMeta};
+pub use records::{CatalogEntry, EntryKind, FileMeta, chunk_len};
 pub use shared::{Claim, DEFAULT_READ_CACHE, Kv, StoredMeta};
 pub use sled_kv::{SledConfig, SledKv};
 pub use store::{KvStats, KvStore};

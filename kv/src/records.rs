@@ -142,6 +142,13 @@ impl CatalogEntry {
     }
 }
 
+/// The length chunk `c` of a file of `size` bytes stored in chunks of `cs` bytes must
+/// have: every chunk is whole but the last, which holds the rest (and chunks past the
+/// end are empty).
+pub fn chunk_len(size: u64, cs: u64, c: u64) -> u64 {
+    size.saturating_sub(c.saturating_mul(cs)).min(cs)
+}
+
 /// The sealed metadata record of file `kind` of database `id` (for [`crate::raw`]).
 pub fn encode_meta(meta: &FileMeta, id: DbId, kind: FileKind) -> Bytes {
     meta.encode(id, kind)

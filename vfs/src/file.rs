@@ -27,7 +27,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use parking_lot::Mutex;
-use shoal_kv::{ChunkNo, DbId, FileKind, FileMeta, FileWrite, Kv, StoredMeta};
+use shoal_kv::{ChunkNo, DbId, FileKind, FileMeta, FileWrite, Kv, StoredMeta, chunk_len};
 
 use crate::error::{Error, Result};
 use crate::lock::LockTable;
@@ -97,11 +97,6 @@ impl JournalHint {
         self.epoch += 1;
         self.absent = absent;
     }
-}
-
-/// Length of chunk `c` of a file of `size` bytes in chunks of `cs` bytes.
-pub(crate) fn chunk_len(size: u64, cs: u64, c: u64) -> u64 {
-    size.saturating_sub(c * cs).min(cs)
 }
 
 /// The largest file chunks of `cs` bytes can hold (chunk numbers are `u32`).
