@@ -94,6 +94,15 @@ pub enum KvEngine {
 }
 
 impl KvEngine {
+    /// Every engine this build can open, the default first: fjall with feature `kv-vfs`,
+    /// sled with feature `sled` (none without `kv-vfs`).
+    pub const ALL: &'static [KvEngine] = &[
+        #[cfg(feature = "kv-vfs")]
+        KvEngine::Fjall,
+        #[cfg(feature = "sled")]
+        KvEngine::Sled,
+    ];
+
     /// The name used on the command line and in reports.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -97,13 +97,24 @@ pub enum Error {
     },
     /// The disk holding the store is full, now or when a write failed and poisoned the
     /// store (the message says which, and what to do).
+    #[cfg(feature = "kv-vfs")]
     #[error(transparent)]
     DiskFull(shoal_kv::Error),
     /// A write failed earlier in a way that left the store unusable (a failed flush, an
     /// engine that gave up): it refuses writes until it is reopened, and the message
     /// names the first failure.
+    #[cfg(feature = "kv-vfs")]
     #[error(transparent)]
     Poisoned(shoal_kv::Error),
+    /// The store asks for a part that this build of shoal was built without (a kv engine
+    /// behind a cargo feature).
+    #[error("this shoal was built without the {feature} feature, which {what} needs")]
+    NotBuilt {
+        /// The cargo feature that would build it.
+        feature: &'static str,
+        /// What needs it.
+        what: &'static str,
+    },
     /// A file to import is not a SQLite database.
     #[error("{} is not a SQLite database: {reason}", path.display())]
     NotSqlite {
@@ -147,6 +158,7 @@ pub enum Error {
     #[error(transparent)]
     Sqlite(#[from] rusqlite::Error),
     /// The key-value layer failed.
+    #[cfg(feature = "kv-vfs")]
     #[error(transparent)]
     Kv(shoal_kv::Error),
     /// The VFS failed.
@@ -154,6 +166,7 @@ pub enum Error {
     Vfs(shoal_vfs::Error),
 }
 
+#[cfg(feature = "kv-vfs")]
 impl From<shoal_kv::Error> for Error {
     fn from(e: shoal_kv::Error) -> Error {
         if e.is_disk_full() {
@@ -169,6 +182,7 @@ impl From<shoal_kv::Error> for Error {
 impl From<shoal_vfs::Error> for Error {
     fn from(e: shoal_vfs::Error) -> Error {
         match e {
+            #[cfg(feature = "kv-vfs")]
             shoal_vfs::Error::Kv(kv) => kv.into(),
             other => Error::Vfs(other),
         }

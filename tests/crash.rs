@@ -379,6 +379,7 @@ fn crash_cycles_relaxed_durability() {
     run_cycles(Durability::Relaxed, "fjall", 50);
 }
 
+#[cfg(feature = "sled")]
 #[test]
 fn crash_cycles_full_durability_on_sled() {
     run_cycles(Durability::Full, "sled", 25);
@@ -679,6 +680,7 @@ fn killed_creation_leaves_a_store_that_opens() {
     killed_creation("fjall");
 }
 
+#[cfg(feature = "sled")]
 #[test]
 fn killed_creation_leaves_a_store_that_opens_on_sled() {
     killed_creation("sled");

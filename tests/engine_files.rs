@@ -189,6 +189,7 @@ fn damaged_fjall_files_are_errors() {
     damaged_files_are_errors_never_panics_or_other_data(KvEngine::Fjall, 0x5eed_f1a1);
 }
 
+#[cfg(feature = "sled")]
 #[test]
 fn damaged_sled_files_are_errors() {
     damaged_files_are_errors_never_panics_or_other_data(KvEngine::Sled, 0x5eed_51ed);

@@ -142,6 +142,7 @@ impl Error {
     }
 
     /// Maps a backend's error during `op` (for `map_err`).
+    #[cfg(any(feature = "fjall", feature = "sled"))]
     pub(crate) fn at<E>(op: &'static str) -> impl Fn(E) -> Error
     where
         E: std::error::Error + Send + Sync + 'static,
@@ -180,6 +181,7 @@ impl Error {
 
 /// The I/O error saying the file system (or the user's quota on it) has no space left,
 /// as text, if `err` is one or was caused by one.
+#[cfg(any(feature = "fjall", feature = "sled"))]
 pub(crate) fn out_of_space(err: &(dyn std::error::Error + 'static)) -> Option<String> {
     io_errors(err)
         .find(|io| {
@@ -193,6 +195,7 @@ pub(crate) fn out_of_space(err: &(dyn std::error::Error + 'static)) -> Option<St
 
 /// The I/O error saying access was refused (no permission, a read-only file system), as
 /// text, if `err` is one or was caused by one.
+#[cfg(any(feature = "fjall", feature = "sled"))]
 pub(crate) fn access_denied(err: &(dyn std::error::Error + 'static)) -> Option<String> {
     io_errors(err)
         .find(|io| {
@@ -205,6 +208,7 @@ pub(crate) fn access_denied(err: &(dyn std::error::Error + 'static)) -> Option<S
 }
 
 /// The I/O errors among `err` and the errors it was caused by.
+#[cfg(any(feature = "fjall", feature = "sled"))]
 pub(crate) fn io_errors<'a>(
     err: &'a (dyn std::error::Error + 'static),
 ) -> impl Iterator<Item = &'a std::io::Error> {
@@ -213,6 +217,7 @@ pub(crate) fn io_errors<'a>(
 }
 
 /// The message of a caught panic, as far as it is text.
+#[cfg(any(feature = "fjall", feature = "sled"))]
 pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
     panic
         .downcast_ref::<&str>()

@@ -3,9 +3,9 @@
 //! It knows nothing of SQLite, and it owns the stored format end to end: nothing above
 //! it builds a key, seals a value, decodes a record or assembles a batch. It offers:
 //! - [`KvStore`], the backend trait (ordered keys, refcounted values, atomic guarded
-//!   batches, flush), with [`FjallKv`] (the default: an LSM-tree whose memory
-//!   stays within its configured cache), [`SledKv`] (sled 0.34, selectable) and [`MemKv`]
-//!   (the reference model); [`FaultyKv`] wraps any of them to inject failures;
+//!   batches, flush), with `FjallKv` (feature `fjall`, the default: an LSM-tree
+//!   whose memory stays within its configured cache), `SledKv` (feature `sled`: sled 0.34,
+//!   selectable) and [`MemKv`] (the reference model, in every build); [`FaultyKv`] wraps any of them to inject failures;
 //! - [`Kv`], the shared handle the layers above use: the catalog of names
 //!   ([`Kv::lookup`], [`Kv::create`], [`Kv::rename`], [`Kv::drop_entry`], [`Kv::list`]),
 //!   verified reads of files ([`Kv::read_meta`], [`Kv::read_chunk`]), typed writes of one
@@ -31,6 +31,7 @@ mod checksum;
 mod error;
 mod faulty;
 mod file_write;
+#[cfg(feature = "fjall")]
 mod fjall_kv;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
@@ -40,6 +41,7 @@ mod mem;
 pub mod raw;
 mod records;
 mod shared;
+#[cfg(feature = "sled")]
 mod sled_kv;
 mod store;
 
@@ -47,11 +49,13 @@ pub use audit::Audit;
 pub use error::{Error, Result};
 pub use faulty::{FaultMode, FaultOp, FaultyKv};
 pub use file_write::FileWrite;
+#[cfg(feature = "fjall")]
 pub use fjall_kv::{FjallConfig, FjallKv};
 pub use group_commit::{GroupCommitStats, GroupCommitter};
 pub use keys::{ChunkNo, DbId, FileKind, KeyRange, MAX_NAME_LEN, validate_name};
 pub use mem::MemKv;
 pub use records::{CatalogEntry, EntryKind, FileMeta, chunk_len};
 pub use shared::{Claim, DEFAULT_READ_CACHE, Kv, StoredMeta};
+#[cfg(feature = "sled")]
 pub use sled_kv::{SledConfig, SledKv};
 pub use store::{KvStats, KvStore};

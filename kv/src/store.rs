@@ -14,8 +14,6 @@
 //! - batches are applied in order, and readers never see part of a batch;
 //! - `flush` returns only when everything applied before it is durable.
 
-use std::collections::BTreeMap;
-
 use bytes::Bytes;
 
 use crate::error::{Error, Result};
@@ -162,12 +160,14 @@ pub trait KvStore: Send + Sync + std::fmt::Debug + 'static {
 }
 
 /// The net effect of a batch: one write per key (`None` deletes).
-pub(crate) type Writes = BTreeMap<Bytes, Option<Bytes>>;
+#[cfg(any(feature = "fjall", feature = "sled"))]
+pub(crate) type Writes = std::collections::BTreeMap<Bytes, Option<Bytes>>;
 
 /// Folds `ops` in order into one write per key, for backends whose native batch keeps one
 /// write per key. A range delete also removes the puts made earlier in the same batch, and
 /// every stored key that `stored_keys` lists for the range (called with non-empty ranges
 /// only); a put after it survives.
+#[cfg(any(feature = "fjall", feature = "sled"))]
 pub(crate) fn fold_ops(
     ops: Vec<Op>,
     mut stored_keys: impl FnMut(&KeyRange) -> Result<Vec<Bytes>>,

@@ -1,5 +1,6 @@
 //! The error type of shoal-vfs and the one function that maps errors to SQLite codes.
 
+#[cfg(feature = "vfs")]
 use rusqlite::ffi;
 
 /// Result alias for this crate.
@@ -10,6 +11,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[non_exhaustive]
 pub enum Error {
     /// The key-value layer failed (I/O, checksum, poisoned store, ...).
+    #[cfg(feature = "vfs")]
     #[error(transparent)]
     Kv(#[from] shoal_kv::Error),
     /// A stored file is inconsistent in a way the checksums cannot see (a chunk of the
@@ -107,6 +109,7 @@ pub enum Error {
 }
 
 /// The VFS operation an error happened in; it picks the extended SQLite error code.
+#[cfg(feature = "vfs")]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Op {
     Open,
@@ -126,6 +129,7 @@ pub(crate) enum Op {
     Control,
 }
 
+#[cfg(feature = "vfs")]
 impl Error {
     pub(crate) fn corrupt(file: &str, reason: impl Into<String>) -> Error {
         Error::Corrupt {
@@ -151,6 +155,7 @@ impl Error {
 ///   is full"), as the unix VFS reports ENOSPC; a write to a read-only store is
 ///   `SQLITE_READONLY`;
 /// - every other failure is the operation's `SQLITE_IOERR_*` code.
+#[cfg(feature = "vfs")]
 pub(crate) fn sqlite_code(err: &Error, op: Op) -> i32 {
     match op {
         Op::CommitAtomic => return ffi::SQLITE_IOERR_COMMIT_ATOMIC,
@@ -176,6 +181,7 @@ pub(crate) fn sqlite_code(err: &Error, op: Op) -> i32 {
 }
 
 /// The message of a caught panic (its `&str` or `String` payload).
+#[cfg(feature = "vfs")]
 pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
     panic
         .downcast_ref::<&str>()
@@ -186,6 +192,7 @@ pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
 
 /// The operation's own I/O error code (what any failure without a more specific code,
 /// a panic included, returns).
+#[cfg(feature = "vfs")]
 pub(crate) fn io_code(op: Op) -> i32 {
     match op {
         Op::Open => ffi::SQLITE_CANTOPEN,
@@ -206,7 +213,7 @@ pub(crate) fn io_code(op: Op) -> i32 {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "vfs"))]
 mod tests {
     use super::*;
 

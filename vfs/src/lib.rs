@@ -27,6 +27,10 @@
 //! - pragmas that would make commits non-atomic are refused.
 //!
 //! All unsafe code is in the `ffi` module.
+//!
+//! The VFS is feature `vfs` (default). Without it the crate holds only [`sqlite`] and
+//! [`procfs`], SQLite's memory controls, which a build of the facade without the kv
+//! backing uses too.
 
 #![deny(unsafe_code)]
 #![deny(missing_docs)]
@@ -35,17 +39,27 @@
 mod error;
 #[allow(unsafe_code)]
 mod ffi;
+#[cfg(feature = "vfs")]
 mod file;
-#[cfg(feature = "fuzzing")]
+#[cfg(all(feature = "vfs", feature = "fuzzing"))]
 #[doc(hidden)]
 pub mod fuzzing;
+#[cfg(feature = "vfs")]
 mod lock;
+#[cfg(feature = "vfs")]
 mod memfile;
+// The rules for names hold in every build: a file-backed actor has the names a kv one has.
+#[cfg_attr(not(feature = "vfs"), allow(dead_code))]
 mod names;
+#[cfg(feature = "vfs")]
 mod pages;
+#[cfg(feature = "vfs")]
 mod pragma;
 pub mod procfs;
+// `DbStats` is part of the facade's API in every build (always `None` without the VFS).
+#[cfg_attr(not(feature = "vfs"), allow(dead_code))]
 mod stats;
+#[cfg(feature = "vfs")]
 mod vfs;
 
 /// The safe seam between SQLite and a VFS in Rust, which shoal's own VFS implements:
@@ -53,6 +67,7 @@ mod vfs;
 /// contract on each method, [`register`](contract::register) to serve one through the
 /// generic trampolines, and [`Probe`](contract::Probe) to drive a registered VFS's file
 /// methods directly where SQLite would not (the contract tests).
+#[cfg(feature = "vfs")]
 #[doc(hidden)]
 pub mod contract {
     pub use crate::ffi::probe::Probe;
@@ -61,26 +76,31 @@ pub mod contract {
     };
 }
 
+#[cfg(feature = "vfs")]
 use std::sync::Arc;
 
+#[cfg(feature = "vfs")]
 use shoal_kv::{EntryKind, Kv};
 
 pub use error::{Error, HeapRefused, Result};
 pub use names::refuse_as_database;
+#[cfg(feature = "vfs")]
 pub use pragma::Durability;
 pub use shoal_kv::Audit;
 pub use stats::DbStats;
 
-/// Process-wide and per-connection SQLite memory controls.
+/// Process-wide and per-connection SQLite memory controls, in every build (the facade's
+/// file backings use them too).
 pub mod sqlite {
     pub use crate::ffi::heap::{SqliteHeap, configure as configure_heap, current as heap};
     pub use crate::ffi::sqlite::{
-        cache_used, connection_memory, memory_highwater, memory_used, release_memory,
-        set_lookaside, set_soft_heap_limit, trim_heap,
+        cache_used, connection_memory, memory_highwater, memory_used, set_lookaside,
+        set_soft_heap_limit, trim_heap,
     };
 }
 
 /// How to register the VFS.
+#[cfg(feature = "vfs")]
 #[derive(Debug, Clone)]
 pub struct VfsOptions {
     /// The name connections pass to `sqlite3_open_v2` (default `shoal`).
@@ -96,8 +116,10 @@ pub struct VfsOptions {
 }
 
 /// The temp-file limit of [`VfsOptions::default`]: 64 MiB.
+#[cfg(feature = "vfs")]
 pub const DEFAULT_TEMP_LIMIT: u64 = 64 << 20;
 
+#[cfg(feature = "vfs")]
 impl Default for VfsOptions {
     fn default() -> VfsOptions {
         VfsOptions {
@@ -116,6 +138,7 @@ impl Default for VfsOptions {
 /// name stays registered with SQLite for the rest of the process (a thread may be inside
 /// one of its methods at any moment), and a later [`register`] under the same name reuses
 /// that registration.
+#[cfg(feature = "vfs")]
 #[derive(Debug)]
 pub struct Vfs {
     registered: ffi::RegisteredVfs<vfs::VfsState>,
@@ -123,11 +146,13 @@ pub struct Vfs {
 
 /// A handle that outlives its [`Vfs`] and tells whether connections opened through it
 /// still hold its store (see [`Vfs::usage`]).
+#[cfg(feature = "vfs")]
 #[derive(Debug, Clone)]
 pub struct StoreUsage {
     state: std::sync::Weak<vfs::VfsState>,
 }
 
+#[cfg(feature = "vfs")]
 impl StoreUsage {
     /// Database files still open through the VFS (one per connection, one more per
     /// attached database); 0 once the store is released.
@@ -145,6 +170,7 @@ impl StoreUsage {
 
 /// Registers a VFS over `kv`. Fails if the name is taken in this process, if another VFS
 /// already serves `kv`, or if the linked SQLite lacks `SQLITE_ENABLE_BATCH_ATOMIC_WRITE`.
+#[cfg(feature = "vfs")]
 pub fn register(kv: Arc<Kv>, options: VfsOptions) -> Result<Vfs> {
     // The VFS keeps what it wrote in memory (file sizes, the database header, whether a
     // journal exists), which is right only while it is the store's one writer.
@@ -165,15 +191,18 @@ pub fn register(kv: Arc<Kv>, options: VfsOptions) -> Result<Vfs> {
 /// generic text (a full temp space is "database or disk is full"); this says which limit
 /// or file it was. SQLite calls the VFS on the thread running the statement, so right
 /// after a failed statement this is that statement's cause, if the VFS caused it.
+#[cfg(feature = "vfs")]
 pub fn take_last_failure() -> Option<(i32, String)> {
     ffi::take_last_failure()
 }
 
 /// Whether the linked SQLite was built with `SQLITE_ENABLE_BATCH_ATOMIC_WRITE`.
+#[cfg(feature = "vfs")]
 pub fn sqlite_has_batch_atomic_write() -> bool {
     ffi::has_batch_atomic_write()
 }
 
+#[cfg(feature = "vfs")]
 impl Vfs {
     fn state(&self) -> &Arc<vfs::VfsState> {
         self.registered.state()

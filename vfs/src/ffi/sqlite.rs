@@ -1,5 +1,6 @@
 //! Safe wrappers for the few process-wide and per-connection SQLite calls that
 //! rusqlite does not expose: memory accounting, heap limits, lookaside, page-cache use.
+//! (Where rusqlite has the call, such as `Connection::release_memory`, use its.)
 
 use std::ffi::c_int;
 
@@ -95,12 +96,6 @@ pub fn set_lookaside(conn: &Connection, slot_size: u32, slots: u32) -> Result<()
         });
     }
     Ok(())
-}
-
-/// Frees what `conn` can of its page cache (unpinned pages).
-pub fn release_memory(conn: &Connection) {
-    // SAFETY: the handle is valid while `conn` is borrowed.
-    unsafe { sys::sqlite3_db_release_memory(handle(conn)) };
 }
 
 #[cfg(all(target_os = "linux", target_env = "gnu"))]

@@ -14,7 +14,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, anyhow, bail};
 use clap::{Parser, Subcommand};
-use shoal::rusqlite::fallible_iterator::FallibleIterator as _;
+use shoal::rusqlite::{self, fallible_iterator::FallibleIterator as _};
 use shoal::{Backing, Config, KvEngine, Store, StoreLayout};
 
 /// Many SQLite databases, one per actor, in one shared key-value store.
@@ -220,21 +220,29 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             for n in &names {
                 match store.check_actor(n) {
                     Ok(report) if report.is_ok() => {
+                        #[cfg(feature = "kv-vfs")]
                         let audited = report
                             .audit
                             .map(|a| format!(", {} chunks verified", a.chunks))
                             .unwrap_or_default();
+                        #[cfg(not(feature = "kv-vfs"))]
+                        let audited = "";
                         writeln!(out, "{n}: ok{audited}")?;
                     }
                     Ok(report) => {
                         // One line per actor: integrity_check's first line holds a
                         // newline of its own ("*** in database main ***\n...").
-                        let problems = report
+                        #[cfg_attr(not(feature = "kv-vfs"), allow(unused_mut))]
+                        let mut problems = report
                             .integrity
                             .iter()
                             .filter(|l| *l != "ok")
                             .cloned()
-                            .chain(report.audit.into_iter().flat_map(|a| a.problems))
+                            .collect::<Vec<_>>();
+                        #[cfg(feature = "kv-vfs")]
+                        problems.extend(report.audit.into_iter().flat_map(|a| a.problems));
+                        let problems = problems
+                            .into_iter()
                             .map(|p| p.replace('\n', " "))
                             .collect::<Vec<_>>();
                         writeln!(out, "{n}: {}", problems.join("; "))?;

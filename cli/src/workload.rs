@@ -2,7 +2,7 @@
 //! sessions, transcript messages of about 1 KB, and git state (a few hundred KB), and
 //! waking it runs what opening the task's detail view runs.
 
-use rusqlite::{Connection, params};
+use shoal::rusqlite::{self, Connection, params};
 
 pub const SCHEMA: &str = "
     CREATE TABLE tasks(id INTEGER PRIMARY KEY, title TEXT NOT NULL, status TEXT NOT NULL,
