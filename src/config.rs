@@ -3,6 +3,10 @@
 
 use std::time::Duration;
 
+pub use shoal_vfs::Durability;
+
+use crate::error::Error;
+
 /// Where actor databases live.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backing {
@@ -47,21 +51,6 @@ impl Backing {
         }
     }
 
-    /// Parses `kv`, `files` or `files-tuned`; `kv` fails without feature `kv-vfs`.
-    pub fn parse(s: &str) -> Result<Backing, String> {
-        match s {
-            #[cfg(feature = "kv-vfs")]
-            "kv" => Ok(Backing::Kv),
-            #[cfg(not(feature = "kv-vfs"))]
-            "kv" => Err("this build has no kv backing (built without feature kv-vfs)".into()),
-            "files" => Ok(Backing::Files),
-            "files-tuned" => Ok(Backing::FilesTuned),
-            other => Err(format!(
-                "unknown backing {other:?} (expected kv, files or files-tuned)"
-            )),
-        }
-    }
-
     /// Whether actors live in the shared key-value store (always `false` without
     /// feature `kv-vfs`).
     pub fn is_kv(self) -> bool {
@@ -78,6 +67,37 @@ impl Backing {
 impl Default for Backing {
     fn default() -> Backing {
         Backing::DEFAULT
+    }
+}
+
+impl std::fmt::Display for Backing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Backing {
+    type Err = Error;
+
+    /// Parses `kv`, `files` or `files-tuned` (what [`Backing::as_str`] gives); `kv`
+    /// fails with [`Error::NotBuilt`] without feature `kv-vfs`.
+    fn from_str(s: &str) -> Result<Backing, Error> {
+        match s {
+            #[cfg(feature = "kv-vfs")]
+            "kv" => Ok(Backing::Kv),
+            #[cfg(not(feature = "kv-vfs"))]
+            "kv" => Err(Error::NotBuilt {
+                feature: "kv-vfs",
+                what: "the kv backing",
+            }),
+            "files" => Ok(Backing::Files),
+            "files-tuned" => Ok(Backing::FilesTuned),
+            other => Err(Error::UnknownName {
+                what: "backing",
+                given: other.to_owned(),
+                expected: "kv, files or files-tuned",
+            }),
+        }
     }
 }
 
@@ -110,15 +130,28 @@ impl KvEngine {
             KvEngine::Sled => "sled",
         }
     }
+}
 
-    /// Parses `fjall` or `sled`.
-    pub fn parse(s: &str) -> Result<KvEngine, String> {
+impl std::fmt::Display for KvEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for KvEngine {
+    type Err = Error;
+
+    /// Parses `fjall` or `sled`, in every build (opening a store on an engine the build
+    /// lacks is [`Error::NotBuilt`]).
+    fn from_str(s: &str) -> Result<KvEngine, Error> {
         match s {
             "fjall" => Ok(KvEngine::Fjall),
             "sled" => Ok(KvEngine::Sled),
-            other => Err(format!(
-                "unknown kv engine {other:?} (expected fjall or sled)"
-            )),
+            other => Err(Error::UnknownName {
+                what: "kv engine",
+                given: other.to_owned(),
+                expected: "fjall or sled",
+            }),
         }
     }
 }
@@ -166,21 +199,10 @@ impl StoreLayout {
 impl std::fmt::Display for StoreLayout {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            StoreLayout::Kv(engine) => write!(f, "the kv backing with {}", engine.as_str()),
+            StoreLayout::Kv(engine) => write!(f, "the kv backing with {engine}"),
             StoreLayout::Files => f.write_str("the files backing (one SQLite file per actor)"),
         }
     }
-}
-
-/// How long a commit waits before it returns.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Durability {
-    /// Durable when the commit returns (kv: a shared flush; files: synchronous=FULL).
-    #[default]
-    Full,
-    /// Never torn, possibly lost if the machine fails within the flush interval (kv: the
-    /// atomic batch is applied and flushed within 500 ms; files: synchronous=NORMAL).
-    Relaxed,
 }
 
 /// Tuning of each actor connection.

@@ -115,6 +115,16 @@ pub enum Error {
         /// What needs it.
         what: &'static str,
     },
+    /// A name of a [`crate::Backing`] or [`crate::KvEngine`] that is neither.
+    #[error("unknown {what} {given:?} (expected {expected})")]
+    UnknownName {
+        /// What was being named.
+        what: &'static str,
+        /// The name given.
+        given: String,
+        /// The names there are.
+        expected: &'static str,
+    },
     /// A file to import is not a SQLite database.
     #[error("{} is not a SQLite database: {reason}", path.display())]
     NotSqlite {

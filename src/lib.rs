@@ -19,6 +19,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+mod backend;
 mod config;
 mod error;
 pub mod memory;
@@ -34,8 +35,13 @@ pub use memory::MemoryReport;
 pub use names::{MAX_ACTOR_NAME, validate_actor_name};
 pub use store::{Actor, ActorStats, CheckReport, Store};
 
-pub use shoal_vfs::HeapRefused;
+// The types the API's signatures name, so a caller needs no other crate to name them.
+#[cfg(feature = "kv-vfs")]
+pub use shoal_kv::Error as KvError;
 pub use shoal_vfs::sqlite::SqliteHeap;
+#[cfg(feature = "kv-vfs")]
+pub use shoal_vfs::{Audit, Vfs};
+pub use shoal_vfs::{DbStats, Error as VfsError, HeapRefused};
 
 /// Puts SQLite's heap on an allocator arena of its own (a jemalloc arena beside the
 /// process's malloc, which stays the host's), unless SQLite has initialised already;

@@ -1,5 +1,9 @@
 //! `Store`: one directory, one backing, one memory budget, many actors.
 //!
+//! The store owns what every backing shares: the directory's lock, the layout check, the
+//! awake set, connection tuning and reset, the staging directory. Where the actors live is
+//! its [`Backend`] (`crate::backend`), chosen once when it opens.
+//!
 //! Only an explicit create ([`Store::actor`], [`Store::with_actor`],
 //! [`Store::open_actor`], [`Store::import_actor`]) creates an actor: every other
 //! operation opens its database without `SQLITE_OPEN_CREATE`, so racing a delete it
@@ -14,7 +18,10 @@ use std::sync::OnceLock;
 
 use rusqlite::{Connection, OpenFlags};
 
-use crate::config::{Backing, Config, Durability, StoreLayout};
+#[cfg(feature = "kv-vfs")]
+use crate::backend::KvBacking;
+use crate::backend::{Backend, FilesBacking, create_private_dir};
+use crate::config::{Backing, Config, StoreLayout};
 use crate::error::{Error, Result};
 use crate::memory::{self, MemoryReport};
 use crate::names::validate_actor_name;
@@ -27,33 +34,6 @@ const LOCK_FILE: &str = "LOCK";
 
 /// Where imports stage their copies; emptied when the store opens.
 const STAGING_DIR: &str = "staging";
-
-/// Prefix of the catalog entry an import into the kv backing fills before it renames it
-/// to the actor's name; [`validate_actor_name`] refuses it (a leading '.').
-#[cfg(feature = "kv-vfs")]
-const STAGING_PREFIX: &str = ".import-";
-
-#[cfg(feature = "kv-vfs")]
-static NEXT_STAGING: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-
-#[cfg(feature = "kv-vfs")]
-use std::sync::Arc;
-
-/// The kv stores this process opened, by directory: a connection that outlives its
-/// `Store` keeps the backing open, and reopening the directory must say so rather than
-/// blame another process.
-#[cfg(feature = "kv-vfs")]
-static OPENED: std::sync::Mutex<Vec<(PathBuf, shoal_vfs::StoreUsage)>> =
-    std::sync::Mutex::new(Vec::new());
-
-#[derive(Debug)]
-enum Engine {
-    #[cfg(feature = "kv-vfs")]
-    Kv(shoal_vfs::Vfs),
-    Files {
-        dir: PathBuf,
-    },
-}
 
 /// Many actor databases behind one memory budget.
 ///
@@ -84,15 +64,12 @@ pub struct Store {
     /// Absolute, so SQLite never reads a staged file's name as a URI.
     staging: PathBuf,
     config: Config,
-    engine: Engine,
+    backend: Box<dyn Backend>,
     pool: Pool<ActorConn>,
     /// What every checkout starts from, read from the first tuned connection.
     defaults: OnceLock<Defaults>,
     /// Opened with [`Store::open_read_only`].
     read_only: bool,
-    /// The private copy of the engine's files a read-only open of unwritable storage
-    /// reads (removed after the engine, which is dropped before it).
-    _snapshot: Option<tempfile::TempDir>,
     _lock: StoreLock,
 }
 
@@ -118,7 +95,7 @@ pub struct ActorStats {
     /// Size of its database in bytes.
     pub size: u64,
     /// How its commits and reads travelled (kv backing only).
-    pub io: Option<shoal_vfs::DbStats>,
+    pub io: Option<crate::DbStats>,
 }
 
 /// What [`Store::check_actor`] found.
@@ -131,7 +108,7 @@ pub struct CheckReport {
     pub integrity: Vec<String>,
     /// The checksum audit of every stored record (kv backing only).
     #[cfg(feature = "kv-vfs")]
-    pub audit: Option<shoal_vfs::Audit>,
+    pub audit: Option<crate::Audit>,
 }
 
 impl CheckReport {
@@ -253,28 +230,10 @@ impl Store {
                 _ => create_private_dir(&staging)?,
             }
         }
-        let (engine, snapshot) = match config.backing {
+        let backend: Box<dyn Backend> = match config.backing {
             #[cfg(feature = "kv-vfs")]
-            Backing::Kv => {
-                let (vfs, snapshot) = open_kv(&dir, &config, backend, read_only)?;
-                if !read_only {
-                    for name in vfs.list_prefix(STAGING_PREFIX)? {
-                        vfs.delete_database(&name)?;
-                    }
-                }
-                (Engine::Kv(vfs), snapshot)
-            }
-            Backing::Files | Backing::FilesTuned => {
-                let actors = dir.join(StoreLayout::Files.dir_name());
-                if !read_only {
-                    create_private_dir(&actors)?;
-                }
-                // Absolute, so that no path SQLite is given starts with "file:" (the
-                // bundled SQLite reads such names as URIs, see `names`).
-                let actors =
-                    std::path::absolute(&actors).map_err(Error::io("cannot resolve", &actors))?;
-                (Engine::Files { dir: actors }, None)
-            }
+            Backing::Kv => Box::new(KvBacking::open(&dir, &config, backend, read_only)?),
+            Backing::Files | Backing::FilesTuned => Box::new(FilesBacking::open(&dir, read_only)?),
         };
         if config.backing.tuned() {
             shoal_vfs::sqlite::set_soft_heap_limit(
@@ -286,11 +245,10 @@ impl Store {
             dir,
             staging,
             config,
-            engine,
+            backend,
             pool,
             defaults: OnceLock::new(),
             read_only,
-            _snapshot: snapshot,
             _lock: lock,
         })
     }
@@ -338,18 +296,7 @@ impl Store {
                 path: self.dir.clone(),
             };
         }
-        let e = with_vfs_reason(e);
-        #[cfg(feature = "kv-vfs")]
-        if let Engine::Kv(vfs) = &self.engine
-            && is_storage_error(&e)
-            && let Err(poison @ shoal_kv::Error::Poisoned { .. }) = vfs.kv().check_writable()
-        {
-            if poison.is_disk_full() {
-                return poison.into();
-            }
-            return Error::Sqlite(with_poison(e, &poison));
-        }
-        Error::Sqlite(e)
+        self.backend.explain(e)
     }
 
     /// The store's directory.
@@ -359,11 +306,7 @@ impl Store {
 
     /// The SQLite file of actor `name` on a file backing; `None` on the kv backing.
     pub fn actor_file(&self, name: &str) -> Option<PathBuf> {
-        match &self.engine {
-            #[cfg(feature = "kv-vfs")]
-            Engine::Kv(_) => None,
-            Engine::Files { dir } => Some(actor_path(dir, name)),
-        }
+        self.backend.actor_file(name)
     }
 
     /// The configuration the store was opened with.
@@ -397,12 +340,7 @@ impl Store {
         } else {
             OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX
         };
-        let opened = match &self.engine {
-            #[cfg(feature = "kv-vfs")]
-            Engine::Kv(vfs) => Connection::open_with_flags_and_vfs(name, flags, vfs.name()),
-            Engine::Files { dir } => Connection::open_with_flags(actor_path(dir, name), flags),
-        };
-        let conn = match opened {
+        let conn = match self.backend.open(name, flags) {
             Ok(conn) => conn,
             // Both VFSes refuse to open a missing database without CREATE.
             Err(_) if create == Create::No && !self.actor_exists(name)? => {
@@ -436,12 +374,8 @@ impl Store {
             ))?;
         }
         // The kv backing's durability is the VFS's default, set when the store registered
-        // it (`open_kv`); files get it from `synchronous`.
-        if matches!(self.engine, Engine::Files { .. }) {
-            let sync = match self.config.durability {
-                Durability::Full => "FULL",
-                Durability::Relaxed => "NORMAL",
-            };
+        // it; files get it from `synchronous`.
+        if let Some(sync) = self.backend.synchronous(self.config.durability) {
             conn.execute_batch(&format!("PRAGMA synchronous = {sync};"))?;
         }
         Ok(actor.tuned())
@@ -501,8 +435,7 @@ impl Store {
         f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
     ) -> Result<T> {
         let actor = self.actor(name)?;
-        #[cfg(feature = "kv-vfs")]
-        let _stale = shoal_vfs::take_last_failure();
+        self.backend.forget_failure();
         f(&actor).map_err(|e| self.explain_sqlite_error(e))
     }
 
@@ -548,11 +481,7 @@ impl Store {
     /// Whether actor `name` exists.
     pub fn actor_exists(&self, name: &str) -> Result<bool> {
         validate_actor_name(name)?;
-        Ok(match &self.engine {
-            #[cfg(feature = "kv-vfs")]
-            Engine::Kv(vfs) => vfs.exists(name)?,
-            Engine::Files { dir } => actor_path(dir, name).is_file(),
-        })
+        self.backend.exists(name)
     }
 
     fn require(&self, name: &str) -> Result<()> {
@@ -565,28 +494,7 @@ impl Store {
 
     /// Every actor's name, sorted.
     pub fn list_actors(&self) -> Result<Vec<String>> {
-        let mut names = match &self.engine {
-            #[cfg(feature = "kv-vfs")]
-            // Staging entries of an import under way are not actors (yet).
-            Engine::Kv(vfs) => vfs
-                .list()?
-                .into_iter()
-                .filter(|n| validate_actor_name(n).is_ok())
-                .collect(),
-            Engine::Files { dir } => {
-                let mut names = Vec::new();
-                for entry in std::fs::read_dir(dir).map_err(Error::io("cannot list", dir))? {
-                    let entry = entry.map_err(Error::io("cannot list", dir))?;
-                    let file = entry.file_name();
-                    if let Some(name) = file.to_str().and_then(|f| f.strip_suffix(".db"))
-                        && validate_actor_name(name).is_ok()
-                    {
-                        names.push(name.to_owned());
-                    }
-                }
-                names
-            }
-        };
+        let mut names = self.backend.list()?;
         names.sort();
         Ok(names)
     }
@@ -597,44 +505,13 @@ impl Store {
         self.writable()?;
         self.require(name)?;
         self.pool.sleep(name);
-        match &self.engine {
-            #[cfg(feature = "kv-vfs")]
-            Engine::Kv(vfs) => vfs.delete_database(name).map_err(|e| match e {
-                shoal_vfs::Error::InUse(_) => Error::ActorInUse(name.to_owned()),
-                other => other.into(),
-            }),
-            Engine::Files { dir } => {
-                let path = actor_path(dir, name);
-                // The database first, then its journal: a kill between the two leaves a
-                // journal beside no database, which SQLite ignores and deletes when it
-                // creates a database of that name (it is only hot beside a non-empty one)
-                // and an import removes before linking one in. The other order could leave
-                // a database whose hot journal (a crashed transaction not yet rolled back)
-                // is gone: a torn actor.
-                std::fs::remove_file(&path).map_err(Error::io("cannot delete", &path))?;
-                let journal = dir.join(format!("{name}.db-journal"));
-                match std::fs::remove_file(&journal) {
-                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                        Err(Error::io("cannot delete", journal)(e))
-                    }
-                    _ => Ok(()),
-                }
-            }
-        }
+        self.backend.delete(name)
     }
 
     /// Size and I/O counters of actor `name`.
     pub fn actor_stats(&self, name: &str) -> Result<ActorStats> {
         self.require(name)?;
-        let (size, io) = match &self.engine {
-            #[cfg(feature = "kv-vfs")]
-            Engine::Kv(vfs) => (vfs.file_size(name)?.unwrap_or(0), vfs.stats(name)?),
-            Engine::Files { dir } => {
-                let path = actor_path(dir, name);
-                let meta = std::fs::metadata(&path).map_err(Error::io("cannot stat", &path))?;
-                (meta.len(), None)
-            }
-        };
+        let (size, io) = self.backend.stats(name)?;
         Ok(ActorStats {
             name: name.to_owned(),
             size,
@@ -674,56 +551,7 @@ impl Store {
             return Err(Error::ActorExists(name.to_owned()));
         }
         let staged = transfer::stage(path, &self.staging)?;
-        match &self.engine {
-            #[cfg(feature = "kv-vfs")]
-            Engine::Kv(vfs) => self.import_into_kv(vfs, &staged, name),
-            Engine::Files { dir } => {
-                if transfer::link_into_place(&staged, &actor_path(dir, name))? {
-                    Ok(())
-                } else {
-                    Err(Error::ActorExists(name.to_owned()))
-                }
-            }
-        }
-    }
-
-    /// Copies `staged` into a hidden catalog entry, then renames it to `name`.
-    #[cfg(feature = "kv-vfs")]
-    fn import_into_kv(
-        &self,
-        vfs: &shoal_vfs::Vfs,
-        staged: &transfer::Staged,
-        name: &str,
-    ) -> Result<()> {
-        use std::sync::atomic::Ordering;
-        let staging = format!(
-            "{STAGING_PREFIX}{}",
-            NEXT_STAGING.fetch_add(1, Ordering::Relaxed)
-        );
-        let copied = (|| -> Result<()> {
-            let source = staged.open()?;
-            let mut target = Connection::open_with_flags_and_vfs(
-                &staging,
-                OpenFlags::SQLITE_OPEN_READ_WRITE
-                    | OpenFlags::SQLITE_OPEN_CREATE
-                    | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-                vfs.name(),
-            )?;
-            let backup = rusqlite::backup::Backup::new(&source, &mut target)?;
-            backup.run_to_completion(1024, std::time::Duration::ZERO, None)?;
-            drop(backup);
-            target.close().map_err(|(_, e)| e)?;
-            vfs.rename_database(&staging, name).map_err(|e| match e {
-                shoal_vfs::Error::Kv(shoal_kv::Error::AlreadyExists(_)) => {
-                    Error::ActorExists(name.to_owned())
-                }
-                other => other.into(),
-            })
-        })();
-        if copied.is_err() && vfs.exists(&staging).unwrap_or(false) {
-            let _ = vfs.delete_database(&staging);
-        }
-        copied
+        self.backend.import(&staged, name)
     }
 
     /// Runs `PRAGMA integrity_check` on actor `name` and, with the kv backing, audits the
@@ -738,17 +566,14 @@ impl Store {
             })();
             lines.map_err(|e| self.explain_sqlite_error(e))?
         };
-        #[cfg(feature = "kv-vfs")]
-        let audit = match &self.engine {
-            Engine::Kv(vfs) => vfs.audit(name)?,
-            Engine::Files { .. } => None,
-        };
-        Ok(CheckReport {
+        let mut report = CheckReport {
             name: name.to_owned(),
             integrity,
             #[cfg(feature = "kv-vfs")]
-            audit,
-        })
+            audit: None,
+        };
+        self.backend.check(&mut report)?;
+        Ok(report)
     }
 
     /// Memory as the store and the kernel see it now.
@@ -757,11 +582,7 @@ impl Store {
         MemoryReport {
             awake: self.pool.awake(),
             sqlite_heap: shoal_vfs::sqlite::memory_used(),
-            kv_cache_capacity: match &self.engine {
-                #[cfg(feature = "kv-vfs")]
-                Engine::Kv(_) => self.config.kv_cache_bytes(),
-                Engine::Files { .. } => 0,
-            },
+            kv_cache_capacity: self.backend.cache_capacity(),
             rss_kb: rss.unwrap_or(0),
             rss_anon_kb: anon.unwrap_or(0),
             rss_file_kb: file.unwrap_or(0),
@@ -771,10 +592,7 @@ impl Store {
     /// The kv backing's VFS (for counters and tests); `None` for file backings.
     #[cfg(feature = "kv-vfs")]
     pub fn vfs(&self) -> Option<&shoal_vfs::Vfs> {
-        match &self.engine {
-            Engine::Kv(vfs) => Some(vfs),
-            Engine::Files { .. } => None,
-        }
+        self.backend.vfs()
     }
 }
 
@@ -783,181 +601,6 @@ impl Drop for Store {
         // Idle connections close before the VFS they use is unregistered.
         self.pool.sleep_all();
     }
-}
-
-#[cfg(feature = "kv-vfs")]
-fn open_kv(
-    dir: &Path,
-    config: &Config,
-    backend: Option<Arc<dyn shoal_kv::KvStore>>,
-    read_only: bool,
-) -> Result<(shoal_vfs::Vfs, Option<tempfile::TempDir>)> {
-    use crate::config::KvEngine;
-    use std::sync::PoisonError;
-
-    let key = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
-    {
-        let mut opened = OPENED.lock().unwrap_or_else(PoisonError::into_inner);
-        opened.retain(|(_, usage)| usage.in_use());
-        if let Some((_, usage)) = opened.iter().find(|(d, _)| *d == key) {
-            return Err(Error::StoreInUse {
-                path: dir.to_path_buf(),
-                databases: usage.open_databases(),
-            });
-        }
-    }
-    let locked = |e: shoal_kv::Error| match e {
-        shoal_kv::Error::StoreLocked { .. } => Error::StoreLocked {
-            path: dir.to_path_buf(),
-        },
-        other => other.into(),
-    };
-    // Each engine keeps its own directory: their files are not interchangeable. A
-    // read-only open creates none (its layout was checked to be there).
-    let engine_dir = dir.join(StoreLayout::Kv(config.kv_engine).dir_name());
-    let mut snapshot = None;
-    let create = |path: &Path, open: &dyn Fn(&Path) -> Result<Arc<dyn shoal_kv::KvStore>>| {
-        if read_only {
-            Ok(false)
-        } else {
-            create_if_missing(path, open)
-        }
-    };
-    let backend: Arc<dyn shoal_kv::KvStore> = match (backend, config.kv_engine) {
-        (Some(backend), _) => backend,
-        (None, KvEngine::Fjall) => {
-            let mut fjall = shoal_kv::FjallConfig::new(engine_dir);
-            fjall.cache_capacity = config.kv_cache_bytes() / 2;
-            fjall.write_buffer = config.kv_write_buffer_bytes();
-            let created = create(&fjall.path, &|path| {
-                // No background fsync: the creation flushes itself, and closing waits
-                // for that thread to wake.
-                let creating = shoal_kv::FjallConfig {
-                    path: path.to_path_buf(),
-                    flush_every_ms: None,
-                    ..fjall.clone()
-                };
-                Ok(Arc::new(shoal_kv::FjallKv::open(&creating)?))
-            })?;
-            let opened = open_created(created, || shoal_kv::FjallKv::open(&fjall));
-            Arc::new(match opened {
-                Err(shoal_kv::Error::NoAccess { .. }) if read_only => {
-                    let copy = snapshot_engine(&fjall.path)?;
-                    let at = shoal_kv::FjallConfig {
-                        path: copy.path().to_path_buf(),
-                        ..fjall.clone()
-                    };
-                    let kv = shoal_kv::FjallKv::open(&at)?;
-                    snapshot = Some(copy);
-                    kv
-                }
-                other => other.map_err(locked)?,
-            })
-        }
-        #[cfg(not(feature = "sled"))]
-        (None, KvEngine::Sled) => {
-            return Err(Error::NotBuilt {
-                feature: "sled",
-                what: "the sled engine",
-            });
-        }
-        #[cfg(feature = "sled")]
-        (None, KvEngine::Sled) => {
-            let mut sled = shoal_kv::SledConfig::new(engine_dir);
-            sled.cache_capacity = config.kv_cache_bytes() / 2;
-            // `SledKv::open` waits for a held lock itself (see `open_created`).
-            create(&sled.path, &|path| {
-                let creating = shoal_kv::SledConfig {
-                    path: path.to_path_buf(),
-                    ..sled.clone()
-                };
-                Ok(Arc::new(shoal_kv::SledKv::open(&creating)?))
-            })?;
-            Arc::new(match shoal_kv::SledKv::open(&sled) {
-                Err(shoal_kv::Error::NoAccess { .. }) if read_only => {
-                    let copy = snapshot_engine(&sled.path)?;
-                    let at = shoal_kv::SledConfig {
-                        path: copy.path().to_path_buf(),
-                        ..sled.clone()
-                    };
-                    let kv = shoal_kv::SledKv::open(&at)?;
-                    snapshot = Some(copy);
-                    kv
-                }
-                other => other.map_err(locked)?,
-            })
-        }
-    };
-    // Half the kv share is the backend's own cache, half the verified-chunk cache above it.
-    let read_cache = usize::try_from(config.kv_cache_bytes() / 2).unwrap_or(usize::MAX);
-    let kv = Arc::new(if read_only {
-        shoal_kv::Kv::open_read_only(backend, read_cache)?
-    } else {
-        shoal_kv::Kv::open_with_cache(backend, read_cache)?
-    });
-    let durability = match config.durability {
-        Durability::Full => shoal_vfs::Durability::Full,
-        Durability::Relaxed => shoal_vfs::Durability::Relaxed,
-    };
-    // A VFS name stays registered with SQLite for the process; taking the first free
-    // `shoal-N` reuses the names of stores already closed instead of adding new ones.
-    let mut n = 0u64;
-    loop {
-        let options = shoal_vfs::VfsOptions {
-            name: format!("shoal-{n}"),
-            durability,
-            temp_limit: config.temp_limit(),
-        };
-        match shoal_vfs::register(Arc::clone(&kv), options) {
-            Err(shoal_vfs::Error::AlreadyRegistered(_)) => n += 1,
-            Err(e) => return Err(e.into()),
-            Ok(vfs) => {
-                let mut opened = OPENED.lock().unwrap_or_else(PoisonError::into_inner);
-                opened.push((key, vfs.usage()));
-                return Ok((vfs, snapshot));
-            }
-        }
-    }
-}
-
-/// `err` as SQLite gave it: without the VFS no reason is added.
-#[cfg(not(feature = "kv-vfs"))]
-fn with_vfs_reason(err: rusqlite::Error) -> rusqlite::Error {
-    err
-}
-
-/// `err` with the reason the VFS gave for it on this thread, if it gave one for this code.
-#[cfg(feature = "kv-vfs")]
-fn with_vfs_reason(err: rusqlite::Error) -> rusqlite::Error {
-    match err {
-        rusqlite::Error::SqliteFailure(e, message) => {
-            let message = match shoal_vfs::take_last_failure() {
-                Some((code, reason)) if code & 0xff == e.extended_code & 0xff => {
-                    Some(message.map_or_else(|| reason.clone(), |m| format!("{m}: {reason}")))
-                }
-                _ => message,
-            };
-            rusqlite::Error::SqliteFailure(e, message)
-        }
-        other => other,
-    }
-}
-
-/// Whether SQLite's `e` is about storage (I/O, a full disk, damaged data), as opposed to
-/// the SQL or the caller.
-#[cfg(feature = "kv-vfs")]
-fn is_storage_error(e: &rusqlite::Error) -> bool {
-    use rusqlite::ErrorCode;
-    matches!(
-        e.sqlite_error_code(),
-        Some(
-            ErrorCode::SystemIoFailure
-                | ErrorCode::DiskFull
-                | ErrorCode::DatabaseCorrupt
-                | ErrorCode::CannotOpen
-                | ErrorCode::NotADatabase
-        )
-    )
 }
 
 /// Fails if `dir` exists and is not a directory.
@@ -1116,180 +759,6 @@ fn check_layout(dir: &Path, config: &Config, mode: OpenMode) -> Result<()> {
     }
 }
 
-/// `err` with a note that the store is poisoned, and by what, unless its message says
-/// so already (the VFS's reason for a refused write does).
-#[cfg(feature = "kv-vfs")]
-fn with_poison(err: rusqlite::Error, poison: &shoal_kv::Error) -> rusqlite::Error {
-    let shoal_kv::Error::Poisoned { cause, .. } = poison else {
-        return err;
-    };
-    match err {
-        rusqlite::Error::SqliteFailure(e, message) => {
-            let text = poison.to_string();
-            let message = match message {
-                Some(m) if m.contains(&text) => m,
-                Some(m) if m.contains(cause.as_str()) => {
-                    format!("{m}; the store refuses writes until it is reopened")
-                }
-                Some(m) => format!("{m}: {text}"),
-                None => text,
-            };
-            rusqlite::Error::SqliteFailure(e, Some(message))
-        }
-        other => other,
-    }
-}
-
-/// Suffix of the name an engine directory is built under before it takes its own.
-#[cfg(feature = "kv-vfs")]
-const CREATING_SUFFIX: &str = ".creating";
-
-/// Creates the engine directory `path` all at once if it does not exist (and says whether
-/// it did), so that a crash while a store is created leaves either no engine directory
-/// (the next open creates it again) or a complete one. An engine writes its first files
-/// one after another (fjall's `version` file is created empty and then written, sled's
-/// `conf` is written before its checksum), and a kill between them left a directory that
-/// no later open accepted.
-///
-/// The directory is built under `path` + [`CREATING_SUFFIX`] with `open` (the engine as
-/// the store will use it, since fjall keeps some options from its creation): the format
-/// version record is written, flushed, and the engine closed; then every file and
-/// directory of it is fsynced, it is renamed to `path` (atomic) and the store directory
-/// fsynced. A leftover of an interrupted creation is removed first: it never held
-/// acknowledged data, and no other process is creating it, because the caller holds the
-/// store's `LOCK`. An existing engine directory is left as it is.
-#[cfg(feature = "kv-vfs")]
-fn create_if_missing(
-    path: &Path,
-    open: &dyn Fn(&Path) -> Result<std::sync::Arc<dyn shoal_kv::KvStore>>,
-) -> Result<bool> {
-    if path
-        .try_exists()
-        .map_err(Error::io("cannot look for", path))?
-    {
-        return Ok(false);
-    }
-    let mut creating = path.as_os_str().to_owned();
-    creating.push(CREATING_SUFFIX);
-    let creating = PathBuf::from(creating);
-    match std::fs::remove_dir_all(&creating) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-            return Err(Error::io("cannot remove", &creating)(e));
-        }
-        _ => {}
-    }
-    {
-        let kv = shoal_kv::Kv::open_with_cache(open(&creating)?, 0)?;
-        kv.commit_durable()?;
-    } // Closed: the engine's threads have stopped and its lock is released.
-    sync_tree(&creating)?;
-    std::fs::rename(&creating, path).map_err(Error::io("cannot rename", &creating))?;
-    if let Some(store_dir) = path.parent() {
-        sync_dir(store_dir)?;
-    }
-    Ok(true)
-}
-
-/// How long [`open_created`] waits for the lock of an engine directory just created.
-#[cfg(feature = "kv-vfs")]
-const CREATED_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
-
-/// Runs `open`, and if the engine directory was `created` just now, runs it again while
-/// it reports the directory locked, for up to [`CREATED_LOCK_WAIT`]. Nothing else can hold
-/// that lock (the caller holds the store's `LOCK`), but closing the engine that built the
-/// directory releases its lock only once no process holds a copy of the lock file's
-/// descriptor, and a child this process is spawning holds copies until it execs. Without
-/// the wait, 2 of 244 stores created while another thread spawned processes (the checks of
-/// `killed_creation` in tests/crash.rs) were refused as locked.
-#[cfg(feature = "kv-vfs")]
-fn open_created<T>(created: bool, open: impl Fn() -> shoal_kv::Result<T>) -> shoal_kv::Result<T> {
-    let deadline = std::time::Instant::now() + CREATED_LOCK_WAIT;
-    loop {
-        match open() {
-            Err(shoal_kv::Error::StoreLocked { .. })
-                if created && std::time::Instant::now() < deadline =>
-            {
-                std::thread::sleep(std::time::Duration::from_millis(1));
-            }
-            done => return done,
-        }
-    }
-}
-
-/// A private copy of an engine directory the engine cannot open in place (read-only
-/// storage), in a temporary directory removed when the returned guard drops. The store's
-/// lock is held shared meanwhile, so no writer changes the files while they are copied.
-#[cfg(feature = "kv-vfs")]
-fn snapshot_engine(engine_dir: &Path) -> Result<tempfile::TempDir> {
-    let copy = tempfile::Builder::new()
-        .prefix("shoal-read-only-")
-        .tempdir()
-        .map_err(Error::io(
-            "cannot create a temporary directory for",
-            engine_dir,
-        ))?;
-    copy_tree(engine_dir, copy.path())?;
-    Ok(copy)
-}
-
-/// Copies the regular files and directories under `from` into `to` (which exists).
-#[cfg(feature = "kv-vfs")]
-fn copy_tree(from: &Path, to: &Path) -> Result<()> {
-    for entry in std::fs::read_dir(from).map_err(Error::io("cannot list", from))? {
-        let entry = entry.map_err(Error::io("cannot list", from))?;
-        let (src, dst) = (entry.path(), to.join(entry.file_name()));
-        let kind = entry.file_type().map_err(Error::io("cannot stat", &src))?;
-        if kind.is_dir() {
-            std::fs::create_dir(&dst).map_err(Error::io("cannot create", &dst))?;
-            copy_tree(&src, &dst)?;
-        } else if kind.is_file() {
-            std::fs::copy(&src, &dst).map_err(Error::io("cannot copy", &src))?;
-        }
-    }
-    Ok(())
-}
-
-/// fsyncs every file and directory under `dir`, and `dir` itself.
-#[cfg(feature = "kv-vfs")]
-fn sync_tree(dir: &Path) -> Result<()> {
-    for entry in std::fs::read_dir(dir).map_err(Error::io("cannot list", dir))? {
-        let entry = entry.map_err(Error::io("cannot list", dir))?;
-        let path = entry.path();
-        let kind = entry.file_type().map_err(Error::io("cannot stat", &path))?;
-        if kind.is_dir() {
-            sync_tree(&path)?;
-        } else if kind.is_file() {
-            File::open(&path)
-                .and_then(|f| f.sync_all())
-                .map_err(Error::io("cannot sync", &path))?;
-        }
-    }
-    sync_dir(dir)
-}
-
-/// fsyncs the directory `dir`, making the names in it durable.
-#[cfg(feature = "kv-vfs")]
-fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(Error::io("cannot sync", dir))
-}
-
-fn actor_path(dir: &Path, name: &str) -> PathBuf {
-    dir.join(format!("{name}.db"))
-}
-
-fn create_private_dir(dir: &Path) -> Result<()> {
-    let mut builder = std::fs::DirBuilder::new();
-    builder.recursive(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::DirBuilderExt;
-        builder.mode(0o700);
-    }
-    builder.create(dir).map_err(Error::io("cannot create", dir))
-}
-
 /// Whether an open may create the actor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Create {
@@ -1339,6 +808,7 @@ mod tests {
     #[test]
     fn a_failed_commit_may_have_landed_and_its_idempotency_key_tells() {
         use shoal_kv::{FaultOp, FaultyKv, MemKv};
+        use std::sync::Arc;
         let dir = tempfile::tempdir().unwrap();
         let faulty = Arc::new(FaultyKv::new(MemKv::new()));
         let open = || {

@@ -41,7 +41,7 @@ fn actor(i: usize) -> String {
 }
 
 fn engine(name: &str) -> KvEngine {
-    KvEngine::parse(name).unwrap()
+    name.parse::<KvEngine>().unwrap()
 }
 
 fn config(durability: Durability, kv_engine: KvEngine) -> Config {
@@ -398,7 +398,10 @@ fn crash_import_child() {
     ) else {
         return; // only runs as the child of `crash_during_import_*`
     };
-    let backing = Backing::parse(&std::env::var("SHOAL_CRASH_BACKING").unwrap()).unwrap();
+    let backing = std::env::var("SHOAL_CRASH_BACKING")
+        .unwrap()
+        .parse::<Backing>()
+        .unwrap();
     let store = Store::open(&dir, import_config(backing)).unwrap();
     let mut out = std::io::stdout().lock();
     writeln!(out, "ready").unwrap();

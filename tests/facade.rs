@@ -884,7 +884,7 @@ fn a_checkout_starts_from_the_actor_defaults() {
 #[test]
 fn a_relative_store_dir_that_looks_like_a_uri_is_a_path() {
     if let Ok(backing) = std::env::var("SHOAL_URI_DIR_CHILD") {
-        let backing = Backing::parse(&backing).unwrap();
+        let backing = backing.parse::<Backing>().unwrap();
         let store = Store::open("file:data", config(backing)).unwrap();
         store
             .with_actor("a", |c| {

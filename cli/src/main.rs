@@ -26,10 +26,10 @@ struct Cli {
     store: PathBuf,
     /// Where actors live: kv (the shared store), files (one SQLite file per actor with
     /// SQLite's defaults), files-tuned (one file per actor with shoal's pragmas).
-    #[arg(long, global = true, default_value = Backing::DEFAULT.as_str(), value_parser = Backing::parse)]
+    #[arg(long, global = true, default_value = Backing::DEFAULT.as_str())]
     backing: Backing,
     /// The key-value store under the kv backing: fjall (bounded memory) or sled.
-    #[arg(long, global = true, default_value = "fjall", value_parser = KvEngine::parse)]
+    #[arg(long, global = true, default_value = "fjall")]
     kv: KvEngine,
     /// The process memory budget in MiB (kv cache, SQLite heap limit, awake actors).
     #[arg(long, global = true, default_value_t = 256)]

@@ -36,6 +36,7 @@
 #![deny(missing_docs)]
 #![deny(clippy::indexing_slicing)]
 
+mod durability;
 mod error;
 #[allow(unsafe_code)]
 mod ffi;
@@ -82,10 +83,10 @@ use std::sync::Arc;
 #[cfg(feature = "vfs")]
 use shoal_kv::{EntryKind, Kv};
 
+pub use durability::Durability;
 pub use error::{Error, HeapRefused, Result};
 pub use names::refuse_as_database;
 #[cfg(feature = "vfs")]
-pub use pragma::Durability;
 pub use shoal_kv::Audit;
 pub use stats::DbStats;
 

@@ -17,27 +17,9 @@
 //! every commit; `relaxed` acknowledges once the batch is applied and lets the next flush
 //! make it durable) and `shoal_stats` (the database's counters as one line).
 
-/// How long a commit waits before it is acknowledged.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Durability {
-    /// A commit returns after a flush (shared by concurrent commits) made it durable.
-    #[default]
-    Full,
-    /// A commit returns once its atomic batch is applied; a crash may lose the last
-    /// commits not yet flushed (sled flushes every 500 ms by default), never part of one.
-    /// Commits through the rollback journal stay fully durable.
-    Relaxed,
-}
+pub(crate) use crate::durability::Durability;
 
 impl Durability {
-    /// The pragma value naming this mode.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Durability::Full => "full",
-            Durability::Relaxed => "relaxed",
-        }
-    }
-
     /// Parses a pragma value (case-insensitive).
     pub fn parse(value: &str) -> Option<Durability> {
         match unquote(value).to_ascii_lowercase().as_str() {
