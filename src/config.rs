@@ -205,8 +205,10 @@ impl std::fmt::Display for StoreLayout {
     }
 }
 
-/// Tuning of each actor connection.
+/// Tuning of each actor connection: start from [`ActorTuning::default`] and assign the
+/// fields that differ (`#[non_exhaustive]`, so a setting can be added).
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct ActorTuning {
     /// Page-cache size per connection, in pages (`PRAGMA cache_size`).
     pub cache_pages: u32,
@@ -257,7 +259,22 @@ impl Default for ActorTuning {
 /// What the budget does not cover, measured in `docs/BENCHMARKS.md` ("Memory after a
 /// mass wake"): fjall's per-block bookkeeping of its cache and its in-memory segment
 /// indexes, and heap that the allocator keeps after connections close.
+///
+/// # Building one
+///
+/// `Config` is `#[non_exhaustive]`, so that a setting can be added without breaking
+/// callers: start from [`Config::default`] and change what differs with the `with_*`
+/// setters (or assign the public fields).
+///
+/// ```
+/// let config = shoal::Config::default()
+///     .with_backing(shoal::Backing::Files)
+///     .with_memory_budget(64 << 20)
+///     .with_max_awake(Some(100));
+/// assert_eq!(config.max_awake(), 100);
+/// ```
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct Config {
     /// Where actor databases live.
     pub backing: Backing,
@@ -295,6 +312,55 @@ impl Default for Config {
 }
 
 impl Config {
+    /// With actors in `backing`.
+    #[must_use]
+    pub fn with_backing(mut self, backing: Backing) -> Config {
+        self.backing = backing;
+        self
+    }
+
+    /// With `kv_engine` under the kv backing.
+    #[must_use]
+    pub fn with_kv_engine(mut self, kv_engine: KvEngine) -> Config {
+        self.kv_engine = kv_engine;
+        self
+    }
+
+    /// With a memory budget of `bytes` (see the table above).
+    #[must_use]
+    pub fn with_memory_budget(mut self, bytes: u64) -> Config {
+        self.memory_budget = bytes;
+        self
+    }
+
+    /// With at most `max_awake` connections awake (`None`: derived from the budget).
+    #[must_use]
+    pub fn with_max_awake(mut self, max_awake: Option<usize>) -> Config {
+        self.max_awake = max_awake;
+        self
+    }
+
+    /// With at most `max_waking` actors waking at the same moment.
+    #[must_use]
+    pub fn with_max_waking(mut self, max_waking: usize) -> Config {
+        self.max_waking = max_waking;
+        self
+    }
+
+    /// With commits of `durability`.
+    #[must_use]
+    pub fn with_durability(mut self, durability: Durability) -> Config {
+        self.durability = durability;
+        self
+    }
+
+    /// With each actor connection tuned as `actor` says.
+    #[must_use]
+    pub fn with_actor_tuning(mut self, actor: ActorTuning) -> Config {
+        self.actor = actor;
+        self
+    }
+
     /// Bytes of the budget given to the key-value store's caches: a quarter, at least
     /// 4 MiB.
     pub fn kv_cache_bytes(&self) -> u64 {

@@ -536,14 +536,15 @@ impl Store {
         transfer::export(&actor, path)
     }
 
-    /// Creates actor `name` from the SQLite database file at `path`. Refuses an existing
+    /// Creates actor `name` from the SQLite database file at `path` (the arguments in
+    /// the order of [`Store::export_actor`]'s). Refuses an existing
     /// actor, anything but a regular file, a file that is not a sound SQLite database,
     /// and one with a hot journal beside it. A WAL-mode file is imported with the
     /// commits still in its `-wal`, as a rollback-journal database. The source is only
     /// read, never opened by SQLite, so nothing is written beside it; it must not be
     /// written by anything else meanwhile. All or nothing, a crash included: the copy
     /// becomes the actor with one atomic rename when it is complete.
-    pub fn import_actor(&self, path: impl AsRef<Path>, name: &str) -> Result<()> {
+    pub fn import_actor(&self, name: &str, path: impl AsRef<Path>) -> Result<()> {
         let path = path.as_ref();
         validate_actor_name(name)?;
         self.writable()?;
@@ -781,14 +782,7 @@ mod tests {
     fn an_open_after_the_existence_check_never_creates_a_deleted_actor() {
         for backing in backings() {
             let dir = tempfile::tempdir().unwrap();
-            let store = Store::open(
-                dir.path(),
-                Config {
-                    backing,
-                    ..Config::default()
-                },
-            )
-            .unwrap();
+            let store = Store::open(dir.path(), Config::default().with_backing(backing)).unwrap();
             store
                 .with_actor("gone", |c| c.execute_batch("CREATE TABLE t(x)"))
                 .unwrap();

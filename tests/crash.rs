@@ -45,13 +45,11 @@ fn engine(name: &str) -> KvEngine {
 }
 
 fn config(durability: Durability, kv_engine: KvEngine) -> Config {
-    Config {
-        durability,
-        kv_engine,
-        memory_budget: 64 << 20,
-        max_awake: Some(ACTORS),
-        ..Config::default()
-    }
+    Config::default()
+        .with_durability(durability)
+        .with_kv_engine(kv_engine)
+        .with_memory_budget(64 << 20)
+        .with_max_awake(Some(ACTORS))
 }
 
 fn durability_from_env() -> Durability {
@@ -410,18 +408,16 @@ fn crash_import_child() {
         if store.actor_exists("imp").unwrap() {
             store.delete_actor("imp").unwrap();
         }
-        store.import_actor(&source, "imp").unwrap();
+        store.import_actor("imp", &source).unwrap();
         // Kills then also land while the whole actor is there.
         std::thread::sleep(Duration::from_millis(30));
     }
 }
 
 fn import_config(backing: Backing) -> Config {
-    Config {
-        backing,
-        memory_budget: 64 << 20,
-        ..Config::default()
-    }
+    Config::default()
+        .with_backing(backing)
+        .with_memory_budget(64 << 20)
 }
 
 fn imported_rows(store: &Store) -> i64 {
@@ -497,7 +493,7 @@ fn crash_during_import(backing: Backing, cycles: usize) {
             absent += 1;
         }
         // A retry works.
-        store.import_actor(&source, "imp").unwrap();
+        store.import_actor("imp", &source).unwrap();
         assert_eq!(imported_rows(&store), IMPORT_ROWS, "cycle {cycle}");
         store.delete_actor("imp").unwrap();
     }

@@ -23,12 +23,10 @@ const TRIAL_LIMIT: Duration = Duration::from_secs(60);
 const ROWS: i64 = 1500;
 
 fn config(engine: KvEngine) -> Config {
-    Config {
-        backing: Backing::Kv,
-        kv_engine: engine,
-        memory_budget: 64 << 20,
-        ..Config::default()
-    }
+    Config::default()
+        .with_backing(Backing::Kv)
+        .with_kv_engine(engine)
+        .with_memory_budget(64 << 20)
 }
 
 /// What the actor holds: row count, sum of ids, sum of blob lengths.

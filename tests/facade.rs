@@ -15,11 +15,9 @@ fn backings() -> Vec<Backing> {
 }
 
 fn config(backing: Backing) -> Config {
-    Config {
-        backing,
-        memory_budget: 64 << 20,
-        ..Config::default()
-    }
+    Config::default()
+        .with_backing(backing)
+        .with_memory_budget(64 << 20)
 }
 
 fn count(store: &Store, actor: &str) -> i64 {
@@ -61,10 +59,7 @@ fn idle_actors_past_the_bound_are_put_to_sleep() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(
         dir.path(),
-        Config {
-            max_awake: Some(3),
-            ..config(Backing::default())
-        },
+        config(Backing::default()).with_max_awake(Some(3)),
     )
     .unwrap();
     for i in 0..10 {
@@ -199,10 +194,10 @@ fn export_writes_a_plain_sqlite_file_and_import_reads_one_back() {
             Err(Error::NoSuchActor(_))
         ));
 
-        store.import_actor(&file, "copy").unwrap();
+        store.import_actor("copy", &file).unwrap();
         assert_eq!(count(&store, "copy"), 500, "{backing:?}");
         assert!(matches!(
-            store.import_actor(&file, "copy"),
+            store.import_actor("copy", &file),
             Err(Error::ActorExists(_))
         ));
         assert!(store.check_actor("copy").unwrap().is_ok());
@@ -235,7 +230,7 @@ fn import_refuses_what_is_not_a_sound_sqlite_file_and_leaves_nothing() {
         (&short, "shorter"),
         (&damaged, "quick_check failed"),
     ] {
-        let err = store.import_actor(path, "imported").unwrap_err();
+        let err = store.import_actor("imported", path).unwrap_err();
         assert!(
             matches!(err, Error::NotSqlite { .. }),
             "{}: {err}",
@@ -244,7 +239,7 @@ fn import_refuses_what_is_not_a_sound_sqlite_file_and_leaves_nothing() {
         assert!(err.to_string().contains(what), "{err}");
     }
     let missing = store
-        .import_actor(files.path().join("missing.db"), "imported")
+        .import_actor("imported", files.path().join("missing.db"))
         .unwrap_err();
     assert!(matches!(missing, Error::Io { .. }), "{missing}");
     assert!(
@@ -390,14 +385,8 @@ fn the_configured_durability_is_what_actor_connections_use() {
     for durability in [shoal::Durability::Full, shoal::Durability::Relaxed] {
         for backing in backings() {
             let dir = tempfile::tempdir().unwrap();
-            let store = Store::open(
-                dir.path(),
-                Config {
-                    durability,
-                    ..config(backing)
-                },
-            )
-            .unwrap();
+            let store =
+                Store::open(dir.path(), config(backing).with_durability(durability)).unwrap();
             let (pragma, want) = match (backing.is_kv(), durability) {
                 (true, shoal::Durability::Full) => ("PRAGMA shoal_durability", "full"),
                 (true, shoal::Durability::Relaxed) => ("PRAGMA shoal_durability", "relaxed"),
@@ -450,7 +439,7 @@ fn names_sqlite_would_read_as_uris_or_memory_are_refused() {
             refused(store.open_actor(name).map(drop));
             refused(store.with_actor(name, |c| c.execute_batch("CREATE TABLE t(x)")));
             refused(store.actor_exists(name).map(drop));
-            refused(store.import_actor(&evil, name));
+            refused(store.import_actor(name, &evil));
             refused(store.export_actor(name, files.path().join("x.db")));
         }
         assert_eq!(store.list_actors().unwrap(), ["foo"], "{backing:?}");
@@ -518,7 +507,7 @@ fn import_takes_wal_files_whole_and_never_writes_beside_the_source() {
             wal_source(&file, frames_in_wal);
             let before = snapshot(src.path());
             let name = format!("wal-{i}");
-            store.import_actor(&file, &name).unwrap();
+            store.import_actor(&name, &file).unwrap();
             assert_eq!(
                 snapshot(src.path()),
                 before,
@@ -550,8 +539,8 @@ fn import_takes_wal_files_whole_and_never_writes_beside_the_source() {
         let junk = src.path().join("junk.db");
         std::fs::write(&junk, b"SQLite format 3\0 but nothing else of a database").unwrap();
         let before = snapshot(src.path());
-        store.import_actor(&plain, "plain").unwrap();
-        assert!(store.import_actor(&junk, "junk").is_err());
+        store.import_actor("plain", &plain).unwrap();
+        assert!(store.import_actor("junk", &junk).is_err());
         assert_eq!(snapshot(src.path()), before, "{backing:?}");
         assert_eq!(count(&store, "plain"), 1);
         assert!(!store.actor_exists("junk").unwrap());
@@ -576,7 +565,7 @@ fn import_refuses_a_file_with_a_hot_journal() {
         journal.resize(512, 0);
         std::fs::write(src.path().join("hot.db-journal"), &journal).unwrap();
         let before = snapshot(src.path());
-        let err = store.import_actor(&file, "hot").unwrap_err();
+        let err = store.import_actor("hot", &file).unwrap_err();
         assert!(
             matches!(err, Error::HotJournal { .. }),
             "{backing:?}: {err}"
@@ -589,7 +578,7 @@ fn import_refuses_a_file_with_a_hot_journal() {
         assert!(store.list_actors().unwrap().is_empty());
         // A zeroed (persisted, not hot) journal is no obstacle.
         std::fs::write(src.path().join("hot.db-journal"), vec![0u8; 512]).unwrap();
-        store.import_actor(&file, "hot").unwrap();
+        store.import_actor("hot", &file).unwrap();
     }
 }
 
@@ -612,10 +601,10 @@ fn import_refuses_what_is_not_a_regular_file() {
     std::thread::spawn(move || {
         let store = Store::open(&store_dir, config(Backing::default())).unwrap();
         let fifo = store
-            .import_actor(&fifo_path, "fifo")
+            .import_actor("fifo", &fifo_path)
             .map_err(|e| e.to_string());
         let directory = store
-            .import_actor(fifo_path.parent().unwrap(), "dir")
+            .import_actor("dir", fifo_path.parent().unwrap())
             .map_err(|e| e.to_string());
         let _ = tx.send((fifo, directory));
     });
@@ -893,7 +882,7 @@ fn a_relative_store_dir_that_looks_like_a_uri_is_a_path() {
             .unwrap();
         let out = tempfile::tempdir().unwrap();
         store.export_actor("a", out.path().join("a.db")).unwrap();
-        store.import_actor(out.path().join("a.db"), "b").unwrap();
+        store.import_actor("b", out.path().join("a.db")).unwrap();
         store.sleep_all();
         assert_eq!(count(&store, "b"), 1);
         assert!(Path::new("file:data/actors/a.db").is_file(), "{backing:?}");
@@ -955,14 +944,7 @@ fn temp_tables_stay_within_the_memory_budget() {
     }
     let budget: u64 = 32 << 20;
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(
-        dir.path(),
-        Config {
-            memory_budget: budget,
-            ..config(Backing::Kv)
-        },
-    )
-    .unwrap();
+    let store = Store::open(dir.path(), config(Backing::Kv).with_memory_budget(budget)).unwrap();
     let before_kb = shoal::memory::rss_kb().unwrap();
     // One checkout: temp tables are their connection's, and a checkout that made one
     // gets a fresh connection next time.
@@ -1035,10 +1017,7 @@ fn a_leftover_of_an_interrupted_creation_is_removed() {
         let leftover = dir.path().join(format!("{engine_dir}.creating"));
         std::fs::create_dir(&leftover).unwrap();
         std::fs::write(leftover.join(file), bytes).unwrap();
-        let config = Config {
-            kv_engine,
-            ..config(Backing::Kv)
-        };
+        let config = config(Backing::Kv).with_kv_engine(kv_engine);
         {
             let store = Store::open(dir.path(), config.clone()).unwrap();
             store
@@ -1097,10 +1076,7 @@ fn notes(store: &Store, actor: &str, rows: i64) {
 /// holds, and creates nothing. Both file backings read the same files.
 #[test]
 fn a_store_opened_with_another_backing_or_engine_is_refused() {
-    let layouts = |backing, kv_engine| Config {
-        kv_engine,
-        ..config(backing)
-    };
+    let layouts = |backing, kv_engine| config(backing).with_kv_engine(kv_engine);
     let cases = layouts_to_try();
     for &(backing, engine) in &cases {
         let dir = tempfile::tempdir().unwrap();
@@ -1217,10 +1193,7 @@ fn a_read_only_store_is_read_and_never_written() {
     for &backing in &backings() {
         for &engine in &engines {
             let dir = disk.path().join(format!("{backing:?}-{engine:?}"));
-            let cfg = Config {
-                kv_engine: engine,
-                ..config(backing)
-            };
+            let cfg = config(backing).with_kv_engine(engine);
             notes(&Store::open(&dir, cfg.clone()).unwrap(), "a", 3);
         }
         if engines.is_empty() {
@@ -1239,10 +1212,7 @@ fn a_read_only_store_is_read_and_never_written() {
                 .collect()
         };
         for (dir, engine) in cases {
-            let cfg = Config {
-                kv_engine: engine,
-                ..config(backing)
-            };
+            let cfg = config(backing).with_kv_engine(engine);
             let writable = Store::open(&dir, cfg.clone()).unwrap_err();
             assert!(
                 writable.to_string().contains("Read-only file system"),
@@ -1278,7 +1248,7 @@ fn read_only_checks(store: &Store, backing: Backing) {
     store.export_actor("a", &out).unwrap();
     assert!(store.check_actor("a").unwrap().is_ok());
     assert!(matches!(
-        store.import_actor(&out, "b"),
+        store.import_actor("b", &out),
         Err(Error::ReadOnly { .. })
     ));
     assert_eq!(store.list_actors().unwrap(), ["a"], "{backing:?}");
@@ -1449,7 +1419,7 @@ fn an_import_is_not_rolled_back_by_a_stale_journal_beside_it() {
         let store = Store::open(dir.path(), config(backing)).unwrap();
         let journal = dir.path().join("actors").join("imp.db-journal");
         std::fs::write(&journal, &stale).unwrap();
-        store.import_actor(&source, "imp").unwrap();
+        store.import_actor("imp", &source).unwrap();
         assert_eq!(count(&store, "imp"), 500, "{backing:?}");
         assert!(store.check_actor("imp").unwrap().is_ok(), "{backing:?}");
         assert!(
@@ -1471,10 +1441,7 @@ fn an_import_is_not_rolled_back_by_a_stale_journal_beside_it() {
 fn sled_without_its_feature_is_a_clear_error() {
     assert_eq!(KvEngine::ALL, [KvEngine::Fjall]);
     let dir = tempfile::tempdir().unwrap();
-    let config = Config {
-        kv_engine: KvEngine::Sled,
-        ..config(Backing::Kv)
-    };
+    let config = config(Backing::Kv).with_kv_engine(KvEngine::Sled);
     let err = Store::open(dir.path(), config).unwrap_err();
     assert!(
         matches!(

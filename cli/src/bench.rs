@@ -119,13 +119,11 @@ const CACHE: &str = "PRAGMA cache_size = -2000;";
 fn kv_store(dir: &Path, durability: Durability) -> anyhow::Result<Store> {
     Ok(Store::open(
         dir,
-        Config {
-            backing: Backing::DEFAULT,
-            kv_engine: KvEngine::Fjall,
-            durability,
-            max_awake: Some(100_000),
-            ..Config::default()
-        },
+        Config::default()
+            .with_backing(Backing::DEFAULT)
+            .with_kv_engine(KvEngine::Fjall)
+            .with_durability(durability)
+            .with_max_awake(Some(100_000)),
     )?)
 }
 
@@ -873,10 +871,10 @@ fn coldwake(scratch: &Path, args: &BenchArgs) -> anyhow::Result<Value> {
     let mut results = serde_json::Map::new();
     for backing in [Backing::DEFAULT, Backing::Files, Backing::FilesTuned] {
         let dir: PathBuf = scratch.join(format!("coldwake-{}", backing.as_str()));
-        let config = || Config {
-            backing,
-            max_awake: Some(n + 1),
-            ..Config::default()
+        let config = || {
+            Config::default()
+                .with_backing(backing)
+                .with_max_awake(Some(n + 1))
         };
         {
             let store = Store::open(&dir, config())?;

@@ -119,13 +119,11 @@ fn main() -> ExitCode {
 }
 
 fn config(cli: &Cli) -> Config {
-    Config {
-        backing: cli.backing,
-        kv_engine: cli.kv,
-        memory_budget: cli.budget_mb << 20,
-        max_awake: cli.max_awake,
-        ..Config::default()
-    }
+    Config::default()
+        .with_backing(cli.backing)
+        .with_kv_engine(cli.kv)
+        .with_memory_budget(cli.budget_mb << 20)
+        .with_max_awake(cli.max_awake)
 }
 
 fn open_existing(cli: &Cli) -> anyhow::Result<Store> {
@@ -204,7 +202,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Import { file, name } => {
             shoal::validate_actor_name(name)?;
             std::fs::metadata(file).with_context(|| format!("cannot read {}", file.display()))?;
-            opened(Store::open(&cli.store, config(&cli)))?.import_actor(file, name)?;
+            opened(Store::open(&cli.store, config(&cli)))?.import_actor(name, file)?;
         }
         Command::Rm { name } => open_existing(&cli)?.delete_actor(name)?,
         Command::Check { name } => {

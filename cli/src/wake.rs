@@ -303,13 +303,7 @@ pub fn wake(dir: &Path, config: Config, args: &WakeArgs) -> anyhow::Result<()> {
     // The awake bound is the configuration's (from the budget, or `--max-awake`): a
     // wake that set it to `--actors` would keep every actor's connection open whatever
     // the budget says.
-    let store = Store::open_alongside(
-        dir,
-        Config {
-            max_waking: args.concurrency.max(1),
-            ..config
-        },
-    )?;
+    let store = Store::open_alongside(dir, config.with_max_waking(args.concurrency.max(1)))?;
     let sampler = Sampler::start();
     let t0 = Instant::now();
     std::thread::sleep(Duration::from_millis(100));
