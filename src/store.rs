@@ -49,7 +49,7 @@ const STAGING_DIR: &str = "staging";
 /// ```no_run
 /// # fn main() -> Result<(), shoal::Error> {
 /// let store = shoal::Store::open("./shoal-data", shoal::Config::default())?;
-/// store.with_actor("task-42", |conn| {
+/// store.with_actor("task-42", |conn| -> shoal::Result<_> {
 ///     conn.execute_batch("CREATE TABLE IF NOT EXISTS notes(body TEXT)")?;
 ///     conn.execute("INSERT INTO notes VALUES (?1)", ["hello"])?;
 ///     Ok(())
@@ -425,18 +425,48 @@ impl Store {
     }
 
     /// Runs `f` on actor `name`'s connection (waking, and creating, it if needed) and
-    /// returns it to the awake set. An I/O error from a commit in `f` leaves the
-    /// commit's outcome unknown (see [`Store`], "Errors on commit"). An error that the kv
-    /// backing caused carries the VFS's reason in its message (SQLite's own is generic: a
-    /// full temp space is "database or disk is full", here followed by the limit).
-    pub fn with_actor<T>(
+    /// returns it to the awake set. `f` returns the caller's own error type `E`, which
+    /// takes a [`shoal::Error`](Error) for a failure to wake the actor:
+    ///
+    /// ```no_run
+    /// # fn f(store: &shoal::Store) -> Result<(), shoal::Error> {
+    /// let n: i64 = store.with_actor("task-42", |c| -> shoal::Result<i64> {
+    ///     c.execute_batch("CREATE TABLE IF NOT EXISTS notes(body TEXT)")?;
+    ///     Ok(c.query_row("SELECT count(*) FROM notes", [], |r| r.get(0))?)
+    /// })?;
+    /// # let _ = n; Ok(()) }
+    /// ```
+    ///
+    /// An I/O error from a commit in `f` leaves the commit's outcome unknown (see
+    /// [`Store`], "Errors on commit"). When `E` is [`shoal::Error`](Error), SQLite's errors
+    /// that `f` passed on ([`Error::Sqlite`]) are explained as
+    /// [`Store::explain_sqlite_error`] does: one that the kv backing caused carries the
+    /// VFS's reason in its message (SQLite's own is generic: a full temp space is
+    /// "database or disk is full", here followed by the limit). Another `E` can call
+    /// [`Store::explain_sqlite_error`] inside `f`.
+    pub fn with_actor<T, E>(
         &self,
         name: &str,
-        f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
-    ) -> Result<T> {
+        f: impl FnOnce(&Connection) -> std::result::Result<T, E>,
+    ) -> std::result::Result<T, E>
+    where
+        E: From<Error> + 'static,
+    {
         let actor = self.actor(name)?;
         self.backend.forget_failure();
-        f(&actor).map_err(|e| self.explain_sqlite_error(e))
+        f(&actor).map_err(|e| self.explained(e))
+    }
+
+    /// `e`, explained by [`Store::explain_sqlite_error`] if it is an [`Error::Sqlite`].
+    fn explained<E: 'static>(&self, e: E) -> E {
+        let mut slot = Some(e);
+        if let Some(ours) = (&mut slot as &mut dyn std::any::Any).downcast_mut::<Option<Error>>() {
+            *ours = ours.take().map(|e| match e {
+                Error::Sqlite(e) => self.explain_sqlite_error(e),
+                other => other,
+            });
+        }
+        slot.unwrap_or_else(|| unreachable!("put back above"))
     }
 
     fn checkin(&self, name: String, mut actor: ActorConn) {
@@ -784,7 +814,9 @@ mod tests {
             let dir = tempfile::tempdir().unwrap();
             let store = Store::open(dir.path(), Config::default().with_backing(backing)).unwrap();
             store
-                .with_actor("gone", |c| c.execute_batch("CREATE TABLE t(x)"))
+                .with_actor("gone", |c| {
+                    c.execute_batch("CREATE TABLE t(x)").map_err(Error::from)
+                })
                 .unwrap();
             store.require("gone").unwrap();
             store.delete_actor("gone").unwrap();
@@ -817,21 +849,21 @@ mod tests {
         };
         let store = open();
         store
-            .with_actor("acct", |c| {
-                c.execute_batch(
+            .with_actor("acct", |c| -> Result<_> {
+                Ok(c.execute_batch(
                     "CREATE TABLE ops(key TEXT PRIMARY KEY);
                      CREATE TABLE t(x);",
-                )
+                )?)
             })
             .unwrap();
         faulty.fail_nth(FaultOp::Flush, 1); // also restarts the counts
-        let committed = store.with_actor("acct", |c| {
-            c.execute_batch(
+        let committed = store.with_actor("acct", |c| -> Result<_> {
+            Ok(c.execute_batch(
                 "BEGIN;
                  INSERT INTO ops VALUES ('op-1');
                  INSERT INTO t VALUES (1), (2), (3);
                  COMMIT;",
-            )
+            )?)
         });
         let err = committed.unwrap_err();
         assert!(err.to_string().contains("disk I/O error"), "{err}");
@@ -841,7 +873,7 @@ mod tests {
         faulty.clear();
         let store = open();
         let (landed, rows): (bool, i64) = store
-            .with_actor("acct", |c| {
+            .with_actor("acct", |c| -> Result<_> {
                 let landed =
                     c.query_row("SELECT count(*) FROM ops WHERE key = 'op-1'", [], |r| {
                         r.get::<_, i64>(0)

@@ -73,12 +73,12 @@ fn crash_child() {
     let mut out = std::io::stdout().lock();
     for i in 0..ACTORS {
         store
-            .with_actor(&actor(i), |c| {
-                c.execute_batch(
+            .with_actor(&actor(i), |c| -> shoal::Result<_> {
+                Ok(c.execute_batch(
                     "CREATE TABLE IF NOT EXISTS txlog(txid INTEGER PRIMARY KEY, n INTEGER NOT NULL);
                      CREATE TABLE IF NOT EXISTS data(txid INTEGER NOT NULL, k INTEGER NOT NULL, v BLOB);
                      CREATE INDEX IF NOT EXISTS data_by_txid ON data(txid);",
-                )
+                )?)
             })
             .unwrap();
     }
@@ -422,8 +422,8 @@ fn import_config(backing: Backing) -> Config {
 
 fn imported_rows(store: &Store) -> i64 {
     store
-        .with_actor("imp", |c| {
-            c.query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+        .with_actor("imp", |c| -> shoal::Result<_> {
+            Ok(c.query_row("SELECT count(*) FROM t", [], |r| r.get(0))?)
         })
         .unwrap()
 }
@@ -529,14 +529,14 @@ fn creation_child() {
     out.flush().unwrap();
     let store = Store::open(&dir, config(Durability::Full, kv)).unwrap();
     store
-        .with_actor("only", |c| {
-            c.execute_batch(&format!(
+        .with_actor("only", |c| -> shoal::Result<_> {
+            Ok(c.execute_batch(&format!(
                 "BEGIN;
                  CREATE TABLE t(k INTEGER PRIMARY KEY, v BLOB NOT NULL);
                  WITH RECURSIVE n(k) AS (SELECT 1 UNION ALL SELECT k + 1 FROM n WHERE k < {CREATION_ROWS})
                  INSERT INTO t SELECT k, randomblob(100) FROM n;
                  COMMIT;"
-            ))
+            ))?)
         })
         .unwrap();
     writeln!(out, "written").unwrap();
@@ -579,7 +579,7 @@ fn check_created(
     let report = store.check_actor("only").unwrap();
     assert!(report.is_ok(), "{at}: {report:?}");
     let rows: Option<i64> = store
-        .with_actor("only", |c| {
+        .with_actor("only", |c| -> shoal::Result<_> {
             let tables: i64 = c.query_row(
                 "SELECT count(*) FROM sqlite_schema WHERE name = 't'",
                 [],
@@ -588,8 +588,8 @@ fn check_created(
             if tables == 0 {
                 return Ok(None);
             }
-            c.query_row("SELECT count(*) FROM t", [], |r| r.get(0))
-                .map(Some)
+            Ok(c.query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+                .map(Some)?)
         })
         .unwrap();
     match rows {

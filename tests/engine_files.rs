@@ -35,8 +35,8 @@ type Contents = (i64, i64, i64);
 const READ: &str = "SELECT count(*), sum(n), sum(length(b)) FROM t";
 
 fn read(store: &Store) -> Result<Contents, shoal::Error> {
-    store.with_actor("a", |c| {
-        c.query_row(READ, [], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+    store.with_actor("a", |c| -> shoal::Result<_> {
+        Ok(c.query_row(READ, [], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?)
     })
 }
 
@@ -45,12 +45,12 @@ fn read(store: &Store) -> Result<Contents, shoal::Error> {
 fn pristine(engine: KvEngine, dir: &Path) -> Contents {
     let store = Store::open(dir, config(engine)).unwrap();
     store
-        .with_actor("a", |c| {
+        .with_actor("a", |c| -> shoal::Result<_> {
             c.execute_batch("BEGIN; CREATE TABLE t(n INTEGER PRIMARY KEY, b BLOB)")?;
             for n in 1..=ROWS {
                 c.execute("INSERT INTO t VALUES (?1, randomblob(4000))", [n])?;
             }
-            c.execute_batch("COMMIT")
+            Ok(c.execute_batch("COMMIT")?)
         })
         .unwrap();
     let contents = read(&store).unwrap();

@@ -22,8 +22,8 @@ fn config(backing: Backing) -> Config {
 
 fn count(store: &Store, actor: &str) -> i64 {
     store
-        .with_actor(actor, |c| {
-            c.query_row("SELECT count(*) FROM notes", [], |r| r.get(0))
+        .with_actor(actor, |c| -> shoal::Result<_> {
+            Ok(c.query_row("SELECT count(*) FROM notes", [], |r| r.get(0))?)
         })
         .unwrap()
 }
@@ -36,9 +36,9 @@ fn actors_persist_across_reopening_on_every_backing() {
             let store = Store::open(dir.path(), config(backing)).unwrap();
             for name in ["a", "b"] {
                 store
-                    .with_actor(name, |c| {
+                    .with_actor(name, |c| -> shoal::Result<_> {
                         c.execute_batch("CREATE TABLE notes(body TEXT)")?;
-                        c.execute("INSERT INTO notes VALUES (?1)", [name])
+                        Ok(c.execute("INSERT INTO notes VALUES (?1)", [name])?)
                     })
                     .unwrap();
             }
@@ -64,8 +64,8 @@ fn idle_actors_past_the_bound_are_put_to_sleep() {
     .unwrap();
     for i in 0..10 {
         store
-            .with_actor(&format!("actor-{i}"), |c| {
-                c.execute_batch("CREATE TABLE t(x)")
+            .with_actor(&format!("actor-{i}"), |c| -> shoal::Result<_> {
+                Ok(c.execute_batch("CREATE TABLE t(x)")?)
             })
             .unwrap();
         assert!(store.awake() <= 3, "awake {} after {i}", store.awake());
@@ -73,7 +73,10 @@ fn idle_actors_past_the_bound_are_put_to_sleep() {
     assert_eq!(store.awake(), 3);
     // A put-to-sleep actor wakes on demand with its data.
     store
-        .with_actor("actor-0", |c| c.execute("INSERT INTO t VALUES (1)", []))
+        .with_actor("actor-0", |c| {
+            c.execute("INSERT INTO t VALUES (1)", [])
+                .map_err(shoal::Error::from)
+        })
         .unwrap();
     assert_eq!(store.awake(), 3);
     store.sleep_all();
@@ -85,7 +88,10 @@ fn an_unfinished_transaction_is_rolled_back_when_the_actor_goes_idle() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path(), config(Backing::default())).unwrap();
     store
-        .with_actor("t", |c| c.execute_batch("CREATE TABLE notes(body)"))
+        .with_actor("t", |c| {
+            c.execute_batch("CREATE TABLE notes(body)")
+                .map_err(shoal::Error::from)
+        })
         .unwrap();
     {
         let actor = store.actor("t").unwrap();
@@ -102,8 +108,8 @@ fn an_actor_connection_cannot_reach_another_actor() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), config(backing)).unwrap();
         store
-            .with_actor("victim", |c| {
-                c.execute_batch("CREATE TABLE secret(x); INSERT INTO secret VALUES (42);")
+            .with_actor("victim", |c| -> shoal::Result<_> {
+                Ok(c.execute_batch("CREATE TABLE secret(x); INSERT INTO secret VALUES (42);")?)
             })
             .unwrap();
         let attacker = store.actor("attacker").unwrap();
@@ -168,12 +174,12 @@ fn export_writes_a_plain_sqlite_file_and_import_reads_one_back() {
         let out = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), config(backing)).unwrap();
         store
-            .with_actor("src", |c| {
-                c.execute_batch(
+            .with_actor("src", |c| -> shoal::Result<_> {
+                Ok(c.execute_batch(
                     "CREATE TABLE notes(body TEXT);
                      WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM n WHERE i < 500)
                      INSERT INTO notes SELECT 'note ' || i FROM n;",
-                )
+                )?)
             })
             .unwrap();
         let file = out.path().join("src.db");
@@ -254,7 +260,10 @@ fn delete_is_refused_while_in_use_and_removes_everything_after() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), config(backing)).unwrap();
         store
-            .with_actor("gone", |c| c.execute_batch("CREATE TABLE t(x)"))
+            .with_actor("gone", |c| {
+                c.execute_batch("CREATE TABLE t(x)")
+                    .map_err(shoal::Error::from)
+            })
             .unwrap();
         {
             let _held = store.actor("gone").unwrap();
@@ -346,8 +355,8 @@ fn check_finds_a_damaged_page_in_the_store() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path(), config(Backing::Kv)).unwrap();
     store
-        .with_actor("x", |c| {
-            c.execute_batch("CREATE TABLE t(v); INSERT INTO t VALUES (randomblob(9000));")
+        .with_actor("x", |c| -> shoal::Result<_> {
+            Ok(c.execute_batch("CREATE TABLE t(v); INSERT INTO t VALUES (randomblob(9000));")?)
         })
         .unwrap();
     store.sleep_all();
@@ -394,14 +403,14 @@ fn the_configured_durability_is_what_actor_connections_use() {
                 (false, shoal::Durability::Relaxed) => ("PRAGMA synchronous", "1"),
             };
             let got: String = store
-                .with_actor("a", |c| {
-                    c.query_row(pragma, [], |r| {
+                .with_actor("a", |c| -> shoal::Result<_> {
+                    Ok(c.query_row(pragma, [], |r| {
                         r.get::<_, rusqlite::types::Value>(0).map(|v| match v {
                             rusqlite::types::Value::Integer(i) => i.to_string(),
                             rusqlite::types::Value::Text(t) => t,
                             other => format!("{other:?}"),
                         })
-                    })
+                    })?)
                 })
                 .unwrap();
             assert_eq!(got, want, "{backing:?} {durability:?}");
@@ -419,8 +428,10 @@ fn names_sqlite_would_read_as_uris_or_memory_are_refused() {
         let files = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), config(backing)).unwrap();
         store
-            .with_actor("foo", |c| {
-                c.execute_batch("CREATE TABLE notes(body TEXT); INSERT INTO notes VALUES ('mine');")
+            .with_actor("foo", |c| -> shoal::Result<_> {
+                Ok(c.execute_batch(
+                    "CREATE TABLE notes(body TEXT); INSERT INTO notes VALUES ('mine');",
+                )?)
             })
             .unwrap();
         let evil = files.path().join("evil.db");
@@ -437,7 +448,10 @@ fn names_sqlite_would_read_as_uris_or_memory_are_refused() {
             };
             refused(store.actor(name).map(drop));
             refused(store.open_actor(name).map(drop));
-            refused(store.with_actor(name, |c| c.execute_batch("CREATE TABLE t(x)")));
+            refused(store.with_actor(name, |c| {
+                c.execute_batch("CREATE TABLE t(x)")
+                    .map_err(shoal::Error::from)
+            }));
             refused(store.actor_exists(name).map(drop));
             refused(store.import_actor(name, &evil));
             refused(store.export_actor(name, files.path().join("x.db")));
@@ -628,7 +642,10 @@ fn export_never_follows_a_symlink_and_leaves_only_the_file() {
         let out = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), config(backing)).unwrap();
         store
-            .with_actor("a", |c| c.execute_batch("CREATE TABLE notes(body TEXT);"))
+            .with_actor("a", |c| {
+                c.execute_batch("CREATE TABLE notes(body TEXT);")
+                    .map_err(shoal::Error::from)
+            })
             .unwrap();
         let link = out.path().join("link.db");
         let aim = out.path().join("elsewhere.db");
@@ -695,12 +712,12 @@ fn an_export_onto_a_full_disk_leaves_nothing_behind() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), config(backing)).unwrap();
         store
-            .with_actor("big", |c| {
-                c.execute_batch(
+            .with_actor("big", |c| -> shoal::Result<_> {
+                Ok(c.execute_batch(
                     "CREATE TABLE t(v);
                      WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM n WHERE i < 400)
                      INSERT INTO t SELECT randomblob(8000) FROM n;",
-                )
+                )?)
             })
             .unwrap();
         let err = store
@@ -727,8 +744,8 @@ fn export_and_check_racing_delete_never_recreate_the_actor() {
         let store = Store::open(dir.path(), config(backing)).unwrap();
         for i in 0..60 {
             store
-                .with_actor("victim", |c| {
-                    c.execute_batch("CREATE TABLE IF NOT EXISTS t(x)")
+                .with_actor("victim", |c| -> shoal::Result<_> {
+                    Ok(c.execute_batch("CREATE TABLE IF NOT EXISTS t(x)")?)
                 })
                 .unwrap();
             store.sleep_all();
@@ -785,7 +802,10 @@ fn a_checkout_starts_from_the_actor_defaults() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), config(backing)).unwrap();
         store
-            .with_actor("a", |c| c.execute_batch("CREATE TABLE t(x)"))
+            .with_actor("a", |c| {
+                c.execute_batch("CREATE TABLE t(x)")
+                    .map_err(shoal::Error::from)
+            })
             .unwrap();
         let durability = if backing.is_kv() {
             (
@@ -825,8 +845,8 @@ fn a_checkout_starts_from_the_actor_defaults() {
         }
         // An exclusive lock taken in locking_mode EXCLUSIVE is not kept while idle.
         store
-            .with_actor("a", |c| {
-                c.execute_batch("PRAGMA locking_mode = EXCLUSIVE; INSERT INTO t VALUES (1);")
+            .with_actor("a", |c| -> shoal::Result<_> {
+                Ok(c.execute_batch("PRAGMA locking_mode = EXCLUSIVE; INSERT INTO t VALUES (1);")?)
             })
             .unwrap();
         let other = store.open_actor("a").unwrap();
@@ -837,18 +857,18 @@ fn a_checkout_starts_from_the_actor_defaults() {
         drop(other);
         // Settings the store cannot reset: the connection is replaced.
         store
-            .with_actor("a", |c| {
-                c.execute_batch(
+            .with_actor("a", |c| -> shoal::Result<_> {
+                Ok(c.execute_batch(
                     "PRAGMA case_sensitive_like = ON;
                      CREATE TEMP TABLE scratch(x);
                      CREATE TEMP TRIGGER spy AFTER INSERT ON main.t BEGIN
                        INSERT INTO scratch VALUES (new.x);
                      END;",
-                )
+                )?)
             })
             .unwrap();
         store
-            .with_actor("a", |c| {
+            .with_actor("a", |c| -> shoal::Result<_> {
                 c.execute("INSERT INTO t VALUES ('A')", [])?;
                 let like: i64 = c.query_row("SELECT 'a' LIKE 'A'", [], |r| r.get(0))?;
                 assert_eq!(like, 1, "{backing:?}: case_sensitive_like leaked");
@@ -876,8 +896,10 @@ fn a_relative_store_dir_that_looks_like_a_uri_is_a_path() {
         let backing = backing.parse::<Backing>().unwrap();
         let store = Store::open("file:data", config(backing)).unwrap();
         store
-            .with_actor("a", |c| {
-                c.execute_batch("CREATE TABLE notes(body TEXT); INSERT INTO notes VALUES ('x');")
+            .with_actor("a", |c| -> shoal::Result<_> {
+                Ok(c.execute_batch(
+                    "CREATE TABLE notes(body TEXT); INSERT INTO notes VALUES ('x');",
+                )?)
             })
             .unwrap();
         let out = tempfile::tempdir().unwrap();
@@ -949,7 +971,7 @@ fn temp_tables_stay_within_the_memory_budget() {
     // One checkout: temp tables are their connection's, and a checkout that made one
     // gets a fresh connection next time.
     let err = store
-        .with_actor("a", |c| {
+        .with_actor("a", |c| -> shoal::Result<_> {
             c.execute_batch(
                 "CREATE TEMP TABLE small AS
                  WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM n WHERE i < 2000)
@@ -957,11 +979,11 @@ fn temp_tables_stay_within_the_memory_budget() {
             )?;
             let n: i64 = c.query_row("SELECT count(*) FROM small", [], |r| r.get(0))?;
             assert_eq!(n, 2000, "a temp table within the limit works");
-            c.execute_batch(
+            Ok(c.execute_batch(
                 "CREATE TEMP TABLE big AS
                  WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM n WHERE i < 300000)
                  SELECT i, randomblob(1000) AS b FROM n;",
-            )
+            )?)
         })
         .unwrap_err();
     let peak_kb = shoal::memory::peak_rss_kb().unwrap();
@@ -987,7 +1009,9 @@ fn temp_tables_stay_within_the_memory_budget() {
     // connection (the temp database is the connection's until it closes).
     store.sleep_all();
     store
-        .with_actor("a", |c| c.execute_batch("SELECT 1"))
+        .with_actor("a", |c| {
+            c.execute_batch("SELECT 1").map_err(shoal::Error::from)
+        })
         .unwrap();
     assert_eq!(store.vfs().unwrap().temp_bytes().0, 0);
 }
@@ -1021,7 +1045,10 @@ fn a_leftover_of_an_interrupted_creation_is_removed() {
         {
             let store = Store::open(dir.path(), config.clone()).unwrap();
             store
-                .with_actor("a", |c| c.execute_batch("CREATE TABLE notes(body TEXT)"))
+                .with_actor("a", |c| {
+                    c.execute_batch("CREATE TABLE notes(body TEXT)")
+                        .map_err(shoal::Error::from)
+                })
                 .unwrap();
         }
         assert!(!leftover.exists(), "{kv_engine:?}: the leftover stayed");
@@ -1061,7 +1088,7 @@ fn entries(dir: &Path) -> Vec<std::ffi::OsString> {
 
 fn notes(store: &Store, actor: &str, rows: i64) {
     store
-        .with_actor(actor, |c| {
+        .with_actor(actor, |c| -> shoal::Result<_> {
             c.execute_batch("CREATE TABLE notes(body TEXT)")?;
             for i in 0..rows {
                 c.execute("INSERT INTO notes VALUES (?1)", [format!("note {i}")])?;
@@ -1232,7 +1259,10 @@ fn read_only_checks(store: &Store, backing: Backing) {
     assert_eq!(store.list_actors().unwrap(), ["a"], "{backing:?}");
     assert_eq!(count(store, "a"), 3, "{backing:?}");
     let write = store
-        .with_actor("a", |c| c.execute("INSERT INTO notes VALUES ('x')", []))
+        .with_actor("a", |c| {
+            c.execute("INSERT INTO notes VALUES ('x')", [])
+                .map_err(shoal::Error::from)
+        })
         .unwrap_err();
     assert!(
         write.to_string().contains("readonly"),
@@ -1270,8 +1300,8 @@ fn a_full_disk_says_so_and_the_store_reopens_after_space_is_freed() {
     std::thread::spawn(move || {
         let store = Store::open(&writer_dir, config(Backing::Kv)).unwrap();
         store
-            .with_actor("w", |c| {
-                c.execute_batch("CREATE TABLE blobs(n INTEGER PRIMARY KEY, b BLOB)")
+            .with_actor("w", |c| -> shoal::Result<_> {
+                Ok(c.execute_batch("CREATE TABLE blobs(n INTEGER PRIMARY KEY, b BLOB)")?)
             })
             .unwrap();
         let mut committed = 0i64;
@@ -1280,11 +1310,11 @@ fn a_full_disk_says_so_and_the_store_reopens_after_space_is_freed() {
             if committed > 4 * (DISK_KIB as i64) / 32 {
                 break None;
             }
-            let step = store.with_actor("w", |c| {
-                c.execute(
+            let step = store.with_actor("w", |c| -> shoal::Result<_> {
+                Ok(c.execute(
                     "INSERT INTO blobs VALUES (?1, randomblob(32768))",
                     [committed + 1],
-                )
+                )?)
             });
             match step {
                 Ok(_) => committed += 1,
@@ -1292,8 +1322,8 @@ fn a_full_disk_says_so_and_the_store_reopens_after_space_is_freed() {
             }
         };
         let later = store
-            .with_actor("w", |c| {
-                c.execute("INSERT INTO blobs VALUES (-1, randomblob(100))", [])
+            .with_actor("w", |c| -> shoal::Result<_> {
+                Ok(c.execute("INSERT INTO blobs VALUES (-1, randomblob(100))", [])?)
             })
             .err();
         drop(store);
@@ -1320,15 +1350,15 @@ fn a_full_disk_says_so_and_the_store_reopens_after_space_is_freed() {
     disk.resize(4 * DISK_KIB);
     let store = Store::open(&dir, config(Backing::Kv)).unwrap();
     let rows: i64 = store
-        .with_actor("w", |c| {
-            c.query_row("SELECT count(*) FROM blobs", [], |r| r.get(0))
+        .with_actor("w", |c| -> shoal::Result<_> {
+            Ok(c.query_row("SELECT count(*) FROM blobs", [], |r| r.get(0))?)
         })
         .unwrap();
     assert!(rows >= committed, "{rows} rows of {committed} committed");
     assert!(store.check_actor("w").unwrap().is_ok());
     store
-        .with_actor("w", |c| {
-            c.execute("INSERT INTO blobs VALUES (-1, x'00')", [])
+        .with_actor("w", |c| -> shoal::Result<_> {
+            Ok(c.execute("INSERT INTO blobs VALUES (-1, x'00')", [])?)
         })
         .unwrap();
 }
@@ -1365,8 +1395,8 @@ fn a_read_only_open_names_an_interrupted_transaction_it_cannot_roll_back() {
     }
     let store = Store::open_read_only(dir.path(), config(Backing::Files)).unwrap();
     let err = store
-        .with_actor("a", |c| {
-            c.query_row("SELECT count(*) FROM notes", [], |r| r.get::<_, i64>(0))
+        .with_actor("a", |c| -> shoal::Result<_> {
+            Ok(c.query_row("SELECT count(*) FROM notes", [], |r| r.get::<_, i64>(0))?)
         })
         .unwrap_err();
     assert!(matches!(err, Error::RollbackNeeded { .. }), "{err}");
@@ -1458,4 +1488,56 @@ fn sled_without_its_feature_is_a_clear_error() {
         "this shoal was built without the sled feature, which the sled engine needs"
     );
     assert!(!dir.path().join("kv-sled").exists());
+}
+
+/// `with_actor` hands back the caller's own error type: the closure's domain errors come
+/// back as they were, and a failure to wake the actor arrives through `From<Error>`.
+#[test]
+fn with_actor_returns_the_callers_error_type() {
+    #[derive(Debug)]
+    enum AppError {
+        Store(Error),
+        Sql(shoal::rusqlite::Error),
+        Overdrawn { balance: i64 },
+    }
+    impl From<Error> for AppError {
+        fn from(e: Error) -> AppError {
+            AppError::Store(e)
+        }
+    }
+    impl From<shoal::rusqlite::Error> for AppError {
+        fn from(e: shoal::rusqlite::Error) -> AppError {
+            AppError::Sql(e)
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), config(Backing::default())).unwrap();
+    let withdraw = |amount: i64| {
+        store.with_actor("acct", |c| {
+            c.execute_batch("CREATE TABLE IF NOT EXISTS t(balance INTEGER)")?;
+            let balance: i64 =
+                c.query_row("SELECT coalesce(sum(balance), 0) FROM t", [], |r| r.get(0))?;
+            if balance < amount {
+                return Err(AppError::Overdrawn { balance });
+            }
+            c.execute("INSERT INTO t VALUES (?1)", [-amount])?;
+            Ok(balance - amount)
+        })
+    };
+    assert!(matches!(
+        withdraw(5),
+        Err(AppError::Overdrawn { balance: 0 })
+    ));
+    let sql = store.with_actor("acct", |c| -> Result<(), AppError> {
+        Ok(c.execute_batch("SELECT * FROM missing")?)
+    });
+    assert!(
+        matches!(&sql, Err(AppError::Sql(e)) if e.to_string().contains("no such table")),
+        "{sql:?}"
+    );
+    let woke = store.with_actor("../escape", |_| Ok::<_, AppError>(()));
+    assert!(
+        matches!(woke, Err(AppError::Store(Error::InvalidName { .. }))),
+        "{woke:?}"
+    );
 }

@@ -271,13 +271,13 @@ fn assert_populated(store: &Path, actors: usize, messages: i64) {
         let report = store.check_actor(&name).unwrap();
         assert!(report.is_ok(), "{report:?}");
         let rows: (i64, i64, i64, i64) = store
-            .with_actor(&name, |c| {
-                c.query_row(
+            .with_actor(&name, |c| -> shoal::Result<_> {
+                Ok(c.query_row(
                     "SELECT (SELECT count(*) FROM tasks), (SELECT count(*) FROM sessions),
                             (SELECT count(*) FROM messages), (SELECT count(*) FROM git_state)",
                     [],
                     |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
-                )
+                )?)
             })
             .unwrap();
         assert_eq!(rows, (1, 5, messages, 1), "{name}");
@@ -506,8 +506,8 @@ fn check_reports_every_damaged_actor_by_name() {
     {
         let s = shoal::Store::open(&store, shoal::Config::default()).unwrap();
         for name in ["alice", "bob", "carol"] {
-            s.with_actor(name, |c| {
-                c.execute_batch("CREATE TABLE t(v); INSERT INTO t VALUES (randomblob(9000));")
+            s.with_actor(name, |c| -> shoal::Result<_> {
+                Ok(c.execute_batch("CREATE TABLE t(v); INSERT INTO t VALUES (randomblob(9000));")?)
             })
             .unwrap();
         }
