@@ -1,4 +1,7 @@
-//! The facade's error type: one variant per thing a caller can act on.
+//! The facade's error type: one variant per thing a caller can act on. Each variant
+//! that wraps another error keeps it as its `source()` (the OS error, SQLite's, the
+//! key-value layer's, the VFS's), so a caller can walk the chain and downcast; its message
+//! also says it, so `to_string()` alone is a whole sentence.
 
 use std::path::PathBuf;
 
@@ -98,14 +101,14 @@ pub enum Error {
     /// The disk holding the store is full, now or when a write failed and poisoned the
     /// store (the message says which, and what to do).
     #[cfg(feature = "kv-vfs")]
-    #[error(transparent)]
-    DiskFull(shoal_kv::Error),
+    #[error("{0}")]
+    DiskFull(#[source] shoal_kv::Error),
     /// A write failed earlier in a way that left the store unusable (a failed flush, an
     /// engine that gave up): it refuses writes until it is reopened, and the message
     /// names the first failure.
     #[cfg(feature = "kv-vfs")]
-    #[error(transparent)]
-    Poisoned(shoal_kv::Error),
+    #[error("{0}")]
+    Poisoned(#[source] shoal_kv::Error),
     /// The store asks for a part that this build of shoal was built without (a kv engine
     /// behind a cargo feature).
     #[error("this shoal was built without the {feature} feature, which {what} needs")]
@@ -160,20 +163,21 @@ pub enum Error {
         what: &'static str,
         /// The path involved.
         path: PathBuf,
-        /// The OS error (in the message; not also chained as a source, so a report of
-        /// the chain names it once).
+        /// The OS error, in the message and as the source, so a caller can tell its
+        /// kind (a full disk, a missing directory) by downcasting the chain.
+        #[source]
         cause: std::io::Error,
     },
     /// SQLite failed.
-    #[error(transparent)]
+    #[error("{0}")]
     Sqlite(#[from] rusqlite::Error),
     /// The key-value layer failed.
     #[cfg(feature = "kv-vfs")]
-    #[error(transparent)]
-    Kv(shoal_kv::Error),
+    #[error("{0}")]
+    Kv(#[source] shoal_kv::Error),
     /// The VFS failed.
-    #[error(transparent)]
-    Vfs(shoal_vfs::Error),
+    #[error("{0}")]
+    Vfs(#[source] shoal_vfs::Error),
 }
 
 #[cfg(feature = "kv-vfs")]

@@ -1541,3 +1541,50 @@ fn with_actor_returns_the_callers_error_type() {
         "{woke:?}"
     );
 }
+
+/// The OS error behind a failure is in the error's `source()` chain, so a caller can
+/// downcast it and tell a full disk (ENOSPC) from a path that cannot hold a store
+/// (ENOTDIR) without reading messages.
+#[test]
+fn the_os_error_behind_a_failure_can_be_downcast_from_the_chain() {
+    fn io_kind(err: &Error) -> Option<std::io::ErrorKind> {
+        std::iter::successors(Some(err as &(dyn std::error::Error + 'static)), |e| {
+            e.source()
+        })
+        .find_map(|e| e.downcast_ref::<std::io::Error>())
+        .map(std::io::Error::kind)
+    }
+    // A store under a regular file.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("file");
+    std::fs::write(&file, b"not a directory").unwrap();
+    let err = Store::open(file.join("store"), config(Backing::Files)).unwrap_err();
+    assert_eq!(
+        io_kind(&err),
+        Some(std::io::ErrorKind::NotADirectory),
+        "{err:?}"
+    );
+
+    // An import into a store whose disk is full.
+    let Some(disk) = tmpfs::Tmpfs::mount(256) else {
+        return;
+    };
+    let source = dir.path().join("source.db");
+    let conn = shoal::rusqlite::Connection::open(&source).unwrap();
+    conn.execute_batch(
+        "CREATE TABLE t(b);
+         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 500)
+         INSERT INTO t SELECT randomblob(1000) FROM n;",
+    )
+    .unwrap();
+    drop(conn);
+    let store = Store::open(disk.path().join("store"), config(Backing::Files)).unwrap();
+    let mut filler = std::fs::File::create(disk.path().join("filler")).unwrap();
+    while std::io::Write::write_all(&mut filler, &[0; 4096]).is_ok() {}
+    let err = store.import_actor("copy", &source).unwrap_err();
+    assert_eq!(
+        io_kind(&err),
+        Some(std::io::ErrorKind::StorageFull),
+        "{err:?}"
+    );
+}
