@@ -16,11 +16,15 @@
 //!   to a plain model of names, ids, file records and chunks, for as long as no raw range
 //!   delete has removed one of the layer's keys under it.
 //!
-//! Each input gets its own store in a fresh directory, so a finding replays from its
-//! input alone. Closing a fjall store waits until its monitor thread wakes from a 250 ms
-//! sleep (about 4 inputs a second if each closed its store), so the store an input ends
-//! with is closed on a background thread ([`wait_for_closes`] waits for them), and a
-//! reopen opens a copy of the directory as a crash would leave it (see `Run::reopen`).
+//! Inputs share one store while they can: an input starts on an empty [`FjallKv`] and
+//! empties it at the end, and the next input reuses it as long as a crash copy of it is
+//! still exact (see `Run::crash_copy_is_exact`); otherwise the store is closed and the
+//! next input opens a fresh one. Every check is of what the store holds, so a finding
+//! replays from its input alone on a fresh store, unless it needs what earlier inputs
+//! left in the store (tombstones, segments): such a finding may not replay alone. Closing a
+//! fjall store waits until its monitor thread wakes from a 250 ms sleep, so a store that
+//! is given up is closed on a background thread ([`wait_for_closes`] waits for them), and
+//! a reopen opens a copy of the directory as a crash would leave it (see `Run::reopen`).
 //! Stores live in `/dev/shm` where there is one (see `base_dir`).
 
 // A fuzz body's panics are its findings.
@@ -802,19 +806,48 @@ impl Layer {
     }
 }
 
-/// `kv_ops`: a sequence of raw and layer operations on a fresh [`FjallKv`] and on
-/// [`MemKv`], which must agree on every result (see the module notes).
+/// The store inputs share: left empty by the input before, and still one whose crash copy
+/// is exact (see [`Run::crash_copy_is_exact`]), with what it has taken in since it was
+/// created. Opening a fjall store costs more than most inputs, and closing one waits for
+/// its monitor thread (see [`close_later`]), so inputs reuse one until it is no longer
+/// exact; a reopen step then still has a store it can copy.
+struct Pooled {
+    dir: PathBuf,
+    store: Arc<Counted>,
+    written: Arc<AtomicU64>,
+    seals: usize,
+}
+
+/// The store the next input starts on, if the last one left it reusable.
+static POOL: Mutex<Option<Pooled>> = Mutex::new(None);
+
+/// `kv_ops`: a sequence of raw and layer operations on an empty [`FjallKv`] and on a
+/// fresh [`MemKv`], which must agree on every result (see the module notes).
 pub fn kv_ops(data: &[u8]) {
     let mut u = Unstructured::new(data);
-    let mut run = Run {
-        dir: fresh_dir(),
-        real: None,
-        model: Arc::new(MemKv::new()),
-        layer: None,
-        written: Arc::default(),
-        seals: 0,
+    let mut run = match POOL.lock().take() {
+        Some(pooled) => Run {
+            dir: pooled.dir,
+            real: Some(pooled.store),
+            model: Arc::new(MemKv::new()),
+            layer: None,
+            written: pooled.written,
+            seals: pooled.seals,
+        },
+        None => {
+            let mut run = Run {
+                dir: fresh_dir(),
+                real: None,
+                model: Arc::new(MemKv::new()),
+                layer: None,
+                written: Arc::default(),
+                seals: 0,
+            };
+            run.real = Some(open_fjall(&run.dir, &run.written));
+            run
+        }
     };
-    run.real = Some(open_fjall(&run.dir, &run.written));
+    run.same_contents("at the start");
     run.open_layer(LayerModel::default(), true);
     assert!(run.layer.is_some(), "the layer opens on an empty store");
 
@@ -831,15 +864,30 @@ pub fn kv_ops(data: &[u8]) {
         layer.check_model();
     }
     drop(run.layer.take());
+    // Empty the store for the next input, or close it if a crash copy of it would no
+    // longer be exact.
+    let mut clear = Batch::new();
+    clear.delete_range(KeyRange::prefix(&[]));
+    run.counted().apply(clear).expect("clearing the store");
+    let reusable = run.crash_copy_is_exact();
     let store = run.real.take().expect("the store is open");
-    close_later(store, run.dir);
+    if reusable {
+        *POOL.lock() = Some(Pooled {
+            dir: run.dir,
+            store,
+            written: run.written,
+            seals: run.seals,
+        });
+    } else {
+        close_later(store, run.dir);
+    }
 }
 
 /// Where stores live: in `/dev/shm` where there is one, since fjall fsyncs its files
 /// and directories as it creates them and the fsyncs of an open cost a dozen times what
 /// the rest of it does on disk (about 3 ms against 0.25 ms on tmpfs, measured here);
 /// crashes of the process, all the crash reopen stands for, lose nothing there either.
-fn base_dir() -> PathBuf {
+pub fn base_dir() -> PathBuf {
     let shm = Path::new("/dev/shm");
     if shm.is_dir() {
         shm.to_path_buf()
@@ -851,42 +899,53 @@ fn base_dir() -> PathBuf {
 /// A new directory name for a store: `<base>/shoal-kv-ops-<pid>-<n>`.
 fn fresh_dir() -> PathBuf {
     static NEXT: AtomicU64 = AtomicU64::new(0);
-    static SWEPT: std::sync::Once = std::sync::Once::new();
-    SWEPT.call_once(sweep_dead_processes);
+    sweep_dead_processes();
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
     let dir = base_dir().join(format!("shoal-kv-ops-{}-{n}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     dir
 }
 
-/// Removes store directories left by fuzzing processes that exited with stores still
-/// closing (libFuzzer exits without waiting for them). Only where `/proc` tells which
-/// processes are alive.
-fn sweep_dead_processes() {
-    if !Path::new("/proc/self").exists() {
-        return;
-    }
-    let Ok(entries) = std::fs::read_dir(base_dir()) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix("shoal-kv-ops-")) else {
-            continue;
-        };
-        let Some(pid) = rest.split('-').next().filter(|p| p.parse::<u32>().is_ok()) else {
-            continue;
-        };
-        if !Path::new("/proc").join(pid).exists() {
-            let _ = std::fs::remove_dir_all(entry.path());
+/// Directory prefixes of the fuzz bodies' per-process files, each followed by the pid.
+const PROCESS_DIRS: [&str; 2] = ["shoal-kv-ops-", "shoal-sql-diff-"];
+
+/// Removes, once per process, the directories that fuzzing processes which have exited
+/// left under [`base_dir`] (libFuzzer exits without waiting for stores still closing).
+/// Only where `/proc` tells which processes are alive.
+pub fn sweep_dead_processes() {
+    static SWEPT: std::sync::Once = std::sync::Once::new();
+    SWEPT.call_once(|| {
+        if !Path::new("/proc/self").exists() {
+            return;
         }
-    }
+        let Ok(entries) = std::fs::read_dir(base_dir()) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(rest) = name
+                .to_str()
+                .and_then(|n| PROCESS_DIRS.iter().find_map(|p| n.strip_prefix(p)))
+            else {
+                continue;
+            };
+            let Some(pid) = rest.split('-').next().filter(|p| p.parse::<u32>().is_ok()) else {
+                continue;
+            };
+            if !Path::new("/proc").join(pid).exists() {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+    });
 }
 
-/// Copies the files under `from` to `to`, keeping holes (fjall preallocates its journal
-/// as 32 MiB of them).
+/// Copies the files under `from` to `to`, keeping holes: fjall preallocates each journal
+/// as 32 MiB of them, and reading those back cost more than the rest of an input. Only the
+/// data extents are read (`SEEK_DATA`/`SEEK_HOLE`; a file system without them reports
+/// the whole file as data).
 fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
-    use std::io::{Read, Seek, SeekFrom, Write};
+    use rustix::fs::{SeekFrom, seek};
+    use std::os::unix::fs::FileExt;
     std::fs::create_dir_all(to)?;
     for entry in std::fs::read_dir(from)? {
         let entry = entry?;
@@ -895,25 +954,29 @@ fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
             copy_dir(&src, &dst)?;
             continue;
         }
-        let mut input = std::fs::File::open(&src)?;
-        let mut output = std::fs::File::create(&dst)?;
-        // Holes read as zeros; comparing whole blocks with a zero block is a memcmp.
-        const BLOCK: usize = 64 << 10;
-        static ZEROS: [u8; BLOCK] = [0; BLOCK];
-        let mut block = vec![0u8; BLOCK];
+        let input = std::fs::File::open(&src)?;
+        let output = std::fs::File::create(&dst)?;
+        let len = input.metadata()?.len();
+        let mut block = vec![0u8; 64 << 10];
         let mut offset = 0u64;
-        loop {
-            let n = input.read(&mut block)?;
-            if n == 0 {
-                break;
+        while offset < len {
+            let start = match seek(&input, SeekFrom::Data(offset)) {
+                Ok(start) => start,
+                // No data past `offset`.
+                Err(rustix::io::Errno::NXIO) => break,
+                Err(e) => return Err(e.into()),
+            };
+            let end = seek(&input, SeekFrom::Hole(start))?.min(len);
+            let mut at = start;
+            while at < end {
+                let n = usize::try_from(end - at).map_or(block.len(), |n| n.min(block.len()));
+                input.read_exact_at(&mut block[..n], at)?;
+                output.write_all_at(&block[..n], at)?;
+                at += n as u64;
             }
-            if block[..n] != ZEROS[..n] {
-                output.seek(SeekFrom::Start(offset))?;
-                output.write_all(&block[..n])?;
-            }
-            offset += n as u64;
+            offset = end;
         }
-        output.set_len(offset)?;
+        output.set_len(len)?;
     }
     Ok(())
 }
@@ -952,8 +1015,12 @@ fn close_later(store: Arc<Counted>, dir: PathBuf) {
     }));
 }
 
-/// Waits until every store [`kv_ops`] left closing is closed and its directory removed.
+/// Closes the store [`kv_ops`] keeps for the next input, and waits until every store it
+/// left closing is closed and its directory removed.
 pub fn wait_for_closes() {
+    if let Some(pooled) = POOL.lock().take() {
+        close_later(pooled.store, pooled.dir);
+    }
     let handles = std::mem::take(&mut *CLOSING.lock());
     for h in handles {
         let _ = h.join();

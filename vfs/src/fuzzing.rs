@@ -66,17 +66,15 @@ pub fn vfs_file(data: &[u8]) {
     } else {
         FileKind::MainJournal
     };
-    let backend = Arc::new(FaultyKv::new(MemKv::new()));
-    let Ok(kv) = Kv::open(backend.clone()) else {
-        return;
-    };
-    let Ok(entry) = kv.create("fuzz", EntryKind::Database) else {
-        return;
-    };
+    let (backend, kv) = vfs_file_process();
+    backend.clear();
+    let entry = kv
+        .create("fuzz", EntryKind::Database)
+        .expect("the last input dropped its file");
     let load = |kv: &Kv| {
         Inode::load(kv, entry.id, kind, "fuzz", Arc::default(), true).expect("a stored file loads")
     };
-    let mut file = load(&kv);
+    let mut file = load(kv);
     // The model: what SQLite would read now, and what a crash would leave.
     let mut current: Vec<u8> = Vec::new();
     let mut persisted: Vec<u8> = Vec::new();
@@ -94,7 +92,7 @@ pub fn vfs_file(data: &[u8]) {
             FileOp::Write { offset, len, byte } => {
                 let (offset, len) = (scale(offset), usize::from(len % 9000));
                 let bytes = vec![byte; len];
-                match file.write(&kv, &bytes, offset) {
+                match file.write(kv, &bytes, offset) {
                     Ok(()) => {
                         let end = usize::try_from(offset).unwrap_or(usize::MAX) + len;
                         if current.len() < end {
@@ -112,7 +110,7 @@ pub fn vfs_file(data: &[u8]) {
             FileOp::Read { offset, len } => {
                 let offset = scale(offset);
                 let mut buf = vec![0xAA; usize::from(len % 9000)];
-                let n = file.read(&kv, &mut buf, offset).expect("read");
+                let n = file.read(kv, &mut buf, offset).expect("read");
                 let start = usize::try_from(offset)
                     .unwrap_or(usize::MAX)
                     .min(current.len());
@@ -125,14 +123,14 @@ pub fn vfs_file(data: &[u8]) {
             }
             FileOp::Truncate { size } => {
                 let size = scale(size);
-                file.truncate(&kv, size).expect("truncate");
+                file.truncate(kv, size).expect("truncate");
                 current.resize(usize::try_from(size).unwrap_or(usize::MAX), 0);
             }
-            FileOp::Sync if !in_batch => match file.flush(&kv) {
+            FileOp::Sync if !in_batch => match file.flush(kv) {
                 Ok(_) => persisted.clone_from(&current),
                 Err(_) => current.clone_from(&persisted),
             },
-            FileOp::BeginBatch if !in_batch => match file.begin_batch(&kv) {
+            FileOp::BeginBatch if !in_batch => match file.begin_batch(kv) {
                 Ok(()) => {
                     persisted.clone_from(&current);
                     in_batch = true;
@@ -141,7 +139,7 @@ pub fn vfs_file(data: &[u8]) {
             },
             FileOp::CommitBatch if in_batch => {
                 in_batch = false;
-                match file.commit_batch(&kv) {
+                match file.commit_batch(kv) {
                     Ok(_) => persisted.clone_from(&current),
                     Err(_) => current.clone_from(&persisted),
                 }
@@ -155,7 +153,7 @@ pub fn vfs_file(data: &[u8]) {
             FileOp::Reopen if !in_batch => {
                 backend.clear();
                 drop(file);
-                file = load(&kv);
+                file = load(kv);
                 current.clone_from(&persisted);
             }
             FileOp::Lock { handle, level } => {
@@ -189,6 +187,21 @@ pub fn vfs_file(data: &[u8]) {
         }
         assert_eq!(file.size(), current.len() as u64, "file size");
     }
+    drop(file);
+    backend.clear();
+    kv.drop_entry("fuzz").expect("drop the file");
+}
+
+/// The store every [`vfs_file`] input of this process uses, one after another: each
+/// creates its file in it and drops it at the end, so no input pays for opening a [`Kv`]
+/// (and starting its group committer).
+fn vfs_file_process() -> &'static (Arc<FaultyKv<MemKv>>, Kv) {
+    static PROCESS: std::sync::OnceLock<(Arc<FaultyKv<MemKv>>, Kv)> = std::sync::OnceLock::new();
+    PROCESS.get_or_init(|| {
+        let backend = Arc::new(FaultyKv::new(MemKv::new()));
+        let kv = Kv::open(backend.clone()).expect("a kv over an empty MemKv opens");
+        (backend, kv)
+    })
 }
 
 fn check_lock_invariants(held: &[LockLevel; 3], table: &LockTable) {
@@ -281,13 +294,11 @@ fn query(conn: &rusqlite::Connection, sql: &str) -> rusqlite::Result<Rows> {
 }
 
 /// `sql_diff`: a random SQL workload on shoal (over `MemKv`, with and without xFetch)
-/// and on stock SQLite with its own VFS (a file in the temp directory); every statement's
+/// and on stock SQLite with its own VFS (a file on tmpfs where there is one, see
+/// [`sql_diff_process`]); every statement's
 /// outcome and every query's rows must be identical, and the database must pass
 /// `PRAGMA integrity_check` at the end.
 pub fn sql_diff(data: &[u8]) {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    static RUN: AtomicUsize = AtomicUsize::new(0);
-    let run = RUN.fetch_add(1, Ordering::Relaxed);
     let mut u = Unstructured::new(data);
     let mmap = u.arbitrary::<bool>().unwrap_or(false);
     let mut steps = Vec::new();
@@ -297,20 +308,15 @@ pub fn sql_diff(data: &[u8]) {
         };
         steps.push(step);
     }
-    let dir = std::env::temp_dir().join(format!("shoal-sql-diff-{}-{run}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("temp dir");
+    let (vfs, dir) = sql_diff_process();
     let reference_path = dir.join("reference.db");
-
-    let kv = Arc::new(Kv::open(Arc::new(MemKv::new())).expect("kv"));
-    let vfs = crate::register(
-        kv,
-        crate::VfsOptions {
-            name: format!("sql-diff-{}-{run}", std::process::id()),
-            ..crate::VfsOptions::default()
-        },
-    )
-    .expect("register");
+    for stale in [reference_path.clone(), dir.join("reference.db-journal")] {
+        match std::fs::remove_file(&stale) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => panic!("removing {}: {e}", stale.display()),
+        }
+    }
     let open_shoal = || {
         let c = rusqlite::Connection::open_with_flags_and_vfs(
             "diff",
@@ -374,5 +380,33 @@ pub fn sql_diff(data: &[u8]) {
     assert_eq!(check, "ok");
     drop(shoal);
     drop(reference);
-    let _ = std::fs::remove_dir_all(&dir);
+    vfs.delete_database("diff").expect("delete the database");
+}
+
+/// What every [`sql_diff`] input of this process shares: one VFS over one [`MemKv`] (a
+/// registration stays with SQLite for the rest of the process, so one per input would
+/// pile up), in which each input creates database `diff` and deletes it at the end, and
+/// one directory for the reference database, in `/dev/shm` where there is one, so that
+/// stock SQLite's fsyncs cost nothing.
+fn sql_diff_process() -> (&'static crate::Vfs, &'static std::path::Path) {
+    static PROCESS: std::sync::OnceLock<(crate::Vfs, std::path::PathBuf)> =
+        std::sync::OnceLock::new();
+    let (vfs, dir) = PROCESS.get_or_init(|| {
+        shoal_kv::fuzzing::sweep_dead_processes();
+        let pid = std::process::id();
+        let kv = Arc::new(Kv::open(Arc::new(MemKv::new())).expect("kv"));
+        let vfs = crate::register(
+            kv,
+            crate::VfsOptions {
+                name: format!("sql-diff-{pid}"),
+                ..crate::VfsOptions::default()
+            },
+        )
+        .expect("register");
+        let dir = shoal_kv::fuzzing::base_dir().join(format!("shoal-sql-diff-{pid}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("reference dir");
+        (vfs, dir)
+    });
+    (vfs, dir)
 }
