@@ -1,5 +1,5 @@
 //! Raw `KvStore` and `Kv` layer operations on `FjallKv` against `MemKv`
-//! (body: `shoal_kv::fuzzing::kv_ops`).
+//! (body: `shoal_testkit::kv_ops::kv_ops`).
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| shoal_kv::fuzzing::kv_ops(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| shoal_testkit::kv_ops::kv_ops(data));

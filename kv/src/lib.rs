@@ -13,8 +13,7 @@
 //!   database's records ([`Kv::audit`]), the one-writer [`Claim`], and the
 //!   [`GroupCommitter`] that lets many commits share one flush;
 //! - [`raw`], the key bytes, checksum trailer, record layouts and batches underneath, for
-//!   tests and tools only;
-//! - with the `fuzzing` feature, `fuzzing::kv_ops`, the body of the `kv_ops` fuzz target.
+//!   tests and tools only.
 //!
 //! Invariants: `keys` is the only place keys are built and parsed, `checksum` the only
 //! place values are sealed and opened, `records` the only place record layouts are
@@ -33,8 +32,6 @@ mod faulty;
 mod file_write;
 #[cfg(feature = "fjall")]
 mod fjall_kv;
-#[cfg(feature = "fuzzing")]
-pub mod fuzzing;
 mod group_commit;
 mod keys;
 mod mem;

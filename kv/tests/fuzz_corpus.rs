@@ -7,8 +7,8 @@ use std::path::Path;
 #[test]
 fn kv_ops_seeds() {
     let seeds = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/seeds/kv_ops");
-    for input in shoal_kv::fuzzing::corpus(&seeds, 256) {
-        shoal_kv::fuzzing::kv_ops(&input);
+    for input in shoal_testkit::corpus::corpus(&seeds, 256) {
+        shoal_testkit::kv_ops::kv_ops(&input);
     }
-    shoal_kv::fuzzing::wait_for_closes();
+    shoal_testkit::kv_ops::wait_for_closes();
 }

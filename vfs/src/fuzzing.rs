@@ -392,7 +392,7 @@ fn sql_diff_process() -> (&'static crate::Vfs, &'static std::path::Path) {
     static PROCESS: std::sync::OnceLock<(crate::Vfs, std::path::PathBuf)> =
         std::sync::OnceLock::new();
     let (vfs, dir) = PROCESS.get_or_init(|| {
-        shoal_kv::fuzzing::sweep_dead_processes();
+        shoal_testkit::scratch::sweep_dead_processes();
         let pid = std::process::id();
         let kv = Arc::new(Kv::open(Arc::new(MemKv::new())).expect("kv"));
         let vfs = crate::register(
@@ -403,7 +403,7 @@ fn sql_diff_process() -> (&'static crate::Vfs, &'static std::path::Path) {
             },
         )
         .expect("register");
-        let dir = shoal_kv::fuzzing::base_dir().join(format!("shoal-sql-diff-{pid}"));
+        let dir = shoal_testkit::scratch::base_dir().join(format!("shoal-sql-diff-{pid}"));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("reference dir");
         (vfs, dir)

@@ -8,7 +8,7 @@ fn corpus(target: &str) -> Vec<Vec<u8>> {
     let seeds = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../fuzz/seeds")
         .join(target);
-    shoal_kv::fuzzing::corpus(&seeds, 64)
+    shoal_testkit::corpus::corpus(&seeds, 64)
 }
 
 #[test]

@@ -1,6 +1,6 @@
-//! Body of the `kv_ops` fuzz target (feature `fuzzing`). The cargo-fuzz target in `fuzz/`
-//! calls [`kv_ops`], and `kv/tests/fuzz_corpus.rs` runs it on stable over the checked-in
-//! seed corpus, so CI exercises it without nightly.
+//! Body of the `kv_ops` fuzz target. The cargo-fuzz target in `fuzz/` calls [`kv_ops`],
+//! and `kv/tests/fuzz_corpus.rs` runs it on stable over the checked-in seed corpus, so CI
+//! exercises it without nightly. It reaches the store only through shoal-kv's public API.
 //!
 //! One input is a sequence of operations decoded with `arbitrary`, applied to a fresh
 //! [`FjallKv`] (the default backend) and to [`MemKv`], the reference model, in lockstep;
@@ -25,7 +25,7 @@
 //! fjall store waits until its monitor thread wakes from a 250 ms sleep, so a store that
 //! is given up is closed on a background thread ([`wait_for_closes`] waits for them), and
 //! a reopen opens a copy of the directory as a crash would leave it (see `Run::reopen`).
-//! Stores live in `/dev/shm` where there is one (see `base_dir`).
+//! Stores live in `/dev/shm` where there is one (see [`crate::scratch::base_dir`]).
 
 // A fuzz body's panics are its findings.
 #![allow(clippy::indexing_slicing)]
@@ -41,12 +41,13 @@ use arbitrary::{Arbitrary, Unstructured};
 use bytes::Bytes;
 use parking_lot::Mutex;
 
-use crate::error::Error;
-use crate::keys::{self, ChunkNo, DbId, FileKind, KeyRange};
-use crate::records::{CatalogEntry, EntryKind, FileMeta};
-use crate::shared::Kv;
-use crate::store::{Batch, Entry, KvStore};
-use crate::{FjallConfig, FjallKv, MemKv};
+use shoal_kv::raw::{self, Batch, Entry, keys};
+use shoal_kv::{
+    CatalogEntry, ChunkNo, DbId, EntryKind, Error, FileKind, FileMeta, FjallConfig, FjallKv,
+    KeyRange, Kv, KvStore, MemKv,
+};
+
+use crate::scratch::fresh_dir;
 
 /// Operations one input may run.
 const MAX_OPS: usize = 256;
@@ -212,7 +213,7 @@ enum Applied {
     PreconditionFailed,
 }
 
-fn applied(r: crate::Result<()>, what: &str) -> Applied {
+fn applied(r: shoal_kv::Result<()>, what: &str) -> Applied {
     match r {
         Ok(()) => Applied::Ok,
         Err(Error::PreconditionFailed { .. }) => Applied::PreconditionFailed,
@@ -221,13 +222,13 @@ fn applied(r: crate::Result<()>, what: &str) -> Applied {
 }
 
 /// A layer result reduced to something comparable across stores.
-fn outcome<T>(r: crate::Result<T>) -> Result<T, String> {
+fn outcome<T>(r: shoal_kv::Result<T>) -> Result<T, String> {
     r.map_err(|e| e.to_string())
 }
 
 fn scan_all(kv: &dyn KvStore, range: KeyRange) -> Vec<Entry> {
     kv.scan(range)
-        .and_then(|it| it.collect::<crate::Result<Vec<Entry>>>())
+        .and_then(|it| it.collect::<shoal_kv::Result<Vec<Entry>>>())
         .expect("scan")
 }
 
@@ -311,33 +312,33 @@ struct Counted {
 }
 
 impl KvStore for Counted {
-    fn get(&self, key: &[u8]) -> crate::Result<Option<Bytes>> {
+    fn get(&self, key: &[u8]) -> shoal_kv::Result<Option<Bytes>> {
         self.fjall.get(key)
     }
 
-    fn scan(&self, range: KeyRange) -> crate::Result<crate::raw::Scan<'_>> {
+    fn scan(&self, range: KeyRange) -> shoal_kv::Result<raw::Scan<'_>> {
         self.fjall.scan(range)
     }
 
-    fn apply(&self, batch: Batch) -> crate::Result<()> {
+    fn apply(&self, batch: Batch) -> shoal_kv::Result<()> {
         // Generous per-entry overhead; a range delete writes a tombstone per stored key.
         let mut bound = 0;
         for op in &batch.ops {
             bound += match op {
-                crate::raw::Op::Put(k, v) => k.len() + v.len() + 128,
-                crate::raw::Op::Delete(k) => k.len() + 128,
-                crate::raw::Op::DeleteRange(r) => 256 * self.fjall.scan(r.clone())?.count(),
+                raw::Op::Put(k, v) => k.len() + v.len() + 128,
+                raw::Op::Delete(k) => k.len() + 128,
+                raw::Op::DeleteRange(r) => 256 * self.fjall.scan(r.clone())?.count(),
             };
         }
         self.written.fetch_add(bound as u64, Ordering::Relaxed);
         self.fjall.apply(batch)
     }
 
-    fn flush(&self) -> crate::Result<()> {
+    fn flush(&self) -> shoal_kv::Result<()> {
         self.fjall.flush()
     }
 
-    fn stats(&self) -> crate::Result<crate::KvStats> {
+    fn stats(&self) -> shoal_kv::Result<shoal_kv::KvStats> {
         self.fjall.stats()
     }
 }
@@ -703,7 +704,7 @@ impl Layer {
         let build = |kv: &Kv| -> Result<(Batch, Option<FileMeta>), String> {
             let mut batch = Batch::new();
             for (no, data) in &chunks {
-                crate::raw::put_chunk(&mut batch, id, kind, *no, data.clone());
+                raw::put_chunk(&mut batch, id, kind, *no, data.clone());
             }
             let mut written = None;
             if let Some((size, guard)) = meta {
@@ -721,11 +722,11 @@ impl Layer {
                             generation: generation + 7,
                             ..FileMeta::EMPTY
                         };
-                        Some(crate::raw::stored_meta(id, kind, stale))
+                        Some(raw::stored_meta(id, kind, stale))
                     }
                     MetaGuard::Absent => None,
                 };
-                crate::raw::put_meta(&mut batch, id, kind, &new, previous.as_ref());
+                raw::put_meta(&mut batch, id, kind, &new, previous.as_ref());
                 written = Some(new);
             }
             Ok((batch, written))
@@ -737,8 +738,8 @@ impl Layer {
             "file write batches"
         );
         let Ok((batch, written)) = real else { return };
-        let got = outcome(self.real.apply(batch.clone()));
-        assert_eq!(got, outcome(self.model_kv.apply(batch)), "file write");
+        let got = outcome(raw::of(&self.real).apply(batch.clone()));
+        assert_eq!(got, outcome(raw::of(&self.model_kv).apply(batch)), "file write");
         let applies = match (meta, self.model.files.get(&(id, kind))) {
             (None, _)
             | (Some((_, MetaGuard::Current)), _)
@@ -770,7 +771,7 @@ impl Layer {
         }
         let everything = keys::data_range();
         let mut keys = 0;
-        for (key, _) in scan_all(self.model_kv.backend().as_ref(), everything) {
+        for (key, _) in scan_all(raw::of(&self.model_kv).backend().as_ref(), everything) {
             keys += 1;
             match keys::Key::decode(&key).expect("a data key") {
                 keys::Key::Meta(id, kind) => {
@@ -883,62 +884,6 @@ pub fn kv_ops(data: &[u8]) {
     }
 }
 
-/// Where stores live: in `/dev/shm` where there is one, since fjall fsyncs its files
-/// and directories as it creates them and the fsyncs of an open cost a dozen times what
-/// the rest of it does on disk (about 3 ms against 0.25 ms on tmpfs, measured here);
-/// crashes of the process, all the crash reopen stands for, lose nothing there either.
-pub fn base_dir() -> PathBuf {
-    let shm = Path::new("/dev/shm");
-    if shm.is_dir() {
-        shm.to_path_buf()
-    } else {
-        std::env::temp_dir()
-    }
-}
-
-/// A new directory name for a store: `<base>/shoal-kv-ops-<pid>-<n>`.
-fn fresh_dir() -> PathBuf {
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    sweep_dead_processes();
-    let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    let dir = base_dir().join(format!("shoal-kv-ops-{}-{n}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    dir
-}
-
-/// Directory prefixes of the fuzz bodies' per-process files, each followed by the pid.
-const PROCESS_DIRS: [&str; 2] = ["shoal-kv-ops-", "shoal-sql-diff-"];
-
-/// Removes, once per process, the directories that fuzzing processes which have exited
-/// left under [`base_dir`] (libFuzzer exits without waiting for stores still closing).
-/// Only where `/proc` tells which processes are alive.
-pub fn sweep_dead_processes() {
-    static SWEPT: std::sync::Once = std::sync::Once::new();
-    SWEPT.call_once(|| {
-        if !Path::new("/proc/self").exists() {
-            return;
-        }
-        let Ok(entries) = std::fs::read_dir(base_dir()) else {
-            return;
-        };
-        for entry in entries.flatten() {
-            let name = entry.file_name();
-            let Some(rest) = name
-                .to_str()
-                .and_then(|n| PROCESS_DIRS.iter().find_map(|p| n.strip_prefix(p)))
-            else {
-                continue;
-            };
-            let Some(pid) = rest.split('-').next().filter(|p| p.parse::<u32>().is_ok()) else {
-                continue;
-            };
-            if !Path::new("/proc").join(pid).exists() {
-                let _ = std::fs::remove_dir_all(entry.path());
-            }
-        }
-    });
-}
-
 /// Copies the files under `from` to `to`, keeping holes: fjall preallocates each journal
 /// as 32 MiB of them, and reading those back cost more than the rest of an input. Only the
 /// data extents are read (`SEEK_DATA`/`SEEK_HOLE`; a file system without them reports
@@ -1025,35 +970,4 @@ pub fn wait_for_closes() {
     for h in handles {
         let _ = h.join();
     }
-}
-
-/// The inputs a stable test runs a fuzz body over: every file in `seeds` (a target's
-/// checked-in corpus, which must not be empty) plus `generated` inputs of 16 to 1,024
-/// bytes from a fixed xorshift generator, the same on every run.
-///
-/// # Panics
-/// If `seeds` cannot be read or holds no file: a test without its corpus must fail.
-pub fn corpus(seeds: &Path, generated: usize) -> Vec<Vec<u8>> {
-    let mut inputs: Vec<Vec<u8>> = std::fs::read_dir(seeds)
-        .and_then(|entries| {
-            entries
-                .map(|e| std::fs::read(e?.path()))
-                .collect::<std::io::Result<_>>()
-        })
-        .unwrap_or_else(|e| panic!("reading seeds in {}: {e}", seeds.display()));
-    assert!(!inputs.is_empty(), "no seeds in {}", seeds.display());
-    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-    for len in [16usize, 64, 256, 1024].into_iter().cycle().take(generated) {
-        inputs.push(
-            (0..len)
-                .map(|_| {
-                    x ^= x << 13;
-                    x ^= x >> 7;
-                    x ^= x << 17;
-                    x.to_le_bytes()[0]
-                })
-                .collect(),
-        );
-    }
-    inputs
 }

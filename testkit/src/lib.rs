@@ -1,0 +1,13 @@
+//! shoal-testkit: what shoal's tests and fuzz targets share, kept out of the libraries so
+//! that they carry no test plumbing. Not published; a dev-dependency of the workspace's
+//! packages and a dependency of the cargo-fuzz targets in `fuzz/`.
+//!
+//! - [`kv_ops`]: the body of the `kv_ops` fuzz target (shoal-kv's fjall backend and `Kv`
+//!   layer against `MemKv`), through shoal-kv's public API only;
+//! - [`corpus`]: the inputs the stable tests run the fuzz bodies over;
+//! - [`scratch`]: where the fuzz bodies keep their files, and the removal of those left
+//!   by processes that have exited.
+
+pub mod corpus;
+pub mod kv_ops;
+pub mod scratch;

@@ -1,0 +1,62 @@
+//! Scratch directories of the fuzz bodies: where they live (tmpfs where there is one) and
+//! the removal of those that processes which have exited left behind. Each directory is
+//! named `<prefix><pid>-...`, so that a later process can tell whose it is.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Where stores live: in `/dev/shm` where there is one, since fjall fsyncs its files
+/// and directories as it creates them and the fsyncs of an open cost a dozen times what
+/// the rest of it does on disk (about 3 ms against 0.25 ms on tmpfs, measured here);
+/// crashes of the process, all the crash reopen stands for, lose nothing there either.
+pub fn base_dir() -> PathBuf {
+    let shm = Path::new("/dev/shm");
+    if shm.is_dir() {
+        shm.to_path_buf()
+    } else {
+        std::env::temp_dir()
+    }
+}
+
+/// A new directory name for a store: `<base>/shoal-kv-ops-<pid>-<n>`.
+pub(crate) fn fresh_dir() -> PathBuf {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    sweep_dead_processes();
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let dir = base_dir().join(format!("shoal-kv-ops-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+/// Directory prefixes of the fuzz bodies' per-process files, each followed by the pid.
+const PROCESS_DIRS: [&str; 2] = ["shoal-kv-ops-", "shoal-sql-diff-"];
+
+/// Removes, once per process, the directories that fuzzing processes which have exited
+/// left under [`base_dir`] (libFuzzer exits without waiting for stores still closing).
+/// Only where `/proc` tells which processes are alive.
+pub fn sweep_dead_processes() {
+    static SWEPT: std::sync::Once = std::sync::Once::new();
+    SWEPT.call_once(|| {
+        if !Path::new("/proc/self").exists() {
+            return;
+        }
+        let Ok(entries) = std::fs::read_dir(base_dir()) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(rest) = name
+                .to_str()
+                .and_then(|n| PROCESS_DIRS.iter().find_map(|p| n.strip_prefix(p)))
+            else {
+                continue;
+            };
+            let Some(pid) = rest.split('-').next().filter(|p| p.parse::<u32>().is_ok()) else {
+                continue;
+            };
+            if !Path::new("/proc").join(pid).exists() {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+    });
+}
