@@ -72,20 +72,17 @@ const SMOKE: Budget = Budget {
     round: 64,
 };
 
-/// A cheap deterministic sequence of chunk numbers (xorshift), so reads are not
-/// sequential and every run reads the same ones.
-struct Chunks(u64, u32);
+/// A seeded sequence of chunk numbers, so reads are not sequential and every run reads
+/// the same ones.
+struct Chunks(fastrand::Rng, u32);
 
 impl Chunks {
     fn new(seed: u64, count: u32) -> Chunks {
-        Chunks(seed | 1, count)
+        Chunks(fastrand::Rng::with_seed(seed), count)
     }
 
     fn next(&mut self) -> ChunkNo {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        ChunkNo((self.0 % u64::from(self.1)) as u32)
+        ChunkNo(self.0.u32(..self.1))
     }
 }
 
@@ -357,18 +354,12 @@ fn open_backend(backend: &str, dir: &Path) -> Box<dyn KvStore> {
     }
 }
 
-/// A 4 KiB value of random bytes (xorshift), with its chunk number in front so a read
-/// can tell it got the right one.
-fn random_value(no: u32, state: &mut u64) -> Vec<u8> {
-    let mut v = Vec::with_capacity(CHUNK);
-    v.extend_from_slice(&no.to_be_bytes());
-    while v.len() < CHUNK {
-        *state ^= *state << 13;
-        *state ^= *state >> 7;
-        *state ^= *state << 17;
-        v.extend_from_slice(&state.to_le_bytes());
-    }
-    v.truncate(CHUNK);
+/// A 4 KiB value of random bytes, with its chunk number in front so a read can tell it
+/// got the right one.
+fn random_value(no: u32, rng: &mut fastrand::Rng) -> Vec<u8> {
+    let mut v = vec![0u8; CHUNK];
+    v[..4].copy_from_slice(&no.to_be_bytes());
+    rng.fill(&mut v[4..]);
     v
 }
 
@@ -384,13 +375,13 @@ fn rss_child(phase: &str, backend: &str, dir: &Path, mib: u32) {
     let t = Instant::now();
     match phase {
         "write" => {
-            let mut state = 0x9e37_79b9_7f4a_7c15u64;
+            let mut rng = fastrand::Rng::with_seed(0x9e37_79b9_7f4a_7c15);
             for first in (0..chunks).step_by(16) {
                 let mut batch = shoal_kv::raw::Batch::new();
                 for no in first..(first + 16).min(chunks) {
                     batch.put(
                         chunk_key(DbId(1), FileKind::Main, ChunkNo(no)).to_vec(),
-                        random_value(no, &mut state),
+                        random_value(no, &mut rng),
                     );
                 }
                 kv.apply(batch).unwrap();

@@ -45,17 +45,10 @@ fn open_sled(dir: &Path) -> shoal_kv::Result<Arc<dyn KvStore>> {
     })?))
 }
 
-/// Deterministic incompressible bytes (xorshift).
+/// Deterministic incompressible bytes.
 fn noise(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x.to_le_bytes()[0]
-        })
-        .collect()
+    let mut rng = fastrand::Rng::with_seed(seed);
+    std::iter::repeat_with(|| rng.u8(..)).take(len).collect()
 }
 
 fn key(batch: u64, n: u64) -> Vec<u8> {

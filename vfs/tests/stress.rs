@@ -63,23 +63,16 @@ const BUMP_SEQ: &str = "UPDATE seq SET n = n + 1 RETURNING n";
 const AGG_HOLDS: &str = "SELECT (SELECT total FROM agg) = (SELECT coalesce(sum(n), 0) FROM t) \
                          AND (SELECT rows FROM agg) = (SELECT count(*) FROM t)";
 
-/// A tiny deterministic generator (xorshift64*), so the test needs no RNG crate.
-struct Rng(u64);
+/// A seeded generator with the draws the workload makes.
+struct Rng(fastrand::Rng);
 
 impl Rng {
     fn new(seed: u64) -> Rng {
-        Rng(seed.max(1))
-    }
-
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+        Rng(fastrand::Rng::with_seed(seed))
     }
 
     fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
+        self.0.u64(..n)
     }
 
     fn range(&mut self, lo: i64, hi: i64) -> i64 {
@@ -93,7 +86,7 @@ impl Rng {
     /// Random bytes, `lo..hi` of them.
     fn bytes(&mut self, lo: i64, hi: i64) -> Vec<u8> {
         let len = self.range(lo, hi);
-        (0..len).map(|_| self.next() as u8).collect()
+        (0..len).map(|_| self.0.u8(..)).collect()
     }
 
     /// Random lowercase text, `lo..hi` characters.
