@@ -15,6 +15,7 @@
 use std::path::{Path, PathBuf};
 
 use shoal::{Config, Store};
+use shoal_testkit::scratch::copy_dir;
 
 /// The one actor of the fixture.
 const ACTOR: &str = "golden";
@@ -47,21 +48,6 @@ fn fixture() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/store-v1")
 }
 
-/// Copies the files under `from` to `to`.
-fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
-    std::fs::create_dir_all(to)?;
-    for entry in std::fs::read_dir(from)? {
-        let entry = entry?;
-        let (src, dst) = (entry.path(), to.join(entry.file_name()));
-        if entry.file_type()?.is_dir() {
-            copy_tree(&src, &dst)?;
-        } else {
-            std::fs::copy(&src, &dst)?;
-        }
-    }
-    Ok(())
-}
-
 /// Total bytes of the files under `dir`.
 fn tree_size(dir: &Path) -> u64 {
     std::fs::read_dir(dir)
@@ -90,7 +76,7 @@ fn rows(store: &Store, sql: &str) -> Vec<(i64, String, Option<i64>)> {
 fn check(fixture: &Path) {
     // Opening writes (fjall replays and reopens its journal): open a copy.
     let dir = tempfile::tempdir().unwrap();
-    copy_tree(fixture, dir.path()).unwrap();
+    copy_dir(fixture, dir.path()).unwrap();
     let store = Store::open(dir.path(), Config::default())
         .unwrap_or_else(|e| panic!("{FORMAT_CHANGED}: the open failed: {e}"));
     let actors = store
@@ -151,7 +137,7 @@ fn regenerate_golden_store() {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => panic!("removing {}: {e}", target.display()),
     }
-    copy_tree(dir.path(), &target).unwrap();
+    copy_dir(dir.path(), &target).unwrap();
     let size = tree_size(&target);
     assert!(size < 256 << 10, "the fixture takes {size} bytes");
     check(&target);

@@ -47,7 +47,7 @@ use shoal_kv::{
     KeyRange, Kv, KvStore, MemKv,
 };
 
-use crate::scratch::fresh_dir;
+use crate::scratch::{copy_dir, fresh_dir};
 
 /// Operations one input may run.
 const MAX_OPS: usize = 256;
@@ -882,48 +882,6 @@ pub fn kv_ops(data: &[u8]) {
     } else {
         close_later(store, run.dir);
     }
-}
-
-/// Copies the files under `from` to `to`, keeping holes: fjall preallocates each journal
-/// as 32 MiB of them, and reading those back cost more than the rest of an input. Only the
-/// data extents are read (`SEEK_DATA`/`SEEK_HOLE`; a file system without them reports
-/// the whole file as data).
-fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
-    use rustix::fs::{SeekFrom, seek};
-    use std::os::unix::fs::FileExt;
-    std::fs::create_dir_all(to)?;
-    for entry in std::fs::read_dir(from)? {
-        let entry = entry?;
-        let (src, dst) = (entry.path(), to.join(entry.file_name()));
-        if entry.file_type()?.is_dir() {
-            copy_dir(&src, &dst)?;
-            continue;
-        }
-        let input = std::fs::File::open(&src)?;
-        let output = std::fs::File::create(&dst)?;
-        let len = input.metadata()?.len();
-        let mut block = vec![0u8; 64 << 10];
-        let mut offset = 0u64;
-        while offset < len {
-            let start = match seek(&input, SeekFrom::Data(offset)) {
-                Ok(start) => start,
-                // No data past `offset`.
-                Err(rustix::io::Errno::NXIO) => break,
-                Err(e) => return Err(e.into()),
-            };
-            let end = seek(&input, SeekFrom::Hole(start))?.min(len);
-            let mut at = start;
-            while at < end {
-                let n = usize::try_from(end - at).map_or(block.len(), |n| n.min(block.len()));
-                input.read_exact_at(&mut block[..n], at)?;
-                output.write_all_at(&block[..n], at)?;
-                at += n as u64;
-            }
-            offset = end;
-        }
-        output.set_len(len)?;
-    }
-    Ok(())
 }
 
 /// Stores being closed on background threads.

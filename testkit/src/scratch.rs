@@ -1,5 +1,6 @@
-//! Scratch directories of the fuzz bodies: where they live (tmpfs where there is one) and
-//! the removal of those that processes which have exited left behind. Each directory is
+//! Scratch directories of the fuzz bodies and tests: where they live (tmpfs where there
+//! is one), the removal of those that processes which have exited left behind, and a copy
+//! of a store's directory that keeps its holes. Each directory is
 //! named `<prefix><pid>-...`, so that a later process can tell whose it is.
 
 use std::path::{Path, PathBuf};
@@ -59,4 +60,46 @@ pub fn sweep_dead_processes() {
             }
         }
     });
+}
+
+/// Copies the files under `from` to `to`, keeping holes: fjall preallocates each journal
+/// as 32 MiB of them, and reading those back cost more than the rest of an input. Only the
+/// data extents are read (`SEEK_DATA`/`SEEK_HOLE`; a file system without them reports
+/// the whole file as data).
+pub fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
+    use rustix::fs::{SeekFrom, seek};
+    use std::os::unix::fs::FileExt;
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let (src, dst) = (entry.path(), to.join(entry.file_name()));
+        if entry.file_type()?.is_dir() {
+            copy_dir(&src, &dst)?;
+            continue;
+        }
+        let input = std::fs::File::open(&src)?;
+        let output = std::fs::File::create(&dst)?;
+        let len = input.metadata()?.len();
+        let mut block = vec![0u8; 64 << 10];
+        let mut offset = 0u64;
+        while offset < len {
+            let start = match seek(&input, SeekFrom::Data(offset)) {
+                Ok(start) => start,
+                // No data past `offset`.
+                Err(rustix::io::Errno::NXIO) => break,
+                Err(e) => return Err(e.into()),
+            };
+            let end = seek(&input, SeekFrom::Hole(start))?.min(len);
+            let mut at = start;
+            while at < end {
+                let n = usize::try_from(end - at).map_or(block.len(), |n| n.min(block.len()));
+                input.read_exact_at(&mut block[..n], at)?;
+                output.write_all_at(&block[..n], at)?;
+                at += n as u64;
+            }
+            offset = end;
+        }
+        output.set_len(len)?;
+    }
+    Ok(())
 }
