@@ -17,20 +17,123 @@
 //! A third child creates a store and writes one actor, killed while it does; the store
 //! must open afterwards (`killed_creation`).
 //!
-//! The child is this same test binary, re-run with `SHOAL_CRASH_CHILD` (or
-//! `SHOAL_CREATION_CHILD`) set. CI runs 50
-//! kill cycles per durability mode; `SHOAL_CRASH_CYCLES=1000 cargo test --release --test
-//! crash` is the long mode (docs/BENCHMARKS.md records a run).
-#![cfg(feature = "kv-vfs")]
+//! Each child is this same binary, run again as `<binary> child <which>` (its directory and
+//! settings in `SHOAL_CRASH_*` variables), so the binary has no test harness
+//! (`harness = false`): `main` runs a child when asked to, and the tests otherwise (see
+//! [`main`]). CI runs 50 kill cycles per durability mode; `SHOAL_CRASH_CYCLES=1000 cargo
+//! test --release --test crash` is the long mode (docs/BENCHMARKS.md records a run).
 #![allow(clippy::unwrap_used, clippy::indexing_slicing, clippy::expect_used)]
 
 use std::collections::{BTreeSet, HashMap};
 use std::io::{BufRead, BufReader, Write};
+use std::panic::catch_unwind;
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use shoal::{Backing, Config, Durability, KvEngine, Store};
+
+/// The tests, run by [`main`].
+fn tests() -> Vec<(&'static str, fn())> {
+    vec![
+        ("crash_cycles_full_durability", crash_cycles_full_durability),
+        ("crash_cycles_relaxed_durability", crash_cycles_relaxed_durability),
+        #[cfg(feature = "sled")]
+        ("crash_cycles_full_durability_on_sled", crash_cycles_full_durability_on_sled),
+        ("crash_during_import_kv", crash_during_import_kv),
+        ("crash_during_import_files", crash_during_import_files),
+        ("killed_creation_leaves_a_store_that_opens", killed_creation_leaves_a_store_that_opens),
+        #[cfg(feature = "sled")]
+        (
+            "killed_creation_leaves_a_store_that_opens_on_sled",
+            killed_creation_leaves_a_store_that_opens_on_sled,
+        ),
+    ]
+}
+
+/// The children, by the name after `child` on the command line.
+const CHILDREN: [(&str, fn()); 3] = [
+    ("cycles", crash_child),
+    ("import", crash_import_child),
+    ("creation", creation_child),
+];
+
+/// Runs a child (`<binary> child <which>`), or the tests whose names contain the filter
+/// argument (all without one; `--exact` wants the whole name), as many at once as there are
+/// cores, like the standard harness; `--list` lists them. Other flags of the standard
+/// harness are accepted and ignored. A failed test makes the exit status 101.
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("child") {
+        let which = args.get(1).map(String::as_str).unwrap_or_default();
+        let Some((_, child)) = CHILDREN.iter().find(|(name, _)| *name == which) else {
+            panic!(
+                "no child {which:?}; the children are {:?}",
+                CHILDREN.map(|c| c.0)
+            );
+        };
+        return child();
+    }
+    let mut filter = None;
+    let (mut exact, mut list, mut ignored) = (false, false, false);
+    let mut rest = args.iter();
+    while let Some(arg) = rest.next() {
+        match arg.as_str() {
+            "--exact" => exact = true,
+            "--list" => list = true,
+            "--ignored" => ignored = true,
+            // Flags of the standard harness that take a value.
+            "--test-threads" | "--format" | "--color" | "--skip" | "-Z" => {
+                rest.next();
+            }
+            flag if flag.starts_with('-') => {}
+            name => filter = Some(name.to_owned()),
+        }
+    }
+    let chosen: Vec<(&str, fn())> = tests()
+        .into_iter()
+        // None of the tests is ignored.
+        .filter(|_| !ignored)
+        .filter(|(name, _)| match &filter {
+            None => true,
+            Some(f) if exact => name == f,
+            Some(f) => name.contains(f.as_str()),
+        })
+        .collect();
+    if list {
+        for (name, _) in &chosen {
+            println!("{name}: test");
+        }
+        return;
+    }
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let next = AtomicUsize::new(0);
+    let failed = AtomicUsize::new(0);
+    println!("\nrunning {} tests", chosen.len());
+    std::thread::scope(|scope| {
+        for _ in 0..workers.min(chosen.len()) {
+            scope.spawn(|| {
+                while let Some((name, test)) = chosen.get(next.fetch_add(1, Ordering::SeqCst)) {
+                    let ok = catch_unwind(test).is_ok();
+                    println!("test {name} ... {}", if ok { "ok" } else { "FAILED" });
+                    if !ok {
+                        failed.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+            });
+        }
+    });
+    let failed = failed.into_inner();
+    println!(
+        "\ntest result: {}. {} passed; {failed} failed",
+        if failed == 0 { "ok" } else { "FAILED" },
+        chosen.len() - failed
+    );
+    if failed > 0 {
+        std::process::exit(101);
+    }
+}
 
 const ACTORS: usize = 100;
 /// Transactions an actor keeps before the child deletes its oldest.
@@ -61,11 +164,8 @@ fn durability_from_env() -> Durability {
 
 /// The child: random transactions until killed, one stdout line per acknowledged commit:
 /// `ins <actor> <txid> <path>` or `del <actor> <txid> <path>` (path: `b` batch, `j` journal).
-#[test]
 fn crash_child() {
-    let Ok(dir) = std::env::var("SHOAL_CRASH_CHILD") else {
-        return; // only runs as the child of `crash_cycles_*`
-    };
+    let dir = std::env::var("SHOAL_CRASH_CHILD").unwrap();
     let base: i64 = std::env::var("SHOAL_CRASH_BASE").unwrap().parse().unwrap();
     let seed: u64 = std::env::var("SHOAL_CRASH_SEED").unwrap().parse().unwrap();
     let kv = engine(&std::env::var("SHOAL_CRASH_KV").unwrap());
@@ -284,13 +384,7 @@ fn run_cycles(durability: Durability, engine_name: &str, default_cycles: usize) 
     let started = Instant::now();
     for cycle in 0..cycles {
         let mut child = Command::new(std::env::current_exe().unwrap())
-            .args([
-                "--exact",
-                "crash_child",
-                "--nocapture",
-                "--test-threads",
-                "1",
-            ])
+            .args(["child", "cycles"])
             .env("SHOAL_CRASH_CHILD", &dir)
             .env("SHOAL_CRASH_BASE", ((cycle + 1) * 1_000_000).to_string())
             .env("SHOAL_CRASH_SEED", rng.u64(..).to_string())
@@ -367,18 +461,15 @@ fn run_cycles(durability: Durability, engine_name: &str, default_cycles: usize) 
     // so `totals.lost` counts relaxed losses only.
 }
 
-#[test]
 fn crash_cycles_full_durability() {
     run_cycles(Durability::Full, "fjall", 50);
 }
 
-#[test]
 fn crash_cycles_relaxed_durability() {
     run_cycles(Durability::Relaxed, "fjall", 50);
 }
 
 #[cfg(feature = "sled")]
-#[test]
 fn crash_cycles_full_durability_on_sled() {
     run_cycles(Durability::Full, "sled", 25);
 }
@@ -388,14 +479,9 @@ const IMPORT_ROWS: i64 = 1000;
 
 /// The import child: imports `SHOAL_CRASH_IMPORT` as actor `imp` and deletes it again,
 /// until killed.
-#[test]
 fn crash_import_child() {
-    let (Ok(dir), Ok(source)) = (
-        std::env::var("SHOAL_CRASH_CHILD"),
-        std::env::var("SHOAL_CRASH_IMPORT"),
-    ) else {
-        return; // only runs as the child of `crash_during_import_*`
-    };
+    let dir = std::env::var("SHOAL_CRASH_CHILD").unwrap();
+    let source = std::env::var("SHOAL_CRASH_IMPORT").unwrap();
     let backing = std::env::var("SHOAL_CRASH_BACKING")
         .unwrap()
         .parse::<Backing>()
@@ -444,13 +530,7 @@ fn crash_during_import(backing: Backing, cycles: usize) {
     let (mut whole, mut absent) = (0, 0);
     for cycle in 0..cycles {
         let mut child = Command::new(std::env::current_exe().unwrap())
-            .args([
-                "--exact",
-                "crash_import_child",
-                "--nocapture",
-                "--test-threads",
-                "1",
-            ])
+            .args(["child", "import"])
             .env("SHOAL_CRASH_CHILD", &dir)
             .env("SHOAL_CRASH_IMPORT", &source)
             .env("SHOAL_CRASH_BACKING", backing.as_str())
@@ -503,12 +583,10 @@ fn crash_during_import(backing: Backing, cycles: usize) {
     );
 }
 
-#[test]
 fn crash_during_import_kv() {
     crash_during_import(Backing::Kv, 20);
 }
 
-#[test]
 fn crash_during_import_files() {
     crash_during_import(Backing::Files, 20);
 }
@@ -518,11 +596,8 @@ const CREATION_ROWS: i64 = 50;
 
 /// The child of `killed_creation`: says it is about to open, creates a store in a fresh
 /// directory, writes one actor in one transaction and says so.
-#[test]
 fn creation_child() {
-    let Ok(dir) = std::env::var("SHOAL_CREATION_CHILD") else {
-        return; // only runs as the child of `killed_creation_*`
-    };
+    let dir = std::env::var("SHOAL_CREATION_CHILD").unwrap();
     let kv = engine(&std::env::var("SHOAL_CRASH_KV").unwrap());
     let mut out = std::io::stdout().lock();
     writeln!(out, "opening").unwrap();
@@ -635,13 +710,7 @@ fn killed_creation(engine_name: &str) {
             let dir = tmp.path().join(format!("store-{round}"));
             let delay = creation_kill_delay(round);
             let mut child = Command::new(std::env::current_exe().unwrap())
-                .args([
-                    "--exact",
-                    "creation_child",
-                    "--nocapture",
-                    "--test-threads",
-                    "1",
-                ])
+                .args(["child", "creation"])
                 .env("SHOAL_CREATION_CHILD", &dir)
                 .env("SHOAL_CRASH_KV", engine_name)
                 .stdout(Stdio::piped())
@@ -649,7 +718,6 @@ fn killed_creation(engine_name: &str) {
                 .spawn()
                 .unwrap();
             let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-            // The test harness prints its own lines first.
             while !lines.next().unwrap().unwrap().ends_with("opening") {}
             std::thread::sleep(delay);
             // Fails only if the child has been reaped, which `wait` below does.
@@ -674,13 +742,11 @@ fn killed_creation(engine_name: &str) {
     );
 }
 
-#[test]
 fn killed_creation_leaves_a_store_that_opens() {
     killed_creation("fjall");
 }
 
 #[cfg(feature = "sled")]
-#[test]
 fn killed_creation_leaves_a_store_that_opens_on_sled() {
     killed_creation("sled");
 }

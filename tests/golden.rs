@@ -10,6 +10,7 @@
 //! as the test does. fjall creates a journal as a sparse file of 32 MiB, but the closed
 //! store's journal holds only its records (about 66 KB): the regeneration fails if the
 //! fixture grows past 256 KiB.
+#![cfg(feature = "kv-vfs")]
 #![allow(clippy::unwrap_used)]
 
 use std::path::{Path, PathBuf};
