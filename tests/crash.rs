@@ -38,12 +38,21 @@ use shoal::{Backing, Config, Durability, KvEngine, Store};
 fn tests() -> Vec<(&'static str, fn())> {
     vec![
         ("crash_cycles_full_durability", crash_cycles_full_durability),
-        ("crash_cycles_relaxed_durability", crash_cycles_relaxed_durability),
+        (
+            "crash_cycles_relaxed_durability",
+            crash_cycles_relaxed_durability,
+        ),
         #[cfg(feature = "sled")]
-        ("crash_cycles_full_durability_on_sled", crash_cycles_full_durability_on_sled),
+        (
+            "crash_cycles_full_durability_on_sled",
+            crash_cycles_full_durability_on_sled,
+        ),
         ("crash_during_import_kv", crash_during_import_kv),
         ("crash_during_import_files", crash_during_import_files),
-        ("killed_creation_leaves_a_store_that_opens", killed_creation_leaves_a_store_that_opens),
+        (
+            "killed_creation_leaves_a_store_that_opens",
+            killed_creation_leaves_a_store_that_opens,
+        ),
         #[cfg(feature = "sled")]
         (
             "killed_creation_leaves_a_store_that_opens_on_sled",

@@ -65,10 +65,10 @@ fn tree_size(dir: &Path) -> u64 {
 }
 
 fn rows(store: &Store, sql: &str) -> Vec<(i64, String, Option<i64>)> {
-    let read = store.with_actor(ACTOR, |c| {
+    let read = store.with_actor(ACTOR, |c| -> shoal::Result<_> {
         let mut stmt = c.prepare(sql)?;
         let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
-        rows.collect::<rusqlite::Result<Vec<_>>>()
+        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
     });
     read.unwrap_or_else(|e| panic!("{FORMAT_CHANGED}: {sql}: {e}"))
 }
@@ -105,8 +105,8 @@ fn check(fixture: &Path) {
         "{FORMAT_CHANGED}: rows by the index"
     );
     let check: String = store
-        .with_actor(ACTOR, |c| {
-            c.query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .with_actor(ACTOR, |c| -> shoal::Result<_> {
+            Ok(c.query_row("PRAGMA integrity_check", [], |r| r.get(0))?)
         })
         .unwrap_or_else(|e| panic!("{FORMAT_CHANGED}: integrity_check: {e}"));
     assert_eq!(check, "ok", "{FORMAT_CHANGED}: integrity_check");
@@ -129,7 +129,9 @@ fn regenerate_golden_store() {
     {
         let store = Store::open(dir.path(), Config::default()).unwrap();
         store
-            .with_actor(ACTOR, |c| c.execute_batch(SCRIPT))
+            .with_actor(ACTOR, |c| -> shoal::Result<_> {
+                Ok(c.execute_batch(SCRIPT)?)
+            })
             .unwrap();
     }
     let target = fixture();

@@ -739,7 +739,11 @@ impl Layer {
         );
         let Ok((batch, written)) = real else { return };
         let got = outcome(raw::of(&self.real).apply(batch.clone()));
-        assert_eq!(got, outcome(raw::of(&self.model_kv).apply(batch)), "file write");
+        assert_eq!(
+            got,
+            outcome(raw::of(&self.model_kv).apply(batch)),
+            "file write"
+        );
         let applies = match (meta, self.model.files.get(&(id, kind))) {
             (None, _)
             | (Some((_, MetaGuard::Current)), _)
