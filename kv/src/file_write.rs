@@ -100,13 +100,7 @@ impl FileWrite<'_> {
 
 /// Adds a put of chunk `no` of file `kind` of database `id`, sealed, to `batch`; returns
 /// the chunk's bytes (a view of the sealed value).
-pub(crate) fn put_chunk(
-    batch: &mut Batch,
-    id: DbId,
-    kind: FileKind,
-    no: ChunkNo,
-    data: Vec<u8>,
-) -> Bytes {
+pub fn put_chunk(batch: &mut Batch, id: DbId, kind: FileKind, no: ChunkNo, data: Vec<u8>) -> Bytes {
     let key = keys::chunk_key(id, kind, no);
     let len = data.len();
     let value = checksum::seal(&key, data);
@@ -117,7 +111,7 @@ pub(crate) fn put_chunk(
 
 /// Adds a put of file `kind`'s metadata to `batch`, guarded on the stored record being
 /// `expected`; returns the record as it will be stored.
-pub(crate) fn put_meta(
+pub fn put_meta(
     batch: &mut Batch,
     id: DbId,
     kind: FileKind,

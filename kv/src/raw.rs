@@ -31,7 +31,7 @@ pub mod records {
 pub use crate::store::{Batch, Entry, Op, Precondition, Scan};
 
 use crate::error::Result;
-use crate::keys::{ChunkNo, DbId, FileKind, KeyRange};
+use crate::keys::{DbId, FileKind, KeyRange};
 use crate::records::FileMeta;
 use crate::shared::{Kv, StoredMeta};
 use crate::store::KvStore;
@@ -68,23 +68,7 @@ impl<'a> Raw<'a> {
     }
 }
 
-/// Adds to `batch` a put of one chunk sealed as [`Kv::file_write`] seals it, and returns
-/// the chunk's bytes.
-pub fn put_chunk(batch: &mut Batch, id: DbId, kind: FileKind, no: ChunkNo, data: Vec<u8>) -> Bytes {
-    crate::file_write::put_chunk(batch, id, kind, no, data)
-}
-
-/// Adds to `batch` a put of file `kind`'s metadata, guarded on the stored record being
-/// `expected`, as [`FileWrite::set_meta`](crate::FileWrite::set_meta) does.
-pub fn put_meta(
-    batch: &mut Batch,
-    id: DbId,
-    kind: FileKind,
-    meta: &FileMeta,
-    expected: Option<&StoredMeta>,
-) -> StoredMeta {
-    crate::file_write::put_meta(batch, id, kind, meta, expected)
-}
+pub use crate::file_write::{put_chunk, put_meta};
 
 /// The record of `meta` as it would be stored for file `kind` of database `id`, usable
 /// as the guard of a write (a stale one, in tests of the guard).
