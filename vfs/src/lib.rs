@@ -300,15 +300,22 @@ impl Vfs {
     pub fn rename_database(&self, from: &str, to: &str) -> Result<()> {
         let state = self.state();
         let (from, to) = (&*state.canonical(from)?, &*state.canonical(to)?);
-        let entry = state
-            .kv
-            .lookup(from)?
-            .ok_or_else(|| Error::Kv(shoal_kv::Error::NotFound(from.to_owned())))?;
-        if state.is_open(entry.id) {
-            return Err(Error::InUse(from.to_owned()));
-        }
+        self.require_closed(from)?;
         state.kv.rename(from, to)?;
         state.kv.commit_durable()?;
+        Ok(())
+    }
+
+    /// Fails unless catalog entry `name` (canonical) exists and no connection has it open.
+    fn require_closed(&self, name: &str) -> Result<()> {
+        let state = self.state();
+        let entry = state
+            .kv
+            .lookup(name)?
+            .ok_or_else(|| Error::Kv(shoal_kv::Error::NotFound(name.to_owned())))?;
+        if state.is_open(entry.id) {
+            return Err(Error::InUse(name.to_owned()));
+        }
         Ok(())
     }
 
@@ -322,13 +329,7 @@ impl Vfs {
     pub fn delete_database(&self, name: &str) -> Result<()> {
         let state = self.state();
         let name = &*state.canonical(name)?;
-        let entry = state
-            .kv
-            .lookup(name)?
-            .ok_or_else(|| Error::Kv(shoal_kv::Error::NotFound(name.to_owned())))?;
-        if state.is_open(entry.id) {
-            return Err(Error::InUse(name.to_owned()));
-        }
+        self.require_closed(name)?;
         state.kv.drop_entry(name)?;
         state.kv.commit_durable()?;
         Ok(())
