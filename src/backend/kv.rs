@@ -224,20 +224,22 @@ fn open_kv(
                 };
                 Ok(Arc::new(shoal_kv::FjallKv::open(&creating)?))
             })?;
-            let opened = open_created(created, || shoal_kv::FjallKv::open(&fjall));
-            Arc::new(match opened {
-                Err(shoal_kv::Error::NoAccess { .. }) if read_only => {
-                    let copy = snapshot_engine(&fjall.path)?;
-                    let at = shoal_kv::FjallConfig {
-                        path: copy.path().to_path_buf(),
-                        ..fjall.clone()
-                    };
-                    let kv = shoal_kv::FjallKv::open(&at)?;
-                    snapshot = Some(copy);
-                    kv
-                }
-                other => other.map_err(locked)?,
-            })
+            let open_at = |path: &Path| -> shoal_kv::Result<Arc<dyn shoal_kv::KvStore>> {
+                let at = shoal_kv::FjallConfig {
+                    path: path.to_path_buf(),
+                    ..fjall.clone()
+                };
+                Ok(Arc::new(shoal_kv::FjallKv::open(&at)?))
+            };
+            let opened = open_created(created, || open_at(&fjall.path));
+            open_or_snapshot(
+                opened,
+                read_only,
+                &fjall.path,
+                &mut snapshot,
+                &open_at,
+                &locked,
+            )?
         }
         #[cfg(not(feature = "sled"))]
         (None, KvEngine::Sled) => {
@@ -258,19 +260,21 @@ fn open_kv(
                 };
                 Ok(Arc::new(shoal_kv::SledKv::open(&creating)?))
             })?;
-            Arc::new(match shoal_kv::SledKv::open(&sled) {
-                Err(shoal_kv::Error::NoAccess { .. }) if read_only => {
-                    let copy = snapshot_engine(&sled.path)?;
-                    let at = shoal_kv::SledConfig {
-                        path: copy.path().to_path_buf(),
-                        ..sled.clone()
-                    };
-                    let kv = shoal_kv::SledKv::open(&at)?;
-                    snapshot = Some(copy);
-                    kv
-                }
-                other => other.map_err(locked)?,
-            })
+            let open_at = |path: &Path| -> shoal_kv::Result<Arc<dyn shoal_kv::KvStore>> {
+                let at = shoal_kv::SledConfig {
+                    path: path.to_path_buf(),
+                    ..sled.clone()
+                };
+                Ok(Arc::new(shoal_kv::SledKv::open(&at)?))
+            };
+            open_or_snapshot(
+                open_at(&sled.path),
+                read_only,
+                &sled.path,
+                &mut snapshot,
+                &open_at,
+                &locked,
+            )?
         }
     };
     // Half the kv share is the backend's own cache, half the verified-chunk cache above it.
@@ -426,6 +430,28 @@ fn open_created<T>(created: bool, open: impl Fn() -> shoal_kv::Result<T>) -> sho
             }
             done => return done,
         }
+    }
+}
+
+/// `opened`, the engine opened at `path`; or, for a read-only open of storage the engine
+/// cannot open (it writes beside its files even to read), the engine opened by `open_at`
+/// over a private copy of the files, kept alive in `snapshot`.
+fn open_or_snapshot(
+    opened: shoal_kv::Result<Arc<dyn shoal_kv::KvStore>>,
+    read_only: bool,
+    path: &Path,
+    snapshot: &mut Option<tempfile::TempDir>,
+    open_at: &dyn Fn(&Path) -> shoal_kv::Result<Arc<dyn shoal_kv::KvStore>>,
+    locked: &dyn Fn(shoal_kv::Error) -> Error,
+) -> Result<Arc<dyn shoal_kv::KvStore>> {
+    match opened {
+        Err(shoal_kv::Error::NoAccess { .. }) if read_only => {
+            let copy = snapshot_engine(path)?;
+            let kv = open_at(copy.path())?;
+            *snapshot = Some(copy);
+            Ok(kv)
+        }
+        other => other.map_err(locked),
     }
 }
 
