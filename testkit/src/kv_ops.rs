@@ -6,7 +6,7 @@
 //! [`FjallKv`] (the default backend) and to [`MemKv`], the reference model, in lockstep;
 //! every observable result must be identical, and a panic is the finding. Two layers are
 //! driven on the same pair of stores:
-//! - the raw [`KvStore`]: puts, deletes, guarded batches, range deletes, gets, scans,
+//! - the raw [`KvStore`], in the language of [`crate::kv_raw`]: puts, deletes, guarded batches, range deletes, gets, scans,
 //!   flushes, seals (fjall writes its memtable as a segment) and a reopen, over 13 keys
 //!   of at most two bytes drawn from `{0x00, 'a', 0xff}` (the empty key included), so
 //!   operations collide and ranges overlap;
@@ -41,12 +41,13 @@ use arbitrary::{Arbitrary, Unstructured};
 use bytes::Bytes;
 use parking_lot::Mutex;
 
-use shoal_kv::raw::{self, Batch, Entry, keys};
+use shoal_kv::raw::{self, Batch, keys};
 use shoal_kv::{
     CatalogEntry, ChunkNo, DbId, EntryKind, Error, FileKind, FileMeta, FjallConfig, FjallKv,
     KeyRange, Kv, KvStore, MemKv,
 };
 
+use crate::kv_raw::{Leftover, Lockstep, RawOp, Value, scan_all};
 use crate::scratch::{copy_dir, fresh_dir};
 
 /// Operations one input may run.
@@ -54,81 +55,6 @@ const MAX_OPS: usize = 256;
 
 /// At most this many reopens run in one input.
 const MAX_REOPENS: usize = 1;
-
-/// Key bytes, including the extremes, so ranges with unbounded or `0xff` ends are hit.
-const ALPHABET: [u8; 3] = [0x00, b'a', 0xff];
-
-/// One of 13 keys: the empty key, 3 of one byte, 9 of two.
-#[derive(Debug, Clone, Copy, Arbitrary)]
-struct Key(u8);
-
-impl Key {
-    fn bytes(self) -> Vec<u8> {
-        let pick = |i: u8| ALPHABET[usize::from(i % 3)];
-        match self.0 % 13 {
-            0 => Vec::new(),
-            n @ 1..=3 => vec![pick(n - 1)],
-            n => vec![pick((n - 4) / 3), pick(n - 4)],
-        }
-    }
-}
-
-/// Mostly tiny values drawn from few bytes (so guards can match by chance), sometimes
-/// values long enough that the backends store them out of line (fjall's inline limit is
-/// 20 bytes), rarely one past fjall's 4 KiB block size.
-#[derive(Debug, Clone, Copy, Arbitrary)]
-struct Value {
-    len: u8,
-    byte: u8,
-}
-
-impl Value {
-    fn bytes(self) -> Vec<u8> {
-        match self.len % 8 {
-            0..=4 => vec![self.byte % 3; usize::from(self.len % 3)],
-            5 | 6 => vec![self.byte; 21 + usize::from(self.len % 19)],
-            _ => vec![self.byte; 5000 + usize::from(self.len)],
-        }
-    }
-}
-
-/// A range between two keys; an absent end is unbounded. Inverted and empty ranges come
-/// up too and must be empty on both sides.
-#[derive(Debug, Clone, Copy, Arbitrary)]
-struct Range {
-    start: Key,
-    end: Option<Key>,
-}
-
-impl Range {
-    fn range(self) -> KeyRange {
-        KeyRange {
-            start: self.start.bytes(),
-            end: self.end.map(Key::bytes).unwrap_or_default(),
-        }
-    }
-}
-
-/// What a batch's precondition expects, resolved against the model when the batch runs.
-#[derive(Debug, Clone, Copy, Arbitrary)]
-enum Expect {
-    /// The key's current value (or absence): the guard holds.
-    Current,
-    /// Something other than the current value: the guard fails.
-    NotCurrent,
-    /// Absence: holds only if the key is absent.
-    Absent,
-    /// A given value: usually fails, holds if the key happens to hold it.
-    Value(Value),
-}
-
-/// One operation inside a batch.
-#[derive(Debug, Clone, Copy, Arbitrary)]
-enum BatchOp {
-    Put(Key, Value),
-    Delete(Key),
-    DeleteRange(Range),
-}
 
 /// Which guard a file write carries on the file's metadata.
 #[derive(Debug, Clone, Copy, Arbitrary)]
@@ -168,20 +94,7 @@ impl Kind {
 /// One step of an input.
 #[derive(Debug, Clone, Arbitrary)]
 enum Op {
-    Put(Key, Value),
-    Delete(Key),
-    Batch {
-        ops: Vec<BatchOp>,
-        guard: Option<(Key, Expect)>,
-    },
-    DeleteRange(Range),
-    Get(Key),
-    Scan(Range),
-    Flush,
-    /// fjall writes its memtable as a segment, so reads merge segments and tombstones.
-    Seal,
-    /// Close the store and open it again from its directory (the model just stays).
-    Reopen,
+    Raw(RawOp),
     Create {
         name: Name,
         super_journal: bool,
@@ -209,30 +122,9 @@ enum Op {
     Durable,
 }
 
-/// The outcome of an apply, reduced to what the two stores must agree on.
-#[derive(Debug, PartialEq, Eq)]
-enum Applied {
-    Ok,
-    PreconditionFailed,
-}
-
-fn applied(r: shoal_kv::Result<()>, what: &str) -> Applied {
-    match r {
-        Ok(()) => Applied::Ok,
-        Err(Error::PreconditionFailed { .. }) => Applied::PreconditionFailed,
-        Err(e) => panic!("{what}: unexpected error: {e}"),
-    }
-}
-
 /// A layer result reduced to something comparable across stores.
 fn outcome<T>(r: shoal_kv::Result<T>) -> Result<T, String> {
     r.map_err(|e| e.to_string())
-}
-
-fn scan_all(kv: &dyn KvStore, range: KeyRange) -> Vec<Entry> {
-    kv.scan(range)
-        .and_then(|it| it.collect::<shoal_kv::Result<Vec<Entry>>>())
-        .expect("scan")
 }
 
 /// Whether `key` is one the [`Kv`] layer writes (raw keys of at most two bytes from the
@@ -411,36 +303,35 @@ impl Run {
         }
     }
 
-    fn apply(&self, batch: Batch) -> Applied {
-        let got = applied(self.counted().apply(batch.clone()), "fjall apply");
-        let want = applied(self.model.apply(batch.clone()), "model apply");
-        assert_eq!(got, want, "apply of {batch:?}");
-        got
+    fn lockstep(&self) -> Lockstep<'_> {
+        Lockstep {
+            store: self.counted(),
+            model: &self.model,
+        }
     }
 
-    /// A raw write, checked for whether it removed a key of the layer.
-    fn raw_write(&mut self, batch: Batch) -> Applied {
-        let before = layer_keys(&self.model);
-        let outcome = self.apply(batch);
-        if layer_keys(&self.model) != before
+    /// A raw operation, checked for whether it removed a key of the layer.
+    fn run_raw(&mut self, op: RawOp) {
+        let before = op.writes().then(|| layer_keys(&self.model));
+        match self.lockstep().run(op) {
+            None => {}
+            Some(Leftover::Seal) => {
+                self.seals += 1;
+                self.real().seal_memtable().expect("seal");
+                self.same_contents("after sealing");
+            }
+            Some(Leftover::Reopen) => self.reopen(),
+        }
+        if let Some(before) = before
+            && layer_keys(&self.model) != before
             && let Some(layer) = &mut self.layer
         {
             layer.model_valid = false;
         }
-        outcome
     }
 
     fn same_contents(&self, when: &str) {
-        let everything = KeyRange::prefix(&[]);
-        let got = scan_all(self.real(), everything.clone());
-        let want = scan_all(self.model.as_ref(), everything);
-        assert_eq!(got, want, "full contents {when}");
-        let (got, want) = (
-            self.real().stats().expect("stats"),
-            self.model.stats().expect("stats"),
-        );
-        assert_eq!(got.keys, want.keys, "key count {when}");
-        assert_eq!(got.logical_bytes, want.logical_bytes, "bytes {when}");
+        self.lockstep().same_contents(when);
     }
 
     /// Reopens the store as a crash of the process would leave it (the model just
@@ -475,81 +366,7 @@ impl Run {
 
     fn run(&mut self, op: Op) {
         match op {
-            Op::Put(k, v) => {
-                let mut b = Batch::new();
-                b.put(k.bytes(), v.bytes());
-                assert_eq!(self.raw_write(b), Applied::Ok);
-            }
-            Op::Delete(k) => {
-                let mut b = Batch::new();
-                b.delete(k.bytes());
-                assert_eq!(self.raw_write(b), Applied::Ok);
-            }
-            Op::Batch { ops, guard } => {
-                let mut b = Batch::new();
-                for op in ops.into_iter().take(8) {
-                    match op {
-                        BatchOp::Put(k, v) => b.put(k.bytes(), v.bytes()),
-                        BatchOp::Delete(k) => b.delete(k.bytes()),
-                        BatchOp::DeleteRange(r) => b.delete_range(r.range()),
-                    };
-                }
-                let mut must_hold = None;
-                if let Some((key, expect)) = guard {
-                    let key = key.bytes();
-                    let current = self.model.get(&key).expect("model get");
-                    let expected = match expect {
-                        Expect::Current => current.clone(),
-                        Expect::NotCurrent => Some(match &current {
-                            Some(v) => {
-                                let mut other = v.to_vec();
-                                other.push(0x55);
-                                Bytes::from(other)
-                            }
-                            None => Bytes::new(),
-                        }),
-                        Expect::Absent => None,
-                        Expect::Value(v) => Some(Bytes::from(v.bytes())),
-                    };
-                    must_hold = Some(expected == current);
-                    b.guard(key, expected);
-                }
-                let outcome = self.raw_write(b);
-                // Agreeing is not enough: both must honour the guard (an empty value is a
-                // value, not an absence).
-                if let Some(holds) = must_hold {
-                    assert_eq!(outcome == Applied::Ok, holds, "guard outcome");
-                }
-            }
-            Op::DeleteRange(r) => {
-                let mut b = Batch::new();
-                b.delete_range(r.range());
-                assert_eq!(self.raw_write(b), Applied::Ok);
-            }
-            Op::Get(k) => {
-                let k = k.bytes();
-                let got = self.real().get(&k).expect("fjall get");
-                let want = self.model.get(&k).expect("model get");
-                assert_eq!(got, want, "get {k:?}");
-            }
-            Op::Scan(r) => {
-                let r = r.range();
-                assert_eq!(
-                    scan_all(self.real(), r.clone()),
-                    scan_all(self.model.as_ref(), r.clone()),
-                    "scan {r:?}"
-                );
-            }
-            Op::Flush => {
-                self.real().flush().expect("fjall flush");
-                self.model.flush().expect("model flush");
-            }
-            Op::Seal => {
-                self.seals += 1;
-                self.real().seal_memtable().expect("seal");
-                self.same_contents("after sealing");
-            }
-            Op::Reopen => self.reopen(),
+            Op::Raw(op) => self.run_raw(op),
             op => {
                 if let Some(layer) = &mut self.layer {
                     layer.run(op);

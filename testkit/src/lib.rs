@@ -4,10 +4,13 @@
 //!
 //! - [`kv_ops`]: the body of the `kv_ops` fuzz target (shoal-kv's fjall backend and `Kv`
 //!   layer against `MemKv`), through shoal-kv's public API only;
+//! - [`kv_raw`]: the raw `KvStore` operation language, shared by `kv_ops` and the stable
+//!   model test, and the lockstep check of a store against `MemKv`;
 //! - [`corpus`]: the inputs the stable tests run the fuzz bodies over;
 //! - [`scratch`]: where the fuzz bodies keep their files, and the removal of those left
 //!   by processes that have exited.
 
 pub mod corpus;
 pub mod kv_ops;
+pub mod kv_raw;
 pub mod scratch;
