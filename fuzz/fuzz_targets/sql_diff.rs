@@ -1,4 +1,4 @@
-//! A random SQL workload on shoal against stock SQLite (body: `shoal_vfs::fuzzing::sql_diff`).
+//! A random SQL workload on shoal against stock SQLite (body: `shoal_testkit::sql::sql_diff`).
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| shoal_vfs::fuzzing::sql_diff(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| shoal_testkit::sql::sql_diff(data));

@@ -686,10 +686,10 @@ pub fn kv_ops(data: &[u8]) {
         // the most expensive step by far (nearly half of a run when inputs had many):
         // past the first, one is a flush.
         let op = match op {
-            Op::Reopen if reopens >= MAX_REOPENS => Op::Flush,
-            Op::Reopen => {
+            Op::Raw(RawOp::Reopen) if reopens >= MAX_REOPENS => Op::Raw(RawOp::Flush),
+            Op::Raw(RawOp::Reopen) => {
                 reopens += 1;
-                Op::Reopen
+                Op::Raw(RawOp::Reopen)
             }
             op => op,
         };

@@ -6,6 +6,9 @@
 //!   layer against `MemKv`), through shoal-kv's public API only;
 //! - [`kv_raw`]: the raw `KvStore` operation language, shared by `kv_ops` and the stable
 //!   model test, and the lockstep check of a store against `MemKv`;
+//! - [`sql`] (feature `vfs`): the SQL step language, shared by the `sql_diff` fuzz target
+//!   and the stable differential test, and the body of `sql_diff`;
+//! - [`rows`]: query results rendered as text, the one form rows are compared in;
 //! - [`corpus`]: the inputs the stable tests run the fuzz bodies over;
 //! - [`scratch`]: where the fuzz bodies keep their files, and the removal of those left
 //!   by processes that have exited.
@@ -13,4 +16,7 @@
 pub mod corpus;
 pub mod kv_ops;
 pub mod kv_raw;
+pub mod rows;
 pub mod scratch;
+#[cfg(feature = "vfs")]
+pub mod sql;

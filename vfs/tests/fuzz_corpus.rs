@@ -21,6 +21,6 @@ fn vfs_file_seeds() {
 #[test]
 fn sql_diff_seeds() {
     for input in corpus("sql_diff") {
-        shoal_vfs::fuzzing::sql_diff(&input);
+        shoal_testkit::sql::sql_diff(&input);
     }
 }

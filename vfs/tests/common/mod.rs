@@ -82,67 +82,14 @@ pub fn count(conn: &Connection, table: &str) -> i64 {
         .unwrap()
 }
 
-/// Every row of a query, each column rendered as text, for comparisons.
-pub fn rows(conn: &Connection, sql: &str) -> Vec<Vec<String>> {
-    let mut stmt = conn.prepare(sql).unwrap();
-    let n = stmt.column_count();
-    stmt.query_map([], |r| {
-        (0..n)
-            .map(|i| {
-                Ok(match r.get_ref(i)? {
-                    rusqlite::types::ValueRef::Null => "NULL".to_owned(),
-                    rusqlite::types::ValueRef::Integer(v) => v.to_string(),
-                    rusqlite::types::ValueRef::Real(v) => format!("{v:?}"),
-                    rusqlite::types::ValueRef::Text(t) => {
-                        format!("'{}'", String::from_utf8_lossy(t))
-                    }
-                    rusqlite::types::ValueRef::Blob(b) => format!("x{}", b.len()),
-                })
-            })
-            .collect::<rusqlite::Result<Vec<_>>>()
-    })
-    .unwrap()
-    .map(Result::unwrap)
-    .collect()
-}
-
-/// One value rendered for an exact comparison (blobs in full, as hex).
-pub fn render_exact(v: rusqlite::types::ValueRef<'_>) -> String {
-    match v {
-        rusqlite::types::ValueRef::Null => "NULL".to_owned(),
-        rusqlite::types::ValueRef::Integer(v) => v.to_string(),
-        rusqlite::types::ValueRef::Real(v) => format!("{v:?}"),
-        rusqlite::types::ValueRef::Text(t) => format!("'{}'", String::from_utf8_lossy(t)),
-        rusqlite::types::ValueRef::Blob(b) => {
-            let mut s = String::with_capacity(3 + 2 * b.len());
-            s.push_str("x'");
-            for byte in b {
-                s.push_str(&format!("{byte:02x}"));
-            }
-            s.push('\'');
-            s
-        }
-    }
-}
-
-/// Every row of a query rendered with [`render_exact`]; errors are returned, not
-/// unwrapped, so callers can check them.
-pub fn exact_rows(conn: &Connection, sql: &str) -> rusqlite::Result<Vec<Vec<String>>> {
-    let mut stmt = conn.prepare(sql)?;
-    let n = stmt.column_count();
-    let rows = stmt.query_map([], |r| {
-        (0..n)
-            .map(|i| Ok(render_exact(r.get_ref(i)?)))
-            .collect::<rusqlite::Result<Vec<_>>>()
-    })?;
-    rows.collect()
-}
+#[allow(unused_imports)]
+pub use shoal_testkit::rows::{rows, try_rows};
 
 /// The whole logical content of a database: its schema (without root page numbers,
 /// which depend on page allocation, not on content) and every table's rows in rowid
 /// order, for comparing two databases exactly.
 pub fn dump(conn: &Connection) -> Vec<(String, Vec<Vec<String>>)> {
-    let schema = exact_rows(
+    let schema = try_rows(
         conn,
         "SELECT type, name, tbl_name, sql FROM sqlite_schema ORDER BY type, name",
     )
@@ -156,7 +103,7 @@ pub fn dump(conn: &Connection) -> Vec<(String, Vec<Vec<String>>)> {
         .collect();
     let mut out = vec![("sqlite_schema".to_owned(), schema)];
     for t in tables {
-        let contents = exact_rows(conn, &format!("SELECT * FROM \"{t}\" ORDER BY rowid")).unwrap();
+        let contents = try_rows(conn, &format!("SELECT * FROM \"{t}\" ORDER BY rowid")).unwrap();
         out.push((t, contents));
     }
     out
