@@ -9,6 +9,7 @@ mod tmpfs;
 use std::path::Path;
 
 use shoal::{Backing, Config, Error, KvEngine, Store, StoreLayout};
+use shoal_testkit::rows::render;
 
 fn backings() -> Vec<Backing> {
     Backing::ALL.to_vec()
@@ -397,20 +398,14 @@ fn the_configured_durability_is_what_actor_connections_use() {
             let store =
                 Store::open(dir.path(), config(backing).with_durability(durability)).unwrap();
             let (pragma, want) = match (backing.is_kv(), durability) {
-                (true, shoal::Durability::Full) => ("PRAGMA shoal_durability", "full"),
-                (true, shoal::Durability::Relaxed) => ("PRAGMA shoal_durability", "relaxed"),
+                (true, shoal::Durability::Full) => ("PRAGMA shoal_durability", "'full'"),
+                (true, shoal::Durability::Relaxed) => ("PRAGMA shoal_durability", "'relaxed'"),
                 (false, shoal::Durability::Full) => ("PRAGMA synchronous", "2"),
                 (false, shoal::Durability::Relaxed) => ("PRAGMA synchronous", "1"),
             };
             let got: String = store
                 .with_actor("a", |c| -> shoal::Result<_> {
-                    Ok(c.query_row(pragma, [], |r| {
-                        r.get::<_, rusqlite::types::Value>(0).map(|v| match v {
-                            rusqlite::types::Value::Integer(i) => i.to_string(),
-                            rusqlite::types::Value::Text(t) => t,
-                            other => format!("{other:?}"),
-                        })
-                    })?)
+                    Ok(c.query_row(pragma, [], |r| Ok(render(r.get_ref(0)?)))?)
                 })
                 .unwrap();
             assert_eq!(got, want, "{backing:?} {durability:?}");
@@ -775,14 +770,7 @@ fn export_and_check_racing_delete_never_recreate_the_actor() {
 #[test]
 fn a_checkout_starts_from_the_actor_defaults() {
     fn value(c: &rusqlite::Connection, sql: &str) -> String {
-        c.query_row(sql, [], |r| {
-            r.get::<_, rusqlite::types::Value>(0).map(|v| match v {
-                rusqlite::types::Value::Integer(i) => i.to_string(),
-                rusqlite::types::Value::Text(t) => t,
-                other => format!("{other:?}"),
-            })
-        })
-        .unwrap()
+        c.query_row(sql, [], |r| Ok(render(r.get_ref(0)?))).unwrap()
     }
     let probes = [
         ("PRAGMA foreign_keys", "PRAGMA foreign_keys = OFF"),

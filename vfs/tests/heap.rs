@@ -76,9 +76,8 @@ fn a_call_beside_another_thread_is_refused_and_changes_nothing() {
 
 #[cfg(target_os = "linux")]
 fn rss_kb() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    let [rss] = shoal_vfs::procfs::fields(shoal_vfs::procfs::STATUS, ["VmRSS:"]);
+    rss.unwrap()
 }
 
 #[cfg(target_os = "linux")]
