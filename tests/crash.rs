@@ -558,7 +558,7 @@ fn crash_during_import(backing: Backing, cycles: usize) {
 
         let store = Store::open(&dir, import_config(backing)).unwrap();
         if let Some(vfs) = store.vfs() {
-            let names: Vec<String> = vfs.catalog().unwrap().into_iter().map(|(n, _)| n).collect();
+            let names = shoal_testkit::catalog::names(vfs.kv());
             assert!(
                 names.iter().all(|n| n == "imp"),
                 "cycle {cycle}: leftovers {names:?}"

@@ -27,6 +27,16 @@ fn ok(store: &Path, args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// Runs `shoal <global> wake <args> --json` and parses the one JSON object it prints.
+fn wake_json(store: &Path, global: &[&str], args: &[&str]) -> serde_json::Value {
+    let mut all = global.to_vec();
+    all.push("wake");
+    all.extend_from_slice(args);
+    all.push("--json");
+    let out = ok(store, &all);
+    serde_json::from_str(out.trim()).unwrap()
+}
+
 /// A failure: non-zero exit, exactly one line on stderr naming the problem, nothing on
 /// stdout.
 fn fails(store: &Path, args: &[&str], expect: &str) {
@@ -193,10 +203,10 @@ fn wake_prints_one_json_object_with_the_promised_fields() {
     let tmp = tempfile::tempdir().unwrap();
     let store = tmp.path().join("store");
     let plot = tmp.path().join("rss.svg");
-    let out = ok(
+    let json = wake_json(
         &store,
+        &[],
         &[
-            "wake",
             "--actors",
             "30",
             "--warmup",
@@ -205,12 +215,10 @@ fn wake_prints_one_json_object_with_the_promised_fields() {
             "20",
             "--concurrency",
             "4",
-            "--json",
             "--plot",
             plot.to_str().unwrap(),
         ],
     );
-    let json: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
     for key in [
         "backing",
         "actors",
@@ -242,22 +250,11 @@ fn wake_prints_one_json_object_with_the_promised_fields() {
     assert!(ok(&store, &["check", "actor-00003"]).starts_with("actor-00003: ok"));
 
     // The file backings run the same way.
-    let out = ok(
+    let json = wake_json(
         &store,
-        &[
-            "--backing",
-            "files-tuned",
-            "wake",
-            "--actors",
-            "10",
-            "--warmup",
-            "2",
-            "--messages",
-            "10",
-            "--json",
-        ],
+        &["--backing", "files-tuned"],
+        &["--actors", "10", "--warmup", "2", "--messages", "10"],
     );
-    let json: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
     assert_eq!(json["backing"], "files-tuned");
 }
 
@@ -328,10 +325,10 @@ fn wake_completes_a_population_killed_at_any_point() {
         child.wait().unwrap();
     }
     assert!(finished, "no population ran to its end");
-    let out = ok(
+    let json = wake_json(
         &store,
+        &[],
         &[
-            "wake",
             "--actors",
             &actors.to_string(),
             "--warmup",
@@ -340,10 +337,8 @@ fn wake_completes_a_population_killed_at_any_point() {
             &messages.to_string(),
             "--concurrency",
             "2",
-            "--json",
         ],
     );
-    let json: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
     assert_eq!(json["awake_at_spike"], actors);
     assert_populated(&store, actors, messages.into());
 }
@@ -475,18 +470,10 @@ fn killing_wake_ends_its_populating_child() {
         "the child ran its population to the end after its parent died: {markers:?}"
     );
     // The store is free and sound, and a new wake completes what the child left.
-    ok(
+    wake_json(
         &store,
-        &[
-            "wake",
-            "--actors",
-            "5",
-            "--warmup",
-            "0",
-            "--messages",
-            "1",
-            "--json",
-        ],
+        &[],
+        &["--actors", "5", "--warmup", "0", "--messages", "1"],
     );
     let store = shoal::Store::open_existing(&store, shoal::Config::default()).unwrap();
     for name in store.list_actors().unwrap() {
@@ -645,12 +632,10 @@ fn sql_creates_actors_on_request_and_reads_stdin() {
 fn wake_keeps_no_more_actors_awake_than_the_budget_allows() {
     let tmp = tempfile::tempdir().unwrap();
     let store = tmp.path().join("store");
-    let out = ok(
+    let json = wake_json(
         &store,
+        &["--budget-mb", "16"],
         &[
-            "--budget-mb",
-            "16",
-            "wake",
             "--actors",
             "300",
             "--warmup",
@@ -659,10 +644,8 @@ fn wake_keeps_no_more_actors_awake_than_the_budget_allows() {
             "2",
             "--concurrency",
             "4",
-            "--json",
         ],
     );
-    let json: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
     assert_eq!(json["max_awake"], 128, "{json}");
     assert!(json["awake_at_spike"].as_u64().unwrap() <= 128, "{json}");
     assert!(
@@ -670,24 +653,11 @@ fn wake_keeps_no_more_actors_awake_than_the_budget_allows() {
         "SQLite's heap outgrew its half of the budget: {json}"
     );
     // `--max-awake` still lets a caller keep more awake on purpose.
-    let out = ok(
+    let json = wake_json(
         &store,
-        &[
-            "--budget-mb",
-            "16",
-            "--max-awake",
-            "300",
-            "wake",
-            "--actors",
-            "300",
-            "--warmup",
-            "0",
-            "--messages",
-            "2",
-            "--json",
-        ],
+        &["--budget-mb", "16", "--max-awake", "300"],
+        &["--actors", "300", "--warmup", "0", "--messages", "2"],
     );
-    let json: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
     assert_eq!(json["awake_at_spike"], 300, "{json}");
 }
 
@@ -700,21 +670,14 @@ fn wake_keeps_no_more_actors_awake_than_the_budget_allows() {
 fn sleeping_actors_give_their_memory_back() {
     let tmp = tempfile::tempdir().unwrap();
     let store = tmp.path().join("store");
-    let wake = [
-        "--max-awake",
-        "3000",
-        "wake",
-        "--actors",
-        "3000",
-        "--messages",
-        "20",
-        "--json",
-    ];
+    let (global, wake) = (
+        ["--max-awake", "3000"],
+        ["--actors", "3000", "--messages", "20"],
+    );
     // The first run populates the store, and fjall is still compacting what it wrote
     // while that run measures; the second measures a store at rest.
-    ok(&store, &wake);
-    let out = ok(&store, &wake);
-    let json: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    wake_json(&store, &global, &wake);
+    let json = wake_json(&store, &global, &wake);
     assert_eq!(json["sqlite_heap"], "own arena", "{json}");
     assert_eq!(json["awake_at_spike"], 3000, "{json}");
     let baseline = json["baseline_rss_kb"].as_u64().unwrap();

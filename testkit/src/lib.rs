@@ -9,10 +9,12 @@
 //! - [`sql`] (feature `vfs`): the SQL step language, shared by the `sql_diff` fuzz target
 //!   and the stable differential test, and the body of `sql_diff`;
 //! - [`rows`]: query results rendered as text, the one form rows are compared in;
+//! - [`catalog`]: the names a store's catalog holds;
 //! - [`corpus`]: the inputs the stable tests run the fuzz bodies over;
 //! - [`scratch`]: where the fuzz bodies keep their files, and the removal of those left
 //!   by processes that have exited.
 
+pub mod catalog;
 pub mod corpus;
 pub mod kv_ops;
 pub mod kv_raw;

@@ -13,11 +13,7 @@ use rusqlite::ffi;
 use shoal_vfs::Vfs;
 
 fn catalog(vfs: &Vfs) -> Vec<String> {
-    vfs.catalog()
-        .unwrap()
-        .into_iter()
-        .map(|(name, _)| name)
-        .collect()
+    shoal_testkit::catalog::names(vfs.kv())
 }
 
 fn cwd() -> String {

@@ -145,7 +145,7 @@ fn temp_tables_live_in_memory_and_never_reach_the_store() {
     )
     .unwrap();
     assert_eq!(count(&conn, "scratch"), 5000);
-    let names: Vec<String> = vfs.catalog().unwrap().into_iter().map(|(n, _)| n).collect();
+    let names = shoal_testkit::catalog::names(vfs.kv());
     assert_eq!(names, ["tt"]);
     // A big sort spills to temp files too.
     let sorted = rows(
@@ -213,7 +213,7 @@ fn attach_two_shoal_databases_and_commit_across_both() {
         stats(&vfs, "left").journal_commits,
         before_left.journal_commits + 1
     );
-    let names: Vec<String> = vfs.catalog().unwrap().into_iter().map(|(n, _)| n).collect();
+    let names = shoal_testkit::catalog::names(vfs.kv());
     assert_eq!(names, ["left", "right"], "no super-journal is left behind");
     drop(conn);
     let right = open(&vfs, "right");
