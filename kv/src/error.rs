@@ -183,27 +183,36 @@ impl Error {
 /// as text, if `err` is one or was caused by one.
 #[cfg(any(feature = "fjall", feature = "sled"))]
 pub(crate) fn out_of_space(err: &(dyn std::error::Error + 'static)) -> Option<String> {
-    io_errors(err)
-        .find(|io| {
-            matches!(
-                io.kind(),
-                std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
-            )
-        })
-        .map(ToString::to_string)
+    io_error_of_kind(
+        err,
+        &[
+            std::io::ErrorKind::StorageFull,
+            std::io::ErrorKind::QuotaExceeded,
+        ],
+    )
 }
 
 /// The I/O error saying access was refused (no permission, a read-only file system), as
 /// text, if `err` is one or was caused by one.
 #[cfg(any(feature = "fjall", feature = "sled"))]
 pub(crate) fn access_denied(err: &(dyn std::error::Error + 'static)) -> Option<String> {
+    io_error_of_kind(
+        err,
+        &[
+            std::io::ErrorKind::PermissionDenied,
+            std::io::ErrorKind::ReadOnlyFilesystem,
+        ],
+    )
+}
+
+/// The first I/O error of one of `kinds` among `err` and its causes, as text.
+#[cfg(any(feature = "fjall", feature = "sled"))]
+fn io_error_of_kind(
+    err: &(dyn std::error::Error + 'static),
+    kinds: &[std::io::ErrorKind],
+) -> Option<String> {
     io_errors(err)
-        .find(|io| {
-            matches!(
-                io.kind(),
-                std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ReadOnlyFilesystem
-            )
-        })
+        .find(|io| kinds.contains(&io.kind()))
         .map(ToString::to_string)
 }
 
