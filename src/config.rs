@@ -249,9 +249,10 @@ impl Default for ActorTuning {
 /// | SQLite's heap ([`Config::sqlite_heap_limit`]) | 1/2 | none | SQLite's soft heap limit: page caches shrink past it |
 /// | awake connections ([`Config::max_awake`]) | 1/4, inside SQLite's half | 16 connections | the awake set: idle actors past the bound are put to sleep |
 /// | temp files ([`Config::temp_limit`]) | 1/8 | none | the VFS: a temp file write past it fails with SQLITE_FULL |
+/// | open transactions' pages ([`Config::overlay_limit`]) | 1/16 | 1 MiB | the VFS: past it a transaction's pages move to the kv's staging area |
 ///
-/// The shares add up to 15/16; the last sixteenth is for what no share counts (the
-/// VFS's per-file state, allocator overhead). The minimums keep the key-value store
+/// The shares add up to the whole budget; what no share counts (the VFS's per-file
+/// state, allocator overhead) comes on top. The minimums keep the key-value store
 /// working (fjall flushes a memtable for every few writes below them), so a budget under
 /// 64 MiB is exceeded: the kv always takes at least 8 MiB. With a 16 MiB budget the
 /// shares come to 4 + 4 + 8 + 2 = 18 MiB.
@@ -282,7 +283,8 @@ pub struct Config {
     pub kv_engine: KvEngine,
     /// The process-wide memory budget in bytes, split as the table above says (a
     /// quarter for the kv's caches, a sixteenth for its write buffer, half as SQLite's
-    /// soft heap limit with the awake connections inside it, an eighth for temp files).
+    /// soft heap limit with the awake connections inside it, an eighth for temp files,
+    /// a sixteenth for the pages of open transactions).
     pub memory_budget: u64,
     /// Most actor connections kept awake; past it the least recently used idle actors
     /// are put to sleep (closed). `None` derives it from the budget (a quarter of it at
@@ -295,6 +297,12 @@ pub struct Config {
     /// Per-connection tuning (not applied to [`Backing::Files`], which keeps SQLite's
     /// defaults on purpose).
     pub actor: ActorTuning,
+    /// Commit through SQLite's batch-atomic interface as well (the VFS advertises
+    /// SQLITE_IOCAP_BATCH_ATOMIC; needs a SQLite built with
+    /// SQLITE_ENABLE_BATCH_ATOMIC_WRITE). Off: every commit is one batch without it. Kept
+    /// to measure the two paths against each other (`shoal bench --batch-atomic`).
+    #[doc(hidden)]
+    pub batch_atomic: bool,
 }
 
 impl Default for Config {
@@ -307,6 +315,7 @@ impl Default for Config {
             max_waking: std::thread::available_parallelism().map_or(4, |n| n.get() * 2),
             durability: Durability::Full,
             actor: ActorTuning::default(),
+            batch_atomic: false,
         }
     }
 }
@@ -385,6 +394,14 @@ impl Config {
     /// keep SQLite's temp files on disk.)
     pub fn temp_limit(&self) -> u64 {
         self.memory_budget / 8
+    }
+
+    /// Bytes the pages of all open transactions may hold in memory: a sixteenth of the
+    /// budget, at least 1 MiB. A transaction past it (with the kv backing) moves its
+    /// pages to the kv's staging area as it goes and still commits as one atomic step;
+    /// it writes those pages twice.
+    pub fn overlay_limit(&self) -> u64 {
+        (self.memory_budget / 16).max(1 << 20)
     }
 
     /// The awake-connection bound in force.

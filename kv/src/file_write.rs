@@ -25,10 +25,10 @@ use crate::store::Batch;
 #[derive(Debug)]
 #[must_use = "a FileWrite does nothing until it is committed"]
 pub struct FileWrite<'a> {
-    kv: &'a Kv,
-    id: DbId,
-    kind: FileKind,
-    batch: Batch,
+    pub(crate) kv: &'a Kv,
+    pub(crate) id: DbId,
+    pub(crate) kind: FileKind,
+    pub(crate) batch: Batch,
 }
 
 impl Kv {

@@ -28,8 +28,19 @@ use std::fmt;
 
 use crate::error::{Error, Result};
 
-/// Version of the on-disk format written by this build (keys and value layouts).
+/// Version of the record layouts written by this build (file metadata, catalog entries):
+/// the first byte of every record.
 pub const FORMAT_VERSION: u8 = 1;
+
+/// Version of the store as a whole, in its store-version record. Version 2 added the
+/// staging area of large transactions ([`FileKind::Staged`]): a version-1 store is read
+/// as it is (it has no staged keys) and marked version 2 when opened for writing; a
+/// build that knows only version 1 refuses a version-2 store, which may hold a committed
+/// transaction whose pages are not yet in place.
+pub const STORE_VERSION: u8 = 2;
+
+/// The oldest store version this build reads.
+pub const OLDEST_STORE_VERSION: u8 = 1;
 
 /// Longest database name the catalog accepts, in bytes.
 pub const MAX_NAME_LEN: usize = 512;
@@ -68,14 +79,20 @@ pub enum FileKind {
     MainJournal = 1,
     /// A super-journal naming the journals of a multi-database commit.
     SuperJournal = 2,
+    /// The staging area of the main file's transaction in progress, when it outgrew its
+    /// memory share: its chunks are pages no reader sees. Its metadata key is the commit
+    /// record of a transaction whose staged pages are being moved into place (see
+    /// `staging.rs`).
+    Staged = 3,
 }
 
 impl FileKind {
     /// Every kind, in key order.
-    pub const ALL: [FileKind; 3] = [
+    pub const ALL: [FileKind; 4] = [
         FileKind::Main,
         FileKind::MainJournal,
         FileKind::SuperJournal,
+        FileKind::Staged,
     ];
 
     fn from_byte(b: u8) -> Option<FileKind> {
@@ -89,6 +106,7 @@ impl fmt::Display for FileKind {
             FileKind::Main => "main",
             FileKind::MainJournal => "journal",
             FileKind::SuperJournal => "super-journal",
+            FileKind::Staged => "staged",
         })
     }
 }

@@ -40,6 +40,7 @@ mod records;
 mod shared;
 #[cfg(feature = "sled")]
 mod sled_kv;
+mod staging;
 mod store;
 
 pub use audit::Audit;
@@ -51,8 +52,9 @@ pub use fjall_kv::{FjallConfig, FjallKv};
 pub use group_commit::{GroupCommitStats, GroupCommitter};
 pub use keys::{ChunkNo, DbId, FileKind, KeyRange, MAX_NAME_LEN, validate_name};
 pub use mem::MemKv;
-pub use records::{CatalogEntry, EntryKind, FileMeta, chunk_len};
+pub use records::{CatalogEntry, EntryKind, FileMeta, StageRecord, chunk_len};
 pub use shared::{Claim, DEFAULT_READ_CACHE, Kv, StoredMeta};
 #[cfg(feature = "sled")]
 pub use sled_kv::{SledConfig, SledKv};
+pub use staging::{MOVE_BATCH_BYTES, Settled};
 pub use store::{KvStats, KvStore};

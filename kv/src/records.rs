@@ -8,7 +8,7 @@ use bytes::Bytes;
 
 use crate::checksum;
 use crate::error::{Error, Result};
-use crate::keys::{self, DbId, FORMAT_VERSION, FileKind};
+use crate::keys::{self, DbId, FORMAT_VERSION, FileKind, OLDEST_STORE_VERSION, STORE_VERSION};
 
 /// The metadata of one stored file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,6 +71,83 @@ impl FileMeta {
             generation: u64::from_be_bytes(*generation),
         })
     }
+}
+
+/// The record of a database's staging area, stored under the metadata key of
+/// [`FileKind::Staged`]. Its layout is `[FORMAT_VERSION][state u8][FileMeta fields]`:
+/// state 0 is [`StageRecord::Staging`] (the meta fields zero), 1 is
+/// [`StageRecord::Committed`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StageRecord {
+    /// A transaction is staging pages and has not committed: the staged chunks are
+    /// garbage once the transaction ends or the process dies.
+    Staging,
+    /// The transaction committed: the main file is this metadata once every staged chunk
+    /// has been moved into place (until then no reader may look at the file).
+    Committed(FileMeta),
+}
+
+impl StageRecord {
+    /// The sealed value stored under `meta_key(id, FileKind::Staged)`.
+    pub(crate) fn encode(&self, id: DbId) -> Bytes {
+        let (state, meta) = match self {
+            StageRecord::Staging => (0u8, FileMeta::EMPTY),
+            StageRecord::Committed(m) => (1u8, *m),
+        };
+        let mut v = Vec::with_capacity(1 + META_LEN + checksum::TRAILER_LEN);
+        v.push(FORMAT_VERSION);
+        v.push(state);
+        v.extend_from_slice(&meta.chunk_size.to_be_bytes());
+        v.extend_from_slice(&meta.size.to_be_bytes());
+        v.extend_from_slice(&meta.generation.to_be_bytes());
+        checksum::seal(&keys::meta_key(id, FileKind::Staged), v)
+    }
+
+    /// Verifies and parses a value read under `meta_key(id, FileKind::Staged)`.
+    pub(crate) fn decode(id: DbId, value: Bytes) -> Result<StageRecord> {
+        let key = keys::meta_key(id, FileKind::Staged);
+        let payload = checksum::open(&key, value)?;
+        let corrupt = |reason: String| Error::Corrupt {
+            what: keys::describe(&key),
+            reason,
+        };
+        let [version, state, rest @ ..] = &payload[..] else {
+            return Err(corrupt("short record".into()));
+        };
+        check_version(*version, &key)?;
+        let (chunk_size, rest) = rest
+            .split_first_chunk::<4>()
+            .ok_or_else(|| corrupt("short record".into()))?;
+        let (size, rest) = rest
+            .split_first_chunk::<8>()
+            .ok_or_else(|| corrupt("short record".into()))?;
+        let (generation, rest) = rest
+            .split_first_chunk::<8>()
+            .ok_or_else(|| corrupt("short record".into()))?;
+        if !rest.is_empty() {
+            return Err(corrupt(format!("{} trailing bytes", rest.len())));
+        }
+        let meta = FileMeta {
+            chunk_size: u32::from_be_bytes(*chunk_size),
+            size: u64::from_be_bytes(*size),
+            generation: u64::from_be_bytes(*generation),
+        };
+        match state {
+            0 if meta == FileMeta::EMPTY => Ok(StageRecord::Staging),
+            1 => Ok(StageRecord::Committed(meta)),
+            other => Err(corrupt(format!("unknown staging state {other}"))),
+        }
+    }
+}
+
+/// Encodes a staging record (for tests and tools).
+pub fn encode_stage_record(record: &StageRecord, id: DbId) -> Bytes {
+    record.encode(id)
+}
+
+/// Decodes a staging record (for tests and tools).
+pub fn decode_stage_record(id: DbId, value: Bytes) -> Result<StageRecord> {
+    StageRecord::decode(id, value)
 }
 
 /// What a catalog name refers to.
@@ -186,15 +263,21 @@ pub fn decode_u64(key: &[u8], value: Bytes) -> Result<u64> {
 
 /// The sealed store-version record.
 pub fn encode_store_version() -> Bytes {
-    checksum::seal_copy(&keys::store_version_key(), &[FORMAT_VERSION])
+    checksum::seal_copy(&keys::store_version_key(), &[STORE_VERSION])
 }
 
-/// Verifies the store-version record: it must name this build's format.
-pub fn check_store_version(value: Bytes) -> Result<()> {
+/// Verifies the store-version record and returns the version: one this build reads
+/// ([`OLDEST_STORE_VERSION`] to [`STORE_VERSION`]).
+pub fn check_store_version(value: Bytes) -> Result<u8> {
     let key = keys::store_version_key();
     let payload = checksum::open(&key, value)?;
     match payload[..] {
-        [v] => check_version(v, &key),
+        [v] if (OLDEST_STORE_VERSION..=STORE_VERSION).contains(&v) => Ok(v),
+        [v] => Err(Error::UnsupportedFormat {
+            what: keys::describe(&key),
+            found: v,
+            supported: STORE_VERSION,
+        }),
         _ => Err(Error::Corrupt {
             what: keys::describe(&key),
             reason: "wrong record length".into(),

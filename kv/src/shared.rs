@@ -101,7 +101,19 @@ impl Kv {
     fn open_mode(backend: Arc<dyn KvStore>, read_cache: usize, read_only: bool) -> Result<Kv> {
         let version_key = keys::store_version_key();
         match backend.get(&version_key)? {
-            Some(v) => records::check_store_version(v)?,
+            Some(v) => {
+                let found = records::check_store_version(v.clone())?;
+                if found < keys::STORE_VERSION && !read_only {
+                    // A version-1 store has no staged keys, so it is already a valid
+                    // version-2 store; mark it, so that an older build refuses it once
+                    // it may hold staged transactions.
+                    let mut b = Batch::new();
+                    b.put(version_key.to_vec(), records::encode_store_version())
+                        .guard(version_key.to_vec(), Some(v));
+                    backend.apply(b)?;
+                    backend.flush()?;
+                }
+            }
             None => {
                 if let Some(first) = backend.scan(KeyRange::prefix(&[]))?.next() {
                     let (key, _) = first?;

@@ -65,8 +65,13 @@ impl KvBacking {
 }
 
 impl Backend for KvBacking {
+    /// Opens with `journal_mode = MEMORY`: no transaction writes the database before
+    /// its commit, so a stored journal would protect nothing and cost two batches per
+    /// commit (docs/design.md, "Commits").
     fn open(&self, name: &str, flags: OpenFlags) -> rusqlite::Result<Connection> {
-        Connection::open_with_flags_and_vfs(name, flags, self.vfs.name())
+        let conn = Connection::open_with_flags_and_vfs(name, flags, self.vfs.name())?;
+        conn.query_row("PRAGMA journal_mode = MEMORY", [], |_| Ok(()))?;
+        Ok(conn)
     }
 
     fn actor_file(&self, _name: &str) -> Option<PathBuf> {
@@ -293,6 +298,9 @@ fn open_kv(
             name: format!("shoal-{n}"),
             durability,
             temp_limit: config.temp_limit(),
+            overlay_limit: config.overlay_limit(),
+            batch_atomic: config.batch_atomic,
+            ..shoal_vfs::VfsOptions::default()
         };
         match shoal_vfs::register(Arc::clone(&kv), options) {
             Err(shoal_vfs::Error::AlreadyRegistered(_)) => n += 1,

@@ -74,17 +74,6 @@ pub enum Error {
         /// The panic's message.
         panic: String,
     },
-    /// SQLite tried to write a database outside an atomic batch with no rollback journal
-    /// (synchronous=OFF or journal_mode=OFF|MEMORY): a crash could tear it.
-    #[error(
-        "shoal refuses to write {db:?} outside an atomic batch while it has no rollback \
-         journal (synchronous=OFF or journal_mode=OFF|MEMORY, perhaps set by an unqualified \
-         PRAGMA on another database of the connection): a crash could tear it"
-    )]
-    Unjournaled {
-        /// The database.
-        db: String,
-    },
     /// The `Vfs` behind this VFS name was dropped: its store is closed to new opens.
     #[error("the store behind SQLite VFS {0:?} was closed (its Vfs was dropped)")]
     StoreClosed(String),

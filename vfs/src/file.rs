@@ -22,12 +22,13 @@
 //! chunks, never holes), and chunk `c` is exactly `min(chunk_size, size - c*chunk_size)`
 //! bytes long; a stored chunk that breaks either is reported as corrupt.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bytes::Bytes;
 use parking_lot::Mutex;
-use shoal_kv::{ChunkNo, DbId, FileKind, FileMeta, FileWrite, Kv, StoredMeta, chunk_len};
+use shoal_kv::{ChunkNo, DbId, FileKind, FileMeta, FileWrite, Kv, Settled, StoredMeta, chunk_len};
 
 use crate::error::{Error, Result};
 use crate::lock::LockTable;
@@ -49,6 +50,52 @@ pub(crate) struct Flushed {
     pub(crate) chunks: u64,
 }
 
+/// The memory every main file's overlay shares: the pages of transactions not yet
+/// committed. A write that takes the total past the limit moves the writing file's
+/// overlay into the kv's staging area (see `shoal_kv`'s `staging.rs`), so a transaction
+/// of any size holds at most this much in memory.
+#[derive(Debug)]
+pub(crate) struct OverlayBudget {
+    used: AtomicUsize,
+    limit: usize,
+}
+
+impl OverlayBudget {
+    pub(crate) fn new(limit: u64) -> Arc<OverlayBudget> {
+        Arc::new(OverlayBudget {
+            used: AtomicUsize::new(0),
+            limit: usize::try_from(limit).unwrap_or(usize::MAX),
+        })
+    }
+
+    /// Bytes the overlays hold now.
+    pub(crate) fn used(&self) -> usize {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    /// The limit.
+    pub(crate) fn limit(&self) -> usize {
+        self.limit
+    }
+}
+
+/// What a transaction moved to the kv's staging area so far.
+#[derive(Debug, Default)]
+struct Staged {
+    /// Chunks whose latest version is staged (the overlay's, if it has one, is newer).
+    chunks: BTreeSet<u32>,
+    /// Staged chunks from this number on were truncated away since the last staging
+    /// write; the next one drops them first.
+    drop_from: Option<u32>,
+}
+
+/// Where a chunk's current bytes are.
+enum Source<'a> {
+    Bytes(&'a [u8]),
+    Staged,
+    Stored,
+}
+
 #[derive(Debug)]
 pub(crate) struct FileState {
     persisted: Option<StoredMeta>,
@@ -56,8 +103,15 @@ pub(crate) struct FileState {
     chunk_size: u32,
     dirty: BTreeMap<u32, Vec<u8>>,
     dirty_bytes: usize,
+    /// The part of `dirty_bytes` counted in the shared [`OverlayBudget`].
+    accounted: usize,
     truncate_from: Option<u32>,
     in_batch: bool,
+    /// The transaction's pages in the kv's staging area, once it outgrew its share.
+    staged: Option<Staged>,
+    /// A staged commit applied its commit batch but failed to move its pages into place:
+    /// [`Kv::settle_staged`] must finish before anything reads the file.
+    unsettled: bool,
     /// The metadata generation last made durable by a flush of the kv (`None`: unknown).
     durable_generation: Option<u64>,
     /// Chunk 0 as stored (SQLite reads the database header at every transaction start).
@@ -76,7 +130,16 @@ pub(crate) struct Inode {
     /// For a database file: what is known of its rollback journal without asking the kv
     /// (see [`JournalHint`]).
     pub(crate) journal_hint: Mutex<JournalHint>,
+    budget: Arc<OverlayBudget>,
     state: Mutex<FileState>,
+}
+
+impl Drop for Inode {
+    fn drop(&mut self) {
+        let st = self.state.get_mut();
+        self.budget.used.fetch_sub(st.accounted, Ordering::Relaxed);
+        st.accounted = 0;
+    }
 }
 
 /// Whether a database's rollback journal is known to be absent. SQLite asks at every
@@ -118,8 +181,14 @@ impl Inode {
         kind: FileKind,
         name: &str,
         counters: Arc<DbCounters>,
+        budget: Arc<OverlayBudget>,
         may_be_absent: bool,
     ) -> Result<Inode> {
+        if kind == FileKind::Main {
+            // What a crash left of a large transaction: finish a committed one, drop
+            // an uncommitted one, before anything reads the file.
+            kv.settle_staged(id)?;
+        }
         let persisted = kv.read_meta(id, kind)?;
         let meta = match &persisted {
             Some(p) => p.meta,
@@ -144,14 +213,18 @@ impl Inode {
             counters,
             locks: Mutex::new(LockTable::default()),
             journal_hint: Mutex::new(JournalHint::default()),
+            budget,
             state: Mutex::new(FileState {
                 persisted,
                 size: meta.size,
                 chunk_size: meta.chunk_size,
                 dirty: BTreeMap::new(),
                 dirty_bytes: 0,
+                accounted: 0,
                 truncate_from: None,
                 in_batch: false,
+                staged: None,
+                unsettled: false,
                 durable_generation: None,
                 first_chunk: None,
             }),
@@ -160,41 +233,6 @@ impl Inode {
 
     pub(crate) fn size(&self) -> u64 {
         self.state.lock().size
-    }
-
-    /// Whether SQLite is between BEGIN_ATOMIC_WRITE and its commit or rollback, and the
-    /// size of the file as last stored (0 if it never was), read under one lock: every
-    /// write outside a batch asks for both.
-    pub(crate) fn batch_and_stored_size(&self) -> (bool, u64) {
-        let st = self.state.lock();
-        (
-            st.in_batch,
-            st.persisted.as_ref().map_or(0, |p| p.meta.size),
-        )
-    }
-
-    /// Whether the file's first bytes, as SQLite would read them now (pending writes
-    /// included), are `prefix`. Counts no read in the statistics: it is the VFS looking,
-    /// not SQLite.
-    pub(crate) fn begins_with(&self, kv: &Kv, prefix: &[u8]) -> Result<bool> {
-        let (size, cs, generation) = {
-            let st = self.state.lock();
-            if st.size < prefix.len() as u64 || st.chunk_size == 0 {
-                return Ok(false);
-            }
-            let cached = st.dirty.get(&0).map(Vec::as_slice);
-            if let Some(chunk) = cached.or(st.first_chunk.as_deref()) {
-                return Ok(chunk.starts_with(prefix));
-            }
-            (
-                st.size,
-                u64::from(st.chunk_size),
-                st.persisted.as_ref().map(|p| p.meta.generation),
-            )
-        };
-        let data = self.stored_chunk(kv, 0, size, cs)?;
-        self.remember_first_chunk(&data, generation);
-        Ok(data.starts_with(prefix))
     }
 
     /// Bytes per chunk (0 while nothing was written).
@@ -209,9 +247,11 @@ impl Inode {
 
     /// Reads into `buf` from `offset`; returns the bytes filled (fewer at end of file).
     pub(crate) fn read(&self, kv: &Kv, buf: &mut [u8], offset: u64) -> Result<usize> {
-        let mut from_kv: Vec<(u32, usize, usize, usize)> = Vec::new();
+        // (chunk, kind it is read from, offset in chunk, offset in buf, length)
+        let mut from_kv: Vec<(u32, FileKind, usize, usize, usize)> = Vec::new();
         let (size, cs, n, generation) = {
-            let st = self.state.lock();
+            let mut st = self.state.lock();
+            self.settle_locked(kv, &mut st)?;
             if offset >= st.size || st.chunk_size == 0 {
                 return Ok(0);
             }
@@ -225,13 +265,8 @@ impl Inode {
                 let take = (usize_of(cs) - within).min(n - pos);
                 let c32 = u32::try_from(c)
                     .map_err(|_| Error::corrupt(&self.name, "offset past the last chunk"))?;
-                let cached = if c32 == 0 {
-                    st.first_chunk.as_deref()
-                } else {
-                    None
-                };
-                match st.dirty.get(&c32).map(Vec::as_slice).or(cached) {
-                    Some(chunk) => {
+                match st.source(c32) {
+                    Source::Bytes(chunk) => {
                         let src = chunk.get(within..within + take).ok_or_else(|| {
                             Error::corrupt(&self.name, "dirty chunk shorter than the file")
                         })?;
@@ -239,7 +274,8 @@ impl Inode {
                             .ok_or_else(|| Error::corrupt(&self.name, "read past the buffer"))?
                             .copy_from_slice(src);
                     }
-                    None => from_kv.push((c32, within, pos, take)),
+                    Source::Staged => from_kv.push((c32, FileKind::Staged, within, pos, take)),
+                    Source::Stored => from_kv.push((c32, self.kind, within, pos, take)),
                 }
                 pos += take;
             }
@@ -250,11 +286,16 @@ impl Inode {
                 st.persisted.as_ref().map(|p| p.meta.generation),
             )
         };
-        for (c, within, pos, take) in from_kv {
-            let data = self.stored_chunk(kv, c, size, cs)?;
-            if c == 0 {
-                self.remember_first_chunk(&data, generation);
-            }
+        for (c, kind, within, pos, take) in from_kv {
+            let data = if kind == FileKind::Staged {
+                self.staged_chunk(kv, c, size, cs)?
+            } else {
+                let data = self.stored_chunk(kv, c, size, cs)?;
+                if c == 0 {
+                    self.remember_first_chunk(&data, generation);
+                }
+                data
+            };
             let src = data
                 .get(within..within + take)
                 .ok_or_else(|| Error::corrupt(&self.name, "chunk shorter than the file"))?;
@@ -267,6 +308,56 @@ impl Inode {
         }
         DbCounters::add(&self.counters.bytes_read, n as u64);
         Ok(n)
+    }
+
+    /// A chunk of this transaction's staging area, checked for the length the file size
+    /// implies.
+    fn staged_chunk(&self, kv: &Kv, c: u32, size: u64, cs: u64) -> Result<Bytes> {
+        let expected = chunk_len(size, cs, u64::from(c));
+        match kv.read_chunk(self.id, FileKind::Staged, ChunkNo(c))? {
+            Some(data) if data.len() as u64 == expected => Ok(data),
+            Some(data) => Err(Error::corrupt(
+                &self.name,
+                format!(
+                    "staged chunk {c} is {} bytes where the file size implies {expected}",
+                    data.len()
+                ),
+            )),
+            None => Err(Error::corrupt(
+                &self.name,
+                format!("staged chunk {c} is missing"),
+            )),
+        }
+    }
+
+    /// Finishes a staged commit whose move into place failed earlier (see
+    /// [`FileState::unsettled`]), before the file is used again.
+    fn settle_locked(&self, kv: &Kv, st: &mut FileState) -> Result<()> {
+        if !st.unsettled {
+            return Ok(());
+        }
+        if let Settled::Finished(stored) = kv.settle_staged(self.id)? {
+            st.persisted = Some(stored);
+        }
+        st.unsettled = false;
+        st.first_chunk = None;
+        st.reset_to_persisted();
+        self.account(st);
+        Ok(())
+    }
+
+    /// Brings the shared budget in line with this file's overlay.
+    fn account(&self, st: &mut FileState) {
+        if st.dirty_bytes >= st.accounted {
+            self.budget
+                .used
+                .fetch_add(st.dirty_bytes - st.accounted, Ordering::Relaxed);
+        } else {
+            self.budget
+                .used
+                .fetch_sub(st.accounted - st.dirty_bytes, Ordering::Relaxed);
+        }
+        st.accounted = st.dirty_bytes;
     }
 
     /// Keeps chunk 0 as read from the kv, unless the file was flushed since or has a
@@ -318,7 +409,11 @@ impl Inode {
             let Ok(c) = u32::try_from(offset / cs) else {
                 return Ok(None);
             };
-            if st.dirty.contains_key(&c) || st.truncate_from.is_some_and(|t| t <= c) {
+            if st.dirty.contains_key(&c)
+                || st.truncate_from.is_some_and(|t| t <= c)
+                || st.staged.as_ref().is_some_and(|s| s.chunks.contains(&c))
+                || st.unsettled
+            {
                 return Ok(None);
             }
             (c, st.size, cs)
@@ -331,6 +426,7 @@ impl Inode {
     /// Writes `data` at `offset` into the overlay (flushing it if it grew too large).
     pub(crate) fn write(&self, kv: &Kv, data: &[u8], offset: u64) -> Result<()> {
         let mut st = self.state.lock();
+        self.settle_locked(kv, &mut st)?;
         if st.chunk_size == 0 {
             st.chunk_size = self.initial_chunk_size(data.len(), offset);
         }
@@ -373,10 +469,63 @@ impl Inode {
             pos += take;
         }
         DbCounters::add(&self.counters.bytes_written, data.len() as u64);
-        if !st.in_batch && st.dirty_bytes > WRITEBACK_LIMIT {
+        if self.kind == FileKind::Main {
+            self.account(&mut st);
+            if self.budget.used() > self.budget.limit() {
+                self.stage_locked(kv, &mut st)?;
+            }
+        } else if st.dirty_bytes > WRITEBACK_LIMIT {
             self.flush_locked(kv, &mut st)?;
         }
         Ok(())
+    }
+
+    /// Moves the overlay of the transaction in progress into the kv's staging area
+    /// (one batch no reader sees), freeing its memory.
+    fn stage_locked(&self, kv: &Kv, st: &mut FileState) -> Result<()> {
+        if st.dirty.is_empty() {
+            return Ok(());
+        }
+        let mut write = kv.file_write(self.id, FileKind::Staged);
+        let mut staged = match st.staged.take() {
+            Some(staged) => staged,
+            None => {
+                write.begin_staging();
+                Staged::default()
+            }
+        };
+        if let Some(t) = staged.drop_from.take() {
+            write.drop_chunks_from(ChunkNo(t));
+        }
+        let pages = st.dirty.len() as u64;
+        for (c, data) in std::mem::take(&mut st.dirty) {
+            write.put_chunk(ChunkNo(c), data);
+            staged.chunks.insert(c);
+        }
+        st.dirty_bytes = 0;
+        self.account(st);
+        st.staged = Some(staged);
+        let applied = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| write.commit()));
+        match applied {
+            Ok(Ok(())) => {
+                DbCounters::add(&self.counters.kv_batches, 1);
+                DbCounters::add(&self.counters.pages_staged, pages);
+                Ok(())
+            }
+            Ok(Err(e)) => {
+                // The transaction lost pages it had written: it cannot go on. Back to
+                // the persisted file; what was staged is removed now or at the next open.
+                st.reset_to_persisted();
+                self.account(st);
+                let _ = kv.discard_staged(self.id);
+                Err(e.into())
+            }
+            Err(panic) => {
+                st.reset_to_persisted();
+                self.account(st);
+                std::panic::resume_unwind(panic)
+            }
+        }
     }
 
     fn initial_chunk_size(&self, len: usize, offset: u64) -> u32 {
@@ -386,7 +535,7 @@ impl Inode {
                 Ok(n) if offset == 0 && n.is_power_of_two() && (512..=65536).contains(&n) => n,
                 _ => FALLBACK_PAGE_SIZE,
             },
-            FileKind::MainJournal | FileKind::SuperJournal => JOURNAL_CHUNK,
+            FileKind::MainJournal | FileKind::SuperJournal | FileKind::Staged => JOURNAL_CHUNK,
         }
     }
 
@@ -407,7 +556,11 @@ impl Inode {
         let cs = u64::from(st.chunk_size);
         let mut v = Vec::with_capacity(usize_of(cs) + FileWrite::SPARE_CAPACITY);
         if u64::from(c) * cs < st.size {
-            v.extend_from_slice(&self.stored_chunk(kv, c, st.size, cs)?);
+            if st.staged.as_ref().is_some_and(|s| s.chunks.contains(&c)) {
+                v.extend_from_slice(&self.staged_chunk(kv, c, st.size, cs)?);
+            } else {
+                v.extend_from_slice(&self.stored_chunk(kv, c, st.size, cs)?);
+            }
         }
         Ok(v)
     }
@@ -444,6 +597,11 @@ impl Inode {
             };
             let tail = st.dirty.split_off(&keep32);
             st.dirty_bytes -= tail.values().map(Vec::len).sum::<usize>();
+            if let Some(staged) = st.staged.as_mut()
+                && !staged.chunks.split_off(&keep32).is_empty()
+            {
+                staged.drop_from = Some(staged.drop_from.map_or(keep32, |t| t.min(keep32)));
+            }
             if keep < old_size.div_ceil(cs) {
                 st.truncate_from = Some(st.truncate_from.map_or(keep32, |t| t.min(keep32)));
             }
@@ -473,13 +631,108 @@ impl Inode {
     /// xTruncate.
     pub(crate) fn truncate(&self, kv: &Kv, size: u64) -> Result<()> {
         let mut st = self.state.lock();
-        self.resize(kv, &mut st, size)
+        self.settle_locked(kv, &mut st)?;
+        let resized = self.resize(kv, &mut st, size);
+        self.account(&mut st);
+        resized
     }
 
     /// Applies the overlay as one kv batch (see the module docs).
     pub(crate) fn flush(&self, kv: &Kv) -> Result<Flushed> {
         let mut st = self.state.lock();
-        self.flush_locked(kv, &mut st)
+        let flushed = self.flush_locked(kv, &mut st);
+        self.account(&mut st);
+        flushed
+    }
+
+    /// Commits the transaction in progress (SQLITE_FCNTL_SYNC of the main file): the
+    /// overlay as ONE kv batch, or, for a transaction that staged pages, the commit batch
+    /// of the staging area and the move of its pages into place.
+    pub(crate) fn commit(&self, kv: &Kv) -> Result<Flushed> {
+        let mut st = self.state.lock();
+        self.settle_locked(kv, &mut st)?;
+        if st.staged.is_none() {
+            let flushed = self.flush_locked(kv, &mut st);
+            self.account(&mut st);
+            return flushed;
+        }
+        let result = self.commit_staged_locked(kv, &mut st);
+        self.account(&mut st);
+        result
+    }
+
+    fn commit_staged_locked(&self, kv: &Kv, st: &mut FileState) -> Result<Flushed> {
+        let meta = FileMeta {
+            chunk_size: st.chunk_size,
+            size: st.size,
+            generation: st.persisted.as_ref().map_or(0, |p| p.meta.generation) + 1,
+        };
+        let mut write = kv.file_write(self.id, FileKind::Staged);
+        let mut staged = st.staged.take().unwrap_or_default();
+        if let Some(t) = staged.drop_from.take() {
+            write.drop_chunks_from(ChunkNo(t));
+        }
+        for (c, data) in std::mem::take(&mut st.dirty) {
+            write.put_chunk(ChunkNo(c), data);
+            staged.chunks.insert(c);
+        }
+        st.dirty_bytes = 0;
+        // The move drops every chunk past the new size; chunks truncated and grown
+        // again are all rewritten (files have no holes), so they are staged.
+        st.truncate_from = None;
+        st.first_chunk = None;
+        let chunks = staged.chunks.len() as u64;
+        let expected = st.persisted.clone();
+        let applied = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            write.commit_staged(&meta, expected.as_ref())
+        }));
+        let stored = match applied {
+            Ok(Ok(stored)) => stored,
+            Ok(Err(e)) => {
+                // Committed or not? The staging area says.
+                st.reset_to_persisted();
+                match kv.settle_staged(self.id) {
+                    Ok(Settled::Finished(stored)) => stored,
+                    Ok(_) => return Err(e.into()),
+                    Err(_) => {
+                        st.unsettled = true;
+                        return Err(e.into());
+                    }
+                }
+            }
+            Err(panic) => {
+                st.reset_to_persisted();
+                st.unsettled = true;
+                std::panic::resume_unwind(panic)
+            }
+        };
+        st.persisted = Some(stored);
+        st.reset_to_persisted();
+        DbCounters::add(&self.counters.kv_batches, 1);
+        DbCounters::add(&self.counters.staged_commits, 1);
+        if self.kind == FileKind::Main {
+            DbCounters::add(&self.counters.pages_written, chunks);
+        }
+        Ok(Flushed { chunks })
+    }
+
+    /// Forgets the transaction in progress: its overlay and its staged pages. What it
+    /// wrote never reached the kv, so the file is again as last committed. Returns
+    /// whether there was anything to forget.
+    pub(crate) fn discard(&self, kv: &Kv) -> Result<bool> {
+        let mut st = self.state.lock();
+        if !st.has_pending() {
+            return Ok(false);
+        }
+        let staged = st.staged.is_some();
+        st.reset_to_persisted();
+        self.account(&mut st);
+        DbCounters::add(&self.counters.rollbacks, 1);
+        if staged {
+            // Left behind if this fails: the next open removes it.
+            kv.discard_staged(self.id)?;
+        }
+        Ok(true)
     }
 
     fn flush_locked(&self, kv: &Kv, st: &mut FileState) -> Result<Flushed> {
@@ -571,7 +824,9 @@ impl Inode {
     pub(crate) fn commit_batch(&self, kv: &Kv) -> Result<Flushed> {
         let mut st = self.state.lock();
         st.in_batch = false;
-        let flushed = self.flush_locked(kv, &mut st)?;
+        let flushed = self.flush_locked(kv, &mut st);
+        self.account(&mut st);
+        let flushed = flushed?;
         DbCounters::add(&self.counters.batch_commits, 1);
         Ok(flushed)
     }
@@ -579,7 +834,9 @@ impl Inode {
     /// SQLITE_FCNTL_ROLLBACK_ATOMIC_WRITE: forget the gathered pages.
     pub(crate) fn rollback_batch(&self) {
         DbCounters::add(&self.counters.batch_rollbacks, 1);
-        self.state.lock().reset_to_persisted();
+        let mut st = self.state.lock();
+        st.reset_to_persisted();
+        self.account(&mut st);
     }
 
     /// The file was deleted: every open handle now sees an empty, unstored file.
@@ -587,6 +844,7 @@ impl Inode {
         let mut st = self.state.lock();
         st.persisted = None;
         st.reset_to_persisted();
+        self.account(&mut st);
         // A recreated file counts generations from 1 again.
         st.durable_generation = None;
         st.first_chunk = None;
@@ -594,6 +852,30 @@ impl Inode {
 }
 
 impl FileState {
+    /// Where chunk `c`'s current bytes are: the overlay, the staging area, the cached
+    /// first chunk, or the stored file.
+    fn source(&self, c: u32) -> Source<'_> {
+        if let Some(chunk) = self.dirty.get(&c) {
+            return Source::Bytes(chunk);
+        }
+        if self.staged.as_ref().is_some_and(|s| s.chunks.contains(&c)) {
+            return Source::Staged;
+        }
+        match &self.first_chunk {
+            Some(first) if c == 0 => Source::Bytes(first),
+            _ => Source::Stored,
+        }
+    }
+
+    fn has_pending(&self) -> bool {
+        let meta = self.persisted.as_ref().map_or(FileMeta::EMPTY, |p| p.meta);
+        !self.dirty.is_empty()
+            || self.truncate_from.is_some()
+            || self.staged.is_some()
+            || self.size != meta.size
+            || (self.size > 0 && self.chunk_size != meta.chunk_size)
+    }
+
     fn put_dirty(&mut self, c: u32, v: Vec<u8>) {
         self.dirty_bytes += v.len();
         if let Some(old) = self.dirty.insert(c, v) {
@@ -607,6 +889,7 @@ impl FileState {
         self.dirty_bytes = 0;
         self.truncate_from = None;
         self.in_batch = false;
+        self.staged = None;
         let meta = self.persisted.as_ref().map_or(FileMeta::EMPTY, |p| p.meta);
         self.size = meta.size;
         self.chunk_size = meta.chunk_size;
@@ -621,7 +904,16 @@ mod tests {
     fn setup(kind: FileKind) -> (Kv, Inode) {
         let kv = Kv::open(Arc::new(MemKv::new())).unwrap();
         let e = kv.create("f", EntryKind::Database).unwrap();
-        let inode = Inode::load(&kv, e.id, kind, "f", Arc::default(), true).unwrap();
+        let inode = Inode::load(
+            &kv,
+            e.id,
+            kind,
+            "f",
+            Arc::default(),
+            OverlayBudget::new(1 << 30),
+            true,
+        )
+        .unwrap();
         (kv, inode)
     }
 
@@ -632,7 +924,16 @@ mod tests {
     }
 
     fn reload(kv: &Kv, f: &Inode) -> Inode {
-        Inode::load(kv, f.id, f.kind, "f", Arc::default(), true).unwrap()
+        Inode::load(
+            kv,
+            f.id,
+            f.kind,
+            "f",
+            Arc::default(),
+            OverlayBudget::new(1 << 30),
+            true,
+        )
+        .unwrap()
     }
 
     #[test]

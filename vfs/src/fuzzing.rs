@@ -82,7 +82,16 @@ pub fn vfs_file(data: &[u8]) {
         .create("fuzz", EntryKind::Database)
         .expect("the last input dropped its file");
     let load = |kv: &Kv| {
-        Inode::load(kv, entry.id, kind, "fuzz", Arc::default(), true).expect("a stored file loads")
+        Inode::load(
+            kv,
+            entry.id,
+            kind,
+            "fuzz",
+            Arc::default(),
+            crate::file::OverlayBudget::new(1 << 20),
+            true,
+        )
+        .expect("a stored file loads")
     };
     let mut file = load(kv);
     // The model: what SQLite would read now, and what a crash would leave.

@@ -114,7 +114,23 @@ pub struct VfsOptions {
     /// in memory, so this bounds them: a write past it fails with SQLITE_FULL (default
     /// [`DEFAULT_TEMP_LIMIT`]).
     pub temp_limit: u64,
+    /// Bytes the pages of all open transactions together may hold in memory before a
+    /// transaction's pages move to the kv's staging area (default
+    /// [`DEFAULT_OVERLAY_LIMIT`]). A transaction of any size commits atomically either
+    /// way; a larger one past this share writes its pages twice.
+    pub overlay_limit: u64,
+    /// Advertise SQLITE_IOCAP_BATCH_ATOMIC, so that a SQLite built with
+    /// SQLITE_ENABLE_BATCH_ATOMIC_WRITE wraps each commit's page writes in its atomic
+    /// write calls (default off: commits need no such build, see docs/design.md). Kept
+    /// to measure the two paths against each other; registration fails where the linked
+    /// SQLite lacks the flag.
+    #[doc(hidden)]
+    pub batch_atomic: bool,
 }
+
+/// The overlay limit of [`VfsOptions::default`]: 16 MiB.
+#[cfg(feature = "vfs")]
+pub const DEFAULT_OVERLAY_LIMIT: u64 = 16 << 20;
 
 /// The temp-file limit of [`VfsOptions::default`]: 64 MiB.
 #[cfg(feature = "vfs")]
@@ -127,6 +143,8 @@ impl Default for VfsOptions {
             name: "shoal".to_owned(),
             durability: Durability::Full,
             temp_limit: DEFAULT_TEMP_LIMIT,
+            overlay_limit: DEFAULT_OVERLAY_LIMIT,
+            batch_atomic: false,
         }
     }
 }
@@ -169,19 +187,17 @@ impl StoreUsage {
     }
 }
 
-/// Registers a VFS over `kv`. Fails if the name is taken in this process, if another VFS
-/// already serves `kv`, or if the linked SQLite lacks `SQLITE_ENABLE_BATCH_ATOMIC_WRITE`.
+/// Registers a VFS over `kv`. Fails if the name is taken in this process or if another
+/// VFS already serves `kv`. Any SQLite build works: commits need no compile-time flag.
 #[cfg(feature = "vfs")]
 pub fn register(kv: Arc<Kv>, options: VfsOptions) -> Result<Vfs> {
+    if options.batch_atomic && !ffi::has_batch_atomic_write() {
+        return Err(Error::NoBatchAtomicWrite);
+    }
     // The VFS keeps what it wrote in memory (file sizes, the database header, whether a
     // journal exists), which is right only while it is the store's one writer.
     let claim = kv.claim().ok_or(Error::KvInUse)?;
-    let state = Arc::new(vfs::VfsState::new(
-        options.name,
-        claim,
-        options.durability,
-        options.temp_limit,
-    ));
+    let state = Arc::new(vfs::VfsState::new(options.name.clone(), claim, &options));
     Ok(Vfs {
         registered: ffi::register(&state.name.clone(), state)?,
     })
@@ -231,6 +247,13 @@ impl Vfs {
         StoreUsage {
             state: Arc::downgrade(self.state()),
         }
+    }
+
+    /// Bytes the pages of open transactions hold in memory now, and their limit
+    /// ([`VfsOptions::overlay_limit`]).
+    pub fn overlay_bytes(&self) -> (u64, u64) {
+        let o = &self.state().overlay;
+        (o.used() as u64, o.limit() as u64)
     }
 
     /// Bytes held by temp files now, and their limit ([`VfsOptions::temp_limit`]).

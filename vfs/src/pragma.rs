@@ -1,17 +1,15 @@
 //! Pragmas the VFS answers through SQLITE_FCNTL_PRAGMA.
 //!
-//! shoal's promise is that every commit is atomic. Two families of pragmas would break it
-//! and are refused, with a message naming the alternative. What is refused is the setting
-//! SQLite would apply, not a spelling: the value is read exactly as pragma.c reads it
-//! (`sqlite3Atoi` for numbers, so `8`, `0x8` and `0.5` are OFF; a prefix match for
-//! journal modes, so `w` is WAL), and the tests check that against stock SQLite. Behind
-//! this, the VFS refuses the writes those settings lead to (`KvHandle::refuse_unjournaled`
-//! in `vfs.rs`), for the settings that reach a database without passing through here.
-//! - `synchronous = OFF` makes SQLite skip the atomic-batch path and write pages straight
-//!   into the database file (a crash can tear it);
-//! - `journal_mode = WAL | OFF | MEMORY`: WAL needs shared memory this VFS does not
-//!   provide (the pragma "succeeds" and the next write fails), and OFF and MEMORY leave
-//!   no journal in the store to roll a spilled transaction back from.
+//! Every commit is one kv batch whatever the pragmas say (nothing a transaction writes
+//! reaches the kv before its commit, see docs/design.md, "Commits"), so only one pragma
+//! is refused: `journal_mode = WAL`, which needs shared memory this VFS does not provide
+//! (the pragma would "succeed" and the next write fail). `journal_mode = MEMORY` (the
+//! facade's default) and `OFF` are accepted. `synchronous = OFF` is accepted and means
+//! relaxed durability: SQLite then skips xSync, so a commit is applied, never torn, and
+//! made durable by the next flush; the VFS notes it so `shoal_durability` reports it.
+//! Values are read exactly as pragma.c reads them (`sqlite3Atoi` for numbers, so `8`,
+//! `0x8` and `0.5` are OFF; a prefix match for journal modes, so `w` is WAL), and the
+//! tests check that against stock SQLite.
 //!
 //! shoal's own pragmas: `shoal_durability` (`full`, the default, waits for a group flush at
 //! every commit; `relaxed` acknowledges once the batch is applied and lets the next flush
@@ -37,6 +35,11 @@ pub(crate) enum Pragma {
     NotOurs,
     /// Refused, with the message the statement fails with.
     Refused(String),
+    /// `synchronous` set: whether to OFF (SQLite applies it; the VFS notes it).
+    Synchronous {
+        /// Whether SQLite reads the value as OFF.
+        off: bool,
+    },
     /// Read or set `shoal_durability`.
     Durability(Option<Durability>),
     /// Read `shoal_stats`.
@@ -153,32 +156,21 @@ fn journal_mode(value: &[u8]) -> Option<&'static str> {
 }
 
 /// What the VFS does with `PRAGMA name = value` (`value` exactly as SQLite passes it:
-/// unquoted, and not necessarily UTF-8). Refusals follow what SQLite would apply, not how
-/// the value is spelled.
+/// unquoted, and not necessarily UTF-8). What it decides follows what SQLite would apply,
+/// not how the value is spelled.
 pub(crate) fn classify(name: &str, value: Option<&[u8]>) -> Pragma {
     let name = name.to_ascii_lowercase();
     let shown = value.map(String::from_utf8_lossy);
     let shown = shown.as_deref().unwrap_or_default();
     match (name.as_str(), value) {
-        ("synchronous", Some(v)) if synchronous_level(v) == SYNCHRONOUS_OFF => {
-            Pragma::Refused(format!(
-                "shoal refuses PRAGMA synchronous={shown} (SQLite reads it as OFF): it makes \
-                 SQLite write pages without an atomic batch, so a crash could tear the \
-                 database; use PRAGMA shoal_durability=relaxed for fast commits that are never \
-                 torn"
-            ))
-        }
+        ("synchronous", Some(v)) => Pragma::Synchronous {
+            off: synchronous_level(v) == SYNCHRONOUS_OFF,
+        },
         ("journal_mode", Some(v)) => match journal_mode(v) {
             Some("wal") => Pragma::Refused(format!(
                 "shoal refuses PRAGMA journal_mode={shown} (SQLite reads it as WAL): commits \
                  are already atomic batches in the shared store, and WAL needs shared memory \
                  this VFS does not provide"
-            )),
-            Some(mode @ ("off" | "memory")) => Pragma::Refused(format!(
-                "shoal refuses PRAGMA journal_mode={shown} (SQLite reads it as {}): without a \
-                 stored journal a large transaction could not be rolled back after a crash; \
-                 keep DELETE, TRUNCATE or PERSIST",
-                mode.to_ascii_uppercase()
             )),
             _ => Pragma::NotOurs,
         },
@@ -322,11 +314,18 @@ mod tests {
         }
     }
 
+    fn sets_off(v: &[u8]) -> bool {
+        match classify("synchronous", Some(v)) {
+            Pragma::Synchronous { off } => off,
+            other => panic!("synchronous={v:?}: {other:?}"),
+        }
+    }
+
     /// The rule under test is SQLite's own: for each spelling, stock SQLite (in memory,
-    /// through the unix VFS's defaults) shows which level it applies, and shoal refuses
-    /// exactly the spellings that SQLite turns into OFF.
+    /// through the unix VFS's defaults) shows which level it applies, and shoal notes
+    /// OFF (relaxed durability) exactly for the spellings that SQLite turns into OFF.
     #[test]
-    fn synchronous_is_refused_exactly_where_sqlite_would_apply_off() {
+    fn synchronous_off_is_noted_exactly_where_sqlite_would_apply_it() {
         let conn = rusqlite::Connection::open_in_memory().unwrap();
         let mut off = 0;
         for v in SYNCHRONOUS_VALUES {
@@ -343,7 +342,7 @@ mod tests {
                 applied,
                 "synchronous={v:?}"
             );
-            assert_eq!(refused("synchronous", v), applied == 0, "synchronous={v:?}");
+            assert_eq!(sets_off(v.as_bytes()), applied == 0, "synchronous={v:?}");
             off += usize::from(applied == 0);
         }
         assert!(
@@ -351,19 +350,16 @@ mod tests {
             "the list must hold many OFF spellings, has {off}"
         );
         // Not UTF-8: a digit then anything is still a number to SQLite.
-        assert!(matches!(
-            classify("synchronous", Some(b"0\xff")),
-            Pragma::Refused(_)
-        ));
+        assert!(sets_off(b"0\xff"));
         assert!(matches!(
             classify("SYNCHRONOUS", Some(b"8")),
-            Pragma::Refused(_)
+            Pragma::Synchronous { off: true }
         ));
         assert_eq!(classify("synchronous", None), Pragma::NotOurs);
     }
 
     #[test]
-    fn journal_mode_is_refused_exactly_where_sqlite_would_select_wal_off_or_memory() {
+    fn journal_mode_is_refused_exactly_where_sqlite_would_select_wal() {
         let dir = tempfile::tempdir().unwrap();
         let conn = rusqlite::Connection::open(dir.path().join("db")).unwrap();
         for v in journal_mode_values() {
@@ -373,23 +369,23 @@ mod tests {
                     r.get(0)
                 })
                 .unwrap();
-            let breaks = matches!(applied.as_str(), "wal" | "off" | "memory");
+            let wal = applied == "wal";
             assert_eq!(
                 refused("journal_mode", &v),
-                breaks,
+                wal,
                 "journal_mode={v:?} is {applied}"
             );
-            if !breaks {
+            if !wal {
                 assert!(!refused("JOURNAL_MODE", &v));
             }
         }
         assert_eq!(classify("journal_mode", None), Pragma::NotOurs);
-        let msg = match classify("journal_mode", Some(b"of")) {
+        let msg = match classify("journal_mode", Some(b"wa")) {
             Pragma::Refused(msg) => msg,
             other => panic!("{other:?}"),
         };
         assert!(
-            msg.contains("journal_mode=of (SQLite reads it as OFF)"),
+            msg.contains("journal_mode=wa (SQLite reads it as WAL)"),
             "{msg}"
         );
     }

@@ -29,17 +29,13 @@ use shoal_kv::{Claim, DbId, EntryKind, FileKind, Kv};
 
 use crate::error::{Error, Result, panic_message};
 use crate::ffi::{Control, FileImpl, Reply, SyncFlags, VfsImpl};
-use crate::file::Inode;
+use crate::file::{Inode, OverlayBudget};
 use crate::lock::LockLevel;
 use crate::memfile::{MemFile, TempSpace};
 use crate::names::{self, Target};
 use crate::pages::{Fetched, Lent};
 use crate::pragma::{self, Durability, Pragma};
 use crate::stats::{DbCounters, DbStats};
-
-/// The first bytes of every rollback journal that can roll a transaction back (sqlite3.c
-/// `aJournalMagic`); a finished `journal_mode=PERSIST` journal has them zeroed.
-const JOURNAL_MAGIC: [u8; 8] = [0xd9, 0xd5, 0x05, 0xf9, 0x20, 0xa1, 0x63, 0xd7];
 
 /// One registered VFS.
 #[derive(Debug)]
@@ -64,6 +60,10 @@ pub(crate) struct VfsState {
     any_poisoned: AtomicBool,
     /// The memory every temp file shares (see `memfile.rs`).
     pub(crate) temp: Arc<TempSpace>,
+    /// The memory every open transaction's overlay shares (see `file.rs`).
+    pub(crate) overlay: Arc<OverlayBudget>,
+    /// Whether files advertise SQLITE_IOCAP_BATCH_ATOMIC (see [`crate::VfsOptions`]).
+    batch_atomic: bool,
 }
 
 /// What poisoned a database.
@@ -75,17 +75,12 @@ struct Poison {
 }
 
 impl VfsState {
-    pub(crate) fn new(
-        name: String,
-        claim: Claim,
-        durability: Durability,
-        temp_limit: u64,
-    ) -> VfsState {
+    pub(crate) fn new(name: String, claim: Claim, options: &crate::VfsOptions) -> VfsState {
         VfsState {
             name,
             kv: Arc::clone(claim.kv()),
             _claim: claim,
-            durability,
+            durability: options.durability,
             base: std::env::current_dir()
                 .ok()
                 .and_then(|d| d.to_str().map(str::to_owned)),
@@ -95,7 +90,9 @@ impl VfsState {
             open_databases: AtomicUsize::new(0),
             poisoned: Mutex::default(),
             any_poisoned: AtomicBool::new(false),
-            temp: TempSpace::new(temp_limit),
+            temp: TempSpace::new(options.temp_limit),
+            overlay: OverlayBudget::new(options.overlay_limit),
+            batch_atomic: options.batch_atomic,
         }
     }
 
@@ -217,6 +214,7 @@ impl VfsState {
             kind,
             name,
             self.counters(id),
+            Arc::clone(&self.overlay),
             may_be_absent,
         )?);
         insert_pruned(&mut inodes, (id, kind), &inode);
@@ -326,7 +324,8 @@ impl VfsState {
             inode,
             lock: LockLevel::None,
             durability: self.durability,
-            batch_committed: false,
+            committed: false,
+            synchronous_off: false,
             lent: Lent::default(),
             fetched: Fetched::default(),
             mmap_size: 0,
@@ -472,8 +471,10 @@ pub(crate) struct KvHandle {
     inode: Arc<Inode>,
     lock: LockLevel,
     durability: Durability,
-    /// An atomic batch was committed since the last xSync.
-    batch_committed: bool,
+    /// A transaction was committed since the last xSync.
+    committed: bool,
+    /// `PRAGMA synchronous = OFF` was set through this file (see `pragma.rs`).
+    synchronous_off: bool,
     /// Buffers lent to SQLite by xFetch, until xUnfetch.
     lent: Lent,
     /// Pages fetched while this handle holds its lock (see `pages.rs`).
@@ -558,12 +559,27 @@ impl FileImpl for FileHandle {
 
 impl FileImpl for KvHandle {
     fn read(&mut self, buf: &mut [u8], offset: u64) -> Result<usize> {
-        self.guarded("xRead", |h| h.inode.read(&h.vfs.kv, buf, offset))
+        self.guarded("xRead", |h| {
+            // pager.c `sqlite3PagerSharedLock` reads these 16 bytes (the change counter
+            // and what follows) only when a transaction starts from the OPEN state. A
+            // main file still holding uncommitted writes then is the remains of a
+            // transaction SQLite gave up on without unlocking (an I/O error, or
+            // journal_mode=OFF's rollback, in exclusive locking mode): forget them. Only
+            // the writer's own handle (it holds EXCLUSIVE) may: the overlay is shared by
+            // every connection to the database, and is the writer's.
+            if h.inode.kind == FileKind::Main
+                && offset == 24
+                && buf.len() == 16
+                && h.lock >= LockLevel::Exclusive
+            {
+                h.inode.discard(&h.vfs.kv)?;
+            }
+            h.inode.read(&h.vfs.kv, buf, offset)
+        })
     }
 
     fn write(&mut self, data: &[u8], offset: u64) -> Result<()> {
         self.guarded("xWrite", |h| {
-            h.refuse_unjournaled()?;
             h.fetched.clear();
             h.inode.write(&h.vfs.kv, data, offset)
         })
@@ -609,13 +625,17 @@ impl FileImpl for KvHandle {
         self.guarded("xFileControl", |h| h.answer(control))
     }
 
-    /// Only what this VFS honours. Every flush of a stored file is one atomic batch, so
-    /// SQLite's batches are atomic, a write never disturbs bytes outside it, and an
-    /// append never shows a size without its data.
+    /// Only what this VFS honours: a write never disturbs bytes outside it, and an
+    /// append never shows a size without its data (nothing reaches the kv before the
+    /// commit, and the commit is one batch). SQLITE_IOCAP_BATCH_ATOMIC only where the
+    /// batch-atomic path is asked for ([`crate::VfsOptions::batch_atomic`]).
     fn device_characteristics(&self) -> i32 {
-        ffi::SQLITE_IOCAP_BATCH_ATOMIC
-            | ffi::SQLITE_IOCAP_POWERSAFE_OVERWRITE
-            | ffi::SQLITE_IOCAP_SAFE_APPEND
+        let batch = if self.vfs.batch_atomic {
+            ffi::SQLITE_IOCAP_BATCH_ATOMIC
+        } else {
+            0
+        };
+        batch | ffi::SQLITE_IOCAP_POWERSAFE_OVERWRITE | ffi::SQLITE_IOCAP_SAFE_APPEND
     }
 
     /// A pointer into a stored page, kept alive in `lent` until xUnfetch; `None` lets
@@ -633,7 +653,8 @@ impl FileImpl for KvHandle {
         }
     }
 
-    /// Releases locks and writes back anything still dirty (nothing, if the database is
+    /// Releases locks. A journal writes back anything still dirty; a database forgets
+    /// an uncommitted transaction's pages (nothing is written, if the database is
     /// poisoned).
     fn close(mut self) -> Result<()> {
         if self.inode.kind == FileKind::Main {
@@ -641,7 +662,18 @@ impl FileImpl for KvHandle {
         }
         self.lent.clear();
         self.fetched.clear();
-        let flushed = self.guarded("xClose", |h| h.inode.flush(&h.vfs.kv).map(drop));
+        let flushed = self.guarded("xClose", |h| {
+            if h.inode.kind == FileKind::Main {
+                // Only the writer's handle owns the (shared) overlay: another connection
+                // closing must leave the writer's transaction alone.
+                if h.lock > LockLevel::Shared {
+                    h.inode.discard(&h.vfs.kv)?;
+                }
+                Ok(())
+            } else {
+                h.inode.flush(&h.vfs.kv).map(drop)
+            }
+        });
         self.inode
             .locks
             .lock()
@@ -692,55 +724,6 @@ impl KvHandle {
         }
     }
 
-    /// Refuses a write to a database that could tear it: outside an atomic batch, to a
-    /// database the store holds data of, while the database has no rollback journal that
-    /// could roll the transaction back. That is the state `synchronous=OFF` (SQLite keeps
-    /// the journal in memory and skips the batch) and `journal_mode=OFF|MEMORY` produce,
-    /// however they were set (the pragma refusals only see pragmas sent to this database's
-    /// own file: an unqualified `journal_mode` reaches only the main database's VFS but
-    /// applies to every attached one).
-    ///
-    /// A journal counts only if it begins with SQLite's journal magic (`aJournalMagic`,
-    /// the bytes `hasHotJournal` and `pager_playback` look for): a `journal_mode=PERSIST`
-    /// journal outlives its commit with its header zeroed, stays stored and non-empty,
-    /// and protects nothing, and it survives a later switch to `MEMORY` made through
-    /// another database of the connection. Every path SQLite writes a database by has the
-    /// magic in place first: a journaled or spilling transaction (`syncJournal` writes the
-    /// header with the magic before `pager_write_pagelist`, and the journal is created
-    /// before the first page is written, pager.c `pagerStress`), a batch that failed and
-    /// falls back (`sqlite3JournalCreate` copies out the in-memory journal, header
-    /// included, before `pager_write_pagelist`), and a hot-journal rollback (the journal
-    /// is hot because it has the magic). The first transaction of an empty database and
-    /// a new target of `VACUUM INTO` (which runs without a journal) write a database
-    /// still empty in the store: nothing to tear.
-    fn refuse_unjournaled(&self) -> Result<()> {
-        let inode = &self.inode;
-        if inode.kind != FileKind::Main {
-            return Ok(());
-        }
-        let (in_batch, stored_size) = inode.batch_and_stored_size();
-        if in_batch || stored_size == 0 {
-            return Ok(());
-        }
-        let journal = match self.vfs.live_inode(inode.id, FileKind::MainJournal) {
-            Some(journal) => journal,
-            None => Arc::new(Inode::load(
-                self.kv(),
-                inode.id,
-                FileKind::MainJournal,
-                &inode.name,
-                Arc::clone(&inode.counters),
-                true,
-            )?),
-        };
-        if journal.begins_with(self.kv(), &JOURNAL_MAGIC)? {
-            return Ok(());
-        }
-        Err(Error::Unjournaled {
-            db: inode.name.clone(),
-        })
-    }
-
     /// xFetch (see [`FileImpl::fetch`]).
     fn lend(&mut self, offset: u64, len: usize) -> Option<*const u8> {
         let cs = u64::from(self.inode.chunk_size());
@@ -759,22 +742,21 @@ impl KvHandle {
         Some(self.lent.lend(page))
     }
 
+    /// xSync. A journal is flushed and made durable. A database was committed at
+    /// SQLITE_FCNTL_SYNC, which SQLite sends right before (`sqlite3PagerSync`); here the
+    /// commit is made durable, or not waited for under relaxed durability.
     fn flush_and_sync(&mut self) -> Result<()> {
-        let flushed = self.inode.flush(self.kv())?;
         let counters = &self.inode.counters;
-        if self.inode.kind == FileKind::Main && flushed.chunks > 0 {
-            DbCounters::add(&counters.journal_commits, 1);
+        if self.inode.kind == FileKind::Main {
+            let committed = std::mem::take(&mut self.committed);
+            if self.durability == Durability::Relaxed && committed {
+                DbCounters::add(&counters.relaxed_syncs, 1);
+                return Ok(());
+            }
+        } else {
+            self.inode.flush(self.kv())?;
         }
-        let relaxed = self.inode.kind == FileKind::Main
-            && self.durability == Durability::Relaxed
-            && self.batch_committed;
-        self.batch_committed = false;
-        if relaxed {
-            DbCounters::add(&counters.relaxed_syncs, 1);
-            return Ok(());
-        }
-        // A second sync with nothing applied since the last durable flush (SQLite syncs
-        // the journal again before each round of spilled pages) costs nothing.
+        // A second sync with nothing applied since the last durable flush costs nothing.
         let generation = self.inode.generation();
         if self.inode.is_durable(generation) {
             return Ok(());
@@ -785,10 +767,32 @@ impl KvHandle {
         Ok(())
     }
 
+    /// SQLITE_FCNTL_SYNC of the main file: the commit point (see docs/design.md,
+    /// "Commits"). Everything the transaction wrote becomes one kv batch now.
+    fn commit(&mut self) -> Result<()> {
+        let flushed = self.inode.commit(self.kv())?;
+        if flushed.chunks > 0 {
+            DbCounters::add(&self.inode.counters.batch_commits, 1);
+            if self
+                .vfs
+                .live_inode(self.inode.id, FileKind::MainJournal)
+                .is_some_and(|j| j.exists_nonempty())
+            {
+                DbCounters::add(&self.inode.counters.journal_commits, 1);
+            }
+            self.committed = true;
+        }
+        Ok(())
+    }
+
     fn unlock_and_flush(&mut self, level: LockLevel) -> Result<()> {
-        // Nothing dirty may outlive the writer's lock: readers read the kv.
-        let flushed = if self.lock > LockLevel::Shared && level <= LockLevel::Shared {
-            self.inode.flush(self.kv()).map(drop)
+        // A writer's lock ends with its transaction: what it did not commit (a rollback,
+        // an abandoned transaction) never reaches the kv. Readers read the kv.
+        let discarded = if self.lock > LockLevel::Shared
+            && level <= LockLevel::Shared
+            && self.inode.kind == FileKind::Main
+        {
+            self.inode.discard(self.kv()).map(drop)
         } else {
             Ok(())
         };
@@ -796,7 +800,7 @@ impl KvHandle {
         if level == LockLevel::None {
             self.fetched.clear();
         }
-        flushed
+        discarded
     }
 
     fn answer(&mut self, control: Control<'_>) -> Result<Reply> {
@@ -809,7 +813,19 @@ impl KvHandle {
             }
             Control::CommitAtomicWrite if main => {
                 self.inode.commit_batch(self.kv())?;
-                self.batch_committed = true;
+                self.committed = true;
+                Reply::Done
+            }
+            Control::Sync if main => {
+                self.fetched.clear();
+                self.commit()?;
+                Reply::Done
+            }
+            // After the commit point, before the unlock: what SQLite wrote since (the
+            // truncation of a database that shrank, pager.c `pager_end_transaction`)
+            // is stored now, as its own batch.
+            Control::CommitPhaseTwo if main => {
+                self.inode.flush(self.kv())?;
                 Reply::Done
             }
             Control::RollbackAtomicWrite if main => {
@@ -819,11 +835,22 @@ impl KvHandle {
             Control::Pragma { name, value } if main => match pragma::classify(name, value) {
                 Pragma::NotOurs => Reply::NotFound,
                 Pragma::Refused(msg) => return Err(Error::Refused(msg)),
+                Pragma::Synchronous { off } => {
+                    self.synchronous_off = off;
+                    Reply::NotFound
+                }
                 Pragma::Durability(set) => {
                     if let Some(d) = set {
                         self.durability = d;
                     }
-                    Reply::Text(self.durability.as_str().to_owned())
+                    // synchronous=OFF skips xSync, so commits are relaxed whatever this
+                    // connection asked for.
+                    let effective = if self.synchronous_off {
+                        Durability::Relaxed
+                    } else {
+                        self.durability
+                    };
+                    Reply::Text(effective.as_str().to_owned())
                 }
                 Pragma::Stats => Reply::Text(self.inode.counters.snapshot().to_string()),
             },

@@ -33,6 +33,13 @@ use shoal_kv::raw::{self, Batch, keys, records::decode_u64};
 use shoal_kv::{EntryKind, FaultOp, FaultyKv, KvStore, MemKv};
 use shoal_vfs::{DbStats, Vfs};
 
+/// The linked SQLite is the build `.ci/run` asked for (see `commits.rs`).
+#[test]
+fn the_linked_sqlite_is_the_build_asked_for() {
+    let without = std::env::var_os("SHOAL_EXPECT_NO_BATCH_ATOMIC").is_some();
+    assert_eq!(shoal_vfs::sqlite_has_batch_atomic_write(), !without);
+}
+
 // ---- no panics, anywhere ----
 
 /// Every panic of the process, with the name of the thread it happened on. The VFS
@@ -180,6 +187,9 @@ struct Workload {
     /// Databases that must be in the same state as each other (both before or both
     /// after): the members of one multi-database transaction.
     atomic_group: &'static [&'static str],
+    /// The VFS's overlay limit (`None`: the default): a small one makes the transaction
+    /// stage its pages in the kv.
+    overlay_limit: Option<u64>,
 }
 
 /// How the i-th operation fails.
@@ -223,6 +233,8 @@ struct Tally {
     recoveries: u64,
     /// Runs with a second fault during recovery ([`fail_recovery`]).
     recovery_runs: u64,
+    /// Runs after which the changed databases disagree (some after, some before).
+    mixed: u64,
 }
 
 /// What [`exhaust`] found.
@@ -236,16 +248,36 @@ struct Outcome {
     clean_new_entries: u64,
     /// Faulted runs (of every kind) after which the first reader recovered.
     recoveries: u64,
+    /// Faulted runs after which the changed databases disagree.
+    mixed: u64,
 }
 
-/// The clean run took the journal path (one journal commit, no batch), and some faults
-/// left a hot journal behind for the next reader to roll back.
-fn expect_journal_path(out: &Outcome) {
+/// The clean run committed as one kv batch with no journal opened, and no fault left
+/// anything for the next reader to recover: nothing reached the database's keys before
+/// the commit point.
+fn expect_one_batch(out: &Outcome) {
+    let s = out.clean_stats[0];
+    assert_eq!(
+        (s.batch_commits, s.journal_commits, s.journal_opens),
+        (1, 0, 0),
+        "the clean run ({} kv operations) is one batch and opens no journal: {s}",
+        out.m
+    );
+    assert_eq!(
+        out.recoveries, 0,
+        "with journal_mode=MEMORY no fault leaves anything for a reader to recover"
+    );
+}
+
+/// The clean run kept a stored rollback journal (journal_mode DELETE, TRUNCATE or
+/// PERSIST) and still committed as one kv batch; some faults left a hot journal behind
+/// for the next reader to roll back.
+fn expect_stored_journal(out: &Outcome) {
     let s = out.clean_stats[0];
     assert_eq!(
         (s.batch_commits, s.journal_commits),
-        (0, 1),
-        "the clean run ({} kv operations) is journaled: {s}",
+        (1, 1),
+        "the clean run ({} kv operations) is one batch beside a stored journal: {s}",
         out.m
     );
     assert!(
@@ -260,6 +292,13 @@ fn exhaust(w: &Workload) -> Outcome {
     watch_panics();
     let started = Instant::now();
     let prepared = Arc::new(MemKv::new());
+    let vfs_over = |backend: Arc<dyn KvStore>| {
+        let mut options = shoal_vfs::VfsOptions::default();
+        if let Some(limit) = w.overlay_limit {
+            options.overlay_limit = limit;
+        }
+        vfs_with(backend, options)
+    };
     {
         let vfs = vfs_over(prepared.clone());
         (w.setup)(&vfs);
@@ -313,6 +352,7 @@ fn exhaust(w: &Workload) -> Outcome {
     }
 
     let mut recoveries = 0;
+    let mut mixed = 0;
     for fault in Fault::ALL {
         let mut tally = Tally::default();
         for i in 1..=m {
@@ -369,6 +409,7 @@ fn exhaust(w: &Workload) -> Outcome {
             tally.recovery_runs,
         );
         recoveries += tally.recoveries;
+        mixed += tally.mixed;
     }
     eprintln!("{}: {:.1?}", w.name, started.elapsed());
     Outcome {
@@ -376,6 +417,7 @@ fn exhaust(w: &Workload) -> Outcome {
         clean_stats,
         clean_new_entries,
         recoveries,
+        mixed,
     }
 }
 
@@ -491,6 +533,9 @@ fn check_run(
         "{context}: one transaction committed in some databases only: {group:?}"
     );
     let committed = which.iter().all(|(_, is)| *is == "after");
+    if !committed && which.iter().any(|(_, is)| *is == "after") {
+        tally.mixed += 1;
+    }
     match result {
         Ok(()) => {
             assert!(
@@ -528,10 +573,9 @@ fn one(vfs: &Vfs, db: &str) -> Vec<Connection> {
     vec![open(vfs, db)]
 }
 
-/// (a) SQLite commits a small transaction on a non-empty database through
-/// SQLITE_FCNTL_BEGIN/COMMIT_ATOMIC_WRITE (pager.c `pager_commit_phase_one`, `bBatch`);
-/// if the commit fails with an IOERR it rolls the batch back and retries through its
-/// rollback journal.
+/// (a) A small transaction on a non-empty database: its pages stay in memory until
+/// SQLITE_FCNTL_SYNC (pager.c `sqlite3PagerSync`, sent by `pager_commit_phase_one`),
+/// which commits them as one kv batch.
 #[test]
 fn every_failed_kv_operation_of_an_atomic_batch_commit_leaves_before_or_after() {
     let out = exhaust(&Workload {
@@ -559,22 +603,13 @@ fn every_failed_kv_operation_of_an_atomic_batch_commit_leaves_before_or_after() 
             )
         },
         atomic_group: &[],
+        overlay_limit: None,
     });
-    let s = out.clean_stats[0];
-    assert_eq!(
-        (s.batch_commits, s.journal_commits),
-        (1, 0),
-        "the clean run ({} kv operations) is one atomic batch: {s}",
-        out.m
-    );
+    expect_one_batch(&out);
 }
 
-/// (b) The first transaction of an empty database is not eligible for the batch path
-/// (the pager opens a real journal when the database grows from nothing:
-/// `pager_open_journal` / `jrnlBufferSize`), so it commits through the rollback journal.
-/// A hot journal left by a failure is rolled back by the next reader
-/// (`hasHotJournal`, `pager_playback`); an empty database with a journal beside it has
-/// the journal deleted.
+/// (b) The first transaction of an empty database (which SQLite's batch-atomic path
+/// would not take: `jrnlBufferSize`) is one batch like any other.
 #[test]
 fn every_failed_kv_operation_of_a_first_transaction_leaves_before_or_after() {
     let out = exhaust(&Workload {
@@ -596,13 +631,14 @@ fn every_failed_kv_operation_of_a_first_transaction_leaves_before_or_after() {
             )
         },
         atomic_group: &[],
+        overlay_limit: None,
     });
-    expect_journal_path(&out);
+    expect_one_batch(&out);
 }
 
 /// (c) A transaction that outgrows the page cache spills dirty pages into the database
-/// file before commit, which needs a real, synced journal first (pager.c `pagerStress`,
-/// `syncJournal`): the journal path, with database pages written in several rounds.
+/// file before commit (pager.c `pagerStress`); those writes stay in the VFS's overlay
+/// and reach the kv with the rest at the commit point.
 #[test]
 fn every_failed_kv_operation_of_a_spilling_transaction_leaves_before_or_after() {
     let out = exhaust(&Workload {
@@ -635,15 +671,16 @@ fn every_failed_kv_operation_of_a_spilling_transaction_leaves_before_or_after() 
             )
         },
         atomic_group: &[],
+        overlay_limit: None,
     });
-    expect_journal_path(&out);
-    let s = out.clean_stats[0];
-    assert!(s.journal_opens >= 1, "{s}");
+    expect_one_batch(&out);
 }
 
-/// (d) A transaction that changes two attached databases commits through a
-/// super-journal (pager.c `sqlite3VdbeHalt` -> `vdbeCommit`, multi-file case): each
-/// database's journal names it, and deleting it is the commit point for both. A hot
+/// (d) With stored journals (journal_mode=DELETE on both), a transaction that changes
+/// two attached databases commits through a super-journal (pager.c `sqlite3VdbeHalt` ->
+/// `vdbeCommit`, multi-file case): each database's journal names it, each database's
+/// pages are one kv batch at its own commit point, and deleting the super-journal is
+/// the commit point for both. A hot
 /// journal whose super-journal is gone is stale and not played back; one whose
 /// super-journal exists is rolled back. So both databases are before, or both after.
 #[test]
@@ -664,8 +701,11 @@ fn every_failed_kv_operation_of_a_two_database_transaction_leaves_both_before_or
             }
         },
         connect: |vfs| {
-            let c = open(vfs, "left");
-            c.execute_batch("ATTACH 'right' AS r").unwrap();
+            let c = try_open_journaled(vfs, "left").unwrap();
+            c.execute_batch(
+                "PRAGMA journal_mode = DELETE; ATTACH 'right' AS r; PRAGMA r.journal_mode = DELETE;",
+            )
+            .unwrap();
             vec![c]
         },
         txn: |c| {
@@ -679,15 +719,17 @@ fn every_failed_kv_operation_of_a_two_database_transaction_leaves_both_before_or
             )
         },
         atomic_group: &["left", "right"],
+        overlay_limit: None,
     });
     for s in &out.clean_stats[..2] {
         assert_eq!(
             (s.batch_commits, s.journal_commits),
-            (0, 1),
-            "each database is journaled ({} kv operations): {s}",
+            (1, 1),
+            "each database is one batch beside its journal ({} kv operations): {s}",
             out.m
         );
     }
+    assert_eq!(out.mixed, 0);
     assert_eq!(
         out.clean_new_entries, 1,
         "the clean run created (and deleted) one super-journal"
@@ -695,6 +737,57 @@ fn every_failed_kv_operation_of_a_two_database_transaction_leaves_both_before_or
     assert!(
         out.recoveries > 0,
         "some faults must leave a hot journal for the next reader to roll back"
+    );
+}
+
+/// (d') With journal_mode=MEMORY (the facade's default) SQLite writes no super-journal
+/// (vdbe.c `vdbeCommit`: `aMJNeeded` is 0 for MEMORY) and commits the databases one
+/// after the other: each database is exactly before or after, but a failure between
+/// the two commits leaves one after and the other before. That is the whole promise
+/// for multi-database transactions without stored journals, and this checks both
+/// halves of it.
+#[test]
+fn every_failed_kv_operation_of_a_two_database_transaction_in_memory_mode_leaves_each_before_or_after()
+ {
+    let out = exhaust(&Workload {
+        name: "two databases, MEMORY",
+        dbs: &["left", "right", "bystander"],
+        setup: |vfs| {
+            bystander(vfs);
+            for db in ["left", "right"] {
+                open(vfs, db)
+                    .execute_batch(
+                        "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT);
+                         WITH RECURSIVE k(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM k WHERE i < 30)
+                         INSERT INTO t SELECT i, printf('%0200d', i) FROM k;",
+                    )
+                    .unwrap();
+            }
+        },
+        connect: |vfs| {
+            let c = open(vfs, "left");
+            c.execute_batch("ATTACH 'right' AS r; PRAGMA r.journal_mode = MEMORY;")
+                .unwrap();
+            vec![c]
+        },
+        txn: |c| {
+            c[0].execute_batch(
+                "BEGIN;
+                 INSERT INTO main.t(v) VALUES ('moved');
+                 DELETE FROM r.t WHERE id = 7;
+                 COMMIT;",
+            )
+        },
+        atomic_group: &[],
+        overlay_limit: None,
+    });
+    for s in &out.clean_stats[..2] {
+        assert_eq!((s.batch_commits, s.journal_opens), (1, 0), "{s}");
+    }
+    assert_eq!(out.clean_new_entries, 0, "no super-journal");
+    assert!(
+        out.mixed > 0,
+        "a failure between the two commits leaves one database after and one before"
     );
 }
 
@@ -721,14 +814,60 @@ fn every_failed_kv_operation_of_a_vacuum_leaves_before_or_after() {
         connect: |vfs| one(vfs, "vac"),
         txn: |c| c[0].execute_batch("VACUUM"),
         atomic_group: &[],
+        overlay_limit: None,
     });
     let s = out.clean_stats[0];
     assert_eq!(
-        s.batch_commits + s.journal_commits,
-        1,
+        (s.batch_commits, s.journal_opens),
+        (1, 0),
         "one commit ({} kv operations): {s}",
         out.m
     );
+}
+
+/// (h) A transaction larger than its memory share (a 64 KiB overlay limit here) stages
+/// its pages in the kv as it goes (shoal-kv `staging.rs`); its commit is one batch that
+/// turns the staging record into a commit record, then the pages move into place in
+/// batches. A failure before the commit batch leaves the database before (the staged
+/// pages are removed at the next open); one after it leaves it after (the next open
+/// finishes the move).
+#[test]
+fn every_failed_kv_operation_of_a_staged_transaction_leaves_before_or_after() {
+    let out = exhaust(&Workload {
+        name: "staged",
+        dbs: &["staged", "bystander"],
+        setup: |vfs| {
+            bystander(vfs);
+            open(vfs, "staged")
+                .execute_batch(
+                    "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT);
+                     WITH RECURSIVE k(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM k WHERE i < 100)
+                     INSERT INTO t SELECT i, printf('%0500d', i) FROM k;",
+                )
+                .unwrap();
+        },
+        connect: |vfs| {
+            let c = open(vfs, "staged");
+            c.execute_batch("PRAGMA cache_size = 10").unwrap();
+            vec![c]
+        },
+        txn: |c| {
+            // About 300 KB of new rows and changes to old pages: several times the share.
+            c[0].execute_batch(
+                "BEGIN;
+                 WITH RECURSIVE k(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM k WHERE i < 300)
+                 INSERT INTO t(v) SELECT printf('%01000d', i) FROM k;
+                 UPDATE t SET v = 'changed ' || v WHERE id <= 40;
+                 DELETE FROM t WHERE id BETWEEN 60 AND 80;
+                 COMMIT;",
+            )
+        },
+        atomic_group: &[],
+        overlay_limit: Some(64 << 10),
+    });
+    let s = out.clean_stats[0];
+    assert_eq!((s.batch_commits, s.staged_commits), (1, 1), "{s}");
+    assert!(s.pages_staged > 16, "{s}");
 }
 
 /// (f) With `journal_mode=PERSIST` the journal outlives the transaction: SQLite zeroes
@@ -745,8 +884,9 @@ fn every_failed_kv_operation_with_a_persistent_size_limited_journal_leaves_befor
         connect: persist_connect,
         txn: persist_txn,
         atomic_group: &[],
+        overlay_limit: None,
     });
-    expect_journal_path(&out);
+    expect_stored_journal(&out);
 }
 
 fn persist_setup(vfs: &Vfs) {
@@ -813,6 +953,7 @@ fn every_failed_kv_operation_of_a_fetched_relaxed_commit_leaves_before_or_after(
             )
         },
         atomic_group: &[],
+        overlay_limit: None,
     });
     let s = out.clean_stats[0];
     assert_eq!(

@@ -55,9 +55,9 @@ fn one_database_has_one_name_whatever_path_opens_it() {
         conn.execute("INSERT INTO t VALUES (?1)", [i as i64 + 1])
             .unwrap();
     }
-    // A transaction big enough for the rollback journal, through a path: the journal is
-    // the one database's journal.
-    let conn = open(&vfs, "./test.db");
+    // A transaction with a stored rollback journal (journal_mode=DELETE), through a
+    // path: the journal is the one database's journal.
+    let conn = try_open_journaled(&vfs, "./test.db").unwrap();
     let before = stats(&vfs, "test.db").journal_commits;
     conn.execute_batch(SPILLING_INSERT).unwrap();
     assert_eq!(stats(&vfs, "./test.db").journal_commits, before + 1);

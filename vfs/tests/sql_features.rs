@@ -186,12 +186,13 @@ fn create_index_over_100_000_rows() {
     assert_eq!(integrity(&conn), "ok");
 }
 
-/// A transaction across two attached databases uses a super-journal (pager.c
-/// `sqlite3PagerCommitPhaseOne` with zSuper): both commit, and nothing is left behind.
+/// A transaction across two attached databases with stored journals (journal_mode=DELETE)
+/// uses a super-journal (pager.c `sqlite3PagerCommitPhaseOne` with zSuper): both commit,
+/// and nothing is left behind.
 #[test]
 fn attach_two_shoal_databases_and_commit_across_both() {
     let vfs = mem_vfs();
-    let conn = open(&vfs, "left");
+    let conn = try_open_journaled(&vfs, "left").unwrap();
     conn.execute_batch(
         "CREATE TABLE a(x);
          ATTACH 'right' AS r;

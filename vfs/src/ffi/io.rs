@@ -232,6 +232,7 @@ unsafe extern "C" fn x_file_control<V: VfsImpl>(
     let error_op = match op {
         sys::SQLITE_FCNTL_BEGIN_ATOMIC_WRITE => Op::BeginAtomic,
         sys::SQLITE_FCNTL_COMMIT_ATOMIC_WRITE => Op::CommitAtomic,
+        sys::SQLITE_FCNTL_SYNC => Op::Sync,
         _ => Op::Control,
     };
     let pragma_args = arg.cast::<*mut c_char>();
@@ -242,6 +243,8 @@ unsafe extern "C" fn x_file_control<V: VfsImpl>(
             sys::SQLITE_FCNTL_BEGIN_ATOMIC_WRITE => Control::BeginAtomicWrite,
             sys::SQLITE_FCNTL_COMMIT_ATOMIC_WRITE => Control::CommitAtomicWrite,
             sys::SQLITE_FCNTL_ROLLBACK_ATOMIC_WRITE => Control::RollbackAtomicWrite,
+            sys::SQLITE_FCNTL_SYNC => Control::Sync,
+            sys::SQLITE_FCNTL_COMMIT_PHASETWO => Control::CommitPhaseTwo,
             sys::SQLITE_FCNTL_PRAGMA => {
                 // SAFETY: for PRAGMA, `arg` is char*[3]: [out, name, value or NULL].
                 let args = unsafe { std::slice::from_raw_parts(pragma_args, 3) };
@@ -397,10 +400,10 @@ mod tests {
     use crate::VfsOptions;
     use crate::ffi::probe::Probe;
 
-    /// SQLite itself never leaves a stored file dirty at xClose (it unlocks first, and
-    /// the unlock writes back), so this drives the VFS table directly: a write left in
-    /// the overlay, the `Vfs` dropped, then a close whose write-back panics. The panic
-    /// poisons the database, and the store must still be free to serve again.
+    /// SQLite itself never leaves a journal dirty at xClose (it syncs first), so this
+    /// drives the VFS table directly: a journal write left in the overlay, the `Vfs`
+    /// dropped, then a close whose write-back panics. The panic poisons the database,
+    /// and the store must still be free to serve again.
     #[test]
     fn a_panic_in_the_last_close_still_frees_the_registration() {
         let faulty = Arc::new(FaultyKv::new(MemKv::new()));
@@ -413,10 +416,15 @@ mod tests {
         let vfs = crate::register(Arc::clone(&kv), options()).unwrap();
         let usage = vfs.usage();
         let flags = sys::SQLITE_OPEN_MAIN_DB | sys::SQLITE_OPEN_CREATE | sys::SQLITE_OPEN_READWRITE;
-        let (mut file, opened) = Probe::open(name, Some("db"), flags).unwrap();
+        let (main, opened) = Probe::open(name, Some("db"), flags).unwrap();
+        assert_eq!(opened, sys::SQLITE_OK);
+        let journal_flags =
+            sys::SQLITE_OPEN_MAIN_JOURNAL | sys::SQLITE_OPEN_CREATE | sys::SQLITE_OPEN_READWRITE;
+        let (mut file, opened) = Probe::open(name, Some("db-journal"), journal_flags).unwrap();
         assert_eq!(opened, sys::SQLITE_OK);
         let page = [7u8; 4096];
         assert_eq!(file.write(&page, 0), sys::SQLITE_OK);
+        assert_eq!(main.close(), sys::SQLITE_OK);
         drop(vfs);
         faulty.panic_from(FaultOp::Any, 1);
         assert_ne!(file.close(), sys::SQLITE_OK, "the write-back panicked");

@@ -155,6 +155,12 @@ pub enum Control<'a> {
     CommitAtomicWrite,
     /// SQLITE_FCNTL_ROLLBACK_ATOMIC_WRITE: forget the batch.
     RollbackAtomicWrite,
+    /// SQLITE_FCNTL_SYNC: sent right before xSync of a database file, or in its place
+    /// under `synchronous=OFF` (pager.c `sqlite3PagerSync`). An error is returned to
+    /// SQLite as an SQLITE_IOERR code; SQLITE_NOTFOUND (not an error) is fine.
+    Sync,
+    /// SQLITE_FCNTL_COMMIT_PHASETWO: a transaction committed, before the unlock.
+    CommitPhaseTwo,
     /// SQLITE_FCNTL_PRAGMA: the value as SQLite passes it (unquoted, any bytes).
     /// [`Reply::Text`] is the pragma's result; an error's message becomes the
     /// statement's error.

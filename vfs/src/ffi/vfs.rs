@@ -213,8 +213,7 @@ pub(crate) fn has_batch_atomic_write() -> bool {
 }
 
 /// Registers `state` with SQLite under `name` (not as the default VFS), reusing the
-/// registration of an earlier, dropped VFS of that name and type. The linked SQLite must
-/// have SQLITE_ENABLE_BATCH_ATOMIC_WRITE (shoal's commits are built on it).
+/// registration of an earlier, dropped VFS of that name and type.
 pub fn register<V: VfsImpl>(name: &str, state: Arc<V>) -> Result<RegisteredVfs<V>> {
     const {
         assert!(
@@ -222,9 +221,6 @@ pub fn register<V: VfsImpl>(name: &str, state: Arc<V>) -> Result<RegisteredVfs<V
             "SQLite aligns a sqlite3_file to 8 bytes only"
         );
     };
-    if !has_batch_atomic_write() {
-        return Err(Error::NoBatchAtomicWrite);
-    }
     let c_name =
         CString::new(name).map_err(|_| Error::cant_open(name, "a VFS name may not contain NUL"))?;
     let mut registry = REGISTRY.lock().unwrap_or_else(PoisonError::into_inner);

@@ -25,12 +25,17 @@ pub fn unique_name(prefix: &str) -> String {
 }
 
 pub fn vfs_over(backend: Arc<dyn KvStore>) -> Vfs {
+    vfs_with(backend, VfsOptions::default())
+}
+
+/// A VFS over `backend` with `options` (under a name of its own).
+pub fn vfs_with(backend: Arc<dyn KvStore>, options: VfsOptions) -> Vfs {
     let kv = Arc::new(Kv::open(backend).unwrap());
     shoal_vfs::register(
         kv,
         VfsOptions {
             name: unique_name("test"),
-            ..VfsOptions::default()
+            ..options
         },
     )
     .unwrap()
@@ -46,8 +51,17 @@ pub fn sled_vfs(dir: &Path) -> Vfs {
     vfs_over(Arc::new(SledKv::open(&config).unwrap()))
 }
 
-/// Opens `db` through `vfs` with the default flags (creating it).
+/// Opens `db` through `vfs` with the default flags (creating it) and, as the facade
+/// does, `journal_mode = MEMORY`.
 pub fn try_open(vfs: &Vfs, db: &str) -> rusqlite::Result<Connection> {
+    let conn = try_open_journaled(vfs, db)?;
+    conn.query_row("PRAGMA journal_mode = MEMORY", [], |_| Ok(()))?;
+    Ok(conn)
+}
+
+/// Opens `db` through `vfs` with SQLite's default journal mode (DELETE: a rollback
+/// journal stored in the kv).
+pub fn try_open_journaled(vfs: &Vfs, db: &str) -> rusqlite::Result<Connection> {
     Connection::open_with_flags_and_vfs(db, OpenFlags::default(), vfs.name())
 }
 
