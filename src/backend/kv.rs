@@ -300,7 +300,6 @@ fn open_kv(
             temp_limit: config.temp_limit(),
             overlay_limit: config.overlay_limit(),
             batch_atomic: config.batch_atomic,
-            ..shoal_vfs::VfsOptions::default()
         };
         match shoal_vfs::register(Arc::clone(&kv), options) {
             Err(shoal_vfs::Error::AlreadyRegistered(_)) => n += 1,
