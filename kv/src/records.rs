@@ -41,18 +41,9 @@ impl FileMeta {
         checksum::seal(&keys::meta_key(id, kind), v)
     }
 
-    /// Verifies and parses a value read under `meta_key(id, kind)`.
-    pub(crate) fn decode(id: DbId, kind: FileKind, value: Bytes) -> Result<FileMeta> {
-        let key = keys::meta_key(id, kind);
-        let payload = checksum::open(&key, value)?;
-        let corrupt = |reason: String| Error::Corrupt {
-            what: keys::describe(&key),
-            reason,
-        };
-        let (version, rest) = payload
-            .split_first()
-            .ok_or_else(|| corrupt("empty record".into()))?;
-        check_version(*version, &key)?;
+    /// The fields after a record's version byte (and state byte, for a staging record):
+    /// chunk size, size, generation, and nothing after them.
+    fn decode_fields(rest: &[u8], corrupt: impl Fn(String) -> Error) -> Result<FileMeta> {
         let (chunk_size, rest) = rest
             .split_first_chunk::<4>()
             .ok_or_else(|| corrupt("short record".into()))?;
@@ -70,6 +61,21 @@ impl FileMeta {
             size: u64::from_be_bytes(*size),
             generation: u64::from_be_bytes(*generation),
         })
+    }
+
+    /// Verifies and parses a value read under `meta_key(id, kind)`.
+    pub(crate) fn decode(id: DbId, kind: FileKind, value: Bytes) -> Result<FileMeta> {
+        let key = keys::meta_key(id, kind);
+        let payload = checksum::open(&key, value)?;
+        let corrupt = |reason: String| Error::Corrupt {
+            what: keys::describe(&key),
+            reason,
+        };
+        let (version, rest) = payload
+            .split_first()
+            .ok_or_else(|| corrupt("empty record".into()))?;
+        check_version(*version, &key)?;
+        FileMeta::decode_fields(rest, corrupt)
     }
 }
 
@@ -115,23 +121,7 @@ impl StageRecord {
             return Err(corrupt("short record".into()));
         };
         check_version(*version, &key)?;
-        let (chunk_size, rest) = rest
-            .split_first_chunk::<4>()
-            .ok_or_else(|| corrupt("short record".into()))?;
-        let (size, rest) = rest
-            .split_first_chunk::<8>()
-            .ok_or_else(|| corrupt("short record".into()))?;
-        let (generation, rest) = rest
-            .split_first_chunk::<8>()
-            .ok_or_else(|| corrupt("short record".into()))?;
-        if !rest.is_empty() {
-            return Err(corrupt(format!("{} trailing bytes", rest.len())));
-        }
-        let meta = FileMeta {
-            chunk_size: u32::from_be_bytes(*chunk_size),
-            size: u64::from_be_bytes(*size),
-            generation: u64::from_be_bytes(*generation),
-        };
+        let meta = FileMeta::decode_fields(rest, corrupt)?;
         match state {
             0 if meta == FileMeta::EMPTY => Ok(StageRecord::Staging),
             1 => Ok(StageRecord::Committed(meta)),
