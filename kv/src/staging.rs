@@ -256,7 +256,7 @@ mod tests {
 
     #[test]
     fn settling_removes_an_uncommitted_transaction_and_finishes_a_committed_one() {
-        let (kv, id, before) = setup();
+        let (kv, id, _) = setup();
         assert_eq!(kv.settle_staged(id).unwrap(), Settled::Nothing);
         let mut w = kv.file_write(id, FileKind::Staged);
         w.begin_staging().put_chunk(ChunkNo(0), vec![9; 8]);
@@ -291,7 +291,6 @@ mod tests {
                 .generation,
             2
         );
-        let _ = before;
     }
 
     #[test]

@@ -287,15 +287,10 @@ impl Inode {
             )
         };
         for (c, kind, within, pos, take) in from_kv {
-            let data = if kind == FileKind::Staged {
-                self.staged_chunk(kv, c, size, cs)?
-            } else {
-                let data = self.stored_chunk(kv, c, size, cs)?;
-                if c == 0 {
-                    self.remember_first_chunk(&data, generation);
-                }
-                data
-            };
+            let data = self.chunk_in(kv, kind, c, size, cs)?;
+            if c == 0 && kind == self.kind {
+                self.remember_first_chunk(&data, generation);
+            }
             let src = data
                 .get(within..within + take)
                 .ok_or_else(|| Error::corrupt(&self.name, "chunk shorter than the file"))?;
@@ -308,26 +303,6 @@ impl Inode {
         }
         DbCounters::add(&self.counters.bytes_read, n as u64);
         Ok(n)
-    }
-
-    /// A chunk of this transaction's staging area, checked for the length the file size
-    /// implies.
-    fn staged_chunk(&self, kv: &Kv, c: u32, size: u64, cs: u64) -> Result<Bytes> {
-        let expected = chunk_len(size, cs, u64::from(c));
-        match kv.read_chunk(self.id, FileKind::Staged, ChunkNo(c))? {
-            Some(data) if data.len() as u64 == expected => Ok(data),
-            Some(data) => Err(Error::corrupt(
-                &self.name,
-                format!(
-                    "staged chunk {c} is {} bytes where the file size implies {expected}",
-                    data.len()
-                ),
-            )),
-            None => Err(Error::corrupt(
-                &self.name,
-                format!("staged chunk {c} is missing"),
-            )),
-        }
     }
 
     /// Finishes a staged commit whose move into place failed earlier (see
@@ -346,8 +321,12 @@ impl Inode {
         Ok(())
     }
 
-    /// Brings the shared budget in line with this file's overlay.
+    /// Brings the shared budget in line with this file's overlay. Only a database's
+    /// overlay counts (a journal's is a write-back cache with its own limit).
     fn account(&self, st: &mut FileState) {
+        if self.kind != FileKind::Main {
+            return;
+        }
         if st.dirty_bytes >= st.accounted {
             self.budget
                 .used
@@ -375,19 +354,30 @@ impl Inode {
 
     /// A stored chunk, verified and checked for the length the file size implies.
     fn stored_chunk(&self, kv: &Kv, c: u32, size: u64, cs: u64) -> Result<Bytes> {
+        self.chunk_in(kv, self.kind, c, size, cs)
+    }
+
+    /// Chunk `c` as stored under `kind` (the file's own, or the staging area of its
+    /// transaction), checked for the length the file size implies.
+    fn chunk_in(&self, kv: &Kv, kind: FileKind, c: u32, size: u64, cs: u64) -> Result<Bytes> {
+        let what = if kind == FileKind::Staged {
+            "staged chunk"
+        } else {
+            "chunk"
+        };
         let expected = chunk_len(size, cs, u64::from(c));
-        match kv.read_chunk(self.id, self.kind, ChunkNo(c))? {
+        match kv.read_chunk(self.id, kind, ChunkNo(c))? {
             Some(data) if data.len() as u64 == expected => Ok(data),
             Some(data) => Err(Error::corrupt(
                 &self.name,
                 format!(
-                    "chunk {c} is {} bytes where the file size implies {expected}",
+                    "{what} {c} is {} bytes where the file size implies {expected}",
                     data.len()
                 ),
             )),
             None => Err(Error::corrupt(
                 &self.name,
-                format!("chunk {c} is missing inside the file"),
+                format!("{what} {c} is missing inside the file"),
             )),
         }
     }
@@ -487,22 +477,11 @@ impl Inode {
             return Ok(());
         }
         let mut write = kv.file_write(self.id, FileKind::Staged);
-        let mut staged = match st.staged.take() {
-            Some(staged) => staged,
-            None => {
-                write.begin_staging();
-                Staged::default()
-            }
-        };
-        if let Some(t) = staged.drop_from.take() {
-            write.drop_chunks_from(ChunkNo(t));
+        if st.staged.is_none() {
+            write.begin_staging();
         }
         let pages = st.dirty.len() as u64;
-        for (c, data) in std::mem::take(&mut st.dirty) {
-            write.put_chunk(ChunkNo(c), data);
-            staged.chunks.insert(c);
-        }
-        st.dirty_bytes = 0;
+        let staged = st.move_overlay_to(&mut write);
         self.account(st);
         st.staged = Some(staged);
         let applied = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| write.commit()));
@@ -556,11 +535,12 @@ impl Inode {
         let cs = u64::from(st.chunk_size);
         let mut v = Vec::with_capacity(usize_of(cs) + FileWrite::SPARE_CAPACITY);
         if u64::from(c) * cs < st.size {
-            if st.staged.as_ref().is_some_and(|s| s.chunks.contains(&c)) {
-                v.extend_from_slice(&self.staged_chunk(kv, c, st.size, cs)?);
+            let kind = if st.staged.as_ref().is_some_and(|s| s.chunks.contains(&c)) {
+                FileKind::Staged
             } else {
-                v.extend_from_slice(&self.stored_chunk(kv, c, st.size, cs)?);
-            }
+                self.kind
+            };
+            v.extend_from_slice(&self.chunk_in(kv, kind, c, st.size, cs)?);
         }
         Ok(v)
     }
@@ -668,15 +648,7 @@ impl Inode {
             generation: st.persisted.as_ref().map_or(0, |p| p.meta.generation) + 1,
         };
         let mut write = kv.file_write(self.id, FileKind::Staged);
-        let mut staged = st.staged.take().unwrap_or_default();
-        if let Some(t) = staged.drop_from.take() {
-            write.drop_chunks_from(ChunkNo(t));
-        }
-        for (c, data) in std::mem::take(&mut st.dirty) {
-            write.put_chunk(ChunkNo(c), data);
-            staged.chunks.insert(c);
-        }
-        st.dirty_bytes = 0;
+        let staged = st.move_overlay_to(&mut write);
         // The move drops every chunk past the new size; chunks truncated and grown
         // again are all rewritten (files have no holes), so they are staged.
         st.truncate_from = None;
@@ -865,6 +837,22 @@ impl FileState {
             Some(first) if c == 0 => Source::Bytes(first),
             _ => Source::Stored,
         }
+    }
+
+    /// Adds the overlay to `write` (a write of the staging area), after dropping the
+    /// staged chunks truncated away since the last one, and returns what is staged once
+    /// it applies. The overlay is left empty.
+    fn move_overlay_to(&mut self, write: &mut FileWrite<'_>) -> Staged {
+        let mut staged = self.staged.take().unwrap_or_default();
+        if let Some(t) = staged.drop_from.take() {
+            write.drop_chunks_from(ChunkNo(t));
+        }
+        for (c, data) in std::mem::take(&mut self.dirty) {
+            write.put_chunk(ChunkNo(c), data);
+            staged.chunks.insert(c);
+        }
+        self.dirty_bytes = 0;
+        staged
     }
 
     fn has_pending(&self) -> bool {

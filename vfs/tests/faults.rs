@@ -573,6 +573,51 @@ fn one(vfs: &Vfs, db: &str) -> Vec<Connection> {
     vec![open(vfs, db)]
 }
 
+/// A database of 100 rows of about 500 bytes, and a bystander.
+fn big_setup(vfs: &Vfs) {
+    bystander(vfs);
+    open(vfs, "big")
+        .execute_batch(
+            "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT);
+             WITH RECURSIVE k(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM k WHERE i < 100)
+             INSERT INTO t SELECT i, printf('%0500d', i) FROM k;",
+        )
+        .unwrap();
+}
+
+/// One connection to `big` with a 10-page cache, so that its transactions spill.
+fn big_connect(vfs: &Vfs) -> Vec<Connection> {
+    let c = open(vfs, "big");
+    c.execute_batch("PRAGMA cache_size = 10").unwrap();
+    vec![c]
+}
+
+/// About 300 KB of new rows, and changes to pages written long before.
+fn big_txn(c: &[Connection]) -> rusqlite::Result<()> {
+    c[0].execute_batch(
+        "BEGIN;
+         WITH RECURSIVE k(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM k WHERE i < 300)
+         INSERT INTO t(v) SELECT printf('%01000d', i) FROM k;
+         UPDATE t SET v = 'changed ' || v WHERE id <= 40;
+         DELETE FROM t WHERE id BETWEEN 60 AND 80;
+         COMMIT;",
+    )
+}
+
+/// Two databases `left` and `right` of 30 rows each, and a bystander.
+fn two_databases_setup(vfs: &Vfs) {
+    bystander(vfs);
+    for db in ["left", "right"] {
+        open(vfs, db)
+            .execute_batch(
+                "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT);
+                 WITH RECURSIVE k(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM k WHERE i < 30)
+                 INSERT INTO t SELECT i, printf('%0200d', i) FROM k;",
+            )
+            .unwrap();
+    }
+}
+
 /// (a) A small transaction on a non-empty database: its pages stay in memory until
 /// SQLITE_FCNTL_SYNC (pager.c `sqlite3PagerSync`, sent by `pager_commit_phase_one`),
 /// which commits them as one kv batch.
@@ -644,32 +689,9 @@ fn every_failed_kv_operation_of_a_spilling_transaction_leaves_before_or_after() 
     let out = exhaust(&Workload {
         name: "spill",
         dbs: &["big", "bystander"],
-        setup: |vfs| {
-            bystander(vfs);
-            open(vfs, "big")
-                .execute_batch(
-                    "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT);
-                     WITH RECURSIVE k(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM k WHERE i < 100)
-                     INSERT INTO t SELECT i, printf('%0500d', i) FROM k;",
-                )
-                .unwrap();
-        },
-        connect: |vfs| {
-            let c = open(vfs, "big");
-            c.execute_batch("PRAGMA cache_size = 10").unwrap();
-            vec![c]
-        },
-        txn: |c| {
-            // About 300 KB of new rows, and changes to pages written long before.
-            c[0].execute_batch(
-                "BEGIN;
-                 WITH RECURSIVE k(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM k WHERE i < 300)
-                 INSERT INTO t(v) SELECT printf('%01000d', i) FROM k;
-                 UPDATE t SET v = 'changed ' || v WHERE id <= 40;
-                 DELETE FROM t WHERE id BETWEEN 60 AND 80;
-                 COMMIT;",
-            )
-        },
+        setup: big_setup,
+        connect: big_connect,
+        txn: big_txn,
         atomic_group: &[],
         overlay_limit: None,
     });
@@ -688,18 +710,7 @@ fn every_failed_kv_operation_of_a_two_database_transaction_leaves_both_before_or
     let out = exhaust(&Workload {
         name: "super-journal",
         dbs: &["left", "right", "bystander"],
-        setup: |vfs| {
-            bystander(vfs);
-            for db in ["left", "right"] {
-                open(vfs, db)
-                    .execute_batch(
-                        "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT);
-                         WITH RECURSIVE k(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM k WHERE i < 30)
-                         INSERT INTO t SELECT i, printf('%0200d', i) FROM k;",
-                    )
-                    .unwrap();
-            }
-        },
+        setup: two_databases_setup,
         connect: |vfs| {
             let c = try_open_journaled(vfs, "left").unwrap();
             c.execute_batch(
@@ -752,18 +763,7 @@ fn every_failed_kv_operation_of_a_two_database_transaction_in_memory_mode_leaves
     let out = exhaust(&Workload {
         name: "two databases, MEMORY",
         dbs: &["left", "right", "bystander"],
-        setup: |vfs| {
-            bystander(vfs);
-            for db in ["left", "right"] {
-                open(vfs, db)
-                    .execute_batch(
-                        "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT);
-                         WITH RECURSIVE k(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM k WHERE i < 30)
-                         INSERT INTO t SELECT i, printf('%0200d', i) FROM k;",
-                    )
-                    .unwrap();
-            }
-        },
+        setup: two_databases_setup,
         connect: |vfs| {
             let c = open(vfs, "left");
             c.execute_batch("ATTACH 'right' AS r; PRAGMA r.journal_mode = MEMORY;")
@@ -835,33 +835,11 @@ fn every_failed_kv_operation_of_a_vacuum_leaves_before_or_after() {
 fn every_failed_kv_operation_of_a_staged_transaction_leaves_before_or_after() {
     let out = exhaust(&Workload {
         name: "staged",
-        dbs: &["staged", "bystander"],
-        setup: |vfs| {
-            bystander(vfs);
-            open(vfs, "staged")
-                .execute_batch(
-                    "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT);
-                     WITH RECURSIVE k(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM k WHERE i < 100)
-                     INSERT INTO t SELECT i, printf('%0500d', i) FROM k;",
-                )
-                .unwrap();
-        },
-        connect: |vfs| {
-            let c = open(vfs, "staged");
-            c.execute_batch("PRAGMA cache_size = 10").unwrap();
-            vec![c]
-        },
-        txn: |c| {
-            // About 300 KB of new rows and changes to old pages: several times the share.
-            c[0].execute_batch(
-                "BEGIN;
-                 WITH RECURSIVE k(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM k WHERE i < 300)
-                 INSERT INTO t(v) SELECT printf('%01000d', i) FROM k;
-                 UPDATE t SET v = 'changed ' || v WHERE id <= 40;
-                 DELETE FROM t WHERE id BETWEEN 60 AND 80;
-                 COMMIT;",
-            )
-        },
+        dbs: &["big", "bystander"],
+        setup: big_setup,
+        connect: big_connect,
+        // About 300 KB of new rows and changes to old pages: several times the share.
+        txn: big_txn,
         atomic_group: &[],
         overlay_limit: Some(64 << 10),
     });
