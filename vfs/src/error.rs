@@ -286,4 +286,8 @@ pub enum HeapRefused {
     /// `/proc/self/status`), so the call cannot be known to be alone.
     #[error("SQLite's heap is configured only where the process's thread count is known (Linux)")]
     ThreadCountUnknown,
+    /// This build has no arena of its own (feature `arena`; the loadable extension,
+    /// whose SQLite is its host's).
+    #[error("this build of shoal has no allocator arena for SQLite (feature `arena`)")]
+    NoArena,
 }

@@ -36,8 +36,12 @@
 #![deny(missing_docs)]
 #![deny(clippy::indexing_slicing)]
 
+#[cfg(feature = "extension")]
+mod deferred;
 mod durability;
 mod error;
+#[cfg(feature = "extension")]
+mod extension;
 #[allow(unsafe_code)]
 mod ffi;
 #[cfg(feature = "vfs")]
@@ -73,7 +77,8 @@ mod vfs;
 pub mod contract {
     pub use crate::ffi::probe::Probe;
     pub use crate::ffi::{
-        Control, FileImpl, LockLevel, RegisteredVfs, Reply, SyncFlags, VfsImpl, register,
+        Control, FileImpl, LockLevel, OpenParams, RegisteredVfs, Reply, SyncFlags, VfsImpl,
+        register,
     };
 }
 
@@ -83,6 +88,8 @@ use std::sync::Arc;
 #[cfg(feature = "vfs")]
 use shoal_kv::{EntryKind, Kv};
 
+#[cfg(feature = "extension")]
+pub use deferred::{BUDGET_ENV, DEFAULT_BUDGET_MB, STORE_ENV};
 pub use durability::Durability;
 pub use error::{Error, HeapRefused, Result};
 pub use names::refuse_as_database;

@@ -462,6 +462,80 @@ impl VfsState {
 pub(crate) enum FileHandle {
     Kv(KvHandle),
     Mem(MemFile),
+    /// A main database a store opened on first use could not serve (see `deferred.rs`).
+    #[cfg_attr(not(feature = "extension"), allow(dead_code))]
+    Refused(RefusedFile),
+}
+
+/// A database file whose open was refused after SQLite's xOpen had to succeed: it reads
+/// as an empty file, so that SQLite's open goes on to the point where the extension's
+/// connection set-up can report `reason` as the open's error, and fails everything else
+/// with it. (A failed xOpen reaches the host only as "unable to open database file".)
+#[derive(Debug)]
+pub(crate) struct RefusedFile {
+    reason: String,
+}
+
+impl RefusedFile {
+    #[cfg_attr(not(feature = "extension"), allow(dead_code))]
+    pub(crate) fn new(reason: String) -> RefusedFile {
+        RefusedFile { reason }
+    }
+
+    fn refusal<T>(&self) -> Result<T> {
+        Err(Error::Refused(self.reason.clone()))
+    }
+}
+
+impl FileImpl for RefusedFile {
+    fn read(&mut self, _buf: &mut [u8], _offset: u64) -> Result<usize> {
+        Ok(0)
+    }
+
+    fn write(&mut self, _data: &[u8], _offset: u64) -> Result<()> {
+        self.refusal()
+    }
+
+    fn truncate(&mut self, _size: u64) -> Result<()> {
+        self.refusal()
+    }
+
+    fn sync(&mut self, _flags: SyncFlags) -> Result<()> {
+        self.refusal()
+    }
+
+    fn file_size(&mut self) -> Result<u64> {
+        Ok(0)
+    }
+
+    fn lock(&mut self, _level: LockLevel) -> Result<bool> {
+        self.refusal()
+    }
+
+    fn unlock(&mut self, _level: LockLevel) -> Result<()> {
+        Ok(())
+    }
+
+    fn check_reserved_lock(&mut self) -> Result<bool> {
+        Ok(false)
+    }
+
+    fn control(&mut self, control: Control<'_>) -> Result<Reply> {
+        match control {
+            Control::Pragma { .. } => self.refusal(),
+            _ => Ok(Reply::NotFound),
+        }
+    }
+
+    fn device_characteristics(&self) -> i32 {
+        0
+    }
+
+    fn unfetch(&mut self, _offset: u64, _ptr: Option<*const u8>) {}
+
+    fn close(self) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// An open stored file.
@@ -493,6 +567,7 @@ impl FileHandle {
         match self {
             FileHandle::Kv(h) => h,
             FileHandle::Mem(m) => m,
+            FileHandle::Refused(r) => r,
         }
     }
 }
@@ -538,6 +613,7 @@ impl FileImpl for FileHandle {
         match self {
             FileHandle::Kv(h) => h.device_characteristics(),
             FileHandle::Mem(m) => m.device_characteristics(),
+            FileHandle::Refused(r) => r.device_characteristics(),
         }
     }
 
@@ -553,6 +629,7 @@ impl FileImpl for FileHandle {
         match self {
             FileHandle::Kv(h) => h.close(),
             FileHandle::Mem(m) => m.close(),
+            FileHandle::Refused(r) => r.close(),
         }
     }
 }

@@ -23,16 +23,7 @@ use crate::error::HeapRefused;
 use rusqlite::ffi as sys;
 use tikv_jemalloc_sys as je;
 
-/// Which heap SQLite allocates from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum SqliteHeap {
-    /// A jemalloc arena of its own, emptied back to the kernel by [`purge`].
-    OwnArena,
-    /// The heap SQLite was built with (the process's malloc): SQLite had already
-    /// initialised, or the arena could not be made.
-    Default,
-}
+pub use super::SqliteHeap;
 
 /// The arena index, once SQLite uses it: what [`current`] and [`purge`] read.
 static ARENA: OnceLock<Option<u32>> = OnceLock::new();

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use super::io::io_methods;
-use super::{FileSlot, LAST_ERROR, OpenFile, Registration, VfsImpl, c_str, catch};
+use super::{FileSlot, LAST_ERROR, OpenFile, OpenParams, Registration, VfsImpl, c_str, catch};
 use crate::error::{Error, Op};
 
 pub(super) fn vfs_table<V: VfsImpl>(
@@ -90,14 +90,22 @@ unsafe extern "C" fn x_open<V: VfsImpl>(
     catch(Op::Open, || {
         // SAFETY: SQLite passes the VFS it found registered.
         let reg = unsafe { registration::<V>(vfs) };
+        let raw_name = name;
         // SAFETY: SQLite's file name is NUL-terminated (or NULL for a temp file) and lives
         // until the file is closed.
         let name = unsafe { c_str(name) }?;
         // A new database (a new connection, or ATTACH) needs a live Vfs; the journals
         // and temp files of connections already open are served while it closes.
         let new_database = flags & sys::SQLITE_OPEN_MAIN_DB != 0;
+        let params = if new_database && name.is_some() {
+            // SAFETY: SQLite passed this name to xOpen for a main database; it lives
+            // until the file's xClose, past this call.
+            unsafe { OpenParams::of(raw_name) }
+        } else {
+            OpenParams::none()
+        };
         let (state, handle) = reg.serve(new_database, |state| {
-            let handle = state.open(name, flags)?;
+            let handle = state.open_with(name, flags, params)?;
             // Counted under the slot's lock, so a `Vfs` being dropped sees it.
             reg.open_files.fetch_add(1, Ordering::SeqCst);
             Ok((Arc::clone(state), handle))

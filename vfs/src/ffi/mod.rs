@@ -7,14 +7,34 @@
 //!   (`VfsImpl`, `FileImpl`) and the generic trampolines over it (`vfs.rs`, `traits.rs`,
 //!   `io.rs`, `methods.rs`, `probe.rs`).
 
+#[cfg(feature = "extension")]
+mod extension;
+#[cfg(feature = "arena")]
+pub(crate) mod heap;
+#[cfg(not(feature = "arena"))]
+#[path = "heap_none.rs"]
 pub(crate) mod heap;
 pub(crate) mod sqlite;
 #[cfg(feature = "vfs")]
 mod vfs;
 
+#[cfg(feature = "extension")]
+pub(crate) use vfs::register_as;
 #[cfg(feature = "vfs")]
 pub use vfs::{
-    Control, FileImpl, LockLevel, RegisteredVfs, Reply, SyncFlags, VfsImpl, probe, register,
+    Control, FileImpl, LockLevel, OpenParams, RegisteredVfs, Reply, SyncFlags, VfsImpl, probe,
+    register,
 };
 #[cfg(feature = "vfs")]
 pub(crate) use vfs::{has_batch_atomic_write, take_last_failure};
+
+/// Which heap SQLite allocates from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SqliteHeap {
+    /// A jemalloc arena of its own, emptied back to the kernel by `purge`.
+    OwnArena,
+    /// The heap SQLite was built with (the process's malloc): SQLite had already
+    /// initialised, the arena could not be made, or the build has none (feature `arena`).
+    Default,
+}

@@ -78,6 +78,7 @@ pub fn set_lookaside(conn: &Connection, slot_size: u32, slots: u32) -> Result<()
         what: "a lookaside slot count",
         code: sys::SQLITE_RANGE,
     })?;
+    #[cfg(not(feature = "extension"))]
     // SAFETY: LOOKASIDE takes (void* buffer, int size, int count); a NULL buffer makes
     // SQLite allocate it; the handle is valid while `conn` is borrowed.
     let rc = unsafe {
@@ -89,6 +90,9 @@ pub fn set_lookaside(conn: &Connection, slot_size: u32, slots: u32) -> Result<()
             count,
         )
     };
+    // A loaded extension's binding of sqlite3_db_config takes one int argument only.
+    #[cfg(feature = "extension")]
+    let rc = super::extension::set_lookaside(handle(conn), size, count);
     if rc != sys::SQLITE_OK {
         return Err(Error::Sqlite {
             what: "setting lookaside",

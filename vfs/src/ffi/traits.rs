@@ -9,7 +9,11 @@
 //! method is caught at the boundary and answers the method's own `SQLITE_IOERR_*` code
 //! (`SQLITE_CANTOPEN` for xOpen); it never unwinds into SQLite.
 
+use std::ffi::{CStr, CString, c_char};
+use std::marker::PhantomData;
 use std::sync::Arc;
+
+use rusqlite::ffi as sys;
 
 use crate::error::Result;
 pub use crate::lock::LockLevel;
@@ -33,6 +37,18 @@ pub trait VfsImpl: Send + Sync + Sized + 'static {
     /// xClose. `SQLITE_OPEN_WAL` files must be refused (there is no shared memory; see
     /// [`FileImpl`]).
     fn open(self: &Arc<Self>, name: Option<&str>, flags: i32) -> Result<Self::File>;
+
+    /// xOpen with the URI parameters of the name (`file:a?store=/x` gives `store`), for a
+    /// VFS configured per database. By default the parameters are ignored.
+    fn open_with(
+        self: &Arc<Self>,
+        name: Option<&str>,
+        flags: i32,
+        params: OpenParams<'_>,
+    ) -> Result<Self::File> {
+        let _ = params;
+        self.open(name, flags)
+    }
 
     /// xDelete. A name that does not exist is `Error::NoSuchFile`, which becomes
     /// `SQLITE_IOERR_DELETE_NOENT` (what SQLite expects for a journal already gone).
@@ -199,3 +215,62 @@ pub enum Reply {
     /// SQLITE_OK with a number in the op's argument.
     Int(i64),
 }
+
+/// The URI parameters SQLite keeps beside the name it passes xOpen for a main database
+/// (`file:actor-1?store=/x&budget_mb=64` has `store` and `budget_mb`). Empty for other
+/// files and for names opened without SQLITE_OPEN_URI.
+#[derive(Clone, Copy)]
+pub struct OpenParams<'a> {
+    /// SQLite's name, or NULL for none.
+    filename: *const c_char,
+    _name: PhantomData<&'a CStr>,
+}
+
+impl std::fmt::Debug for OpenParams<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OpenParams").finish_non_exhaustive()
+    }
+}
+
+impl<'a> OpenParams<'a> {
+    /// No parameters.
+    pub fn none() -> OpenParams<'static> {
+        OpenParams {
+            filename: std::ptr::null(),
+            _name: PhantomData,
+        }
+    }
+
+    /// The parameters of `filename`.
+    ///
+    /// # Safety
+    /// `filename` must be NULL or the name SQLite passed xOpen for a main database file,
+    /// valid for `'a` (SQLite keeps it until the file's xClose).
+    pub(crate) unsafe fn of(filename: *const c_char) -> OpenParams<'a> {
+        OpenParams {
+            filename,
+            _name: PhantomData,
+        }
+    }
+
+    /// The value of parameter `key`, if the name has it (and it is UTF-8).
+    pub fn get(&self, key: &str) -> Option<&'a str> {
+        if self.filename.is_null() {
+            return None;
+        }
+        let key = CString::new(key).ok()?;
+        // SAFETY: `filename` is a main database's name from xOpen (the contract of `of`);
+        // sqlite3_uri_parameter only reads it and the NUL-terminated key.
+        let value = unsafe { sys::sqlite3_uri_parameter(self.filename, key.as_ptr()) };
+        if value.is_null() {
+            return None;
+        }
+        // SAFETY: SQLite returns a NUL-terminated string inside the name's own memory,
+        // which lives for 'a.
+        unsafe { CStr::from_ptr(value) }.to_str().ok()
+    }
+}
+
+// SAFETY: the name is immutable memory SQLite keeps until the file's xClose; reading it
+// from another thread is fine.
+unsafe impl Send for OpenParams<'_> {}

@@ -49,7 +49,7 @@ use parking_lot::RwLock;
 
 use rusqlite::ffi as sys;
 
-pub use traits::{Control, FileImpl, LockLevel, Reply, SyncFlags, VfsImpl};
+pub use traits::{Control, FileImpl, LockLevel, OpenParams, Reply, SyncFlags, VfsImpl};
 
 use crate::error::{Error, Op, Result, io_code, panic_message, sqlite_code};
 
@@ -184,6 +184,27 @@ impl<V: VfsImpl> RegisteredVfs<V> {
         self.reg.name.to_str().unwrap_or_default()
     }
 
+    /// Makes this VFS SQLite's default (registering a VFS again moves it to the front).
+    #[cfg_attr(not(feature = "extension"), allow(dead_code))]
+    pub(crate) fn make_default(&self) -> Result<()> {
+        // SAFETY: the table is registered and leaked, so it lives for the process;
+        // SQLite relinks it under its own mutex.
+        let rc = unsafe { sys::sqlite3_vfs_register(self.reg.table(), 1) };
+        if rc != sys::SQLITE_OK {
+            return Err(Error::Sqlite {
+                what: "making the VFS the default",
+                code: rc,
+            });
+        }
+        Ok(())
+    }
+
+    /// Whether `vfs` is this registration's table (SQLite's pointer for a file's VFS).
+    #[cfg_attr(not(feature = "extension"), allow(dead_code))]
+    pub(crate) fn is_table(&self, vfs: *const sys::sqlite3_vfs) -> bool {
+        std::ptr::eq(self.reg.table(), vfs)
+    }
+
     /// Files open through this name now (journals and temp files included).
     pub fn open_files(&self) -> usize {
         self.reg.open_files.load(Ordering::SeqCst)
@@ -215,6 +236,16 @@ pub(crate) fn has_batch_atomic_write() -> bool {
 /// Registers `state` with SQLite under `name` (not as the default VFS), reusing the
 /// registration of an earlier, dropped VFS of that name and type.
 pub fn register<V: VfsImpl>(name: &str, state: Arc<V>) -> Result<RegisteredVfs<V>> {
+    register_as(name, state, false)
+}
+
+/// [`register`], and as SQLite's default VFS if `make_default` (what an open uses when it
+/// names no VFS).
+pub(crate) fn register_as<V: VfsImpl>(
+    name: &str,
+    state: Arc<V>,
+    make_default: bool,
+) -> Result<RegisteredVfs<V>> {
     const {
         assert!(
             std::mem::align_of::<FileSlot<V>>() <= 8,
@@ -234,7 +265,11 @@ pub fn register<V: VfsImpl>(name: &str, state: Arc<V>) -> Result<RegisteredVfs<V
             return Err(Error::AlreadyRegistered(name.to_owned()));
         }
         *slot = Slot::Open(Arc::clone(&state));
-        return Ok(RegisteredVfs { reg, state });
+        let registered = RegisteredVfs { reg, state };
+        if make_default {
+            registered.make_default()?;
+        }
+        return Ok(registered);
     }
     let name_ptr = c_name.as_ptr();
     // SAFETY: `name` is NUL-terminated and outlives the call.
@@ -263,7 +298,7 @@ pub fn register<V: VfsImpl>(name: &str, state: Arc<V>) -> Result<RegisteredVfs<V
     // pAppData lets trampolines find the registration.
     unsafe { (*table).pAppData = std::ptr::from_ref(reg).cast_mut().cast() };
     // SAFETY: the table is fully initialised and, leaked, lives for the process.
-    let rc = unsafe { sys::sqlite3_vfs_register(table, 0) };
+    let rc = unsafe { sys::sqlite3_vfs_register(table, c_int::from(make_default)) };
     if rc != sys::SQLITE_OK {
         // SQLite holds no pointer to the table; it stays leaked, unused, and releases
         // the state (a rare, small leak).
@@ -325,9 +360,21 @@ unsafe fn c_str<'a>(ptr: *const c_char) -> Result<Option<&'a str>> {
         .map_err(|_| Error::cant_open(&s.to_string_lossy(), "file names must be UTF-8"))
 }
 
-/// A copy of `text` allocated with sqlite3_malloc, for SQLite to free.
-fn sqlite_string(text: &str) -> *mut c_char {
+/// A copy of `text` allocated with sqlite3_malloc, for SQLite to free; NULL if SQLite is
+/// out of memory. (Not sqlite3_mprintf: a loadable extension cannot call C varargs
+/// through SQLite's API table from Rust.)
+pub(crate) fn sqlite_string(text: &str) -> *mut c_char {
     let text = CString::new(text.replace('\0', " ")).unwrap_or_default();
-    // SAFETY: "%s" with one NUL-terminated argument; SQLite copies it.
-    unsafe { sys::sqlite3_mprintf(c"%s".as_ptr(), text.as_ptr()) }
+    let bytes = text.as_bytes_with_nul();
+    let Ok(len) = u64::try_from(bytes.len()) else {
+        return std::ptr::null_mut();
+    };
+    // SAFETY: sqlite3_malloc64 takes any size and returns NULL or that many bytes.
+    let out = unsafe { sys::sqlite3_malloc64(len) }.cast::<u8>();
+    if !out.is_null() {
+        // SAFETY: `out` has `bytes.len()` writable bytes, a fresh allocation that cannot
+        // overlap `bytes`.
+        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), out, bytes.len()) };
+    }
+    out.cast()
 }
