@@ -297,12 +297,6 @@ pub struct Config {
     /// Per-connection tuning (not applied to [`Backing::Files`], which keeps SQLite's
     /// defaults on purpose).
     pub actor: ActorTuning,
-    /// Commit through SQLite's batch-atomic interface as well (the VFS advertises
-    /// SQLITE_IOCAP_BATCH_ATOMIC; needs a SQLite built with
-    /// SQLITE_ENABLE_BATCH_ATOMIC_WRITE). Off: every commit is one batch without it. Kept
-    /// to measure the two paths against each other (`shoal bench --batch-atomic`).
-    #[doc(hidden)]
-    pub batch_atomic: bool,
 }
 
 impl Default for Config {
@@ -315,7 +309,6 @@ impl Default for Config {
             max_waking: std::thread::available_parallelism().map_or(4, |n| n.get() * 2),
             durability: Durability::Full,
             actor: ActorTuning::default(),
-            batch_atomic: false,
         }
     }
 }

@@ -60,10 +60,6 @@ pub struct BenchArgs {
     /// Actors woken by `coldwake`.
     #[arg(long, default_value_t = 200)]
     cold_actors: usize,
-    /// Commit shoal's actors through SQLite's batch-atomic interface too (the path
-    /// commits took before they needed no special build), to compare the two.
-    #[arg(long)]
-    batch_atomic: bool,
     /// Mass-wake sizes for `wake`.
     #[arg(long, value_delimiter = ',', default_values_t = [1000usize, 10000])]
     wake_actors: Vec<usize>,
@@ -100,7 +96,6 @@ pub fn bench(store_dir: &Path, args: &BenchArgs) -> anyhow::Result<()> {
     let _ = std::fs::remove_dir_all(&scratch);
     std::fs::create_dir_all(&scratch)
         .with_context(|| format!("cannot create {}", scratch.display()))?;
-    BATCH_ATOMIC.store(args.batch_atomic, Ordering::Relaxed);
     let result = match args.name {
         BenchName::Wake => wake(store_dir, args),
         BenchName::Commits => commits(&scratch, args),
@@ -121,16 +116,12 @@ pub fn bench(store_dir: &Path, args: &BenchArgs) -> anyhow::Result<()> {
 /// alike (2 MB).
 const CACHE: &str = "PRAGMA cache_size = -2000;";
 
-/// `--batch-atomic`, for every store a benchmark opens.
-static BATCH_ATOMIC: AtomicBool = AtomicBool::new(false);
-
 fn kv_store(dir: &Path, durability: Durability) -> anyhow::Result<Store> {
-    let mut config = Config::default()
+    let config = Config::default()
         .with_backing(Backing::DEFAULT)
         .with_kv_engine(KvEngine::Fjall)
         .with_durability(durability)
         .with_max_awake(Some(100_000));
-    config.batch_atomic = BATCH_ATOMIC.load(Ordering::Relaxed);
     Ok(Store::open(dir, config)?)
 }
 

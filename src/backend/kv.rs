@@ -299,7 +299,6 @@ fn open_kv(
             durability,
             temp_limit: config.temp_limit(),
             overlay_limit: config.overlay_limit(),
-            batch_atomic: config.batch_atomic,
         };
         match shoal_vfs::register(Arc::clone(&kv), options) {
             Err(shoal_vfs::Error::AlreadyRegistered(_)) => n += 1,

@@ -46,12 +46,6 @@ pub enum Error {
     /// Another VFS already serves this kv (one writer per store: each keeps state in memory).
     #[error("another shoal VFS already serves this store; drop it first")]
     KvInUse,
-    /// The linked SQLite lacks a compile option shoal depends on.
-    #[error(
-        "the linked SQLite was built without SQLITE_ENABLE_BATCH_ATOMIC_WRITE, so every commit \
-         would go through a rollback journal; build it with that flag (see .cargo/config.toml)"
-    )]
-    NoBatchAtomicWrite,
     /// A file would grow past what the chunk numbering can address.
     #[error("{file} would grow past {max} bytes")]
     TooLarge {

@@ -67,6 +67,12 @@ pub(crate) fn register(make_default: bool) -> Result<&'static RegisteredVfs<Defe
 pub(crate) fn set_up(conn: &Connection, shoal_database: bool) -> rusqlite::Result<()> {
     add_functions(conn)?;
     if shoal_database {
+        // No lookaside, as the library's connections (Config's lookaside_slots is 0):
+        // SQLite's default preallocates 120 KB per connection, most of it touched by the
+        // time a mass wake's actors have run one query each. Only possible while none of
+        // it is in use, so before the pragma below reads the schema; a connection the
+        // host already used keeps its lookaside.
+        let _ = crate::sqlite::set_lookaside(conn, 0, 0);
         conn.query_row("PRAGMA main.journal_mode = MEMORY", [], |_| Ok(()))?;
     }
     Ok(())
@@ -249,7 +255,6 @@ fn open_store(request: &StoreRequest) -> Result<(Arc<Kv>, VfsOptions)> {
         durability: Durability::Full,
         temp_limit: budget / 8,
         overlay_limit: (budget / 16).max(1 << 20),
-        batch_atomic: false,
     };
     Ok((kv, options))
 }

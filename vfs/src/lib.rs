@@ -126,13 +126,6 @@ pub struct VfsOptions {
     /// [`DEFAULT_OVERLAY_LIMIT`]). A transaction of any size commits atomically either
     /// way; a larger one past this share writes its pages twice.
     pub overlay_limit: u64,
-    /// Advertise SQLITE_IOCAP_BATCH_ATOMIC, so that a SQLite built with
-    /// SQLITE_ENABLE_BATCH_ATOMIC_WRITE wraps each commit's page writes in its atomic
-    /// write calls (default off: commits need no such build, see docs/design.md). Kept
-    /// to measure the two paths against each other; registration fails where the linked
-    /// SQLite lacks the flag.
-    #[doc(hidden)]
-    pub batch_atomic: bool,
 }
 
 /// The overlay limit of [`VfsOptions::default`]: 16 MiB.
@@ -151,7 +144,6 @@ impl Default for VfsOptions {
             durability: Durability::Full,
             temp_limit: DEFAULT_TEMP_LIMIT,
             overlay_limit: DEFAULT_OVERLAY_LIMIT,
-            batch_atomic: false,
         }
     }
 }
@@ -198,9 +190,6 @@ impl StoreUsage {
 /// VFS already serves `kv`. Any SQLite build works: commits need no compile-time flag.
 #[cfg(feature = "vfs")]
 pub fn register(kv: Arc<Kv>, options: VfsOptions) -> Result<Vfs> {
-    if options.batch_atomic && !ffi::has_batch_atomic_write() {
-        return Err(Error::NoBatchAtomicWrite);
-    }
     // The VFS keeps what it wrote in memory (file sizes, the database header, whether a
     // journal exists), which is right only while it is the store's one writer.
     let claim = kv.claim().ok_or(Error::KvInUse)?;
@@ -218,12 +207,6 @@ pub fn register(kv: Arc<Kv>, options: VfsOptions) -> Result<Vfs> {
 #[cfg(feature = "vfs")]
 pub fn take_last_failure() -> Option<(i32, String)> {
     ffi::take_last_failure()
-}
-
-/// Whether the linked SQLite was built with `SQLITE_ENABLE_BATCH_ATOMIC_WRITE`.
-#[cfg(feature = "vfs")]
-pub fn sqlite_has_batch_atomic_write() -> bool {
-    ffi::has_batch_atomic_write()
 }
 
 #[cfg(feature = "vfs")]

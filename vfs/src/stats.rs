@@ -41,8 +41,7 @@ macro_rules! counters {
 }
 
 counters! {
-    /// Transactions committed as one atomic kv batch (at SQLITE_FCNTL_SYNC, or
-    /// SQLITE_FCNTL_COMMIT_ATOMIC_WRITE where the batch-atomic path is on).
+    /// Transactions committed as one atomic kv batch (at SQLITE_FCNTL_SYNC).
     batch_commits,
     /// Of those, transactions larger than their memory share, committed through the
     /// staging area (one commit batch, then their pages moved into place).
@@ -52,8 +51,6 @@ counters! {
     /// Transactions that ended without committing: their pages were dropped from memory
     /// (and from the staging area) without ever reaching the database's keys.
     rollbacks,
-    /// Atomic batches SQLite abandoned (ROLLBACK_ATOMIC_WRITE after a failed commit).
-    batch_rollbacks,
     /// Syncs of the database file that made directly written pages durable: commits
     /// through the rollback journal, and rollbacks played back from one.
     journal_commits,

@@ -62,8 +62,6 @@ pub(crate) struct VfsState {
     pub(crate) temp: Arc<TempSpace>,
     /// The memory every open transaction's overlay shares (see `file.rs`).
     pub(crate) overlay: Arc<OverlayBudget>,
-    /// Whether files advertise SQLITE_IOCAP_BATCH_ATOMIC (see [`crate::VfsOptions`]).
-    batch_atomic: bool,
 }
 
 /// What poisoned a database.
@@ -92,7 +90,6 @@ impl VfsState {
             any_poisoned: AtomicBool::new(false),
             temp: TempSpace::new(options.temp_limit),
             overlay: OverlayBudget::new(options.overlay_limit),
-            batch_atomic: options.batch_atomic,
         }
     }
 
@@ -704,15 +701,12 @@ impl FileImpl for KvHandle {
 
     /// Only what this VFS honours: a write never disturbs bytes outside it, and an
     /// append never shows a size without its data (nothing reaches the kv before the
-    /// commit, and the commit is one batch). SQLITE_IOCAP_BATCH_ATOMIC only where the
-    /// batch-atomic path is asked for ([`crate::VfsOptions::batch_atomic`]).
+    /// commit, and the commit is one batch). Not SQLITE_IOCAP_BATCH_ATOMIC: measured, a
+    /// SQLite built with SQLITE_ENABLE_BATCH_ATOMIC_WRITE committing through its atomic
+    /// writes was no faster than the one path every build takes (docs/BENCHMARKS.md,
+    /// "One commit path"), so SQLite is never asked to use them.
     fn device_characteristics(&self) -> i32 {
-        let batch = if self.vfs.batch_atomic {
-            ffi::SQLITE_IOCAP_BATCH_ATOMIC
-        } else {
-            0
-        };
-        batch | ffi::SQLITE_IOCAP_POWERSAFE_OVERWRITE | ffi::SQLITE_IOCAP_SAFE_APPEND
+        ffi::SQLITE_IOCAP_POWERSAFE_OVERWRITE | ffi::SQLITE_IOCAP_SAFE_APPEND
     }
 
     /// A pointer into a stored page, kept alive in `lent` until xUnfetch; `None` lets
@@ -883,16 +877,6 @@ impl KvHandle {
     fn answer(&mut self, control: Control<'_>) -> Result<Reply> {
         let main = self.inode.kind == FileKind::Main;
         Ok(match control {
-            Control::BeginAtomicWrite if main => {
-                self.fetched.clear();
-                self.inode.begin_batch(self.kv())?;
-                Reply::Done
-            }
-            Control::CommitAtomicWrite if main => {
-                self.inode.commit_batch(self.kv())?;
-                self.committed = true;
-                Reply::Done
-            }
             Control::Sync if main => {
                 self.fetched.clear();
                 self.commit()?;
@@ -903,10 +887,6 @@ impl KvHandle {
             // is stored now, as its own batch.
             Control::CommitPhaseTwo if main => {
                 self.inode.flush(self.kv())?;
-                Reply::Done
-            }
-            Control::RollbackAtomicWrite if main => {
-                self.inode.rollback_batch();
                 Reply::Done
             }
             Control::Pragma { name, value } if main => match pragma::classify(name, value) {

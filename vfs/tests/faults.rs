@@ -33,13 +33,6 @@ use shoal_kv::raw::{self, Batch, keys, records::decode_u64};
 use shoal_kv::{EntryKind, FaultOp, FaultyKv, KvStore, MemKv};
 use shoal_vfs::{DbStats, Vfs};
 
-/// The linked SQLite is the build `.ci/run` asked for (see `commits.rs`).
-#[test]
-fn the_linked_sqlite_is_the_build_asked_for() {
-    let without = std::env::var_os("SHOAL_EXPECT_NO_BATCH_ATOMIC").is_some();
-    assert_eq!(shoal_vfs::sqlite_has_batch_atomic_write(), !without);
-}
-
 // ---- no panics, anywhere ----
 
 /// Every panic of the process, with the name of the thread it happened on. The VFS

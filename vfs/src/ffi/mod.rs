@@ -21,12 +21,12 @@ mod vfs;
 #[cfg(feature = "extension")]
 pub(crate) use vfs::register_as;
 #[cfg(feature = "vfs")]
+pub(crate) use vfs::take_last_failure;
+#[cfg(feature = "vfs")]
 pub use vfs::{
     Control, FileImpl, LockLevel, OpenParams, RegisteredVfs, Reply, SyncFlags, VfsImpl, probe,
     register,
 };
-#[cfg(feature = "vfs")]
-pub(crate) use vfs::{has_batch_atomic_write, take_last_failure};
 
 /// Which heap SQLite allocates from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

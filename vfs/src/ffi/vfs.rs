@@ -227,12 +227,6 @@ impl<V: VfsImpl> Drop for RegisteredVfs<V> {
     }
 }
 
-/// Checks that the linked SQLite was built with SQLITE_ENABLE_BATCH_ATOMIC_WRITE.
-pub(crate) fn has_batch_atomic_write() -> bool {
-    // SAFETY: the argument is a NUL-terminated string; the call only reads it.
-    unsafe { sys::sqlite3_compileoption_used(c"ENABLE_BATCH_ATOMIC_WRITE".as_ptr()) != 0 }
-}
-
 /// Registers `state` with SQLite under `name` (not as the default VFS), reusing the
 /// registration of an earlier, dropped VFS of that name and type.
 pub fn register<V: VfsImpl>(name: &str, state: Arc<V>) -> Result<RegisteredVfs<V>> {
