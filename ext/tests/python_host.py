@@ -431,6 +431,20 @@ def test_errors_in_process(r, st):
             "%s: %s" % (type(e).__name__, e),
             "shoal_last_error(): %r" % le,
         )
+    # ATTACH of a database the store cannot serve fails too (SQLite's own text is generic;
+    # shoal_last_error() on the same thread has the reason), and nothing reads it as empty.
+    try:
+        st["conn"].execute("ATTACH ? AS elsewhere", (other,))
+        r.check("ATTACH of another store is an error", False, "it attached")
+        st["conn"].execute("DETACH elsewhere")
+    except sqlite3.Error as e:
+        le = last_error(st["loader"])
+        print("#   ATTACH error: %s; shoal_last_error(): %r" % (e, le))
+        r.check(
+            "ATTACH of another store is an error that shoal_last_error() explains",
+            "one store per process" in str(le or ""),
+            "%s; shoal_last_error(): %r" % (e, le),
+        )
     r.eq(
         "the process's own store still works after the refused open",
         one(st["conn"], "SELECT count(*) FROM t"),

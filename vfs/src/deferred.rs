@@ -197,7 +197,7 @@ impl VfsImpl for DeferredVfs {
             return state.open(name, flags);
         }
         let opened = self.serve(params).and_then(|state| state.open(name, flags));
-        Ok(opened.unwrap_or_else(|e| FileHandle::Refused(RefusedFile::new(format!("shoal: {e}")))))
+        Ok(opened.unwrap_or_else(|e| FileHandle::Refused(RefusedFile::new(e.to_string()))))
     }
 
     fn delete(&self, name: &str) -> Result<()> {

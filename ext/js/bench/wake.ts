@@ -1,5 +1,5 @@
 // The mass-wake benchmark under Bun (bun:sqlite), shoal against one plain file per actor.
-//   bun bench/wake.ts populate --dir DIR [--actors 1000] [--rows 300] [--bytes 1024]
+//   bun bench/wake.ts populate --dir DIR [--actors 1000] [--rows 300] [--bytes 1024] [--page-size 4096]
 //   bun bench/wake.ts wake --dir DIR --variant shoal|files|memory [--budget MB] [--actors N]
 //                          [--cache-size N]   (PRAGMA cache_size = N right after each open)
 //   bun bench/wake.ts report RESULTS.jsonl
@@ -69,7 +69,8 @@ const SCHEMA = [
   'CREATE INDEX t_k ON t(k)',
 ];
 
-function fill(db: Database, rows: number, bytes: number, seed: number) {
+function fill(db: Database, rows: number, bytes: number, seed: number, pageSize: number) {
+  db.run(`PRAGMA page_size = ${pageSize}`); // before the first table: a new database's page size
   db.run('BEGIN');
   for (const s of SCHEMA) db.run(s);
   const ins = db.prepare('INSERT INTO t(id, k, body) VALUES (?, ?, ?)');
@@ -83,7 +84,9 @@ function populate() {
   const actors = Number(opt.actors ?? 1000);
   const rows = Number(opt.rows ?? 300);
   const bytes = Number(opt.bytes ?? 1024);
-  const params = { actors, rows, bytes };
+  const pageSize = Number(opt['page-size'] ?? 4096);
+  // SQLite's default page size is left out, so populations made before the option match.
+  const params = pageSize === 4096 ? { actors, rows, bytes } : { actors, rows, bytes, pageSize };
   const marker = join(dir, 'populated.json');
   if (existsSync(marker) && JSON.stringify(JSON.parse(readFileSync(marker, 'utf8')).params) === JSON.stringify(params)) {
     console.log(`populate: ${dir} already holds ${JSON.stringify(params)}`);
@@ -103,14 +106,14 @@ function populate() {
   let t0 = performance.now();
   for (let i = 0; i < actors; i++) {
     const db = new Database(shoalUri(store, actorName(i)), URI_FLAGS);
-    fill(db, rows, bytes, i);
+    fill(db, rows, bytes, i, pageSize);
     db.close();
   }
   const shoalS = (performance.now() - t0) / 1000;
   t0 = performance.now();
   for (let i = 0; i < actors; i++) {
     const db = new Database(join(dir, 'files', `${actorName(i)}.db`), { create: true, readwrite: true });
-    fill(db, rows, bytes, i);
+    fill(db, rows, bytes, i, pageSize);
     db.close();
   }
   const filesS = (performance.now() - t0) / 1000;

@@ -323,6 +323,8 @@ unsafe extern "C" fn set_up_connection(
     }));
     let message = match outcome {
         Ok(Ok(())) => return sys::SQLITE_OK,
+        // A refused database's reason, as its pragma failed: say whose it is.
+        Ok(Err(message)) if !message.starts_with("shoal") => format!("shoal: {message}"),
         Ok(Err(message)) => message,
         Err(panic) => format!(
             "shoal: panic while setting up a connection: {}",
