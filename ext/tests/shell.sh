@@ -609,6 +609,33 @@ else
 fi
 
 # ---------------------------------------------------------------- errors
+# open_refused NAME URI: a shell that loads the extension and opens URI (after the marker
+# "--vfs_after_open", it reads the schema, as an open that worked would let it).
+open_refused() {
+    sq "$1" <<EOF
+.load "$EXT"
+.open "$2"
+.print --vfs_after_open
+.vfsinfo
+SELECT 'schema=' || count(*) FROM sqlite_schema;
+EOF
+}
+
+# expect_refused NAME WHAT [PATTERN]: NAME's run has no shoal database open after its
+# marker, and its output a shoal: error (matching PATTERN too, if given).
+expect_refused() {
+    local name=$1 what=$2 pattern=${3:-shoal:} text
+    text=$(cat "$T/$name.err" "$T/$name.out")
+    text=${text//file:actor-1?vfs=shoal/}
+    if ! opened_shoal "$name" && grep -q 'shoal:' <<<"$text" && grep -Eqi "$pattern" <<<"$text"; then
+        ok "$what"
+    else
+        notok "$what"
+        show "$name"
+    fi
+    echo "#   error: $(grep -m1 -i 'error' "$T/$name.err" || echo '(none)')"
+}
+
 sq twostores <<EOF
 .load "$EXT"
 .open "$A1"
@@ -617,38 +644,14 @@ SELECT 'count=' || count(*) FROM t;
 .print --vfs_after_open
 .vfsinfo
 SELECT 'schema=' || count(*) FROM sqlite_schema;
-.print --last_error
-SELECT shoal_last_error();
 EOF
-text=$(cat "$T/twostores.err" "$T/twostores.out")
-if [[ $(val twostores count) == 4005 ]] && ! opened_shoal twostores && grep -q 'shoal:' <<<"$text"; then
-    ok "a second store in the same process is a shoal error"
-else
-    notok "a second store in the same process is a shoal error"
-    show twostores
-fi
-echo "#   error: $(grep -m1 -i 'error' "$T/twostores.err" || echo '(none)')"
+check_eq "the process's store read before the second store was asked for" \
+    "$(val twostores count)" 4005 twostores
+expect_refused twostores "a second store in the same process is a shoal error"
 
 mkdir "$T/cwd"
-(cd "$T/cwd" && sq nostore <<EOF
-.load "$EXT"
-.open "file:actor-1?vfs=shoal"
-.print --vfs_after_open
-.vfsinfo
-SELECT 'schema=' || count(*) FROM sqlite_schema;
-.print --last_error
-SELECT shoal_last_error();
-EOF
-)
-text=$(cat "$T/nostore.err" "$T/nostore.out")
-text=${text//file:actor-1?vfs=shoal/}
-if ! opened_shoal nostore && grep -q 'shoal:' <<<"$text" && grep -Eqi 'store' <<<"$text"; then
-    ok "no store= and no SHOAL_STORE is a clear shoal error"
-else
-    notok "no store= and no SHOAL_STORE is a clear shoal error"
-    show nostore
-fi
-echo "#   error: $(grep -m1 -i 'error' "$T/nostore.err" || echo '(none)')"
+(cd "$T/cwd" && open_refused nostore "file:actor-1?vfs=shoal")
+expect_refused nostore "no store= and no SHOAL_STORE is a clear shoal error" store
 if [[ -z $(ls -A "$T/cwd") ]]; then
     ok "an open without a store creates nothing in the working directory"
 else
@@ -657,41 +660,14 @@ else
 fi
 
 echo "not a store" >"$T/a-file"
-sq filestore <<EOF
-.load "$EXT"
-.open "$(uri actor-1 "$T/a-file")"
-.print --vfs_after_open
-.vfsinfo
-SELECT 'schema=' || count(*) FROM sqlite_schema;
-.print --last_error
-SELECT shoal_last_error();
-EOF
-text=$(cat "$T/filestore.err" "$T/filestore.out")
-if ! opened_shoal filestore && grep -q 'shoal:' <<<"$text"; then
-    ok "a store path that is a regular file is a clear shoal error"
-else
-    notok "a store path that is a regular file is a clear shoal error"
-    show filestore
-fi
-echo "#   error: $(grep -m1 -i 'error' "$T/filestore.err" || echo '(none)')"
+open_refused filestore "$(uri actor-1 "$T/a-file")"
+expect_refused filestore "a store path that is a regular file is a clear shoal error"
 
 mkdir "$T/not-a-store"
 echo "someone else's file" >"$T/not-a-store/notes.txt"
-sq junkstore <<EOF
-.load "$EXT"
-.open "$(uri actor-1 "$T/not-a-store")"
-.print --vfs_after_open
-.vfsinfo
-SELECT 'schema=' || count(*) FROM sqlite_schema;
-EOF
-text=$(cat "$T/junkstore.err" "$T/junkstore.out")
-if ! opened_shoal junkstore && grep -q 'shoal:' <<<"$text"; then
-    ok "a directory that is not a shoal store (it holds other files) is a clear shoal error"
-else
-    notok "a directory that is not a shoal store (it holds other files) is a clear shoal error"
-    show junkstore
-fi
-echo "#   error: $(grep -m1 -i 'error' "$T/junkstore.err" || echo '(none)')"
+open_refused junkstore "$(uri actor-1 "$T/not-a-store")"
+expect_refused junkstore \
+    "a directory that is not a shoal store (it holds other files) is a clear shoal error"
 check_eq "nothing is written into a directory that is not a shoal store" \
     "$(ls -A "$T/not-a-store" | tr '\n' ' ')" "notes.txt "
 
