@@ -523,21 +523,3 @@ fn registration_is_refused_twice_under_one_name_or_over_one_store() {
     )
     .unwrap();
 }
-
-/// These tests run on a SQLite built as the hosts' are, without
-/// SQLITE_ENABLE_BATCH_ATOMIC_WRITE (.cargo/config.toml): commits need no special build.
-#[test]
-fn the_linked_sqlite_is_the_build_asked_for() {
-    let has: bool = Connection::open_in_memory()
-        .unwrap()
-        .query_row(
-            "SELECT sqlite_compileoption_used('ENABLE_BATCH_ATOMIC_WRITE')",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
-    assert!(
-        !has,
-        "the bundled SQLite has ENABLE_BATCH_ATOMIC_WRITE; hosts' do not"
-    );
-}
