@@ -17,14 +17,16 @@
 //! ```
 //!
 //! How it works, and why each rule holds, is in `docs/design.md`; in short:
-//! - every commit SQLite makes through its atomic-write interface is ONE kv batch (pages
-//!   plus file metadata); commits SQLite sends through its rollback journal keep the
-//!   journal in the kv, so they are just as crash-safe;
+//! - every transaction is ONE kv batch (pages plus file metadata), on any SQLite build: a
+//!   writer's pages stay in its handle until the commit point (SQLITE_FCNTL_SYNC), and a
+//!   transaction larger than its memory share stages them where no reader sees them; a
+//!   connection that keeps a rollback journal (`journal_mode=DELETE`) has it stored in the
+//!   kv, just as crash-safe;
 //! - xRead copies once, from the kv's buffer into SQLite's; xFetch lends SQLite the kv's
 //!   buffer itself;
 //! - xSync waits for the group committer's shared flush (or, with
-//!   `PRAGMA shoal_durability=relaxed`, not at all after an atomic batch);
-//! - pragmas that would make commits non-atomic are refused.
+//!   `PRAGMA shoal_durability=relaxed`, not at all after a commit's batch);
+//! - the one pragma that could not work is refused (`journal_mode=WAL`: no shared memory).
 //!
 //! All unsafe code is in the `ffi` module.
 //!
