@@ -37,7 +37,7 @@ pub const BUDGET_ENV: &str = "SHOAL_BUDGET_MB";
 pub const DEFAULT_BUDGET_MB: u64 = 256;
 
 /// What an open asked for: the store directory and the memory budget.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub(crate) struct StoreRequest {
     /// The store's directory, as given.
     pub dir: PathBuf,

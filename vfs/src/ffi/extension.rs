@@ -341,7 +341,7 @@ unsafe extern "C" fn set_up_connection(
 
 /// Whether connection `db`'s main database is served by the `shoal` VFS.
 fn main_is_shoal(db: *mut sys::sqlite3) -> bool {
-    let Ok(reg) = extension::register(false) else {
+    let Some(reg) = extension::registered() else {
         return false;
     };
     let mut vfs: *mut sys::sqlite3_vfs = std::ptr::null_mut();
