@@ -35,6 +35,14 @@ pub(crate) fn rss_parts_kb() -> [Option<u64>; 3] {
     kb_fields(STATUS, ["VmRSS:", "RssAnon:", "RssFile:"])
 }
 
+/// Bytes this process has caused to be written to storage so far (`write_bytes` of
+/// `/proc/self/io`: all its threads, counted when a page is dirtied, so data written and
+/// not yet written back by the kernel is included), if the platform reports it.
+pub fn io_write_bytes() -> Option<u64> {
+    let [bytes] = shoal_vfs::procfs::fields("/proc/self/io", ["write_bytes:"]);
+    bytes
+}
+
 fn kb_field(path: &str, field: &str) -> Option<u64> {
     let [value] = kb_fields(path, [field]);
     value
