@@ -8,7 +8,9 @@
 //! - `mixed`: a workload modelled on SQLite's speedtest1 on one database: shoal against the
 //!   unix VFS of the same SQLite build, plus an in-memory floor;
 //! - `reads`: point reads per second and full-scan MB/s, warm and after reopening;
-//! - `coldwake`: latency of waking a cold actor of about 300 KB (open plus first query).
+//! - `coldwake`: latency of waking a cold actor of about 300 KB (open plus first query);
+//! - `soak`: `commits` with 1,000 actors for 60 s (`--actors`, `--seconds`), RSS sampled
+//!   throughout against the memory budget plus 32 KB per actor.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -31,6 +33,7 @@ pub enum BenchName {
     Mixed,
     Reads,
     Coldwake,
+    Soak,
 }
 
 #[derive(Debug, Args)]
@@ -41,11 +44,11 @@ pub struct BenchArgs {
     /// Print one JSON object instead of tables.
     #[arg(long)]
     json: bool,
-    /// Seconds each measured configuration of `commits` runs.
-    #[arg(long, default_value_t = 2.0)]
-    seconds: f64,
-    /// Concurrent actors for `commits`.
-    #[arg(long, value_delimiter = ',', default_values_t = [1usize, 16, 256, 1000])]
+    /// Seconds each measured configuration of `commits` runs [default: 2; for `soak` 60].
+    #[arg(long)]
+    seconds: Option<f64>,
+    /// Concurrent actors for `commits` [default: 1,16,256,1000; for `soak` one count, 1000].
+    #[arg(long, value_delimiter = ',')]
     actors: Vec<usize>,
     /// Run only these `commits` variants (for profiling): shoal_full, files_delete_full,
     /// files_wal_full, shoal_relaxed, files_wal_normal.
@@ -102,6 +105,7 @@ pub fn bench(store_dir: &Path, args: &BenchArgs) -> anyhow::Result<()> {
         BenchName::Mixed => mixed(&scratch, args),
         BenchName::Reads => reads(&scratch, args),
         BenchName::Coldwake => coldwake(&scratch, args),
+        BenchName::Soak => soak(&scratch, args),
     };
     let _ = std::fs::remove_dir_all(&scratch);
     let mut result = result?;
@@ -232,6 +236,10 @@ struct CommitRun {
     /// shoal the store's close (its last flush). fjall's compactions are counted as they
     /// run; one not started by the close is not.
     bytes_per_commit: f64,
+    /// The largest RSS sampled during the timed run (every 100 ms), in KiB.
+    max_rss_kb: u64,
+    /// The store's memory budget in bytes (0 for files).
+    budget: u64,
 }
 
 /// Durable commits per second: `n` actors, each with its own connection, shared by a pool
@@ -270,6 +278,7 @@ fn run_commits(
     let commits = AtomicU64::new(0);
     let failure: Mutex<Option<anyhow::Error>> = Mutex::new(None);
     let mut written_before = 0;
+    let mut max_rss_kb = 0;
     let elapsed = std::thread::scope(|s| {
         for t in 0..threads {
             let (open, start, stop, commits, failure) = (&open, &start, &stop, &commits, &failure);
@@ -312,13 +321,18 @@ fn run_commits(
         start.wait();
         let t0 = Instant::now();
         written_before = shoal::memory::io_write_bytes().unwrap_or(0);
-        std::thread::sleep(Duration::from_secs_f64(seconds));
+        let end = Duration::from_secs_f64(seconds);
+        while let Some(left) = end.checked_sub(t0.elapsed()) {
+            max_rss_kb = max_rss_kb.max(shoal::memory::rss_kb().unwrap_or(0));
+            std::thread::sleep(left.min(Duration::from_millis(100)));
+        }
         stop.store(true, Ordering::Relaxed);
         t0.elapsed().as_secs_f64()
     });
     if let Some(e) = failure.into_inner().ok().flatten() {
         return Err(e.context(format!("{} with {n} actors", variant.name())));
     }
+    let budget = store.as_ref().map_or(0, |s| s.config().memory_budget);
     drop(store);
     let written = shoal::memory::io_write_bytes().map_or(f64::NAN, |after| {
         after.saturating_sub(written_before) as f64
@@ -327,6 +341,8 @@ fn run_commits(
     Ok(CommitRun {
         per_s: commits / elapsed,
         bytes_per_commit: written / commits.max(1.0),
+        max_rss_kb,
+        budget,
     })
 }
 
@@ -346,7 +362,13 @@ fn commits(scratch: &Path, args: &BenchArgs) -> anyhow::Result<Value> {
             "relaxed vs"
         );
     }
-    for &n in &args.actors {
+    let seconds = args.seconds.unwrap_or(2.0);
+    let actors = if args.actors.is_empty() {
+        &[1, 16, 256, 1000][..]
+    } else {
+        &args.actors
+    };
+    for &n in actors {
         let mut row = serde_json::Map::new();
         row.insert("actors".into(), json!(n));
         let mut rates = Vec::new();
@@ -358,7 +380,7 @@ fn commits(scratch: &Path, args: &BenchArgs) -> anyhow::Result<Value> {
                 continue;
             }
             let dir = scratch.join(format!("commits-{n}-{}", variant.key()));
-            let run = run_commits(&dir, variant, n, args.threads, args.seconds)?;
+            let run = run_commits(&dir, variant, n, args.threads, seconds)?;
             let _ = std::fs::remove_dir_all(&dir);
             row.insert(format!("{}_per_s", variant.key()), json!(run.per_s.round()));
             row.insert(
@@ -402,9 +424,46 @@ fn commits(scratch: &Path, args: &BenchArgs) -> anyhow::Result<Value> {
             );
         }
     }
-    Ok(
-        json!({ "bench": "commits", "threads": args.threads, "seconds": args.seconds, "results": rows }),
-    )
+    Ok(json!({ "bench": "commits", "threads": args.threads, "seconds": seconds, "results": rows }))
+}
+
+// ---------------------------------------------------------------- soak
+
+/// What a store may hold while `n` actors write: its budget plus 32 KB per actor.
+const SOAK_PER_ACTOR_KB: u64 = 32;
+
+/// `n` actors committing for `seconds` (1,000 and 60 unless `--actors` and `--seconds`
+/// say otherwise), at both durabilities: the largest RSS sampled against the budget plus
+/// 32 KB per actor.
+fn soak(scratch: &Path, args: &BenchArgs) -> anyhow::Result<Value> {
+    let n = match args.actors.as_slice() {
+        [] => 1000,
+        [n] => *n,
+        other => bail!("soak takes one actor count, not {other:?}"),
+    };
+    let seconds = args.seconds.unwrap_or(60.0);
+    let mut rows = Vec::new();
+    for variant in [CommitVariant::ShoalFull, CommitVariant::ShoalRelaxed] {
+        let dir = scratch.join(format!("soak-{}", variant.key()));
+        let run = run_commits(&dir, variant, n, args.threads, seconds)?;
+        let _ = std::fs::remove_dir_all(&dir);
+        let limit_kb = run.budget / 1024 + SOAK_PER_ACTOR_KB * n as u64;
+        if !args.json {
+            println!(
+                "{:<14} {n} actors, {seconds:.0} s: {:.0} commits/s, max RSS {:.1} MB against budget + {SOAK_PER_ACTOR_KB} KB/actor {:.1} MB ({:.2}x)",
+                variant.name(),
+                run.per_s,
+                run.max_rss_kb as f64 / 1024.0,
+                limit_kb as f64 / 1024.0,
+                run.max_rss_kb as f64 / limit_kb as f64
+            );
+        }
+        rows.push(json!({
+            "variant": variant.key(), "actors": n, "seconds": seconds,
+            "per_s": run.per_s.round(), "max_rss_kb": run.max_rss_kb, "limit_kb": limit_kb,
+        }));
+    }
+    Ok(json!({ "bench": "soak", "results": rows }))
 }
 
 // ---------------------------------------------------------------- mixed

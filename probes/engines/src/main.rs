@@ -8,9 +8,11 @@
 //! keeps compression honest. Keys are shoal's shape: an 8-byte actor id and a 4-byte page
 //! number, big-endian.
 //!
-//! `cargo run --release -- [SECONDS] [ACTORS,...]` prints, per engine and actor count,
+//! `cargo run --release -- [SECONDS] [ACTORS,...] [ENGINE[@GROUP],...]` prints, per engine and actor count,
 //! commits per second with the batches only written to the OS (relaxed: no fsync), and the
 //! bytes written to disk per commit (`write_bytes` of /proc/self/io, the close included).
+//! `ENGINE@GROUP` applies the commits of GROUP actors in one batch, as a group committer
+//! that coalesced applies would.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -23,13 +25,23 @@ trait Engine: Sync {
 struct Fjall2 {
     partition: fjall2::PartitionHandle,
     keyspace: fjall2::Keyspace,
+    /// Compress each page before the engine sees it (the "smaller values" lever).
+    page_lz4: bool,
 }
 
 impl Engine for Fjall2 {
     fn commit(&self, pages: &[(Vec<u8>, Vec<u8>)]) -> anyhow::Result<()> {
         let mut batch = self.keyspace.batch();
         for (k, v) in pages {
-            batch.insert(&self.partition, k.as_slice(), v.as_slice());
+            if self.page_lz4 {
+                batch.insert(
+                    &self.partition,
+                    k.as_slice(),
+                    lz4_flex::compress_prepend_size(v),
+                );
+            } else {
+                batch.insert(&self.partition, k.as_slice(), v.as_slice());
+            }
         }
         batch.commit()?;
         Ok(())
@@ -57,7 +69,7 @@ const MEMTABLE: u64 = 4 << 20;
 
 fn open(name: &str, dir: &Path) -> anyhow::Result<Box<dyn Engine>> {
     Ok(match name {
-        "fjall2" | "fjall2-kvsep" | "fjall2-nolz4" => {
+        "fjall2" | "fjall2-kvsep" | "fjall2-nolz4" | "fjall2-pagelz4" => {
             let keyspace = fjall2::Config::new(dir).cache_size(CACHE).open()?;
             let mut options =
                 fjall2::PartitionCreateOptions::default().max_memtable_size(MEMTABLE as u32);
@@ -71,6 +83,7 @@ fn open(name: &str, dir: &Path) -> anyhow::Result<Box<dyn Engine>> {
             Box::new(Fjall2 {
                 partition,
                 keyspace,
+                page_lz4: name == "fjall2-pagelz4",
             })
         }
         "fjall3" | "fjall3-kvsep" | "fjall3-nolz4" => {
@@ -119,7 +132,9 @@ fn key(actor: u64, pgno: u32) -> Vec<u8> {
     k
 }
 
-fn run(engine: &dyn Engine, actors: usize, seconds: f64) -> anyhow::Result<f64> {
+/// Runs the workload for `seconds`; each call of `commit` carries the commits of `group`
+/// actors (1: one commit per batch, as shoal applies them today).
+fn run(engine: &dyn Engine, actors: usize, group: usize, seconds: f64) -> anyhow::Result<f64> {
     let stop = AtomicBool::new(false);
     let commits = AtomicU64::new(0);
     let t0 = Instant::now();
@@ -131,19 +146,21 @@ fn run(engine: &dyn Engine, actors: usize, seconds: f64) -> anyhow::Result<f64> 
                     let mut rng = fastrand::Rng::with_seed(t as u64);
                     let mine: Vec<u64> = (t..actors).step_by(THREADS).map(|a| a as u64).collect();
                     let mut rows = vec![0u64; mine.len()];
+                    let mut batch = Vec::new();
                     while !stop.load(Ordering::Relaxed) {
                         for (i, &actor) in mine.iter().enumerate() {
                             rows[i] += 1;
                             let leaf = 2 + (rows[i] / ROWS_PER_PAGE) as u32;
-                            let batch = [
-                                (key(actor, 1), page(1, &mut rng)),
-                                (
-                                    key(actor, leaf),
-                                    page(rows[i] % ROWS_PER_PAGE + 1, &mut rng),
-                                ),
-                            ];
-                            engine.commit(&batch)?;
-                            commits.fetch_add(1, Ordering::Relaxed);
+                            batch.push((key(actor, 1), page(1, &mut rng)));
+                            batch.push((
+                                key(actor, leaf),
+                                page(rows[i] % ROWS_PER_PAGE + 1, &mut rng),
+                            ));
+                            if batch.len() >= 2 * group {
+                                engine.commit(&batch)?;
+                                commits.fetch_add((batch.len() / 2) as u64, Ordering::Relaxed);
+                                batch.clear();
+                            }
                         }
                     }
                     Ok(())
@@ -185,20 +202,24 @@ fn main() -> anyhow::Result<()> {
         |e| e.split(',').map(String::from).collect(),
     );
     println!(
-        "{:>14} {:>7} {:>12} {:>14}",
+        "{:>16} {:>7} {:>12} {:>14}",
         "engine", "actors", "commits/s", "bytes/commit"
     );
     for &n in &actors {
         for name in &engines {
             let dir = tempfile_dir(name, n)?;
             let before = write_bytes();
-            let engine = open(name, &dir)?;
-            let rate = run(engine.as_ref(), n, seconds)?;
+            let (base, group) = match name.split_once('@') {
+                Some((base, group)) => (base, group.parse()?),
+                None => (name.as_str(), 1),
+            };
+            let engine = open(base, &dir)?;
+            let rate = run(engine.as_ref(), n, group, seconds)?;
             let commits = rate * seconds;
             drop(engine);
             let bytes = write_bytes() - before;
             println!(
-                "{name:>14} {n:>7} {rate:>12.0} {:>14.0}",
+                "{name:>16} {n:>7} {rate:>12.0} {:>14.0}",
                 bytes as f64 / commits
             );
             std::fs::remove_dir_all(&dir)?;
