@@ -518,6 +518,9 @@ fn number_name(mut n: u64) -> String {
     out.join(" ")
 }
 
+/// Rows of about 1 KB in the large table of `mixed` (tests 700 to 720).
+const LARGE_ROWS: u64 = 96_000;
+
 type MixedTest = (
     &'static str,
     fn(&Connection, u64, &mut fastrand::Rng) -> rusqlite_result::Result<()>,
@@ -750,6 +753,29 @@ fn mixed_tests() -> Vec<MixedTest> {
                 Ok(())
             },
         ),
+        // A working set larger than the kv cache (a quarter of the default 256 MiB budget)
+        // and the OS page cache's counterpart for files; its size does not follow --size.
+        (
+            "700 fill 96 MB of JSON rows (one transaction)",
+            |c, _, _| {
+                c.execute_batch(&format!(
+                "CREATE TABLE w(id INTEGER PRIMARY KEY, v TEXT);
+                 WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {LARGE_ROWS})
+                 INSERT INTO w SELECT i, json_object('n', i, 'pad', hex(randomblob(480))) FROM n;"
+            ))
+            },
+        ),
+        (
+            "710 JSON updates of random rows of it (autocommit)",
+            |c, n, r| {
+                let mut s = c.prepare("UPDATE w SET v = json_set(v, '$.n', ?1) WHERE id = ?2")?;
+                for i in 0..(n / 10).max(100) {
+                    s.execute((i as i64, r.u64(1..=LARGE_ROWS) as i64))?;
+                }
+                Ok(())
+            },
+        ),
+        ("720 DROP it", |c, _, _| c.execute_batch("DROP TABLE w")),
         ("970 VACUUM", |c, _, _| c.execute_batch("VACUUM")),
         ("980 PRAGMA integrity_check", |c, _, _| {
             let ok: String = c.query_row("PRAGMA integrity_check", [], |r| r.get(0))?;
