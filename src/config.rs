@@ -104,7 +104,8 @@ impl std::str::FromStr for Backing {
 /// Which embedded key-value store holds the pages (kv backing).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum KvEngine {
-    /// fjall 2 (an LSM tree): memory stays within its cache and write buffer. The default,
+    /// fjall 3 (an LSM tree, pages in blob files beside it): memory stays within its cache
+    /// and write buffer. The default,
     /// because sled's does not (docs/BENCHMARKS.md).
     #[default]
     Fjall,

@@ -183,7 +183,7 @@ impl Store {
     /// [`Store::import_actor`] fail with [`Error::ReadOnly`], and the leftovers of an
     /// interrupted import are left for the next writable open to remove.
     ///
-    /// With the kv backing the engine needs write access to its files: neither fjall 2 nor
+    /// With the kv backing the engine needs write access to its files: neither fjall 3 nor
     /// sled 0.34 has a read-only mode (fjall replays its journal and reopens it for
     /// appending at every open, sled locks its data file for writing and writes a
     /// snapshot). Where the engine can open its files, nothing is written through it;

@@ -1,5 +1,7 @@
-//! A store made by an earlier build, checked in under `tests/golden/store-v1/`: today's
-//! code must open it and read back exactly what the script below wrote. A change to the
+//! A store made by an earlier build, checked in under `tests/golden/store-v2/`: today's
+//! code must open it and read back exactly what the script below wrote. The store of the
+//! format before it (fjall 2's files, `tests/golden/store-v1/`) must be refused with an
+//! error that says what made it and what to do. A change to the
 //! on-disk format (keys, records, the store layout, fjall's files) fails this test; such a
 //! change updates the fixture in the same commit and gives stores of the old format a
 //! reader, or a clear "made by an older shoal" error.
@@ -7,9 +9,7 @@
 //! The fixture is made by the ignored test `regenerate_golden_store`:
 //! `cargo test --test golden -- --ignored regenerate_golden_store`. It writes the store
 //! with the default configuration (fjall), closes it, copies it here and checks the copy
-//! as the test does. fjall creates a journal as a sparse file of 32 MiB, but the closed
-//! store's journal holds only its records (about 66 KB): the regeneration fails if the
-//! fixture grows past 256 KiB.
+//! as the test does. The regeneration fails if the fixture grows past 256 KiB.
 #![cfg(feature = "kv-vfs")]
 #![allow(clippy::unwrap_used)]
 
@@ -40,12 +40,17 @@ const ROWS: [(i64, &str, Option<i64>); 4] = [
 ];
 
 /// What every failure of the check says.
-const FORMAT_CHANGED: &str = "the store in tests/golden/store-v1 no longer reads back as \
+const FORMAT_CHANGED: &str = "the store in tests/golden/store-v2 no longer reads back as \
     it was written. If the on-disk format changed on purpose, update the fixture in the \
     same commit (`cargo test --test golden -- --ignored regenerate_golden_store`) and give \
     stores of the old format a reader or a clear \"made by an older shoal\" error";
 
 fn fixture() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/store-v2")
+}
+
+/// The store of fjall 2's format, made by shoal 0.1.
+fn fjall2_fixture() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/store-v1")
 }
 
@@ -121,7 +126,26 @@ fn todays_code_reads_the_checked_in_store() {
     check(&fixture());
 }
 
-/// Writes `tests/golden/store-v1/` anew from [`SCRIPT`] (see the module docs).
+/// A store of the format before (fjall 2's files) is refused, saying so and what to do,
+/// and is left as it was.
+#[test]
+fn a_store_of_the_fjall_2_format_is_refused_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(&fjall2_fixture(), dir.path()).unwrap();
+    let before = tree_size(dir.path());
+    let err = Store::open(dir.path(), Config::default()).unwrap_err();
+    let text = err.to_string();
+    for part in ["fjall 2", "shoal 0.1", "export", "version 2", "version 3"] {
+        assert!(text.contains(part), "{part:?} missing from: {text}");
+    }
+    assert_eq!(
+        tree_size(dir.path()),
+        before,
+        "the refused store was changed"
+    );
+}
+
+/// Writes `tests/golden/store-v2/` anew from [`SCRIPT`] (see the module docs).
 #[test]
 #[ignore = "regenerates the checked-in fixture"]
 fn regenerate_golden_store() {

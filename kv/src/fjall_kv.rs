@@ -1,4 +1,4 @@
-//! `FjallKv`: fjall 2.x (an LSM-tree) behind the [`KvStore`] trait, the default backend
+//! `FjallKv`: fjall 3.x (an LSM-tree) behind the [`KvStore`] trait, the default backend
 //! because its memory stays near its configured cache (docs/BENCHMARKS.md, "Memory").
 //!
 //! It owns everything fjall-specific: no fjall type crosses this module's boundary. The
@@ -6,18 +6,23 @@
 //! - a batch is one fjall batch, atomic after a crash; reads go through a snapshot of the
 //!   last published batch, so a reader never sees part of one;
 //! - [`KvStore::flush`] fsyncs the journal (and returns at once when nothing was committed
-//!   since the last flush); a failed write or fsync poisons the keyspace for good;
+//!   since the last flush); a failed write or fsync poisons the database for good;
 //! - a writer waits for memtable room before it commits, never inside fjall's own stall
-//!   loop, so a full disk is [`Error::Full`] or [`Error::Poisoned`], not a hang;
-//! - damaged files are [`Error::Corrupt`], never a panic that aborts (see `preflight`);
-//! - one keyspace per directory, held by an exclusive lock on [`LOCK_FILE`];
+//!   loops (which sleep without looking at the poison flag), so a full disk is
+//!   [`Error::Full`] or [`Error::Poisoned`], not a hang;
+//! - damaged files are [`Error::Corrupt`], never a panic or an abort (see
+//!   `fjall_preflight` for what fjall itself does not check);
+//! - one database per directory, held by an exclusive lock on [`LOCK_FILE`];
 //! - a [`scan`] reads pages of at most [`SCAN_PAGE_ENTRIES`] entries and holds no fjall
 //!   iterator between them;
 //! - every key is stored behind [`USER_PREFIX`], and keys fjall cannot store are refused
 //!   with an error;
-//! - a value read is fjall's buffer, shared as [`Bytes`] without a copy.
+//! - page-sized values live in blob files (key-value separation), out of the tables that
+//!   compaction rewrites level by level;
+//! - a page read is fjall's buffer, shared as [`Bytes`] without a copy (smaller values
+//!   are copied: see `to_bytes`).
 //!
-//! Why each of these holds, as read in the fjall 2.11.2 and lsm-tree 2.10.4 sources and
+//! Why each of these holds, as read in the fjall 3.1.13 and lsm-tree 3.1.10 sources and
 //! measured, is in docs/design.md ("What `FjallKv` relies on in fjall").
 //!
 //! [`scan`]: KvStore::scan
@@ -26,12 +31,16 @@ use std::fs::{File, TryLockError};
 use std::ops::Bound;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock, mpsc};
 use std::time::Duration;
 
 use bytes::Bytes;
-use fjall::{Keyspace, PartitionCreateOptions, PartitionHandle, PersistMode, Slice, Snapshot};
+use fjall::config::CompressionPolicy;
+use fjall::{
+    AbstractTree, CompressionType, Database, Keyspace, KeyspaceCreateOptions, KvSeparationOptions,
+    OwnedWriteBatch, PersistMode, Readable, Slice, Snapshot,
+};
 use parking_lot::Mutex;
 
 use crate::error::{Error, Result, out_of_space, panic_message};
@@ -44,8 +53,8 @@ const LOCK_FILE: &str = "shoal.lock";
 /// How long [`FjallKv::open`] waits for a lock held elsewhere.
 const LOCK_WAIT: Duration = Duration::from_millis(500);
 
-/// The one partition every key lives in.
-const PARTITION: &str = "kv";
+/// The one keyspace every key lives in.
+const KEYSPACE: &str = "kv";
 
 /// First byte of every stored key (the caller's key follows it).
 const USER_PREFIX: u8 = 0x00;
@@ -53,26 +62,39 @@ const USER_PREFIX: u8 = 0x00;
 /// The longest key fjall stores, less the prefix byte.
 const MAX_KEY_LEN: usize = u16::MAX as usize - 1;
 
-/// fjall refuses (with a panic) a write buffer under 1 MiB.
+/// The least write buffer this module works with: memtables of 256 KiB.
 const MIN_WRITE_BUFFER: u64 = 1 << 20;
 
-/// fjall's journal bound (`Config::max_journaling_size`, its default, set explicitly
-/// because [`FjallKv::make_room`] waits on it too).
+/// A memtable is sealed at this fraction of the write buffer: the buffer then holds the
+/// active one, one or two being flushed and the one an older version of the tree still
+/// refers to (see [`FjallKv::make_room`]).
+const MEMTABLES: u64 = 4;
+
+/// fjall's journal bound (`max_journaling_size`, its default, set explicitly so that it
+/// stays what docs/design.md says).
 const MAX_JOURNALING: u64 = 512 << 20;
 
-/// fjall halts writers while level 0 has this many runs (`check_write_halt`).
-const L0_HALT: usize = 32;
+/// fjall sleeps a writer, after its batch, while a keyspace has this many sealed
+/// memtables waiting for a flush (`Keyspace::local_backpressure`)...
+const SEALED_HALT: usize = 4;
+
+/// ...and spins, then sleeps, while level 0 has this many runs or more.
+const L0_STALL: usize = 20;
+
+/// Values of at least this many bytes go to blob files (fjall's default threshold, set
+/// explicitly: SQLite pages of 1 KiB and more are separated, records and metadata not).
+const SEPARATION_THRESHOLD: u32 = 1024;
 
 /// How long [`FjallKv::make_room`] sleeps between looks at the write buffer.
 const HALT_POLL: Duration = Duration::from_millis(1);
 
-/// Free space under which a poisoned keyspace is reported as a full disk.
+/// Free space under which a poisoned database is reported as a full disk.
 const FULL_MARGIN: u64 = 1 << 20;
 
-/// Bytes fjall counts for one item in its write buffer: its key and value, a sequence
-/// number and a value type (`InternalValue::size` in lsm-tree).
+/// Bytes fjall counts for one item in its write buffer: its key and value and the
+/// in-memory item around them (`Memtable::insert` in lsm-tree).
 fn item_size(stored_key: &[u8], value: &[u8]) -> u64 {
-    (stored_key.len() + value.len() + 9) as u64
+    (stored_key.len() + value.len() + std::mem::size_of::<lsm_tree::InternalValue>()) as u64
 }
 
 /// How many entries one page of a scan holds at most...
@@ -86,23 +108,22 @@ const SCAN_PAGE_BYTES: usize = 1 << 20;
 pub struct FjallConfig {
     /// Directory of the store (created if missing).
     pub path: PathBuf,
-    /// Bytes of fjall's block cache (part of the process memory budget).
+    /// Bytes of fjall's block and blob cache (part of the process memory budget).
     pub cache_capacity: u64,
-    /// Bytes all memtables may hold together before writers stall (part of the budget);
+    /// Bytes all memtables may hold together before writers wait (part of the budget);
     /// at least 1 MiB (smaller values are raised to it).
     pub write_buffer: u64,
-    /// Interval of fjall's background fsync of the journal; `None` (or `Some(0)`) syncs
-    /// only when asked. Relaxed durability relies on it, like sled's timer.
+    /// Interval of the background fsync of the journal; `None` (or `Some(0)`) syncs only
+    /// when asked. Relaxed durability relies on it, like sled's timer.
     pub flush_every_ms: Option<u16>,
-    /// lz4-compress blocks (fjall's default, kept). It costs CPU in flushes and
-    /// compactions (13% of all samples in a profile of the mixed benchmark on two cores)
-    /// but turning it off bought only 3 to 5% there, for about twice the disk (SQLite
-    /// pages of text compress well). Fixed when the store is created.
+    /// lz4-compress the journal's large values, table blocks and blob files (fjall's
+    /// default, kept: SQLite pages of text compress well, and the journal is what every
+    /// commit writes). Table and blob compression are fixed when the store is created.
     pub compress: bool,
 }
 
 impl FjallConfig {
-    /// Defaults for `path`: a 16 MiB block cache, an 8 MiB write buffer and a 500 ms
+    /// Defaults for `path`: a 16 MiB cache, an 8 MiB write buffer and a 500 ms
     /// background fsync.
     pub fn new(path: impl Into<PathBuf>) -> FjallConfig {
         FjallConfig {
@@ -115,19 +136,65 @@ impl FjallConfig {
     }
 }
 
+/// The thread that fsyncs the journal every `flush_every_ms` when something was
+/// committed since the last sync (fjall 3 has no timer of its own). Dropping it stops
+/// the thread and waits for it.
+struct SyncTimer {
+    stop: Option<mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl SyncTimer {
+    fn start(db: Database, unsynced: Arc<AtomicBool>, every: Duration) -> Result<SyncTimer> {
+        let (stop, stopped) = mpsc::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("shoal:fjall-sync".into())
+            .spawn(move || {
+                while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(every) {
+                    // A failed sync poisons the database; the next commit or flush
+                    // reports it.
+                    if unsynced.swap(false, Ordering::SeqCst)
+                        && db.persist(PersistMode::SyncAll).is_err()
+                    {
+                        unsynced.store(true, Ordering::SeqCst);
+                    }
+                }
+            })
+            .map_err(|e| Error::backend("open", e))?;
+        Ok(SyncTimer {
+            stop: Some(stop),
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for SyncTimer {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
 /// The fjall backend.
 pub struct FjallKv {
-    // Field order is drop order: the keyspace (and its threads) go before the lock.
-    partition: PartitionHandle,
+    // Field order is drop order: the timer (which holds the database) stops first, then
+    // the keyspace and the database (and its threads) go, then the lock.
+    timer: Option<SyncTimer>,
     keyspace: Keyspace,
+    db: Database,
     /// Held across precondition check and commit so no other batch slips between them.
     write_lock: Mutex<()>,
-    /// Set after every commit, cleared by the flush that covers it.
-    unsynced: AtomicBool,
+    /// While a batch goes into fjall: 1 + the sequence number counter before it (the
+    /// batch takes that number or a later one); 0 otherwise. See [`FjallKv::snapshot`].
+    in_flight: AtomicU64,
+    /// Set after every commit, cleared by the flush (or timer sync) that covers it.
+    unsynced: Arc<AtomicBool>,
     /// The write buffer's cap, enforced by [`FjallKv::make_room`].
     write_buffer: u64,
-    /// Why this store stopped taking writes, when fjall would not know (a memtable this
-    /// module sealed that fjall could not queue for its flush).
+    /// Why this store stopped taking writes, when fjall would not know (a panic inside
+    /// a write, which may have left part of a batch in the memtable).
     broken: OnceLock<String>,
     path: PathBuf,
     cache_capacity: u64,
@@ -206,15 +273,50 @@ fn stored_bounds(range: &KeyRange) -> Option<StoredBounds> {
     Some((start, end))
 }
 
+/// A value read from fjall as [`Bytes`]: a page-sized one shares fjall's buffer, a
+/// smaller one is copied. lsm-tree hands out a value kept in a table (one under
+/// [`SEPARATION_THRESHOLD`]: a catalog entry, a record) as a slice of the whole
+/// decompressed block it sits in, so a 100-byte record held by a cache above this one
+/// would keep its 4 KiB block alive after fjall's cache let it go: 3,000 actors' records
+/// would be kept that no budget counts. Pages live in blob files,
+/// each value in a buffer of its own.
 fn to_bytes(v: Slice) -> Bytes {
-    Bytes::from_owner(v)
+    if v.len() < SEPARATION_THRESHOLD as usize {
+        Bytes::copy_from_slice(&v)
+    } else {
+        Bytes::from_owner(v)
+    }
+}
+
+/// The options of the keyspace when this open creates it (an existing one keeps those it
+/// was created with, but for the memtable bound, which is read back from it).
+fn keyspace_options(memtable: u64, compress: bool) -> KeyspaceCreateOptions {
+    let compression = if compress {
+        CompressionType::Lz4
+    } else {
+        CompressionType::None
+    };
+    let policy = if compress {
+        CompressionPolicy::all(CompressionType::Lz4)
+    } else {
+        CompressionPolicy::disabled()
+    };
+    KeyspaceCreateOptions::default()
+        .max_memtable_size(memtable)
+        .data_block_compression_policy(policy)
+        .with_kv_separation(Some(
+            KvSeparationOptions::default()
+                .compression(compression)
+                .separation_threshold(SEPARATION_THRESHOLD),
+        ))
 }
 
 impl FjallKv {
     /// Opens (or creates) the store described by `config`.
     ///
     /// Fails with [`Error::StoreLocked`] while the directory is open in another
-    /// [`FjallKv`], in this process or another.
+    /// [`FjallKv`], in this process or another, and with [`Error::UnsupportedFormat`] on
+    /// a store of fjall 2's format (made by shoal before it moved to fjall 3).
     pub fn open(config: &FjallConfig) -> Result<FjallKv> {
         let path = &config.path;
         let io_error =
@@ -242,44 +344,51 @@ impl FjallKv {
                 Err(TryLockError::Error(e)) => return Err(Error::backend("lock", e)),
             }
         }
+        refuse_fjall2(path)?;
+        crate::fjall_preflight::preflight(path).map_err(|damage| Error::Corrupt {
+            what: format!("the fjall file {}", damage.file.display()),
+            reason: damage.reason,
+        })?;
         let write_buffer = config.write_buffer.max(MIN_WRITE_BUFFER);
-        let memtable = u32::try_from(write_buffer / 2).unwrap_or(u32::MAX);
-        let options = PartitionCreateOptions::default()
-            .max_memtable_size(memtable)
-            .compression(if config.compress {
-                fjall::CompressionType::Lz4
-            } else {
-                fjall::CompressionType::None
-            });
-        preflight(path)?;
+        let compression = if config.compress {
+            CompressionType::Lz4
+        } else {
+            CompressionType::None
+        };
         // fjall panics on some damaged files; its recovery runs here.
         let opened = catch_unwind(AssertUnwindSafe(|| {
-            let keyspace = fjall::Config::new(path)
+            let db = Database::builder(path)
                 .cache_size(config.cache_capacity)
-                // Off: `make_room` enforces the cap (see the module docs).
-                .max_write_buffer_size(u64::MAX)
                 .max_journaling_size(MAX_JOURNALING)
-                .fsync_ms(config.flush_every_ms.filter(|&ms| ms > 0))
+                .journal_compression(compression)
                 .open()?;
-            let partition = keyspace.open_partition(PARTITION, options)?;
-            // A damaged level manifest can recover a tree with no levels at all, on
-            // which the write path panics ("first level should always exist"): found
-            // here rather than at the first write.
-            use fjall::AbstractTree;
-            partition.tree.l0_run_count();
-            fjall::Result::Ok((keyspace, partition))
+            let keyspace = db.keyspace(KEYSPACE, || {
+                keyspace_options(write_buffer / MEMTABLES, config.compress)
+            })?;
+            fjall::Result::Ok((db, keyspace))
         }));
-        let (keyspace, partition) = match opened {
+        let (db, keyspace) = match opened {
             Ok(Ok(opened)) => opened,
             Ok(Err(e)) => return Err(engine_error("open", path, e)),
             Err(panic) => return Err(panicked("open", path, &*panic)),
         };
+        // A journal replayed at open may not have been synced before the crash.
+        let unsynced = Arc::new(AtomicBool::new(true));
+        let timer = match config.flush_every_ms.filter(|&ms| ms > 0) {
+            Some(ms) => Some(SyncTimer::start(
+                db.clone(),
+                Arc::clone(&unsynced),
+                Duration::from_millis(u64::from(ms)),
+            )?),
+            None => None,
+        };
         Ok(FjallKv {
-            partition,
+            timer,
             keyspace,
+            db,
             write_lock: Mutex::new(()),
-            // A journal replayed at open may not have been synced before the crash.
-            unsynced: AtomicBool::new(true),
+            in_flight: AtomicU64::new(0),
+            unsynced,
             write_buffer,
             broken: OnceLock::new(),
             path: path.clone(),
@@ -293,7 +402,7 @@ impl FjallKv {
         engine_error(op, &self.path, e)
     }
 
-    /// Fails if the keyspace is poisoned (fjall answers a buffer-only persist with
+    /// Fails if the database is poisoned (fjall answers a buffer-only persist with
     /// `Poisoned` then, and otherwise writes nothing: every commit has flushed its
     /// buffer already) or this module found the store broken.
     fn check_alive(&self, op: &'static str) -> Result<()> {
@@ -303,63 +412,62 @@ impl FjallKv {
                 disk_full: disk_nearly_full(&self.path),
             });
         }
-        self.keyspace
+        self.db
             .persist(PersistMode::Buffer)
             .map_err(|e| self.error(op, e))
     }
 
     /// Holds back a batch of `need` bytes (as fjall counts them) until fjall can take it
-    /// without halting in `commit`, and fails instead of waiting once fjall can no longer
-    /// make room (see the module docs). Called under the write lock, so nothing but this
-    /// batch adds to the buffer meanwhile; fjall's flushes only take from it.
+    /// without stalling after `commit`, and fails instead of waiting once fjall can no
+    /// longer make room (see the module docs). Called under the write lock, so nothing
+    /// but this batch adds to the buffer meanwhile; fjall's flushes only take from it.
+    ///
+    /// fjall 3 enforces no bound on its write buffer (its `max_write_buffer_size` is
+    /// stored, never read): this is the bound. It counts every memtable the tree still
+    /// holds, not only fjall's write buffer counter: a flushed memtable leaves that
+    /// counter at once but stays in memory while an older version of the tree refers to
+    /// it, until the next flush or seal collects the versions no snapshot needs (in the
+    /// soak benchmark the memtables held were up to 2.3 times the counter). A memtable is
+    /// sealed here before the batch would take it past its size, so fjall's own rotation
+    /// after the commit (which a worker thread does, later) is not needed. A writer waits
+    /// for room only while a flush is under way: without one, nothing would collect the
+    /// versions that hold the rest, and the next seal will.
     fn make_room(&self, need: u64) -> Result<()> {
-        use fjall::AbstractTree;
-        // The bound this open gives memtables; the one stored with the partition may be
-        // larger (a store created with a larger buffer), and fjall does not show it.
-        let max_memtable = self.write_buffer / 2;
+        // The bound this open gives memtables; the one stored with the keyspace may differ
+        // (a store created with another buffer), and fjall does not show it. A smaller
+        // one makes fjall ask a worker to seal after the commit, which `would_stall`
+        // accounts for.
+        let max_memtable = self.write_buffer / MEMTABLES;
         loop {
-            let memtable = u64::from(self.partition.tree.active_memtable_size());
-            let used = self.keyspace.write_buffer_size();
+            let memtable = self.keyspace.tree.active_memtable().size();
+            let held = self.keyspace.tree.version_memtable_size_sum();
             // A batch larger than the whole buffer goes in alone, once the rest is out.
-            let over_buffer = used > 0 && used + need > self.write_buffer;
+            let over_buffer = held > 0 && held + need > self.write_buffer;
             if memtable > 0 && (memtable + need > max_memtable || over_buffer) {
-                // Sealed here, not in `commit` (see the module docs).
-                if let Err(e) = self.partition.rotate_memtable() {
-                    // fjall's own callers poison the keyspace here: the memtable may be
-                    // out of the tree's active slot without a flush queued for it.
-                    let err = self.error("seal", e);
-                    let _ = self.broken.set(err.to_string());
-                    return Err(err);
-                }
+                // Queued for the flush workers (not while poisoned: their queue is bounded,
+                // and no worker may be left to drain it).
+                self.check_alive("seal")?;
+                self.keyspace
+                    .rotate_memtable()
+                    .map_err(|e| self.error("seal", e))?;
                 continue;
             }
-            if !over_buffer {
-                // fjall may still seal in `commit` (the partition's stored bound can be
-                // smaller than this open's) and then check its other halts: they must
-                // not be due.
-                return self.wait_for_flushes_and_compactions();
+            let flushing = self.keyspace.tree.sealed_memtable_count() > 0;
+            if !(over_buffer && flushing) && !self.would_stall() {
+                return Ok(());
             }
             self.check_alive("commit")?;
             std::thread::sleep(HALT_POLL);
         }
     }
 
-    /// Waits while fjall would halt a writer after a seal: journals over their bound,
-    /// level 0 with [`L0_HALT`] runs. Both clear as background work completes. The
-    /// journals' size costs a `stat`, so it is looked at only once there are 8 of them:
-    /// fjall preallocates each to 32 MiB and a journal is sealed with its memtable, far
-    /// below 64 MiB, so fewer stay under the bound.
-    fn wait_for_flushes_and_compactions(&self) -> Result<()> {
-        use fjall::AbstractTree;
-        let journals_over = || {
-            self.keyspace.journal_count() as u64 >= MAX_JOURNALING / (64 << 20)
-                && self.keyspace.journal_disk_space() > MAX_JOURNALING
-        };
-        while self.partition.tree.l0_run_count() >= L0_HALT || journals_over() {
-            self.check_alive("commit")?;
-            std::thread::sleep(HALT_POLL);
-        }
-        Ok(())
+    /// Whether fjall would stall or halt a writer after its next batch: with
+    /// [`SEALED_HALT`] sealed memtables waiting (one more may be sealed by a worker
+    /// meanwhile), or level 0 near [`L0_STALL`] runs (each sealed memtable becomes one).
+    /// Both clear as background work completes, and neither does once that work fails.
+    fn would_stall(&self) -> bool {
+        let sealed = self.keyspace.tree.sealed_memtable_count();
+        sealed + 1 >= SEALED_HALT || self.keyspace.tree.l0_run_count() + sealed + 1 >= L0_STALL
     }
 
     /// The store's directory.
@@ -377,64 +485,105 @@ impl FjallKv {
         let key = stored_key(key);
         self.write_guarded("put_raw", || {
             self.make_room(item_size(&key, value))?;
-            self.partition
-                .insert(key, value)
-                .map_err(|e| self.error("put_raw", e))
+            let mut batch = self.db.batch();
+            batch.insert(&self.keyspace, key, value);
+            self.commit("put_raw", batch)
         })?;
         self.unsynced.store(true, Ordering::SeqCst);
         Ok(())
     }
 
-    /// Seals the memtable and waits until it is written as a segment: for tests that need
-    /// data in segments, not only in the journal and memtable. (It uses fjall's test hook
-    /// `rotate_memtable`, hidden from fjall's docs. fjall's `rotate_memtable_and_wait`
-    /// polls every 10 ms, which made that the cost of most `kv_ops` fuzz inputs; the flush
-    /// worker takes the sealed memtable out of the tree as it adds the segment, so this
-    /// polls for that, more often.)
+    /// Seals the memtable and waits until it is written as a table: for tests that need
+    /// data in tables and blob files, not only in the journal and memtable. (It uses
+    /// fjall's test hook `rotate_memtable`, hidden from fjall's docs; the flush worker
+    /// takes the sealed memtable out of the tree as it adds the table, so this polls
+    /// for that.)
     #[doc(hidden)]
     pub fn seal_memtable(&self) -> Result<()> {
-        use fjall::AbstractTree;
         if !self
-            .partition
+            .keyspace
             .rotate_memtable()
             .map_err(Error::at("seal_memtable"))?
         {
             return Ok(());
         }
         let start = std::time::Instant::now();
-        while self.partition.tree.sealed_memtable_count() > 0 {
-            // A failed flush poisons the keyspace and leaves the memtable sealed.
-            if start.elapsed() > std::time::Duration::from_secs(10) {
+        while self.keyspace.tree.sealed_memtable_count() > 0 {
+            // A failed flush poisons the database and leaves the memtable sealed.
+            if start.elapsed() > Duration::from_secs(10) {
                 return Err(Error::backend(
                     "seal_memtable",
                     std::io::Error::other("the sealed memtable was not flushed within 10 s"),
                 ));
             }
-            std::thread::sleep(std::time::Duration::from_micros(200));
+            std::thread::sleep(Duration::from_micros(200));
         }
         Ok(())
     }
 
     /// Whether fjall's background threads have nothing left to write: no sealed memtable
-    /// waits for a flush, the journals of flushed ones are deleted (one journal left), and
+    /// waits for a flush, no flush is queued, no compaction runs, one journal is left, and
     /// the write buffer is under a quarter of its least size, far from where the write
-    /// path or the monitor thread seals a memtable (half of it). A copy of the directory
-    /// taken then, between two commits, is what a crash of this process would leave: for
-    /// tests that reopen such a copy instead of waiting for a close. It cannot see a
-    /// compaction, which fjall starts once 4 segments are waiting in level 0: a caller
-    /// relies on it only while the store has been sealed fewer than 4 times and has taken
-    /// in too little to have sealed a memtable by itself.
+    /// path seals a memtable (half of it). A copy of the directory taken then, between
+    /// two commits, is what a crash of this process would leave: for tests that reopen
+    /// such a copy instead of waiting for a close. A compaction may still start during
+    /// the copy (fjall queues one after each flush): a caller relies on this only while
+    /// the store has been sealed fewer than 4 times (level 0 then stays under fjall's
+    /// compaction threshold) and has taken in too little to have sealed a memtable by
+    /// itself.
     #[doc(hidden)]
     pub fn is_quiescent(&self) -> bool {
-        use fjall::AbstractTree;
-        self.partition.tree.sealed_memtable_count() == 0
-            && self.keyspace.journal_count() == 1
-            && self.keyspace.write_buffer_size() < MIN_WRITE_BUFFER / 4
+        self.keyspace.tree.sealed_memtable_count() == 0
+            && self.db.outstanding_flushes() == 0
+            && self.db.active_compactions() == 0
+            && self.db.journal_count() == 1
+            && self.db.write_buffer_size() < MIN_WRITE_BUFFER / 4
     }
 
     /// A snapshot at the last batch committed in full.
+    ///
+    /// fjall's snapshot alone is not that. Its visible sequence number is raised past a
+    /// batch that is still going into the memtable whenever a flush or compaction
+    /// installs a new version of the tree meanwhile (`upgrade_version_with_seqno` in
+    /// lsm-tree takes the next number of the same counter and makes everything below it
+    /// visible); a reader then saw three keys of a four-key batch. So a snapshot that may
+    /// hold the batch in flight waits for it to be in: that batch's number is at least
+    /// the counter before it ([`FjallKv::in_flight`]), and a snapshot below that cannot
+    /// see it. A batch started after the snapshot was taken has a number at or above the
+    /// snapshot's (the counter is never below the visible number) and is not waited for.
+    /// The wait is a commit into the memtable, microseconds: `make_room` keeps fjall's
+    /// stalls out of it.
     fn snapshot(&self) -> Snapshot {
-        self.partition.snapshot_at(self.keyspace.instant())
+        let snapshot = self.db.snapshot();
+        let seen = snapshot.seqno();
+        let mut spins = 0u32;
+        loop {
+            let floor = self.in_flight.load(Ordering::SeqCst);
+            if floor == 0 || floor > seen {
+                return snapshot;
+            }
+            if spins < 64 {
+                std::hint::spin_loop();
+            } else {
+                std::thread::yield_now();
+            }
+            spins += 1;
+        }
+    }
+
+    /// Commits `batch`, marked in flight for [`FjallKv::snapshot`] while it goes in
+    /// (cleared even if fjall panics). Called under the write lock.
+    fn commit(&self, op: &'static str, batch: OwnedWriteBatch) -> Result<()> {
+        struct Landed<'a>(&'a AtomicU64);
+        impl Drop for Landed<'_> {
+            fn drop(&mut self) {
+                self.0.store(0, Ordering::SeqCst);
+            }
+        }
+        self.in_flight
+            .store(self.db.seqno().saturating_add(1), Ordering::SeqCst);
+        let _landed = Landed(&self.in_flight);
+        batch.commit().map_err(|e| self.error(op, e))
     }
 
     /// Runs a write into fjall, unless this store is broken, with a panic caught: fjall's
@@ -458,21 +607,43 @@ impl FjallKv {
         }
     }
 
-    /// Runs a read of the latest state (under the write lock) with a panic caught.
+    /// Runs a read of the latest state (under the write lock, so no batch is half
+    /// applied) with a panic caught.
     fn read_latest<T>(
         &self,
         op: &'static str,
-        read: impl FnOnce(&PartitionHandle) -> fjall::Result<T>,
+        read: impl FnOnce(&Keyspace) -> fjall::Result<T>,
     ) -> Result<T> {
-        match catch_unwind(AssertUnwindSafe(|| read(&self.partition))) {
+        match catch_unwind(AssertUnwindSafe(|| read(&self.keyspace))) {
             Ok(result) => result.map_err(|e| self.error(op, e)),
             Err(panic) => Err(panicked(op, &self.path, &*panic)),
         }
     }
 }
 
+/// Refuses a store in fjall 2's format (shoal before 0.2 kept its stores in it), with a
+/// clear error instead of fjall's bare `InvalidVersion`. fjall 2 wrote `FJL` and the
+/// version 2 into the `version` file, and kept its trees under `partitions/`.
+fn refuse_fjall2(path: &Path) -> Result<()> {
+    let header = std::fs::read(path.join("version")).unwrap_or_default();
+    let v2 = header.get(..4) == Some(&b"FJL\x02"[..])
+        || (header.is_empty() && path.join("partitions").is_dir());
+    if v2 {
+        return Err(Error::UnsupportedFormat {
+            what: format!(
+                "the fjall files in {} (made by shoal 0.1 on fjall 2; export each actor \
+                 with that release's `shoal export` and import it here)",
+                path.display()
+            ),
+            found: 2,
+            supported: 3,
+        });
+    }
+    Ok(())
+}
+
 /// Our error for fjall's `e` during `op` on the store at `path`: a full disk is
-/// [`Error::Full`], a poisoned keyspace [`Error::Full`] or [`Error::Poisoned`] (see the
+/// [`Error::Full`], a poisoned database [`Error::Full`] or [`Error::Poisoned`] (see the
 /// module docs), data fjall cannot decode [`Error::Corrupt`].
 fn engine_error(op: &'static str, path: &Path, e: impl Into<fjall::Error>) -> Error {
     use fjall::LsmError;
@@ -493,7 +664,7 @@ fn engine_error(op: &'static str, path: &Path, e: impl Into<fjall::Error>) -> Er
             Error::Poisoned {
                 cause: format!(
                     "fjall stopped taking writes after a failed write or background flush \
-                     in {} (its error went to its log or stderr)",
+                     in {} (its error went to its log)",
                     path.display()
                 ),
                 disk_full: false,
@@ -508,15 +679,21 @@ fn engine_error(op: &'static str, path: &Path, e: impl Into<fjall::Error>) -> Er
         };
     }
     let damaged = match &e {
-        fjall::Error::Decode(_)
-        | fjall::Error::JournalRecovery(_)
+        fjall::Error::JournalRecovery(_)
         | fjall::Error::InvalidVersion(_)
+        | fjall::Error::Decompress(_)
+        | fjall::Error::InvalidTrailer
+        | fjall::Error::InvalidTag(_)
+        | fjall::Error::Unrecoverable
         | fjall::Error::Storage(
-            LsmError::Decode(_)
-            | LsmError::Decompress(_)
-            | LsmError::InvalidChecksum(_)
+            LsmError::Decompress(_)
             | LsmError::InvalidVersion(_)
-            | LsmError::Unrecoverable,
+            | LsmError::Unrecoverable
+            | LsmError::ChecksumMismatch { .. }
+            | LsmError::InvalidTag(_)
+            | LsmError::InvalidTrailer
+            | LsmError::InvalidHeader(_)
+            | LsmError::Utf8(_),
         ) => true,
         // A file shorter than its index says, or bytes that do not parse.
         other => crate::error::io_errors(other).any(|io| {
@@ -535,128 +712,13 @@ fn engine_error(op: &'static str, path: &Path, e: impl Into<fjall::Error>) -> Er
     Error::backend(op, e)
 }
 
-/// Reads the partition's files the way fjall's recovery will, with lsm-tree directly and
-/// under `catch_unwind` (see the module docs): damaged files that would make fjall panic
-/// with its partition lock held are reported as [`Error::Corrupt`] instead. A store
-/// without the partition yet (new, or created only in part: fjall removes that) is left
-/// to fjall. Opening the tree does what fjall's open does next anyway.
-fn preflight(path: &Path) -> Result<()> {
-    use lsm_tree::coding::Decode;
-    let partition = path.join("partitions").join(PARTITION);
-    if !partition.join("manifest").exists() {
-        return Ok(());
-    }
-    let read = catch_unwind(|| -> fjall::Result<()> {
-        let mut config = File::open(partition.join("config"))?;
-        PartitionCreateOptions::decode_from(&mut config)?;
-        let segments = partition.join(lsm_tree::file::SEGMENTS_FOLDER);
-        for id in listed_segments(&partition.join(lsm_tree::file::LEVELS_MANIFEST_FILE)) {
-            let segment = segments.join(id.to_string());
-            // A listed segment that is missing is lsm-tree's to report.
-            if segment.exists() {
-                check_segment_sizes(&segment)?;
-            }
-        }
-        let tree = lsm_tree::Config::new(&partition);
-        if partition.join(lsm_tree::file::BLOBS_FOLDER).exists() {
-            drop(tree.open_as_blob_tree()?);
-        } else {
-            drop(tree.open()?);
-        }
-        Ok(())
-    });
-    match read {
-        Ok(result) => result.map_err(|e| engine_error("open", path, e)),
-        Err(panic) => Err(panicked("open", path, &*panic)),
-    }
-}
-
-/// The ids of the segments the tree's level manifest lists (`LevelManifest::
-/// load_level_manifest`: magic, a level count, then per level a count and the ids, all
-/// big-endian), as far as it parses: files it does not list are unfinished segments that
-/// lsm-tree deletes unread, and a manifest that does not parse is lsm-tree's to report.
-fn listed_segments(manifest: &Path) -> Vec<u64> {
-    let Ok(bytes) = std::fs::read(manifest) else {
-        return Vec::new();
-    };
-    let mut ids = Vec::new();
-    let magic = lsm_tree::file::MAGIC_BYTES;
-    let Some(rest) = bytes.strip_prefix(&magic[..]) else {
-        return ids;
-    };
-    let Some((&levels, mut rest)) = rest.split_first() else {
-        return ids;
-    };
-    for _ in 0..levels {
-        let Some((count, after)) = rest.split_first_chunk::<4>() else {
-            return ids;
-        };
-        rest = after;
-        for _ in 0..u32::from_be_bytes(*count) {
-            let Some((id, after)) = rest.split_first_chunk::<8>() else {
-                return ids;
-            };
-            ids.push(u64::from_be_bytes(*id));
-            rest = after;
-        }
-    }
-    ids
-}
-
-/// Checks the sizes lsm-tree reads from a segment file when it opens it and then
-/// allocates without a bound: a damaged one made it ask for 144 PB for a bloom filter,
-/// and a failed allocation aborts the process. Each must fit in the file.
-fn check_segment_sizes(path: &Path) -> fjall::Result<()> {
-    use lsm_tree::coding::Decode;
-    use lsm_tree::segment::block::header::Header;
-    use lsm_tree::segment::trailer::SegmentFileTrailer;
-    use std::io::{Read, Seek, SeekFrom};
-
-    let too_large = |what: &str| {
-        fjall::Error::Io(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            format!(
-                "segment {}: its {what} is larger than the file",
-                path.display()
-            ),
-        ))
-    };
-    let len = std::fs::metadata(path)?.len();
-    let trailer = SegmentFileTrailer::from_file(path)?;
-    if u64::from(trailer.metadata.index_block_count) > len {
-        return Err(too_large("index block count"));
-    }
-    let mut file = File::open(path)?;
-    if *trailer.offsets.tli_ptr > 0 {
-        file.seek(SeekFrom::Start(*trailer.offsets.tli_ptr))?;
-        let header = Header::decode_from(&mut file).map_err(lsm_tree::Error::from)?;
-        if u64::from(header.data_length) > len {
-            return Err(too_large("top-level index block"));
-        }
-    }
-    if *trailer.offsets.bloom_ptr > 0 {
-        // Magic, filter type and hash type, then the filter's bit count (big-endian).
-        let mut head = [0u8; lsm_tree::file::MAGIC_BYTES.len() + 2 + 8];
-        file.seek(SeekFrom::Start(*trailer.offsets.bloom_ptr))?;
-        file.read_exact(&mut head)?;
-        let bits = head
-            .get(head.len() - 8..)
-            .and_then(|b| <[u8; 8]>::try_from(b).ok())
-            .map_or(u64::MAX, u64::from_be_bytes);
-        if bits / 8 > len {
-            return Err(too_large("bloom filter"));
-        }
-    }
-    Ok(())
-}
-
 /// [`Error::NoAccess`] if `err` says access to the store's files was refused.
 fn no_access(path: &Path, err: &(dyn std::error::Error + 'static)) -> Option<Error> {
     crate::error::access_denied(err).map(|cause| Error::NoAccess {
         engine: "fjall",
         path: path.to_path_buf(),
         cause,
-        why: "2 has no read-only mode: every open replays its journal and reopens it \
+        why: "3 has no read-only mode: every open replays its journal and reopens it \
               for appending, and takes a write lock",
     })
 }
@@ -685,6 +747,7 @@ fn disk_nearly_full(_path: &Path) -> bool {
 /// its locks) between pages.
 struct PagedScan {
     snapshot: Snapshot,
+    keyspace: Keyspace,
     /// The store's directory, for errors.
     path: PathBuf,
     /// Where the next page starts.
@@ -708,8 +771,11 @@ impl PagedScan {
         let mut bytes = 0;
         let mut last = None;
         self.done = true;
-        for item in self.snapshot.range((self.next.clone(), self.end.clone())) {
-            let (k, v) = item.map_err(|e| engine_error("scan", &self.path, e))?;
+        let range = (self.next.clone(), self.end.clone());
+        for item in self.snapshot.range::<Vec<u8>, _>(&self.keyspace, range) {
+            let (k, v) = item
+                .into_inner()
+                .map_err(|e| engine_error("scan", &self.path, e))?;
             bytes += k.len() + v.len();
             page.push((user_key(&k)?, to_bytes(v)));
             last = Some(k);
@@ -750,7 +816,9 @@ impl KvStore for FjallKv {
         if key.len() > MAX_KEY_LEN {
             return Ok(None);
         }
-        let got = catch_unwind(AssertUnwindSafe(|| self.snapshot().get(stored_key(key))));
+        let got = catch_unwind(AssertUnwindSafe(|| {
+            self.snapshot().get(&self.keyspace, stored_key(key))
+        }));
         match got {
             Ok(value) => Ok(value.map_err(|e| self.error("get", e))?.map(to_bytes)),
             Err(panic) => Err(panicked("get", &self.path, &*panic)),
@@ -763,6 +831,7 @@ impl KvStore for FjallKv {
         };
         Ok(Box::new(PagedScan {
             snapshot: self.snapshot(),
+            keyspace: self.keyspace.clone(),
             path: self.path.clone(),
             next: start,
             end,
@@ -777,22 +846,25 @@ impl KvStore for FjallKv {
             let current = if pre.key.len() > MAX_KEY_LEN {
                 None
             } else {
-                self.read_latest("precondition", |p| p.get(stored_key(&pre.key)))?
+                self.read_latest("precondition", |ks| ks.get(stored_key(&pre.key)))?
             };
             pre.check(current.as_deref())?;
         }
         // Ops are folded in order into one write per key; fjall has no range delete, so
         // one becomes removes of the keys that exist. Under the write lock nothing is half
-        // committed, so the latest state is read directly; each iterator ends in the call.
+        // committed, so the latest state is read directly (keys only: no blob is read);
+        // each iterator ends in the call.
         let writes = fold_ops(batch.ops, |range| {
             let Some(bounds) = stored_bounds(range) else {
                 return Ok(Vec::new());
             };
-            self.read_latest("delete_range", |p| {
-                Ok(p.range(bounds)
+            self.read_latest("delete_range", |ks| {
+                Ok(ks
+                    .range::<Vec<u8>, _>(bounds)
                     .map(|item| {
-                        item.map_err(|e| self.error("delete_range", e))
-                            .and_then(|(key, _)| user_key(&key))
+                        item.key()
+                            .map_err(|e| self.error("delete_range", e))
+                            .and_then(|key| user_key(&key))
                     })
                     .collect())
             })?
@@ -815,37 +887,37 @@ impl KvStore for FjallKv {
         if writes.is_empty() {
             return Ok(());
         }
-        let mut fjall_batch = self.keyspace.batch();
+        let mut fjall_batch = self.db.batch();
         let mut need = 0;
         for (k, v) in writes {
             let key = stored_key(&k);
             match v {
                 Some(v) => {
                     need += item_size(&key, &v);
-                    fjall_batch.insert(&self.partition, key, &v[..]);
+                    fjall_batch.insert(&self.keyspace, key, &v[..]);
                 }
                 None => {
                     need += item_size(&key, &[]);
-                    fjall_batch.remove(&self.partition, key);
+                    fjall_batch.remove(&self.keyspace, key);
                 }
             }
         }
         self.write_guarded("commit", || {
             self.make_room(need)?;
-            fjall_batch.commit().map_err(|e| self.error("commit", e))
+            self.commit("commit", fjall_batch)
         })?;
         self.unsynced.store(true, Ordering::SeqCst);
         Ok(())
     }
 
     fn flush(&self) -> Result<()> {
-        // fjall fsyncs even with nothing new (about 60 µs here); sled returns at once.
-        // Cleared before the sync, so a commit racing with it sets the flag again and the
-        // next flush syncs once more; a commit that returned before this call is covered.
+        // fjall fsyncs even with nothing new; sled returns at once. Cleared before the
+        // sync, so a commit racing with it sets the flag again and the next flush syncs
+        // once more; a commit that returned before this call is covered.
         if !self.unsynced.swap(false, Ordering::SeqCst) {
             return Ok(());
         }
-        self.keyspace
+        self.db
             .persist(PersistMode::SyncAll)
             .inspect_err(|_| self.unsynced.store(true, Ordering::SeqCst))
             .map_err(|e| self.error("flush", e))
@@ -862,9 +934,8 @@ impl KvStore for FjallKv {
         Ok(KvStats {
             keys,
             logical_bytes,
-            // Segments plus journals by file length: a journal fjall created (at the first
-            // open, or on a rotation) counts its 32 MiB preallocation, sparse on disk.
-            disk_bytes: self.keyspace.disk_space(),
+            // Tables, blob files and journals by file length.
+            disk_bytes: self.db.disk_space().map_err(|e| self.error("stats", e))?,
             cache_capacity: self.cache_capacity,
         })
     }
@@ -872,9 +943,9 @@ impl KvStore for FjallKv {
 
 impl Drop for FjallKv {
     fn drop(&mut self) {
-        // The journal's own drop syncs too, but only once the last handle to it goes, and
-        // a background thread may hold that; syncing here leaves it nothing to write.
-        let _ = self.keyspace.persist(PersistMode::SyncAll);
+        // Stop the timer first, so nothing syncs behind this last one.
+        drop(self.timer.take());
+        let _ = self.db.persist(PersistMode::SyncAll);
     }
 }
 
@@ -965,7 +1036,7 @@ mod tests {
 
     /// Two gets of one value hand out the same buffer: fjall's, shared, not a copy per
     /// read. Checked while the value is in the memtable and after it was flushed to a
-    /// segment and read back through the block cache.
+    /// table (the value in a blob file) and read back through the cache.
     #[test]
     fn gets_share_the_backend_buffer() {
         let dir = tempfile::tempdir().unwrap();
@@ -981,9 +1052,9 @@ mod tests {
         drop(kv);
 
         let kv = open(dir.path());
-        // Reopening replays the journal into a memtable; push it into a segment.
+        // Reopening replays the journal into a memtable; push it into a table.
         kv.seal_memtable().unwrap();
-        assert!(kv.partition.segment_count() > 0);
+        assert!(kv.keyspace.table_count() > 0);
         let (a, b) = (
             kv.get(b"page").unwrap().unwrap(),
             kv.get(b"page").unwrap().unwrap(),
@@ -1009,7 +1080,7 @@ mod tests {
         }
         let mut scan = kv.scan(KeyRange::prefix(&[])).unwrap();
         let first = scan.next().unwrap().unwrap();
-        // 4 MiB of overwrites and new keys: past the 512 KiB memtable several times.
+        // 4 MiB of overwrites and new keys: past the 256 KiB memtable many times.
         let newer = vec![2u8; 4096];
         for i in 0..512u32 {
             let mut b = Batch::new();
@@ -1027,21 +1098,37 @@ mod tests {
         assert_eq!(kv.stats().unwrap().keys, u64::from(count) + 512);
     }
 
-    /// Readers never see part of a batch: each batch sets two keys to one number, and a
-    /// reader scanning both must always find them equal.
+    /// Readers never see part of a batch: each batch sets four keys to one number, and a
+    /// reader scanning them must always find them equal, while memtables are sealed and
+    /// flushed all along (each flush installs a new version of the tree, which made
+    /// fjall's own snapshots show part of a batch in flight: see `FjallKv::snapshot`).
     #[test]
     fn readers_never_see_part_of_a_batch() {
         let dir = tempfile::tempdir().unwrap();
         let kv = std::sync::Arc::new(open(dir.path()));
+        let done = std::sync::Arc::new(AtomicBool::new(false));
         let writer = {
             let kv = std::sync::Arc::clone(&kv);
+            let done = std::sync::Arc::clone(&done);
             std::thread::spawn(move || {
                 for n in 0..3000u32 {
                     let mut b = Batch::new();
+                    // Pages: each batch takes longer to go in (the journal compresses
+                    // them), and memtables fill and flush.
                     for key in [&b"a"[..], b"b", b"c", b"d"] {
-                        b.put(key, n.to_be_bytes().to_vec());
+                        b.put(key, n.to_be_bytes().repeat(1024));
                     }
                     kv.apply(b).unwrap();
+                }
+                done.store(true, Ordering::SeqCst);
+            })
+        };
+        let sealer = {
+            let kv = std::sync::Arc::clone(&kv);
+            let done = std::sync::Arc::clone(&done);
+            std::thread::spawn(move || {
+                while !done.load(Ordering::SeqCst) {
+                    kv.seal_memtable().unwrap();
                 }
             })
         };
@@ -1049,10 +1136,18 @@ mod tests {
         while !writer.is_finished() || reads == 0 {
             let seen = all(kv.as_ref(), KeyRange::prefix(&[]));
             if let Some((_, v)) = seen.first() {
-                assert!(seen.iter().all(|(_, w)| w == v), "a torn batch: {seen:?}");
+                let numbers: Vec<_> = seen
+                    .iter()
+                    .map(|(k, w)| (k.clone(), w.slice(..4)))
+                    .collect();
+                assert!(
+                    seen.iter().all(|(_, w)| w == v),
+                    "a torn batch: {numbers:?}"
+                );
             }
             reads += 1;
         }
         writer.join().unwrap();
+        sealer.join().unwrap();
     }
 }

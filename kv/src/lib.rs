@@ -32,6 +32,8 @@ mod faulty;
 mod file_write;
 #[cfg(feature = "fjall")]
 mod fjall_kv;
+#[cfg(feature = "fjall")]
+mod fjall_preflight;
 mod group_commit;
 mod keys;
 mod mem;

@@ -252,16 +252,12 @@ fn fjall_reports_a_full_disk_without_hanging() {
     }
 }
 
-/// A known defect of fjall 2.11, not of shoal's code: `Batch::commit` ignores the error of
-/// its journal write (`let _ = journal_writer.write_batch(..)`) and relies on the flush
-/// of the journal's 8 KiB buffer to report it, but a value larger than that buffer is
-/// written past it, straight to the file, so an ENOSPC in the middle of a record is lost:
-/// the commit and the next fsync succeed, and recovery drops the torn record. Seen as the
-/// last durable batch missing after the reopen in about one run in three of four rounds.
-/// Ignored until the engine is fixed or replaced (`cargo test -p shoal-kv --test
-/// full_disk -- --ignored` reproduces it); docs/reliability.md says what it means.
+/// Every durable batch survives a full disk on fjall too. fjall 2.11 failed this in about
+/// one run in three: its `Batch::commit` ignored the error of its journal write and relied
+/// on the flush of the journal's buffer to report it, so an ENOSPC in the middle of a
+/// record larger than that buffer was never reported and recovery dropped the torn,
+/// acknowledged batch. fjall 3.1's `commit` checks that write and poisons the database.
 #[test]
-#[ignore = "fjall 2 acknowledges a batch whose journal write hit ENOSPC (see the doc comment)"]
 fn fjall_keeps_every_durable_batch_on_a_full_disk() {
     for _ in 0..4 {
         a_full_disk_is_reported_and_survived("fjall", true);

@@ -21,10 +21,9 @@
 //! still exact (see `Run::crash_copy_is_exact`); otherwise the store is closed and the
 //! next input opens a fresh one. Every check is of what the store holds, so a finding
 //! replays from its input alone on a fresh store, unless it needs what earlier inputs
-//! left in the store (tombstones, segments): such a finding may not replay alone. Closing a
-//! fjall store waits until its monitor thread wakes from a 250 ms sleep, so a store that
-//! is given up is closed on a background thread ([`wait_for_closes`] waits for them), and
-//! a reopen opens a copy of the directory as a crash would leave it (see `Run::reopen`).
+//! left in the store (tombstones, tables): such a finding may not replay alone. A store
+//! that is given up is closed on a background thread ([`wait_for_closes`] waits for them),
+//! and a reopen opens a copy of the directory as a crash would leave it (see `Run::reopen`).
 //! Stores live in `/dev/shm` where there is one (see [`crate::scratch::base_dir`]).
 
 // A fuzz body's panics are its findings.
@@ -35,7 +34,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
 
 use arbitrary::{Arbitrary, Unstructured};
 use bytes::Bytes;
@@ -202,8 +200,6 @@ struct Layer {
 struct Counted {
     fjall: FjallKv,
     written: Arc<AtomicU64>,
-    /// When the open began (see [`close_later`]).
-    opened_at: Instant,
 }
 
 impl KvStore for Counted {
@@ -250,7 +246,6 @@ struct Run {
 }
 
 fn open_fjall(dir: &Path, written: &Arc<AtomicU64>) -> Arc<Counted> {
-    let opened_at = Instant::now();
     let fjall = FjallKv::open(&FjallConfig {
         cache_capacity: 256 << 10,
         write_buffer: 1 << 20,
@@ -261,7 +256,6 @@ fn open_fjall(dir: &Path, written: &Arc<AtomicU64>) -> Arc<Counted> {
     Arc::new(Counted {
         fjall,
         written: Arc::clone(written),
-        opened_at,
     })
 }
 
@@ -277,7 +271,7 @@ impl Run {
     /// Whether a copy of the store's directory now is what a crash would leave: fjall has
     /// nothing left to write (see [`FjallKv::is_quiescent`]), and has never had a reason
     /// to compact (it does at 4 segments in level 0, and only seals make segments here)
-    /// or to seal a memtable by itself (at 512 KiB, half this store's write buffer;
+    /// or to seal a memtable by itself (at 256 KiB, a quarter of this store's write buffer;
     /// the bound counts 128 bytes of overhead per entry, more than fjall's).
     fn crash_copy_is_exact(&self) -> bool {
         self.seals < 4
@@ -339,9 +333,9 @@ impl Run {
     /// directory taken between two operations, while fjall has nothing left to write in
     /// the background, is what a crash leaves; the copy is opened and the original closes
     /// on a background thread. When the copy would not be exact (after 4 seals, or
-    /// 192 KiB of writes) the step does nothing: a real close waits up to 250 ms, which
-    /// would make such inputs the bulk of a fuzzing run; `kv/tests/model.rs` closes and
-    /// reopens stores in every state.
+    /// 192 KiB of writes) the step does nothing: a real close and open cost fsyncs and
+    /// waits for fjall's workers, which would make such inputs the bulk of a fuzzing run;
+    /// `kv/tests/model.rs` closes and reopens stores in every state.
     fn reopen(&mut self) {
         if !self.crash_copy_is_exact() {
             return;
@@ -633,9 +627,9 @@ impl Layer {
 
 /// The store inputs share: left empty by the input before, and still one whose crash copy
 /// is exact (see [`Run::crash_copy_is_exact`]), with what it has taken in since it was
-/// created. Opening a fjall store costs more than most inputs, and closing one waits for
-/// its monitor thread (see [`close_later`]), so inputs reuse one until it is no longer
-/// exact; a reopen step then still has a store it can copy.
+/// created. Opening a fjall store costs more than most inputs (it fsyncs the files and
+/// directories it creates), so inputs reuse one until it is no longer exact; a reopen
+/// step then still has a store it can copy.
 struct Pooled {
     dir: PathBuf,
     store: Arc<Counted>,
@@ -727,17 +721,9 @@ static CLOSING: Mutex<Vec<JoinHandle<()>>> = Mutex::new(Vec::new());
 const MAX_CLOSING: usize = 256;
 
 /// Closes `store` and removes `dir` on a background thread, so the next input need not
-/// wait: each input's store has its own directory.
-///
-/// A fjall close sends its background threads a stop signal and then polls every 100 µs
-/// until they have all left; the monitor thread sleeps 250 ms between rounds, so a close
-/// at a random moment polls for 125 ms on average, which cost more CPU than the inputs
-/// themselves. The monitor starts its first sleep while the store opens and sleeps in a
-/// loop from then on (its round takes microseconds), so its k-th wake comes shortly after
-/// `opened_at + k * 250 ms`: the store is dropped just before one.
+/// wait (a close waits for fjall's workers to finish what they are doing): each input's
+/// store has its own directory.
 fn close_later(store: Arc<Counted>, dir: PathBuf) {
-    const MONITOR_SLEEP: Duration = Duration::from_millis(250);
-    const EARLY: Duration = Duration::from_millis(2);
     let mut closing = CLOSING.lock();
     closing.retain(|h| !h.is_finished());
     while closing.len() >= MAX_CLOSING {
@@ -745,10 +731,6 @@ fn close_later(store: Arc<Counted>, dir: PathBuf) {
         let _ = oldest.join();
     }
     closing.push(std::thread::spawn(move || {
-        let opened_at = store.opened_at;
-        let rounds = (opened_at.elapsed() + EARLY).as_nanos() / MONITOR_SLEEP.as_nanos() + 1;
-        let wake = opened_at + MONITOR_SLEEP * u32::try_from(rounds).unwrap_or(u32::MAX);
-        std::thread::sleep(wake.saturating_duration_since(Instant::now() + EARLY));
         drop(store);
         let _ = std::fs::remove_dir_all(&dir);
     }));
