@@ -453,7 +453,8 @@ impl FjallKv {
                 continue;
             }
             let flushing = self.keyspace.tree.sealed_memtable_count() > 0;
-            if !(over_buffer && flushing) && !self.would_stall() {
+            let wait = (over_buffer && flushing) || self.would_stall();
+            if !wait {
                 return Ok(());
             }
             self.check_alive("commit")?;
