@@ -44,14 +44,26 @@ impl Tmpfs {
         mount(&["-o", &format!("remount,size={size_kib}k")], self.path()).expect("remount");
     }
 
-    /// Makes the file system read-only (`true`) or writable again.
+    /// Makes the file system read-only (`true`) or writable again. A read-only remount is
+    /// refused while a file on it is open for writing, and a closed fjall store's journal
+    /// can stay open for a moment after the close returns (fjall's worker threads let go
+    /// of it as they exit, after the close stops waiting for them): retried for up to 2 s.
     pub fn set_read_only(&self, read_only: bool) {
         let mode = if read_only {
             "remount,ro"
         } else {
             "remount,rw"
         };
-        mount(&["-o", mode], self.path()).expect("remount");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        loop {
+            match mount(&["-o", mode], self.path()) {
+                Ok(()) => return,
+                Err(e) if e.contains("busy") && std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                Err(e) => panic!("remount: {e:?}"),
+            }
+        }
     }
 }
 
