@@ -277,9 +277,8 @@ fn stored_bounds(range: &KeyRange) -> Option<StoredBounds> {
 /// smaller one is copied. lsm-tree hands out a value kept in a table (one under
 /// [`SEPARATION_THRESHOLD`]: a catalog entry, a record) as a slice of the whole
 /// decompressed block it sits in, so a 100-byte record held by a cache above this one
-/// would keep its 4 KiB block alive after fjall's cache let it go: 3,000 actors' records
-/// would be kept that no budget counts. Pages live in blob files,
-/// each value in a buffer of its own.
+/// would keep its 4 KiB block alive after fjall's cache let it go, memory no budget
+/// counts. Pages live in blob files, each value in a buffer of its own.
 fn to_bytes(v: Slice) -> Bytes {
     if v.len() < SEPARATION_THRESHOLD as usize {
         Bytes::copy_from_slice(&v)
@@ -288,14 +287,18 @@ fn to_bytes(v: Slice) -> Bytes {
     }
 }
 
-/// The options of the keyspace when this open creates it (an existing one keeps those it
-/// was created with, but for the memtable bound, which is read back from it).
-fn keyspace_options(memtable: u64, compress: bool) -> KeyspaceCreateOptions {
-    let compression = if compress {
+/// lz4, or no compression.
+fn compression(compress: bool) -> CompressionType {
+    if compress {
         CompressionType::Lz4
     } else {
         CompressionType::None
-    };
+    }
+}
+
+/// The options of the keyspace when this open creates it (an existing one keeps those it
+/// was created with).
+fn keyspace_options(memtable: u64, compress: bool) -> KeyspaceCreateOptions {
     let policy = if compress {
         CompressionPolicy::all(CompressionType::Lz4)
     } else {
@@ -306,7 +309,7 @@ fn keyspace_options(memtable: u64, compress: bool) -> KeyspaceCreateOptions {
         .data_block_compression_policy(policy)
         .with_kv_separation(Some(
             KvSeparationOptions::default()
-                .compression(compression)
+                .compression(compression(compress))
                 .separation_threshold(SEPARATION_THRESHOLD),
         ))
 }
@@ -350,17 +353,12 @@ impl FjallKv {
             reason: damage.reason,
         })?;
         let write_buffer = config.write_buffer.max(MIN_WRITE_BUFFER);
-        let compression = if config.compress {
-            CompressionType::Lz4
-        } else {
-            CompressionType::None
-        };
         // fjall panics on some damaged files; its recovery runs here.
         let opened = catch_unwind(AssertUnwindSafe(|| {
             let db = Database::builder(path)
                 .cache_size(config.cache_capacity)
                 .max_journaling_size(MAX_JOURNALING)
-                .journal_compression(compression)
+                .journal_compression(compression(config.compress))
                 .open()?;
             let keyspace = db.keyspace(KEYSPACE, || {
                 keyspace_options(write_buffer / MEMTABLES, config.compress)

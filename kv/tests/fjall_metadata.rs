@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 
 use shoal_kv::raw::Batch;
 use shoal_kv::{FjallConfig, FjallKv, KeyRange, KvStore};
+use shoal_testkit::scratch::copy_dir;
 
 /// Bytes at the end of a table or blob file that are flipped: the sfa trailer (38 bytes),
 /// the table of contents before it, and some of the file's own last block.
@@ -55,34 +56,10 @@ fn pristine(dir: &Path) -> Vec<(Vec<u8>, Vec<u8>)> {
     kv.flush().unwrap();
     let want = contents(&kv).unwrap();
     assert_eq!(want.len(), 6 * 80);
-    drop(kv);
-    // fjall preallocates its journal with 64 MiB of zeros, which its recovery reads as
-    // the end: without them, a copy for a trial takes a millisecond, not a hundred.
-    for journal in std::fs::read_dir(dir).unwrap() {
-        let path = journal.unwrap().path();
-        if path.extension().is_some_and(|e| e == "jnl") {
-            let bytes = std::fs::read(&path).unwrap();
-            let used = bytes.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
-            std::fs::write(&path, &bytes[..used]).unwrap();
-        }
-    }
     want
 }
 
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.path().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
-    }
-}
-
-/// The files under `dir/keyspaces` named `name`, or in a directory named `name`.
+/// The files under `dir/keyspaces` that `pick` takes.
 fn files(dir: &Path, pick: &dyn Fn(&Path) -> bool) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let mut todo = vec![dir.join("keyspaces")];
@@ -126,7 +103,7 @@ fn flipped_bits_in_fjall_metadata_are_errors_or_nothing() {
     let want = pristine(&base);
     // The control: an undamaged copy reads back.
     let copy = tmp.path().join("copy");
-    copy_dir(&base, &copy);
+    copy_dir(&base, &copy).unwrap();
     assert_eq!(contents(&open(&copy).unwrap()).unwrap(), want);
 
     // (file, first byte flipped) for every target.
@@ -159,7 +136,7 @@ fn flipped_bits_in_fjall_metadata_are_errors_or_nothing() {
         for at in (from..len).filter(|&at| at >= trailer || at % 3 == 0) {
             let trial = tmp.path().join("trial");
             let _ = std::fs::remove_dir_all(&trial);
-            copy_dir(&base, &trial);
+            copy_dir(&base, &trial).unwrap();
             let mut bytes = std::fs::read(trial.join(&rel)).unwrap();
             bytes[at as usize] ^= 1 << (at % 8);
             std::fs::write(trial.join(&rel), bytes).unwrap();
