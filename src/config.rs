@@ -112,11 +112,17 @@ pub enum KvEngine {
     /// sled 0.34: fast batches and flushes, but its memory grows well past its configured
     /// cache when many pages are read.
     Sled,
+    /// A PostgreSQL server that several hosts share (feature `postgres`): one table of
+    /// pages, each actor written by the one host holding its lease. Chosen with
+    /// [`Config::with_postgres`], which gives the server's URL; the store directory then
+    /// holds only this host's lock and import staging.
+    Postgres,
 }
 
 impl KvEngine {
-    /// Every engine this build can open, the default first: fjall with feature `kv-vfs`,
-    /// sled with feature `sled` (none without `kv-vfs`).
+    /// Every embedded engine this build can open, the default first: fjall with feature
+    /// `kv-vfs`, sled with feature `sled` (none without `kv-vfs`). PostgreSQL, which needs
+    /// a server, is not among them.
     pub const ALL: &'static [KvEngine] = &[
         #[cfg(feature = "kv-vfs")]
         KvEngine::Fjall,
@@ -129,6 +135,7 @@ impl KvEngine {
         match self {
             KvEngine::Fjall => "fjall",
             KvEngine::Sled => "sled",
+            KvEngine::Postgres => "postgres",
         }
     }
 }
@@ -142,16 +149,17 @@ impl std::fmt::Display for KvEngine {
 impl std::str::FromStr for KvEngine {
     type Err = Error;
 
-    /// Parses `fjall` or `sled`, in every build (opening a store on an engine the build
-    /// lacks is [`Error::NotBuilt`]).
+    /// Parses `fjall`, `sled` or `postgres`, in every build (opening a store on an engine
+    /// the build lacks is [`Error::NotBuilt`]).
     fn from_str(s: &str) -> Result<KvEngine, Error> {
         match s {
             "fjall" => Ok(KvEngine::Fjall),
             "sled" => Ok(KvEngine::Sled),
+            "postgres" => Ok(KvEngine::Postgres),
             other => Err(Error::UnknownName {
                 what: "kv engine",
                 given: other.to_owned(),
-                expected: "fjall or sled",
+                expected: "fjall, sled or postgres",
             }),
         }
     }
@@ -172,9 +180,10 @@ pub enum StoreLayout {
 
 impl StoreLayout {
     /// Every layout, in the order a store directory is searched for them.
-    pub(crate) const ALL: [StoreLayout; 3] = [
+    pub(crate) const ALL: [StoreLayout; 4] = [
         StoreLayout::Kv(KvEngine::Fjall),
         StoreLayout::Kv(KvEngine::Sled),
+        StoreLayout::Kv(KvEngine::Postgres),
         StoreLayout::Files,
     ];
 
@@ -192,6 +201,8 @@ impl StoreLayout {
         match self {
             StoreLayout::Kv(KvEngine::Fjall) => "kv-fjall",
             StoreLayout::Kv(KvEngine::Sled) => "kv-sled",
+            // Only a marker: the pages are on the server.
+            StoreLayout::Kv(KvEngine::Postgres) => "kv-postgres",
             StoreLayout::Files => "actors",
         }
     }
@@ -298,6 +309,17 @@ pub struct Config {
     /// Per-connection tuning (not applied to [`Backing::Files`], which keeps SQLite's
     /// defaults on purpose).
     pub actor: ActorTuning,
+    /// The PostgreSQL server of [`KvEngine::Postgres`]: a libpq-style URL
+    /// (`postgresql://user@host/db`; a unix socket directory as the percent-encoded
+    /// host; `?options=-csearch_path%3Dschema` picks the schema).
+    pub postgres_url: Option<String>,
+    /// How long a host's lease on an actor runs without renewal, on a store several hosts
+    /// share (PostgreSQL): a host that dies has its actors taken over this long after its
+    /// last renewal. Renewed every third of it.
+    pub lease_duration: std::time::Duration,
+    /// This host's id on a shared store (`None`: the host name, the process id and a
+    /// random part). Must differ between the processes sharing the store.
+    pub host_id: Option<String>,
 }
 
 impl Default for Config {
@@ -310,6 +332,9 @@ impl Default for Config {
             max_waking: std::thread::available_parallelism().map_or(4, |n| n.get() * 2),
             durability: Durability::Full,
             actor: ActorTuning::default(),
+            postgres_url: None,
+            lease_duration: std::time::Duration::from_secs(10),
+            host_id: None,
         }
     }
 }
@@ -333,6 +358,29 @@ impl Config {
     #[must_use]
     pub fn with_memory_budget(mut self, bytes: u64) -> Config {
         self.memory_budget = bytes;
+        self
+    }
+
+    /// With actors in the PostgreSQL server at `url` ([`KvEngine::Postgres`], under the kv
+    /// backing).
+    #[must_use]
+    pub fn with_postgres(mut self, url: impl Into<String>) -> Config {
+        self.kv_engine = KvEngine::Postgres;
+        self.postgres_url = Some(url.into());
+        self
+    }
+
+    /// With leases of `duration` on a shared store (see [`Config::lease_duration`]).
+    #[must_use]
+    pub fn with_lease_duration(mut self, duration: std::time::Duration) -> Config {
+        self.lease_duration = duration;
+        self
+    }
+
+    /// With `host` as this host's id on a shared store (see [`Config::host_id`]).
+    #[must_use]
+    pub fn with_host_id(mut self, host: impl Into<String>) -> Config {
+        self.host_id = Some(host.into());
         self
     }
 

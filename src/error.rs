@@ -118,6 +118,12 @@ pub enum Error {
         /// What needs it.
         what: &'static str,
     },
+    /// [`crate::KvEngine::Postgres`] was asked for without a server to reach.
+    #[error(
+        "the postgres kv engine needs a server: give its URL with Config::with_postgres \
+         (shoal --kv postgresql://..., or --kv postgres with SHOAL_PG_URL set)"
+    )]
+    NoPostgresUrl,
     /// A name of a [`crate::Backing`] or [`crate::KvEngine`] that is neither.
     #[error("unknown {what} {given:?} (expected {expected})")]
     UnknownName {

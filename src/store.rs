@@ -206,6 +206,16 @@ impl Store {
         mode: OpenMode,
     ) -> Result<Store> {
         let dir = dir.to_path_buf();
+        #[cfg(feature = "kv-vfs")]
+        let mode = if mode == OpenMode::Existing
+            && config.backing.is_kv()
+            && config.kv_engine == crate::config::KvEngine::Postgres
+        {
+            // The store is the server; the directory is only this host's, made on demand.
+            OpenMode::Create
+        } else {
+            mode
+        };
         if matches!(mode, OpenMode::Create | OpenMode::Alongside) {
             refuse_non_directory(&dir)?;
             create_private_dir(&dir)?;
@@ -471,6 +481,13 @@ impl Store {
 
     fn checkin(&self, name: String, mut actor: ActorConn) {
         let conn = &actor.conn;
+        // Another host took the actor over (its writes are fenced), or a commit found the
+        // stored database changed underneath: this connection's view is stale. Closing it
+        // gives up the lease; the next use acquires it again and reads afresh.
+        if self.backend.needs_reopen(&name) {
+            self.pool.discard(actor);
+            return;
+        }
         if !conn.is_autocommit() && conn.execute_batch("ROLLBACK").is_err() {
             self.pool.discard(actor);
             return;

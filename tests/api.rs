@@ -10,14 +10,14 @@ fn backings_and_engines_round_trip_through_their_names() {
         assert_eq!(backing.to_string(), backing.as_str());
         assert_eq!(backing.to_string().parse::<Backing>().unwrap(), backing);
     }
-    for engine in [KvEngine::Fjall, KvEngine::Sled] {
+    for engine in [KvEngine::Fjall, KvEngine::Sled, KvEngine::Postgres] {
         assert_eq!(engine.to_string(), engine.as_str());
         assert_eq!(engine.to_string().parse::<KvEngine>().unwrap(), engine);
     }
     let err = "lmdb".parse::<KvEngine>().unwrap_err();
     assert_eq!(
         err.to_string(),
-        "unknown kv engine \"lmdb\" (expected fjall or sled)"
+        "unknown kv engine \"lmdb\" (expected fjall, sled or postgres)"
     );
     let err = "disk".parse::<Backing>().unwrap_err();
     assert!(matches!(err, shoal::Error::UnknownName { .. }), "{err:?}");

@@ -10,7 +10,9 @@
 //! - `reads`: point reads per second and full-scan MB/s, warm and after reopening;
 //! - `coldwake`: latency of waking a cold actor of about 300 KB (open plus first query);
 //! - `soak`: `commits` with 1,000 actors for 60 s (`--actors`, `--seconds`), RSS sampled
-//!   throughout against the memory budget plus 32 KB per actor.
+//!   throughout against the memory budget plus 32 KB per actor;
+//! - `takeover` (on PostgreSQL, `--kv postgresql://...`): a host SIGKILLed mid-commit, and
+//!   the time until another host's first commit of its actor, against the lease length.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -34,6 +36,7 @@ pub enum BenchName {
     Reads,
     Coldwake,
     Soak,
+    Takeover,
 }
 
 #[derive(Debug, Args)]
@@ -50,7 +53,9 @@ pub struct BenchArgs {
     /// Concurrent actors for `commits` [default: 1,16,256,1000; for `soak` one count, 1000].
     #[arg(long, value_delimiter = ',')]
     actors: Vec<usize>,
-    /// Run only these `commits` variants (for profiling): shoal_full, files_delete_full,
+    /// Run only these `commits` variants (for profiling): shoal_full,
+    /// shoal_full_own_flushes (group commit off: on PostgreSQL it runs by default),
+    /// files_delete_full,
     /// files_wal_full, shoal_relaxed, files_wal_normal.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
@@ -66,6 +71,109 @@ pub struct BenchArgs {
     /// Mass-wake sizes for `wake`.
     #[arg(long, value_delimiter = ',', default_values_t = [1000usize, 10000])]
     wake_actors: Vec<usize>,
+    /// Lease lengths for `takeover`, in milliseconds.
+    #[arg(long, value_delimiter = ',', default_values_t = [1000u64, 5000])]
+    lease_ms: Vec<u64>,
+    /// Kills per lease length for `takeover`.
+    #[arg(long, default_value_t = 20)]
+    kills: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct HoldArgs {
+    /// The actor to commit to.
+    #[arg(long, default_value = "held")]
+    actor: String,
+    /// The lease length, in milliseconds.
+    #[arg(long, default_value_t = 10_000)]
+    lease_ms: u64,
+}
+
+/// The host `takeover` kills: commits to one actor until killed, `ok N` after each.
+pub fn hold(dir: &Path, config: Config, args: &HoldArgs) -> anyhow::Result<()> {
+    use std::io::Write;
+    let store = Store::open(
+        dir,
+        config.with_lease_duration(Duration::from_millis(args.lease_ms)),
+    )?;
+    let mut out = std::io::stdout().lock();
+    for n in 1u64.. {
+        store.with_actor(&args.actor, |c| -> shoal::Result<()> {
+            c.execute_batch("CREATE TABLE IF NOT EXISTS t(n INTEGER)")?;
+            c.execute("INSERT INTO t VALUES (?1)", [n.cast_signed()])?;
+            Ok(())
+        })?;
+        writeln!(out, "ok {n}")?;
+        out.flush()?;
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------- takeover
+
+/// Takeover after a host dies: a child host commits to an actor; it is SIGKILLed, and the
+/// time from the kill to the first commit of the same actor on this process (a second
+/// host) is measured, per lease length, against the lease.
+fn takeover(scratch: &Path, args: &BenchArgs) -> anyhow::Result<Value> {
+    use std::io::BufRead;
+    let Some(url) = POSTGRES.get() else {
+        bail!("takeover needs a store hosts share: run it with --kv postgresql://...");
+    };
+    let exe = std::env::current_exe()?;
+    let mut rows = Vec::new();
+    for &lease_ms in &args.lease_ms {
+        let mut hist = Histogram::<u64>::new(3)?;
+        let actor = format!("takeover-{lease_ms}");
+        for kill in 0..args.kills.max(1) {
+            let dir = scratch.join(format!("takeover-{lease_ms}-{kill}"));
+            let mut child = std::process::Command::new(&exe)
+                .arg("--store")
+                .arg(dir.join("a"))
+                .args(["--kv", url, "hold", "--actor", &actor])
+                .args(["--lease-ms", &lease_ms.to_string()])
+                .stdout(std::process::Stdio::piped())
+                .spawn()?;
+            let mut lines = std::io::BufReader::new(child.stdout.take().context("stdout")?).lines();
+            // Let it commit for a while, then kill it.
+            for _ in 0..20 {
+                match lines.next() {
+                    Some(Ok(line)) if line.starts_with("ok ") => {}
+                    other => bail!("the holding host stopped: {other:?}"),
+                }
+            }
+            child.kill()?;
+            let killed = Instant::now();
+            child.wait()?;
+            let config = Config::default()
+                .with_postgres(url.clone())
+                .with_lease_duration(Duration::from_millis(lease_ms));
+            let store = Store::open(dir.join("b"), config)?;
+            store.with_actor(&actor, |c| -> shoal::Result<()> {
+                c.execute("INSERT INTO t VALUES (0)", [])?;
+                Ok(())
+            })?;
+            let took = killed.elapsed();
+            hist.record(u64::try_from(took.as_micros()).unwrap_or(u64::MAX))?;
+            drop(store);
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+        let ms = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
+        if !args.json {
+            println!(
+                "lease {lease_ms:>6} ms: takeover after a kill p50 {:>7.1} ms  p99 {:>7.1} ms  ({:.2}x and {:.2}x the lease, {} kills)",
+                ms(0.5),
+                ms(0.99),
+                ms(0.5) / lease_ms as f64,
+                ms(0.99) / lease_ms as f64,
+                hist.len()
+            );
+        }
+        rows.push(json!({
+            "lease_ms": lease_ms, "kills": hist.len(),
+            "p50_ms": ms(0.5), "p99_ms": ms(0.99), "max_ms": hist.max() as f64 / 1000.0,
+        }));
+    }
+    Ok(json!({ "bench": "takeover", "results": rows }))
 }
 
 /// What the run was measured on.
@@ -106,6 +214,7 @@ pub fn bench(store_dir: &Path, args: &BenchArgs) -> anyhow::Result<()> {
         BenchName::Reads => reads(&scratch, args),
         BenchName::Coldwake => coldwake(&scratch, args),
         BenchName::Soak => soak(&scratch, args),
+        BenchName::Takeover => takeover(&scratch, args),
     };
     let _ = std::fs::remove_dir_all(&scratch);
     let mut result = result?;
@@ -120,12 +229,31 @@ pub fn bench(store_dir: &Path, args: &BenchArgs) -> anyhow::Result<()> {
 /// alike (2 MB).
 const CACHE: &str = "PRAGMA cache_size = -2000;";
 
+/// The PostgreSQL server the shoal columns run on (`shoal --kv postgresql://...`);
+/// fjall when unset.
+pub static POSTGRES: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
 fn kv_store(dir: &Path, durability: Durability) -> anyhow::Result<Store> {
     let config = Config::default()
         .with_backing(Backing::DEFAULT)
         .with_kv_engine(KvEngine::Fjall)
         .with_durability(durability)
         .with_max_awake(Some(100_000));
+    let config = match POSTGRES.get() {
+        // Each store a schema of its own (created on first use), as each fjall store
+        // has a directory of its own.
+        Some(url) => {
+            static STORES: AtomicU64 = AtomicU64::new(0);
+            let schema = format!(
+                "shoal_bench_{}_{}",
+                std::process::id(),
+                STORES.fetch_add(1, Ordering::Relaxed)
+            );
+            let sep = if url.contains('?') { '&' } else { '?' };
+            config.with_postgres(format!("{url}{sep}options=-csearch_path%3D{schema}"))
+        }
+        None => config,
+    };
     Ok(Store::open(dir, config)?)
 }
 
@@ -179,6 +307,8 @@ fn wake(store_dir: &Path, args: &BenchArgs) -> anyhow::Result<Value> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum CommitVariant {
     ShoalFull,
+    /// Durable, each commit flushing on its own (no group commit).
+    ShoalSolo,
     FilesDelete,
     FilesWal,
     ShoalRelaxed,
@@ -186,8 +316,9 @@ enum CommitVariant {
 }
 
 impl CommitVariant {
-    const ALL: [CommitVariant; 5] = [
+    const ALL: [CommitVariant; 6] = [
         CommitVariant::ShoalFull,
+        CommitVariant::ShoalSolo,
         CommitVariant::FilesDelete,
         CommitVariant::FilesWal,
         CommitVariant::ShoalRelaxed,
@@ -197,6 +328,7 @@ impl CommitVariant {
     fn name(self) -> &'static str {
         match self {
             CommitVariant::ShoalFull => "shoal full",
+            CommitVariant::ShoalSolo => "shoal full, own flushes",
             CommitVariant::FilesDelete => "files DELETE FULL",
             CommitVariant::FilesWal => "files WAL FULL",
             CommitVariant::ShoalRelaxed => "shoal relaxed",
@@ -207,6 +339,7 @@ impl CommitVariant {
     fn key(self) -> &'static str {
         match self {
             CommitVariant::ShoalFull => "shoal_full",
+            CommitVariant::ShoalSolo => "shoal_full_own_flushes",
             CommitVariant::FilesDelete => "files_delete_full",
             CommitVariant::FilesWal => "files_wal_full",
             CommitVariant::ShoalRelaxed => "shoal_relaxed",
@@ -254,6 +387,13 @@ fn run_commits(
     std::fs::create_dir_all(dir)?;
     let store = match variant {
         CommitVariant::ShoalFull => Some(kv_store(dir, Durability::Full)?),
+        CommitVariant::ShoalSolo => {
+            let store = kv_store(dir, Durability::Full)?;
+            if let Some(vfs) = store.vfs() {
+                vfs.kv().set_group_commit(false);
+            }
+            Some(store)
+        }
         CommitVariant::ShoalRelaxed => Some(kv_store(dir, Durability::Relaxed)?),
         _ => None,
     };
@@ -351,9 +491,10 @@ fn commits(scratch: &Path, args: &BenchArgs) -> anyhow::Result<Value> {
     let mut bytes_rows = Vec::new();
     if !args.json {
         println!(
-            "{:>6}  {:>14} {:>18} {:>15} {:>14} {:>17}   {:>10} {:>10}",
+            "{:>6}  {:>14} {:>14} {:>18} {:>15} {:>14} {:>17}   {:>10} {:>10}",
             "actors",
             "shoal full",
+            "own flushes",
             "files DELETE FULL",
             "files WAL FULL",
             "shoal relaxed",
@@ -374,7 +515,13 @@ fn commits(scratch: &Path, args: &BenchArgs) -> anyhow::Result<Value> {
         let mut rates = Vec::new();
         let mut bytes = Vec::new();
         for variant in CommitVariant::ALL {
-            if !args.only.is_empty() && !args.only.iter().any(|o| o == variant.key()) {
+            // Group commit off is measured on the server backend, or when asked for.
+            let skipped = if args.only.is_empty() {
+                variant == CommitVariant::ShoalSolo && POSTGRES.get().is_none()
+            } else {
+                !args.only.iter().any(|o| o == variant.key())
+            };
+            if skipped {
                 rates.push(f64::NAN);
                 bytes.push(f64::NAN);
                 continue;
@@ -392,10 +539,10 @@ fn commits(scratch: &Path, args: &BenchArgs) -> anyhow::Result<Value> {
         }
         let ratio = |a: f64, b: f64| a / b.max(f64::MIN_POSITIVE);
         let rounded = |x: f64| json!((x * 100.0).round() / 100.0);
-        let speedup = ratio(rates[0], rates[2]);
-        let relaxed_speedup = ratio(rates[3], rates[4]);
-        let bytes_vs_wal = ratio(bytes[0], bytes[2]);
-        let relaxed_bytes_vs = ratio(bytes[3], bytes[4]);
+        let speedup = ratio(rates[0], rates[3]);
+        let relaxed_speedup = ratio(rates[4], rates[5]);
+        let bytes_vs_wal = ratio(bytes[0], bytes[3]);
+        let relaxed_bytes_vs = ratio(bytes[4], bytes[5]);
         row.insert("speedup_vs_files_wal".into(), rounded(speedup));
         row.insert(
             "relaxed_speedup_vs_files_wal_normal".into(),
@@ -408,8 +555,8 @@ fn commits(scratch: &Path, args: &BenchArgs) -> anyhow::Result<Value> {
         );
         if !args.json {
             println!(
-                "{n:>6}  {:>12.0}/s {:>16.0}/s {:>13.0}/s {:>12.0}/s {:>15.0}/s   {speedup:>9.2}x {relaxed_speedup:>9.2}x",
-                rates[0], rates[1], rates[2], rates[3], rates[4]
+                "{n:>6}  {:>12.0}/s {:>12.0}/s {:>16.0}/s {:>13.0}/s {:>12.0}/s {:>15.0}/s   {speedup:>9.2}x {relaxed_speedup:>9.2}x",
+                rates[0], rates[1], rates[2], rates[3], rates[4], rates[5]
             );
         }
         bytes_rows.push((n, bytes, bytes_vs_wal, relaxed_bytes_vs));
@@ -417,10 +564,13 @@ fn commits(scratch: &Path, args: &BenchArgs) -> anyhow::Result<Value> {
     }
     if !args.json {
         println!("\nbytes written to disk per commit (checkpoints and the close included)");
+        if POSTGRES.get().is_some() {
+            println!("(by this process: the PostgreSQL server's own writes are not counted)");
+        }
         for (n, b, vs_wal, relaxed_vs) in bytes_rows {
             println!(
-                "{n:>6}  {:>14.0} {:>18.0} {:>15.0} {:>14.0} {:>17.0}   {vs_wal:>9.2}x {relaxed_vs:>9.2}x",
-                b[0], b[1], b[2], b[3], b[4]
+                "{n:>6}  {:>14.0} {:>14.0} {:>18.0} {:>15.0} {:>14.0} {:>17.0}   {vs_wal:>9.2}x {relaxed_vs:>9.2}x",
+                b[0], b[1], b[2], b[3], b[4], b[5]
             );
         }
     }

@@ -28,9 +28,12 @@ struct Cli {
     /// SQLite's defaults), files-tuned (one file per actor with shoal's pragmas).
     #[arg(long, global = true, default_value = Backing::DEFAULT.as_str())]
     backing: Backing,
-    /// The key-value store under the kv backing: fjall (bounded memory) or sled.
-    #[arg(long, global = true, default_value = "fjall")]
-    kv: KvEngine,
+    /// The key-value store under the kv backing: fjall (bounded memory), sled, or a
+    /// PostgreSQL server that several hosts share: its URL (postgresql://user@host/db),
+    /// or `postgres` for the URL in SHOAL_PG_URL. With PostgreSQL the store directory
+    /// keeps only this host's lock.
+    #[arg(long, global = true, default_value = "fjall", value_parser = parse_kv)]
+    kv: KvChoice,
     /// The process memory budget in MiB (kv cache, SQLite heap limit, awake actors).
     #[arg(long, global = true, default_value_t = 256)]
     budget_mb: u64,
@@ -52,6 +55,10 @@ enum Command {
     /// Populate actors for `wake` (run by `wake` in a child process).
     #[command(hide = true)]
     Populate(wake::PopulateArgs),
+    /// Commit to one actor in a loop, printing `ok N` after each (the host that `bench
+    /// takeover` kills).
+    #[command(hide = true)]
+    Hold(bench::HoldArgs),
     /// List actors.
     Ls,
     /// Store-wide statistics, or one actor's (its I/O counters, `*_since_open`, count
@@ -134,12 +141,37 @@ fn one_line(e: &anyhow::Error) -> String {
     line
 }
 
+/// What `--kv` names: an embedded engine, or a PostgreSQL server's URL.
+#[derive(Debug, Clone)]
+enum KvChoice {
+    Embedded(KvEngine),
+    Postgres(String),
+}
+
+fn parse_kv(s: &str) -> Result<KvChoice, String> {
+    if s.starts_with("postgres://") || s.starts_with("postgresql://") {
+        return Ok(KvChoice::Postgres(s.to_owned()));
+    }
+    match s.parse::<KvEngine>().map_err(|e| e.to_string())? {
+        KvEngine::Postgres => match std::env::var("SHOAL_PG_URL") {
+            Ok(url) if !url.is_empty() => Ok(KvChoice::Postgres(url)),
+            _ => Err("--kv postgres needs SHOAL_PG_URL set to the server's URL \
+                      (or give the URL itself: --kv postgresql://user@host/db)"
+                .to_owned()),
+        },
+        engine => Ok(KvChoice::Embedded(engine)),
+    }
+}
+
 fn config(cli: &Cli) -> Config {
-    Config::default()
+    let config = Config::default()
         .with_backing(cli.backing)
-        .with_kv_engine(cli.kv)
         .with_memory_budget(cli.budget_mb << 20)
-        .with_max_awake(cli.max_awake)
+        .with_max_awake(cli.max_awake);
+    match &cli.kv {
+        KvChoice::Embedded(engine) => config.with_kv_engine(*engine),
+        KvChoice::Postgres(url) => config.with_postgres(url.clone()),
+    }
 }
 
 fn open_existing(cli: &Cli) -> anyhow::Result<Store> {
@@ -172,8 +204,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let mut out = std::io::stdout().lock();
     match &cli.command {
         Command::Wake(args) => wake::wake(&cli.store, config(&cli), args)?,
-        Command::Bench(args) => bench::bench(&cli.store, args)?,
+        Command::Bench(args) => {
+            if let KvChoice::Postgres(url) = &cli.kv {
+                let _ = bench::POSTGRES.set(url.clone());
+            }
+            bench::bench(&cli.store, args)?
+        }
         Command::Populate(args) => wake::populate(&cli.store, config(&cli), args)?,
+        Command::Hold(args) => bench::hold(&cli.store, config(&cli), args)?,
         Command::Ls => {
             for name in open_read_only(&cli)?.list_actors()? {
                 writeln!(out, "{name}")?;

@@ -77,7 +77,14 @@ pub fn actor_name(i: usize) -> String {
 /// same files.
 fn data_kind(config: &Config) -> String {
     if config.backing.is_kv() {
-        format!("kv-{}", config.kv_engine.as_str())
+        match &config.postgres_url {
+            // Each server (and schema) its own data.
+            Some(url) if config.kv_engine == shoal::KvEngine::Postgres => format!(
+                "kv-postgres-{:016x}",
+                xxhash_rust::xxh3::xxh3_64(url.as_bytes())
+            ),
+            _ => format!("kv-{}", config.kv_engine.as_str()),
+        }
     } else {
         "files".to_owned()
     }
@@ -271,13 +278,12 @@ pub fn wake(dir: &Path, config: Config, args: &WakeArgs) -> anyhow::Result<()> {
         let mut child = std::process::Command::new(exe)
             .arg("--store")
             .arg(dir)
-            .args([
-                "--backing",
-                backing.as_str(),
-                "--kv",
-                config.kv_engine.as_str(),
-                "--budget-mb",
-            ])
+            .args(["--backing", backing.as_str(), "--kv"])
+            .arg(match (&config.postgres_url, config.kv_engine) {
+                (Some(url), shoal::KvEngine::Postgres) => url.as_str(),
+                (_, engine) => engine.as_str(),
+            })
+            .arg("--budget-mb")
             .arg((config.memory_budget >> 20).to_string())
             .args(["populate", "--actors", &total.to_string()])
             .args(["--messages", &args.messages.to_string()])

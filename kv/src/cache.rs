@@ -154,6 +154,14 @@ impl ReadCache {
         }
     }
 
+    /// Drops every entry in `range` (see [`ReadCache::written`]).
+    pub(crate) fn forget(&self, range: &crate::keys::KeyRange) {
+        self.written(&Batch {
+            ops: vec![Op::DeleteRange(range.clone())],
+            preconditions: Vec::new(),
+        });
+    }
+
     /// Bytes held now.
     pub(crate) fn bytes(&self) -> usize {
         self.shards.iter().map(|s| s.lock().bytes).sum()

@@ -128,6 +128,63 @@ pub enum Error {
     /// The group committer has shut down.
     #[error("the group committer has shut down")]
     Closed,
+    /// A batch is past a limit every backend keeps (FoundationDB's: see
+    /// [`Batch::check_limits`](crate::Batch::check_limits)); nothing was applied.
+    #[error("batch refused: {size} {what} is over the limit of {limit}")]
+    LimitExceeded {
+        /// What was counted.
+        what: &'static str,
+        /// How much the batch had.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// The database server could not be reached, or dropped the connection: the operation
+    /// did nothing that was acknowledged, and the same call may succeed once it is back.
+    #[error("the database server is unavailable during {op}: {cause}")]
+    Unavailable {
+        /// The operation that failed.
+        op: &'static str,
+        /// The client's error, as text.
+        cause: String,
+    },
+    /// This host's lease on a database was taken over by another host: the write was
+    /// refused and nothing of it was applied. The database must be reopened (its lease
+    /// acquired again) before this host writes it.
+    #[error(
+        "fenced: database {id} is now leased to host {owner:?} (generation {generation}); \
+         this host's write was refused and nothing of it applied"
+    )]
+    Fenced {
+        /// The database.
+        id: u64,
+        /// The host that holds its lease now (empty if it was released).
+        owner: String,
+        /// The generation of that lease.
+        generation: u64,
+    },
+    /// A write of a database this host holds no lease on (leases are on: see
+    /// [`Kv::enable_leases`](crate::Kv::enable_leases)).
+    #[error("database {id} is not leased to this host: acquire its lease before writing it")]
+    NotLeased {
+        /// The database.
+        id: u64,
+    },
+    /// Another host holds a live lease on the database, and it did not expire in time.
+    #[error(
+        "database {id} is leased to host {owner:?} for {remaining_ms} ms more \
+         (waited {waited_ms} ms); try again later, or after that host stops"
+    )]
+    LeasedElsewhere {
+        /// The database.
+        id: u64,
+        /// The host holding it.
+        owner: String,
+        /// How long its lease still runs.
+        remaining_ms: u64,
+        /// How long this host waited for it.
+        waited_ms: u64,
+    },
 }
 
 impl Error {

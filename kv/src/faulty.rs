@@ -190,6 +190,18 @@ impl<K: KvStore> KvStore for FaultyKv<K> {
     fn stats(&self) -> Result<KvStats> {
         self.inner.stats()
     }
+
+    fn apply_mark(&self) -> u64 {
+        self.inner.apply_mark()
+    }
+
+    fn mark_durable(&self, mark: u64) -> Result<()> {
+        self.inner.mark_durable(mark)
+    }
+
+    fn now_ms(&self) -> Result<u64> {
+        self.inner.now_ms()
+    }
 }
 
 #[cfg(test)]

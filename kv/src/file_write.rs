@@ -86,7 +86,7 @@ impl FileWrite<'_> {
     /// durable). Fails, applying nothing, if the metadata guard does not hold or the store
     /// refuses writes.
     pub fn commit(self) -> Result<()> {
-        self.kv.apply(self.batch)
+        self.kv.apply_for(self.id, self.kind, self.batch)
     }
 
     /// [`FileWrite::commit`], then waits until the write is durable (sharing the flush

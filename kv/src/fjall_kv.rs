@@ -841,14 +841,14 @@ impl KvStore for FjallKv {
 
     fn apply(&self, batch: Batch) -> Result<()> {
         let _serial = self.write_lock.lock();
-        if let Some(pre) = &batch.precondition {
-            let current = if pre.key.len() > MAX_KEY_LEN {
-                None
-            } else {
-                self.read_latest("precondition", |ks| ks.get(stored_key(&pre.key)))?
-            };
-            pre.check(current.as_deref())?;
-        }
+        batch.check_limits()?;
+        batch.check_preconditions(|key| {
+            if key.len() > MAX_KEY_LEN {
+                return Ok(None);
+            }
+            let current = self.read_latest("precondition", |ks| ks.get(stored_key(key)))?;
+            Ok(current.map(|v| Bytes::copy_from_slice(&v)))
+        })?;
         // Ops are folded in order into one write per key; fjall has no range delete, so
         // one becomes removes of the keys that exist. Under the write lock nothing is half
         // committed, so the latest state is read directly (keys only: no blob is read);
@@ -982,16 +982,18 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let kv = open(dir.path());
         let model = MemKv::new();
-        let longest = vec![b'a'; MAX_KEY_LEN];
+        // The longest key any backend stores (FoundationDB's limit, below fjall's).
+        let longest = vec![b'a'; crate::store::MAX_KEY_LEN];
         let too_long = vec![b'a'; MAX_KEY_LEN + 1];
         for backend in [&kv as &dyn KvStore, &model] {
             put(backend, &longest, b"1").unwrap();
             put(backend, b"b", b"2").unwrap();
             put(backend, b"", b"empty key").unwrap();
         }
+        // Past every backend's key limit first (FoundationDB's 10 KB).
         assert!(matches!(
             put(&kv, &too_long, b"x"),
-            Err(Error::Backend { op: "apply", .. })
+            Err(Error::LimitExceeded { .. })
         ));
         assert!(kv.put_raw(&too_long, b"x").is_err());
         assert_eq!(kv.get(&too_long).unwrap(), None);
@@ -1000,9 +1002,13 @@ mod tests {
         guarded
             .put(&b"c"[..], &b"3"[..])
             .guard(too_long.clone(), None);
-        kv.apply(guarded).unwrap();
-        model.apply(Batch::new()).unwrap();
-        put(&model, b"c", b"3").unwrap();
+        assert!(matches!(
+            kv.apply(guarded),
+            Err(Error::LimitExceeded { .. })
+        ));
+        for backend in [&kv as &dyn KvStore, &model] {
+            put(backend, b"c", b"3").unwrap();
+        }
 
         let ranges = [
             (too_long.clone(), Vec::new()),
@@ -1021,8 +1027,14 @@ mod tests {
                 range.start.len(),
                 range.end.len()
             );
-            kv.delete_range(range.clone()).unwrap();
-            model.delete_range(range).unwrap();
+            // A range delete's bounds are keys: past the limit both refuse it alike.
+            let long = range.start.len().max(range.end.len()) > crate::store::MAX_KEY_LEN;
+            for backend in [&kv as &dyn KvStore, &model] {
+                match backend.delete_range(range.clone()) {
+                    Err(Error::LimitExceeded { .. }) if long => {}
+                    other => other.unwrap(),
+                }
+            }
             assert_eq!(
                 all(&kv, KeyRange::prefix(&[])),
                 all(&model, KeyRange::prefix(&[]))

@@ -14,7 +14,10 @@
 //! flush instead. Threads in [`Kv::apply`](crate::Kv::apply) are counted by
 //! `GroupCommitter::applying`.
 //!
-//! A failed flush is reported to every waiter of that flush and poisons the committer:
+//! A flush that failed because a database server was out of reach
+//! ([`Error::Unavailable`]: the backend knows nothing applied since its last good flush was
+//! lost, or says so) fails its waiters and nothing more: the next flush may succeed.
+//! Any other failed flush is reported to every waiter of that flush and poisons the committer:
 //! later requests and [`GroupCommitter::check_writable`] fail with [`Error::Poisoned`]
 //! until the store is reopened (a backend whose flush failed may have lost writes that
 //! were already acknowledged as applied; writing on would build on sand). A write that
@@ -37,9 +40,14 @@ use crate::store::KvStore;
 struct Poison {
     cause: String,
     disk_full: bool,
+    /// The flush failed without poisoning: the server was out of reach
+    /// ([`Error::Unavailable`]), the waiters' writes are not known to be durable, and
+    /// a later flush may succeed.
+    transient: bool,
 }
 
-type Reply = Sender<Result<(), Poison>>;
+/// A waiter: where to answer, and the backend's mark of the writes it waits for.
+type Reply = (Sender<Result<(), Poison>>, u64);
 
 /// The longest a flush waits for batches being applied when it is asked for.
 pub(crate) const GATHER_LIMIT: Duration = Duration::from_micros(500);
@@ -87,6 +95,7 @@ impl Shared {
 /// Batches durability requests onto shared backend flushes.
 #[derive(Debug)]
 pub struct GroupCommitter {
+    backend: Arc<dyn KvStore>,
     tx: Option<Sender<Reply>>,
     thread: Option<JoinHandle<()>>,
     shared: Arc<Shared>,
@@ -101,10 +110,12 @@ impl GroupCommitter {
             .name("shoal-flusher".into())
             .spawn({
                 let shared = Arc::clone(&shared);
+                let backend = Arc::clone(&backend);
                 move || flusher(&*backend, &rx, &shared)
             })
             .map_err(|e| Error::backend("start flusher thread", e))?;
         Ok(GroupCommitter {
+            backend,
             tx: Some(tx),
             thread: Some(thread),
             shared,
@@ -116,13 +127,16 @@ impl GroupCommitter {
         self.check_writable()?;
         let (reply, answer) = crossbeam_channel::bounded(1);
         let tx = self.tx.as_ref().ok_or(Error::Closed)?;
-        tx.send(reply).map_err(|_| Error::Closed)?;
+        tx.send((reply, self.backend.apply_mark()))
+            .map_err(|_| Error::Closed)?;
         // Counted once queued, so `requests` never includes a request the flusher cannot
         // yet see, and one refused with `Closed` is not counted as pending forever.
         self.shared.requests.fetch_add(1, Ordering::SeqCst);
         match answer.recv() {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(Poison { cause, disk_full })) => Err(Error::FlushFailed { cause, disk_full }),
+            Ok(Err(Poison {
+                cause, disk_full, ..
+            })) => Err(Error::FlushFailed { cause, disk_full }),
             Err(_) => Err(Error::Closed),
         }
     }
@@ -138,7 +152,9 @@ impl GroupCommitter {
     /// was called).
     pub fn check_writable(&self) -> Result<()> {
         match self.shared.poison_cause() {
-            Some(Poison { cause, disk_full }) => Err(Error::Poisoned { cause, disk_full }),
+            Some(Poison {
+                cause, disk_full, ..
+            }) => Err(Error::Poisoned { cause, disk_full }),
             None => Ok(()),
         }
     }
@@ -154,6 +170,7 @@ impl GroupCommitter {
         let _ = self.shared.poisoned.set(Poison {
             cause,
             disk_full: err.is_disk_full(),
+            transient: false,
         });
     }
 
@@ -176,9 +193,12 @@ fn flusher(backend: &dyn KvStore, rx: &Receiver<Reply>, shared: &Shared) {
         let mut waiters = vec![first];
         waiters.extend(rx.try_iter());
         let result = match shared.poison_cause() {
-            Some(Poison { cause, disk_full }) => Err(Poison {
+            Some(Poison {
+                cause, disk_full, ..
+            }) => Err(Poison {
                 cause: format!("the store was poisoned earlier: {cause}"),
                 disk_full,
+                transient: false,
             }),
             None => {
                 shared.flushes.fetch_add(1, Ordering::SeqCst);
@@ -188,24 +208,35 @@ fn flusher(backend: &dyn KvStore, rx: &Receiver<Reply>, shared: &Shared) {
                     Ok(Err(e)) => Err(Poison {
                         cause: e.to_string(),
                         disk_full: e.is_disk_full(),
+                        transient: matches!(e, Error::Unavailable { .. }),
                     }),
                     Err(_) => Err(Poison {
                         cause: "the backend panicked while flushing".to_owned(),
                         disk_full: false,
+                        transient: false,
                     }),
                 }
             }
         };
-        if let Err(cause) = &result {
+        if let Err(cause) = &result
+            && !cause.transient
+        {
             // The first failure stays the cause.
             let _ = shared.poisoned.set(cause.clone());
         }
         shared
             .completed
             .fetch_add(waiters.len() as u64, Ordering::SeqCst);
-        for w in waiters {
+        for (w, mark) in waiters {
+            let answer = result.clone().and_then(|()| {
+                backend.mark_durable(mark).map_err(|e| Poison {
+                    cause: e.to_string(),
+                    disk_full: false,
+                    transient: true,
+                })
+            });
             // A waiter that gave up (its thread died) is no reason to stop serving others.
-            let _ = w.send(result.clone());
+            let _ = w.send(answer);
         }
     }
 }

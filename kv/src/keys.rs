@@ -13,6 +13,7 @@
 //! [0x01][name bytes]                           catalog entry          -> [DbId u64 BE][EntryKind u8]
 //! [0x02][DbId u64 BE][FileKind u8]             file metadata          -> FileMeta
 //! [0x02][DbId u64 BE][FileKind u8][ChunkNo u32 BE]  one chunk of a file -> chunk bytes
+//! [0x03][DbId u64 BE]                          a database's lease      -> LeaseRecord
 //! ```
 //!
 //! Invariants this encoding keeps (tested below):
@@ -48,6 +49,7 @@ pub const MAX_NAME_LEN: usize = 512;
 const TAG_SYSTEM: u8 = 0x00;
 const TAG_CATALOG: u8 = 0x01;
 const TAG_DATA: u8 = 0x02;
+const TAG_LEASE: u8 = 0x03;
 
 const SYSTEM_VERSION: u8 = b'v';
 const SYSTEM_NEXT_DB_ID: u8 = b'n';
@@ -124,6 +126,8 @@ pub enum Key {
     Meta(DbId, FileKind),
     /// One chunk of a file.
     Chunk(DbId, FileKind, ChunkNo),
+    /// The lease of a database (which host may write it).
+    Lease(DbId),
 }
 
 impl Key {
@@ -154,6 +158,10 @@ impl Key {
                     _ => Err(bad("bad chunk number")),
                 }
             }
+            [TAG_LEASE, id @ ..] => match <[u8; 8]>::try_from(id) {
+                Ok(id) => Ok(Key::Lease(DbId(u64::from_be_bytes(id)))),
+                Err(_) => Err(bad("bad lease key length")),
+            },
             _ => Err(bad("unknown key tag")),
         }
     }
@@ -166,6 +174,7 @@ impl Key {
             Key::Catalog(name) => catalog_key(name),
             Key::Meta(id, kind) => meta_key(*id, *kind).to_vec(),
             Key::Chunk(id, kind, no) => chunk_key(*id, *kind, *no).to_vec(),
+            Key::Lease(id) => lease_key(*id).to_vec(),
         }
     }
 }
@@ -178,6 +187,7 @@ impl fmt::Display for Key {
             Key::Catalog(name) => write!(f, "catalog entry {:?}", String::from_utf8_lossy(name)),
             Key::Meta(id, kind) => write!(f, "{id} {kind} metadata"),
             Key::Chunk(id, kind, no) => write!(f, "{id} {kind} chunk {}", no.0),
+            Key::Lease(id) => write!(f, "{id} lease"),
         }
     }
 }
@@ -275,6 +285,16 @@ pub fn chunk_key(id: DbId, kind: FileKind, no: ChunkNo) -> [u8; CHUNK_KEY_LEN] {
     let (meta, chunk) = k.split_at_mut(META_KEY_LEN);
     meta.copy_from_slice(&meta_key(id, kind));
     chunk.copy_from_slice(&no.0.to_be_bytes());
+    k
+}
+
+/// Key of database `id`'s lease: which host may write it (see `lease.rs`). It lies outside
+/// [`db_range`], so that a range delete of the database's files cannot drop it.
+pub fn lease_key(id: DbId) -> [u8; 9] {
+    let mut k = [0u8; 9];
+    let (tag, db) = k.split_at_mut(1);
+    tag.copy_from_slice(&[TAG_LEASE]);
+    db.copy_from_slice(&id.0.to_be_bytes());
     k
 }
 

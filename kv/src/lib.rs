@@ -36,7 +36,10 @@ mod fjall_kv;
 mod fjall_preflight;
 mod group_commit;
 mod keys;
+mod lease;
 mod mem;
+#[cfg(feature = "postgres")]
+mod pg_kv;
 pub mod raw;
 mod records;
 mod shared;
@@ -53,10 +56,13 @@ pub use file_write::FileWrite;
 pub use fjall_kv::{FjallConfig, FjallKv};
 pub use group_commit::{GroupCommitStats, GroupCommitter};
 pub use keys::{ChunkNo, DbId, FileKind, KeyRange, MAX_NAME_LEN, validate_name};
+pub use lease::{LeaseConfig, LeaseHold};
 pub use mem::MemKv;
-pub use records::{CatalogEntry, EntryKind, FileMeta, StageRecord, chunk_len};
+#[cfg(feature = "postgres")]
+pub use pg_kv::{PgConfig, PgKv};
+pub use records::{CatalogEntry, EntryKind, FileMeta, LeaseRecord, StageRecord, chunk_len};
 pub use shared::{Claim, DEFAULT_READ_CACHE, Kv, StoredMeta};
 #[cfg(feature = "sled")]
 pub use sled_kv::{SledConfig, SledKv};
 pub use staging::{MOVE_BATCH_BYTES, Settled};
-pub use store::{KvStats, KvStore};
+pub use store::{KvStats, KvStore, MAX_BATCH_BYTES, MAX_BATCH_KEYS, MAX_KEY_LEN, MAX_VALUE_LEN};

@@ -60,9 +60,8 @@ impl KvStore for MemKv {
 
     fn apply(&self, batch: Batch) -> Result<()> {
         let mut map = self.map.write();
-        if let Some(pre) = &batch.precondition {
-            pre.check(map.get(&pre.key).map(|v| &v[..]))?;
-        }
+        batch.check_limits()?;
+        batch.check_preconditions(|key| Ok(map.get(key).cloned()))?;
         for op in batch.ops {
             match op {
                 Op::Put(k, v) => {

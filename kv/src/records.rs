@@ -209,6 +209,78 @@ impl CatalogEntry {
     }
 }
 
+/// The lease of one database: which host may write it, under which generation, until when.
+/// The default is a lease never taken (released, generation 0).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct LeaseRecord {
+    /// The holder's host id (empty: released).
+    pub owner: String,
+    /// Incremented by every acquisition; a commit is fenced by the exact record.
+    pub generation: u64,
+    /// When the lease runs out, in milliseconds since the Unix epoch on the store's clock
+    /// (0: released).
+    pub expires_ms: u64,
+}
+
+impl LeaseRecord {
+    /// The sealed value stored under `lease_key(id)`.
+    pub(crate) fn encode(&self, id: DbId) -> Bytes {
+        let owner = self.owner.as_bytes();
+        let mut v = Vec::with_capacity(1 + 8 + 8 + 2 + owner.len() + checksum::TRAILER_LEN);
+        v.push(FORMAT_VERSION);
+        v.extend_from_slice(&self.generation.to_be_bytes());
+        v.extend_from_slice(&self.expires_ms.to_be_bytes());
+        let len = u16::try_from(owner.len()).unwrap_or(u16::MAX);
+        v.extend_from_slice(&len.to_be_bytes());
+        v.extend_from_slice(owner.get(..usize::from(len)).unwrap_or(owner));
+        checksum::seal(&keys::lease_key(id), v)
+    }
+
+    /// Verifies and parses a value read under `lease_key(id)`.
+    pub(crate) fn decode(id: DbId, value: Bytes) -> Result<LeaseRecord> {
+        let key = keys::lease_key(id);
+        let payload = checksum::open(&key, value)?;
+        let corrupt = |reason: &str| Error::Corrupt {
+            what: keys::describe(&key),
+            reason: reason.to_owned(),
+        };
+        let (version, rest) = payload
+            .split_first()
+            .ok_or_else(|| corrupt("empty record"))?;
+        check_version(*version, &key)?;
+        let (generation, rest) = rest
+            .split_first_chunk::<8>()
+            .ok_or_else(|| corrupt("short record"))?;
+        let (expires, rest) = rest
+            .split_first_chunk::<8>()
+            .ok_or_else(|| corrupt("short record"))?;
+        let (len, owner) = rest
+            .split_first_chunk::<2>()
+            .ok_or_else(|| corrupt("short record"))?;
+        if owner.len() != usize::from(u16::from_be_bytes(*len)) {
+            return Err(corrupt("wrong owner length"));
+        }
+        let owner = std::str::from_utf8(owner)
+            .map_err(|_| corrupt("owner is not UTF-8"))?
+            .to_owned();
+        Ok(LeaseRecord {
+            owner,
+            generation: u64::from_be_bytes(*generation),
+            expires_ms: u64::from_be_bytes(*expires),
+        })
+    }
+}
+
+/// The sealed lease record of database `id` (for [`crate::raw`]).
+pub fn encode_lease(lease: &LeaseRecord, id: DbId) -> Bytes {
+    lease.encode(id)
+}
+
+/// Verifies and parses a lease record read under `lease_key(id)`.
+pub fn decode_lease(id: DbId, value: Bytes) -> Result<LeaseRecord> {
+    LeaseRecord::decode(id, value)
+}
+
 /// The length chunk `c` of a file of `size` bytes stored in chunks of `cs` bytes must
 /// have: every chunk is whole but the last, which holds the rest (and chunks past the
 /// end are empty).

@@ -42,7 +42,7 @@ pub struct StoredMeta {
 #[derive(Debug)]
 pub struct Kv {
     backend: Arc<dyn KvStore>,
-    committer: GroupCommitter,
+    pub(crate) committer: GroupCommitter,
     /// Serialises catalog changes (lookup-then-insert must not race).
     catalog_lock: Mutex<()>,
     /// Set while one VFS serves this store (see [`Kv::claim`]).
@@ -51,6 +51,10 @@ pub struct Kv {
     cache: ReadCache,
     /// Opened with [`Kv::open_read_only`]: every write is refused.
     read_only: bool,
+    /// Whether durable commits share flushes ([`Kv::set_group_commit`]).
+    group_commit: std::sync::atomic::AtomicBool,
+    /// This host's leases, once [`Kv::enable_leases`] turned them on.
+    pub(crate) leases: std::sync::OnceLock<crate::lease::Leases>,
 }
 
 /// The one-writer claim on a [`Kv`], from [`Kv::claim`]: while it lives, every other
@@ -74,6 +78,10 @@ impl Drop for Claim {
             .store(false, std::sync::atomic::Ordering::SeqCst);
     }
 }
+
+/// How often a catalog change is tried again after another host changed the catalog
+/// between its read and its guarded write.
+const CATALOG_RETRIES: u32 = 64;
 
 /// Bytes of the read cache [`Kv::open`] gives a store.
 pub const DEFAULT_READ_CACHE: usize = 16 << 20;
@@ -158,6 +166,8 @@ impl Kv {
             claimed: std::sync::atomic::AtomicBool::new(false),
             cache: ReadCache::new(read_cache),
             read_only,
+            group_commit: std::sync::atomic::AtomicBool::new(true),
+            leases: std::sync::OnceLock::new(),
         })
     }
 
@@ -212,11 +222,23 @@ impl Kv {
         Ok(())
     }
 
+    /// Drops every cached chunk of database `id` (its ownership moved, or may have).
+    pub(crate) fn forget_cached(&self, id: DbId) {
+        self.cache.forget(&keys::db_range(id));
+    }
+
     /// Poisons the store if `err` leaves the engine unusable.
     fn failed(&self, err: &Error) {
         if err.poisons_store() {
             self.committer.poison(err);
         }
+    }
+
+    /// Whether durable commits share flushes through the group committer (the default),
+    /// or each flushes on its own (for measuring what the sharing is worth).
+    pub fn set_group_commit(&self, on: bool) {
+        self.group_commit
+            .store(on, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Bytes the read cache holds now, and its capacity.
@@ -229,6 +251,22 @@ impl Kv {
     pub fn commit_durable(&self) -> Result<()> {
         if self.read_only {
             return Err(Error::ReadOnly { op: "flush" });
+        }
+        if !self.group_commit.load(std::sync::atomic::Ordering::Relaxed) {
+            // Each commit its own flush, on its own thread (for measuring what sharing
+            // saves). A failure poisons the store as the flusher's would, unless the
+            // server was only out of reach.
+            self.committer.check_writable()?;
+            let mark = self.backend.apply_mark();
+            return self
+                .backend
+                .flush()
+                .and_then(|()| self.backend.mark_durable(mark))
+                .inspect_err(|e| {
+                    if !matches!(e, Error::Unavailable { .. }) {
+                        self.committer.poison(e);
+                    }
+                });
         }
         self.committer.commit_durable()
     }
@@ -299,8 +337,22 @@ impl Kv {
     }
 
     /// The entry for `name`, created if absent; the flag says whether it was created.
+    ///
+    /// Safe with many hosts creating at once: the batch is guarded on the name being free
+    /// and on the id counter being what was read, so of two hosts racing one wins and the
+    /// other reads again (and finds the name, or allocates the next id).
     pub fn lookup_or_create(&self, name: &str, kind: EntryKind) -> Result<(CatalogEntry, bool)> {
         let _serial = self.catalog_lock.lock();
+        let mut raced = 0;
+        loop {
+            match self.try_create(name, kind) {
+                Err(Error::PreconditionFailed { .. }) if raced < CATALOG_RETRIES => raced += 1,
+                other => return other,
+            }
+        }
+    }
+
+    fn try_create(&self, name: &str, kind: EntryKind) -> Result<(CatalogEntry, bool)> {
         if let Some(entry) = self.lookup(name)? {
             return Ok((entry, false));
         }
@@ -330,7 +382,9 @@ impl Kv {
             keys::meta_key(entry.id, primary).to_vec(),
             FileMeta::EMPTY.encode(entry.id, primary),
         );
-        batch.guard(counter_key.to_vec(), previous);
+        batch
+            .guard(counter_key.to_vec(), previous)
+            .guard(keys::catalog_key(name.as_bytes()), None);
         self.apply(batch)?;
         Ok((entry, true))
     }
@@ -374,12 +428,14 @@ impl Kv {
             return Err(Error::AlreadyExists(to.to_owned()));
         }
         let target = keys::catalog_key(to.as_bytes());
+        let source = keys::catalog_key(from.as_bytes());
         let mut batch = Batch::new();
         batch
-            .delete(keys::catalog_key(from.as_bytes()))
+            .delete(source.clone())
             .put(target.clone(), entry.encode(to.as_bytes()))
-            .guard(target, None);
-        self.apply(batch)?;
+            .guard(target, None)
+            .guard(source, Some(entry.encode(from.as_bytes())));
+        self.with_lease(entry.id, |kv| kv.apply_for(entry.id, FileKind::Main, batch))?;
         Ok(entry)
     }
 
@@ -389,12 +445,30 @@ impl Kv {
         let entry = self
             .lookup(name)?
             .ok_or_else(|| Error::NotFound(name.to_owned()))?;
+        let key = keys::catalog_key(name.as_bytes());
         let mut batch = Batch::new();
         batch
-            .delete(keys::catalog_key(name.as_bytes()))
-            .delete_range(keys::db_range(entry.id));
-        self.apply(batch)?;
+            .delete(key.clone())
+            .delete_range(keys::db_range(entry.id))
+            .guard(key, Some(entry.encode(name.as_bytes())));
+        if self.leases_enabled() {
+            // The lease goes with the database: guarded on this host's record (no other
+            // host may be writing it), then deleted in the same batch.
+            batch.delete(keys::lease_key(entry.id).to_vec());
+        }
+        self.with_lease(entry.id, |kv| kv.apply_for(entry.id, FileKind::Main, batch))?;
         Ok(entry)
+    }
+
+    /// Runs `f` holding database `id`'s lease (with leases on: acquired for it, unless
+    /// this host holds it already, and released after).
+    fn with_lease<T>(&self, id: DbId, f: impl FnOnce(&Kv) -> Result<T>) -> Result<T> {
+        self.acquire_lease(id)?;
+        let result = f(self);
+        let released = self.release_lease(id);
+        let value = result?;
+        released?;
+        Ok(value)
     }
 }
 

@@ -337,10 +337,11 @@ impl KvStore for SledKv {
 
     fn apply(&self, batch: Batch) -> Result<()> {
         let _serial = self.write_lock.lock();
-        if let Some(pre) = &batch.precondition {
-            let current = self.call("precondition", |db| db.get(&pre.key))?;
-            pre.check(current.as_deref())?;
-        }
+        batch.check_limits()?;
+        batch.check_preconditions(|key| {
+            let current = self.call("precondition", |db| db.get(key))?;
+            Ok(current.map(|v| Bytes::copy_from_slice(&v)))
+        })?;
         // sled's batch keeps one write per key, so ops are folded in order first.
         let writes = fold_ops(batch.ops, |range| {
             self.range_iter("delete_range", range)?

@@ -36,6 +36,10 @@ use crate::store::Batch;
 /// Bytes of staged pages moved into place per batch.
 pub const MOVE_BATCH_BYTES: usize = 4 << 20;
 
+/// Operations per batch of the move (two per chunk), well inside
+/// [`MAX_BATCH_KEYS`](crate::MAX_BATCH_KEYS) with the last batch's few more and its guards.
+const MOVE_BATCH_OPS: usize = 8_000;
+
 /// What [`Kv::settle_staged`] found and did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Settled {
@@ -81,7 +85,7 @@ impl FileWrite<'_> {
             .put(key.to_vec(), StageRecord::Committed(*target).encode(id))
             .guard(key.to_vec(), Some(StageRecord::Staging.encode(id)))
             .guard(main_key.to_vec(), main_expected.map(|m| m.raw.clone()));
-        kv.apply(self.batch)?;
+        kv.apply_for(id, FileKind::Staged, self.batch)?;
         kv.move_staged(id, target)
     }
 }
@@ -92,7 +96,7 @@ impl Kv {
     pub fn discard_staged(&self, id: DbId) -> Result<()> {
         let mut b = Batch::new();
         b.delete_range(keys::file_range(id, FileKind::Staged));
-        self.apply(b)
+        self.apply_for(id, FileKind::Staged, b)
     }
 
     /// Settles what a transaction left in database `id`'s staging area (see the module
@@ -130,7 +134,7 @@ impl Kv {
                         });
                     }
                 };
-                if bytes >= MOVE_BATCH_BYTES {
+                if bytes >= MOVE_BATCH_BYTES || batch.ops.len() >= MOVE_BATCH_OPS {
                     next = Some(no);
                     break;
                 }
@@ -142,7 +146,7 @@ impl Kv {
                 batch.delete(Bytes::copy_from_slice(&key));
             }
             if let Some(no) = next {
-                self.apply(batch)?;
+                self.apply_for(id, FileKind::Main, batch)?;
                 from = no;
                 continue;
             }
@@ -155,7 +159,7 @@ impl Kv {
             let current = self.read_meta(id, FileKind::Main)?;
             let stored = put_meta(&mut batch, id, FileKind::Main, target, current.as_ref());
             batch.delete(keys::meta_key(id, FileKind::Staged).to_vec());
-            self.apply(batch)?;
+            self.apply_for(id, FileKind::Main, batch)?;
             return Ok(stored);
         }
     }
@@ -200,14 +204,19 @@ mod tests {
     #[test]
     fn a_committed_transaction_is_moved_into_place_in_several_batches() {
         let (kv, id, before) = setup();
-        // Enough staged bytes for more than one move batch.
-        let big = MOVE_BATCH_BYTES / 8 + 10;
-        let mut w = kv.file_write(id, FileKind::Staged);
-        w.begin_staging();
-        for c in 0..big as u32 {
-            w.put_chunk(ChunkNo(c), vec![2; 8]);
+        // Enough staged chunks for more than one move batch, staged in several writes as
+        // the VFS does (each within the batch limits).
+        let big = MOVE_BATCH_OPS + 1_000;
+        for (n, first) in (0..big as u32).step_by(3_000).enumerate() {
+            let mut w = kv.file_write(id, FileKind::Staged);
+            if n == 0 {
+                w.begin_staging();
+            }
+            for c in first..(first + 3_000).min(big as u32) {
+                w.put_chunk(ChunkNo(c), vec![2; 8]);
+            }
+            w.commit().unwrap();
         }
-        w.commit().unwrap();
         assert_eq!(
             chunk(&kv, id, FileKind::Main, 0),
             Some(vec![1; 8]),

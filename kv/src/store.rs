@@ -11,6 +11,8 @@
 //!   where the backend has one, so the caller can hand it on without copying;
 //! - `apply` is atomic: after a crash either every operation of a batch is visible or
 //!   none is; a failed precondition applies nothing;
+//! - `apply` refuses a batch past the FoundationDB-shaped limits
+//!   ([`Batch::check_limits`]) before it applies anything, whatever the engine could take;
 //! - batches are applied in order, and readers never see part of a batch;
 //! - `flush` returns only when everything applied before it is durable.
 
@@ -37,8 +39,8 @@ pub enum Op {
 }
 
 /// A guard on one key: the batch applies only if the key's current value is `expected`
-/// (`None`: the key must be absent). A future multi-host backend uses it to fence a
-/// stale writer; here it catches two writers racing on one file's metadata.
+/// (`None`: the key must be absent). It fences a stale writer (a commit is guarded by the
+/// writer's lease, see `lease.rs`) and catches two writers racing on one file's metadata.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Precondition {
     /// The guarded key.
@@ -61,13 +63,24 @@ impl Precondition {
     }
 }
 
+/// The most bytes of keys and values one batch may write (FoundationDB's transaction
+/// limit; every backend enforces it so that a later FDB backend changes nothing above).
+pub const MAX_BATCH_BYTES: usize = 10_000_000;
+/// The most operations (keys put or deleted, ranges deleted) and guards one batch may hold.
+pub const MAX_BATCH_KEYS: usize = 10_000;
+/// The longest value a put may store (FoundationDB's value limit).
+pub const MAX_VALUE_LEN: usize = 100_000;
+/// The longest key any operation may name (FoundationDB's key limit).
+pub const MAX_KEY_LEN: usize = 10_000;
+
 /// Operations applied atomically, in order.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Batch {
     /// The operations.
     pub ops: Vec<Op>,
-    /// An optional guard checked atomically with the apply.
-    pub precondition: Option<Precondition>,
+    /// Guards checked atomically with the apply, against the state before it: the batch
+    /// applies only if every one holds.
+    pub preconditions: Vec<Precondition>,
 }
 
 impl Batch {
@@ -94,13 +107,71 @@ impl Batch {
         self
     }
 
-    /// Guards the batch on `key` holding `expected`.
+    /// Guards the batch on `key` holding `expected` (in addition to any guard it has).
     pub fn guard(&mut self, key: impl Into<Bytes>, expected: Option<Bytes>) -> &mut Batch {
-        self.precondition = Some(Precondition {
+        self.preconditions.push(Precondition {
             key: key.into(),
             expected,
         });
         self
+    }
+
+    /// Checks every guard against `current`, which reads a key's value as the batch would
+    /// find it; the first that fails is the error.
+    pub fn check_preconditions(
+        &self,
+        mut current: impl FnMut(&[u8]) -> Result<Option<Bytes>>,
+    ) -> Result<()> {
+        for pre in &self.preconditions {
+            pre.check(current(&pre.key)?.as_deref())?;
+        }
+        Ok(())
+    }
+
+    /// Refuses a batch past the limits every backend keeps ([`MAX_BATCH_BYTES`],
+    /// [`MAX_BATCH_KEYS`], [`MAX_VALUE_LEN`], [`MAX_KEY_LEN`]) with
+    /// [`Error::LimitExceeded`]. Backends call it before they apply anything.
+    pub fn check_limits(&self) -> Result<()> {
+        let exceeded = |what: &'static str, size: usize, limit: usize| {
+            Err(Error::LimitExceeded { what, size, limit })
+        };
+        let keys = self.ops.len() + self.preconditions.len();
+        if keys > MAX_BATCH_KEYS {
+            return exceeded("operations in one batch", keys, MAX_BATCH_KEYS);
+        }
+        let bytes = self.bytes();
+        if bytes > MAX_BATCH_BYTES {
+            return exceeded("bytes in one batch", bytes, MAX_BATCH_BYTES);
+        }
+        let long_key = |k: &[u8]| k.len() > MAX_KEY_LEN;
+        for op in &self.ops {
+            let (key, value) = match op {
+                Op::Put(k, v) => (&k[..], Some(v)),
+                Op::Delete(k) => (&k[..], None),
+                Op::DeleteRange(r) => {
+                    if long_key(&r.start) || long_key(&r.end) {
+                        return exceeded(
+                            "bytes in a range's bound",
+                            r.start.len().max(r.end.len()),
+                            MAX_KEY_LEN,
+                        );
+                    }
+                    continue;
+                }
+            };
+            if long_key(key) {
+                return exceeded("bytes in a key", key.len(), MAX_KEY_LEN);
+            }
+            if let Some(v) = value
+                && v.len() > MAX_VALUE_LEN
+            {
+                return exceeded("bytes in a value", v.len(), MAX_VALUE_LEN);
+            }
+        }
+        if let Some(pre) = self.preconditions.iter().find(|p| long_key(&p.key)) {
+            return exceeded("bytes in a guarded key", pre.key.len(), MAX_KEY_LEN);
+        }
+        Ok(())
     }
 
     /// Whether the batch does nothing.
@@ -108,16 +179,23 @@ impl Batch {
         self.ops.is_empty()
     }
 
-    /// Bytes of keys and values the batch writes.
+    /// Bytes of keys and values the batch writes (and of the keys it guards).
     pub fn bytes(&self) -> usize {
-        self.ops
+        let ops: usize = self
+            .ops
             .iter()
             .map(|op| match op {
                 Op::Put(k, v) => k.len() + v.len(),
                 Op::Delete(k) => k.len(),
                 Op::DeleteRange(r) => r.start.len() + r.end.len(),
             })
-            .sum()
+            .sum();
+        let guards: usize = self
+            .preconditions
+            .iter()
+            .map(|p| p.key.len() + p.expected.as_ref().map_or(0, Bytes::len))
+            .sum();
+        ops + guards
     }
 }
 
@@ -150,6 +228,33 @@ pub trait KvStore: Send + Sync + std::fmt::Debug + 'static {
 
     /// Counts and sizes; may walk the whole store (keys are counted).
     fn stats(&self) -> Result<KvStats>;
+
+    /// The store's clock, in milliseconds since the Unix epoch: the clock leases expire
+    /// on. A store that several hosts share answers with one clock for all of them (the
+    /// database server's); the default is this host's.
+    fn now_ms(&self) -> Result<u64> {
+        let since = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_err(|e| Error::Corrupt {
+                what: "the system clock".into(),
+                reason: e.to_string(),
+            })?;
+        Ok(u64::try_from(since.as_millis()).unwrap_or(u64::MAX))
+    }
+
+    /// A mark of the writes the calling thread applied last, for
+    /// [`KvStore::mark_durable`] (0 for a backend whose flush covers every earlier apply).
+    fn apply_mark(&self) -> u64 {
+        0
+    }
+
+    /// After a successful [`KvStore::flush`]: whether it made the writes of `mark` durable.
+    /// A server backend says no ([`Error::Unavailable`]) when the server restarted between
+    /// those writes and the flush, so the flush's waiter is not told a lost write is safe.
+    fn mark_durable(&self, mark: u64) -> Result<()> {
+        let _ = mark;
+        Ok(())
+    }
 
     /// Removes every key in `range` atomically.
     fn delete_range(&self, range: KeyRange) -> Result<()> {

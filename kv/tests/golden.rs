@@ -114,6 +114,7 @@ fn current_keys() -> Vec<(String, Vec<u8>)> {
                 ));
             }
         }
+        out.push((format!("lease.{:x}", id.0), keys::lease_key(id).to_vec()));
     }
     out
 }
@@ -200,7 +201,19 @@ fn current_records() -> Vec<(String, Vec<u8>)> {
             "stage.committed".to_owned(),
             records::encode_stage_record(&StageRecord::Committed(sample_meta()), DB).to_vec(),
         ),
+        (
+            "lease.held".to_owned(),
+            records::encode_lease(&sample_lease(), DB).to_vec(),
+        ),
     ]
+}
+
+fn sample_lease() -> records::LeaseRecord {
+    records::LeaseRecord {
+        owner: "host-a:4242:9f".to_owned(),
+        generation: 7,
+        expires_ms: 1_780_000_000_123,
+    }
 }
 
 /// Records of older formats that this build still reads (it writes none of them).
@@ -235,6 +248,10 @@ fn records_decode_from_the_golden_bytes() {
     readable(
         "store_version.v1",
         records::check_store_version(value("store_version.v1")).map(|v| v == 1),
+    );
+    readable(
+        "lease.held",
+        records::decode_lease(DB, value("lease.held")).map(|l| l == sample_lease()),
     );
     readable(
         "stage.staging",

@@ -1,4 +1,4 @@
-//! `SledKv` and `FjallKv` each held to the reference model `MemKv`: random sequences of
+//! `SledKv`, `FjallKv` and `PgKv` each held to the reference model `MemKv`: random sequences of
 //! puts, deletes, guarded batches, range deletes, gets, scans, flushes, seals and reopens
 //! are applied to the backend and the model, and every observable result must be identical.
 //! A reopen drops the backend and opens it again from the same directory (the model just
@@ -16,8 +16,11 @@ use bytes::Bytes;
 use proptest::collection::vec;
 use proptest::prelude::*;
 use shoal_kv::raw::Batch;
-use shoal_kv::{Error, FjallConfig, FjallKv, KeyRange, KvStore, MemKv, SledConfig, SledKv};
+use shoal_kv::{
+    Error, FjallConfig, FjallKv, KeyRange, KvStore, MemKv, PgConfig, PgKv, SledConfig, SledKv,
+};
 use shoal_testkit::kv_raw::{Leftover, Lockstep, RawOp};
+use shoal_testkit::pg::PgSchema;
 use tempfile::TempDir;
 
 /// Operations one case runs at most.
@@ -29,11 +32,19 @@ fn everything() -> KeyRange {
 
 /// A persistent backend as the model test drives it.
 trait Persistent: KvStore + Sized {
-    fn open(dir: &TempDir) -> Self;
+    /// Where a store lives (a directory, a PostgreSQL schema).
+    type Place;
+    /// A fresh place, or `None` when this backend's tests are skipped.
+    fn place() -> Option<Self::Place>;
+    fn open(place: &Self::Place) -> Self;
     fn seal(&self);
 }
 
 impl Persistent for SledKv {
+    type Place = TempDir;
+    fn place() -> Option<TempDir> {
+        Some(tempfile::tempdir().unwrap())
+    }
     fn open(dir: &TempDir) -> SledKv {
         open_sled(dir)
     }
@@ -42,6 +53,10 @@ impl Persistent for SledKv {
 }
 
 impl Persistent for FjallKv {
+    type Place = TempDir;
+    fn place() -> Option<TempDir> {
+        Some(tempfile::tempdir().unwrap())
+    }
     fn open(dir: &TempDir) -> FjallKv {
         open_fjall(dir)
     }
@@ -51,22 +66,37 @@ impl Persistent for FjallKv {
     }
 }
 
+impl Persistent for PgKv {
+    type Place = PgSchema;
+    fn place() -> Option<PgSchema> {
+        PgSchema::new("pg_matches_the_model")
+    }
+    fn open(schema: &PgSchema) -> PgKv {
+        PgKv::open(&PgConfig::new(&schema.url)).unwrap()
+    }
+
+    // Nothing to seal: a flush is what makes PostgreSQL's commits durable.
+    fn seal(&self) {
+        self.flush().unwrap();
+    }
+}
+
 /// A persistent backend and the model, driven in lockstep.
 struct Pair<B: Persistent> {
-    dir: TempDir,
+    dir: B::Place,
     backend: Option<B>,
     model: MemKv,
 }
 
 impl<B: Persistent> Pair<B> {
-    fn new() -> Pair<B> {
-        let dir = tempfile::tempdir().unwrap();
+    fn new() -> Option<Pair<B>> {
+        let dir = B::place()?;
         let backend = Some(B::open(&dir));
-        Pair {
+        Some(Pair {
             dir,
             backend,
             model: MemKv::new(),
-        }
+        })
     }
 
     fn backend(&self) -> &B {
@@ -120,7 +150,9 @@ fn open_fjall(dir: &TempDir) -> FjallKv {
 
 fn run_steps<B: Persistent>(bytes: &[u8]) {
     let mut u = Unstructured::new(bytes);
-    let mut pair = Pair::<B>::new();
+    let Some(mut pair) = Pair::<B>::new() else {
+        return;
+    };
     let mut steps = 0;
     while !u.is_empty() && steps < MAX_STEPS {
         let Ok(op) = u.arbitrary::<RawOp>() else {
@@ -160,6 +192,19 @@ proptest! {
     }
 }
 
+proptest! {
+    // Each case creates and drops a schema on the test server.
+    #![proptest_config(ProptestConfig {
+        cases: 48,
+        ..ProptestConfig::default()
+    })]
+
+    #[test]
+    fn pg_matches_the_model(bytes in vec(any::<u8>(), 1..400)) {
+        run_steps::<PgKv>(&bytes);
+    }
+}
+
 fn kv_bytes(pairs: &[(&[u8], &[u8])]) -> Vec<(Bytes, Bytes)> {
     pairs
         .iter()
@@ -167,7 +212,8 @@ fn kv_bytes(pairs: &[(&[u8], &[u8])]) -> Vec<(Bytes, Bytes)> {
         .collect()
 }
 
-/// Runs `f` on a fresh sled store, a fresh fjall store and `MemKv`, in turn.
+/// Runs `f` on a fresh sled store, a fresh fjall store, a fresh PostgreSQL store (when
+/// the tests have a server) and `MemKv`, in turn.
 fn on_each_backend(f: impl Fn(&dyn KvStore)) {
     let dir = tempfile::tempdir().unwrap();
     let fjall_dir = tempfile::tempdir().unwrap();
@@ -176,6 +222,9 @@ fn on_each_backend(f: impl Fn(&dyn KvStore)) {
     let model = MemKv::new();
     for kv in [&sled as &dyn KvStore, &fjall, &model] {
         f(kv);
+    }
+    if let Some(schema) = PgSchema::new("on_each_backend") {
+        f(&<PgKv as Persistent>::open(&schema));
     }
 }
 

@@ -154,6 +154,10 @@ impl Backend for KvBacking {
         self.cache_capacity
     }
 
+    fn needs_reopen(&self, name: &str) -> bool {
+        self.vfs.needs_reopen(name)
+    }
+
     fn forget_failure(&self) {
         let _stale = shoal_vfs::take_last_failure();
     }
@@ -246,6 +250,24 @@ fn open_kv(
                 &locked,
             )?
         }
+        #[cfg(not(feature = "postgres"))]
+        (None, KvEngine::Postgres) => {
+            return Err(Error::NotBuilt {
+                feature: "postgres",
+                what: "the PostgreSQL engine",
+            });
+        }
+        #[cfg(feature = "postgres")]
+        (None, KvEngine::Postgres) => {
+            let url = config.postgres_url.clone().ok_or(Error::NoPostgresUrl)?;
+            // The directory only says which layout this store has; the pages are on the
+            // server.
+            if !read_only {
+                super::create_private_dir(&engine_dir)?;
+            }
+            let pg = shoal_kv::PgConfig::new(url);
+            Arc::new(shoal_kv::PgKv::open(&pg)?)
+        }
         #[cfg(not(feature = "sled"))]
         (None, KvEngine::Sled) => {
             return Err(Error::NotBuilt {
@@ -289,6 +311,15 @@ fn open_kv(
     } else {
         shoal_kv::Kv::open_with_cache(backend, read_cache)?
     });
+    if config.kv_engine == KvEngine::Postgres || config.host_id.is_some() {
+        // A store other hosts may share: each actor is written by the one host holding
+        // its lease (docs/design.md, "Leases and fencing").
+        let host = config
+            .host_id
+            .clone()
+            .unwrap_or_else(shoal_kv::LeaseConfig::unique_host);
+        kv.enable_leases(shoal_kv::LeaseConfig::new(host, config.lease_duration))?;
+    }
     let durability = config.durability;
     // A VFS name stays registered with SQLite for the process; taking the first free
     // `shoal-N` reuses the names of stores already closed instead of adding new ones.

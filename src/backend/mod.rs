@@ -57,6 +57,12 @@ pub(crate) trait Backend: std::fmt::Debug + Send + Sync {
         Ok(())
     }
 
+    /// Whether actor `name`'s connections must be closed rather than kept awake: this
+    /// host lost it to another host, or its stored database changed underneath them.
+    fn needs_reopen(&self, _name: &str) -> bool {
+        false
+    }
+
     /// Bytes the backing's caches may hold.
     fn cache_capacity(&self) -> u64 {
         0

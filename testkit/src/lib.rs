@@ -8,6 +8,7 @@
 //!   model test, and the lockstep check of a store against `MemKv`;
 //! - [`sql`] (feature `vfs`): the SQL step language, shared by the `sql_diff` fuzz target
 //!   and the stable differential test, and the body of `sql_diff`;
+//! - `pg` (feature `postgres`): a PostgreSQL schema of its own per test;
 //! - [`rows`]: query results rendered as text, the one form rows are compared in;
 //! - [`catalog`]: the names a store's catalog holds;
 //! - [`corpus`]: the inputs the stable tests run the fuzz bodies over;
@@ -18,6 +19,8 @@ pub mod catalog;
 pub mod corpus;
 pub mod kv_ops;
 pub mod kv_raw;
+#[cfg(feature = "postgres")]
+pub mod pg;
 pub mod rows;
 pub mod scratch;
 #[cfg(feature = "vfs")]

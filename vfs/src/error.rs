@@ -14,6 +14,22 @@ pub enum Error {
     #[cfg(feature = "vfs")]
     #[error(transparent)]
     Kv(#[from] shoal_kv::Error),
+    /// A commit found the stored database changed underneath this VFS's view of it: another
+    /// writer committed it, or a database server lost writes it had applied (a restart
+    /// after an asynchronous commit). Nothing of the commit was applied; the database must
+    /// be closed and opened again, which reads it afresh.
+    #[cfg(feature = "vfs")]
+    #[error(
+        "{db} changed underneath this connection ({cause}): another writer committed it, \
+         or the server lost writes after a restart; nothing of this commit was applied, \
+         reopen the database"
+    )]
+    Stale {
+        /// The database.
+        db: String,
+        /// The key-value layer's error.
+        cause: shoal_kv::Error,
+    },
     /// A stored file is inconsistent in a way the checksums cannot see (a chunk of the
     /// wrong length, a chunk missing inside the file).
     #[error("corrupt {file}: {reason}")]
@@ -151,6 +167,8 @@ pub(crate) fn sqlite_code(err: &Error, op: Op) -> i32 {
         Error::Kv(shoal_kv::Error::UnsupportedFormat { .. }) => ffi::SQLITE_CORRUPT,
         Error::Kv(e) if e.is_disk_full() => ffi::SQLITE_FULL,
         Error::Kv(shoal_kv::Error::ReadOnly { .. }) => ffi::SQLITE_READONLY,
+        // Another host holds the database: busy, as a lock held elsewhere is.
+        Error::Kv(shoal_kv::Error::LeasedElsewhere { .. }) => ffi::SQLITE_BUSY,
         Error::Corrupt { .. } => ffi::SQLITE_CORRUPT,
         Error::CantOpen { .. } => ffi::SQLITE_CANTOPEN,
         Error::Refused(_) => ffi::SQLITE_ERROR,

@@ -40,6 +40,10 @@ pub(crate) const WRITEBACK_LIMIT: usize = 8 << 20;
 /// Chunk size of journals and super-journals (their writes are not page-aligned).
 pub(crate) const JOURNAL_CHUNK: u32 = 32 << 10;
 
+/// Chunks one transaction's overlay may hold before it moves to the staging area: with
+/// the commit's few other operations, well inside `shoal_kv::MAX_BATCH_KEYS`.
+const MAX_OVERLAY_CHUNKS: usize = 4_000;
+
 /// Chunk size of a database whose first write does not reveal its page size.
 const FALLBACK_PAGE_SIZE: u32 = 4096;
 
@@ -121,6 +125,14 @@ pub(crate) struct FileState {
 /// One stored file, shared by every handle that has it open.
 #[derive(Debug)]
 pub(crate) struct Inode {
+    /// This host's lease on the database, on a store hosts share (main files only): held
+    /// while the inode lives, so every handle's writes are fenced by it.
+    pub(crate) lease: Option<shoal_kv::LeaseHold>,
+    /// Set when a commit found the stored file changed underneath this inode's view (a
+    /// guard failed: another host wrote it, or a server lost writes this inode had
+    /// applied). Such an inode must not be reused: its handles should close, and the next
+    /// open reads the file afresh.
+    pub(crate) stale: std::sync::atomic::AtomicBool,
     pub(crate) id: DbId,
     pub(crate) kind: FileKind,
     /// The file's name as SQLite gave it, for messages.
@@ -207,6 +219,8 @@ impl Inode {
             ));
         }
         Ok(Inode {
+            lease: None,
+            stale: std::sync::atomic::AtomicBool::new(false),
             id,
             kind,
             name: name.to_owned(),
@@ -461,7 +475,12 @@ impl Inode {
         DbCounters::add(&self.counters.bytes_written, data.len() as u64);
         if self.kind == FileKind::Main {
             self.account(&mut st);
-            if self.budget.used() > self.budget.limit() {
+            // Past the shared budget, or past what one kv batch may carry (every
+            // backend keeps FoundationDB's limits), the overlay moves to staging.
+            if self.budget.used() > self.budget.limit()
+                || st.dirty_bytes > WRITEBACK_LIMIT
+                || st.dirty.len() >= MAX_OVERLAY_CHUNKS
+            {
                 self.stage_locked(kv, &mut st)?;
             }
         } else if st.dirty_bytes > WRITEBACK_LIMIT {
@@ -622,7 +641,26 @@ impl Inode {
         let mut st = self.state.lock();
         let flushed = self.flush_locked(kv, &mut st);
         self.account(&mut st);
-        flushed
+        self.note_stale(flushed)
+    }
+
+    /// Marks the inode stale if `result` says its view of the file is out of date (and
+    /// says so in the error).
+    fn note_stale<T>(&self, result: Result<T>) -> Result<T> {
+        match result {
+            Err(Error::Kv(cause @ shoal_kv::Error::PreconditionFailed { .. })) => {
+                self.stale.store(true, Ordering::SeqCst);
+                Err(Error::Stale {
+                    db: self.name.clone(),
+                    cause,
+                })
+            }
+            Err(e @ Error::Kv(shoal_kv::Error::Fenced { .. })) => {
+                self.stale.store(true, Ordering::SeqCst);
+                Err(e)
+            }
+            other => other,
+        }
     }
 
     /// Commits the transaction in progress (SQLITE_FCNTL_SYNC of the main file): the
@@ -634,11 +672,11 @@ impl Inode {
         if st.staged.is_none() {
             let flushed = self.flush_locked(kv, &mut st);
             self.account(&mut st);
-            return flushed;
+            return self.note_stale(flushed);
         }
         let result = self.commit_staged_locked(kv, &mut st);
         self.account(&mut st);
-        result
+        self.note_stale(result)
     }
 
     fn commit_staged_locked(&self, kv: &Kv, st: &mut FileState) -> Result<Flushed> {

@@ -273,6 +273,18 @@ impl Vfs {
         Ok(self.kv().audit(&self.state().canonical(name)?)?)
     }
 
+    /// Whether open database `name` must be reopened before it is used again: this host
+    /// lost its lease on it to another host (on a store hosts share: its writes are
+    /// fenced), or a commit found the stored database changed underneath this VFS's view
+    /// of it (another writer, or a server that lost writes it had applied). Its
+    /// connections should be closed; the next open acquires the lease again and reads the
+    /// database afresh. `false` for a database not open.
+    pub fn needs_reopen(&self, name: &str) -> bool {
+        self.state()
+            .canonical(name)
+            .is_ok_and(|name| self.state().main_is_stale(&name))
+    }
+
     /// Whether database `name` exists (a super-journal of that name does not count).
     pub fn exists(&self, name: &str) -> Result<bool> {
         Ok(self

@@ -182,6 +182,16 @@ impl VfsState {
             .map(|m| m.meta.size))
     }
 
+    /// Whether open database `name` must be reopened: its lease was taken over by
+    /// another host, or a commit found the stored file changed underneath it.
+    pub(crate) fn main_is_stale(&self, name: &str) -> bool {
+        let main = self.mains.lock().get(name).and_then(Weak::upgrade);
+        main.is_some_and(|m| {
+            m.stale.load(std::sync::atomic::Ordering::SeqCst)
+                || m.lease.as_ref().is_some_and(shoal_kv::LeaseHold::is_lost)
+        })
+    }
+
     fn live_inode(&self, id: DbId, kind: FileKind) -> Option<Arc<Inode>> {
         self.inodes.lock().get(&(id, kind)).and_then(Weak::upgrade)
     }
@@ -201,11 +211,21 @@ impl VfsState {
         name: &str,
         may_be_absent: bool,
     ) -> Result<Arc<Inode>> {
+        if let Some(inode) = self.live_inode(id, kind) {
+            return Ok(inode);
+        }
+        // On a store that hosts share, the main file is read only under this host's
+        // lease on the database, held as long as the inode lives. Acquired before the
+        // inode table is locked: it may wait for another host's lease to run out.
+        let lease = match kind {
+            FileKind::Main => self.kv.hold_lease(id)?,
+            _ => None,
+        };
         let mut inodes = self.inodes.lock();
         if let Some(inode) = inodes.get(&(id, kind)).and_then(Weak::upgrade) {
             return Ok(inode);
         }
-        let inode = Arc::new(Inode::load(
+        let mut inode = Inode::load(
             &self.kv,
             id,
             kind,
@@ -213,7 +233,9 @@ impl VfsState {
             self.counters(id),
             Arc::clone(&self.overlay),
             may_be_absent,
-        )?);
+        )?;
+        inode.lease = lease;
+        let inode = Arc::new(inode);
         insert_pruned(&mut inodes, (id, kind), &inode);
         Ok(inode)
     }

@@ -10,9 +10,14 @@ use common::*;
 use rusqlite::{Connection, ErrorCode};
 
 #[test]
-fn sql_round_trips_on_both_backends_and_survive_reopening() {
+fn sql_round_trips_on_every_backend_and_survive_reopening() {
     let dir = tempfile::tempdir().unwrap();
-    for vfs in [mem_vfs(), sled_vfs(dir.path())] {
+    let pg = PgSchema::new("sql_round_trips_on_every_backend");
+    let stores = reopenable_backends(dir.path(), pg.as_ref());
+    for vfs in [mem_vfs()]
+        .into_iter()
+        .chain(stores.iter().map(|(_, open)| open()))
+    {
         let conn = open(&vfs, "actor");
         conn.execute_batch(
             "CREATE TABLE msg(id INTEGER PRIMARY KEY, body TEXT);
@@ -25,19 +30,23 @@ fn sql_round_trips_on_both_backends_and_survive_reopening() {
         );
         assert_eq!(integrity(&conn), "ok");
     }
-    // The sled store from the loop above is closed; reopen it in a new VFS.
-    let vfs = sled_vfs(dir.path());
-    let conn = open(&vfs, "actor");
-    assert_eq!(
-        rows(&conn, "SELECT body FROM msg ORDER BY id"),
-        [["'hello'"], ["'world'"]]
-    );
-    conn.execute("INSERT INTO msg(body) VALUES ('again')", [])
-        .unwrap();
-    drop(conn);
-    drop(vfs);
-    let vfs = sled_vfs(dir.path());
-    assert_eq!(count(&open(&vfs, "actor"), "msg"), 3);
+    // The sled and PostgreSQL stores from the loop above are closed; reopen each in a new
+    // VFS.
+    for (backend, reopen) in &stores {
+        let vfs = reopen();
+        let conn = open(&vfs, "actor");
+        assert_eq!(
+            rows(&conn, "SELECT body FROM msg ORDER BY id"),
+            [["'hello'"], ["'world'"]],
+            "{backend}"
+        );
+        conn.execute("INSERT INTO msg(body) VALUES ('again')", [])
+            .unwrap();
+        drop(conn);
+        drop(vfs);
+        let vfs = reopen();
+        assert_eq!(count(&open(&vfs, "actor"), "msg"), 3, "{backend}");
+    }
 }
 
 /// Nothing a transaction writes reaches the kv before SQLITE_FCNTL_SYNC (pager.c

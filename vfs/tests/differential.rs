@@ -2,7 +2,8 @@
 //! file in a temp dir) must give identical results, statement by statement, including
 //! after reopening and at the end (full contents and integrity). The workload is the
 //! `sql_diff` fuzz target's (`shoal_testkit::sql`): proptest draws bytes and the same
-//! `arbitrary` decoder turns them into steps.
+//! `arbitrary` decoder turns them into steps. It runs on MemKv and, fewer cases (each kv
+//! operation is a round trip to the server), on PgKv.
 #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
 
 mod common;
@@ -13,6 +14,7 @@ use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
 use rusqlite::Connection;
 use shoal_testkit::sql::{self, Action, FULL_CONTENTS, SCHEMA, SqlStep};
+use shoal_vfs::Vfs;
 
 fn setup(conn: &Connection, mmap: bool) {
     conn.execute_batch("PRAGMA cache_size = 16;").unwrap();
@@ -37,14 +39,13 @@ fn steps(bytes: &[u8]) -> Vec<SqlStep> {
     sql::steps(&mut Unstructured::new(bytes))
 }
 
-/// Runs `steps` on both sides, comparing every result, the contents at the end and
-/// shoal's integrity.
-fn check(steps: &[SqlStep], mmap: bool) -> Result<(), TestCaseError> {
+/// Runs `steps` on both sides (shoal through `vfs`, in which database `diff` must not
+/// exist yet), comparing every result, the contents at the end and shoal's integrity.
+fn check(vfs: &Vfs, steps: &[SqlStep], mmap: bool) -> Result<(), TestCaseError> {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("reference.db");
-    let vfs = mem_vfs();
     let mut reference = Connection::open(&path).unwrap();
-    let mut shoal = open(&vfs, "diff");
+    let mut shoal = open(vfs, "diff");
     setup(&reference, false);
     setup(&shoal, mmap);
     reference.execute_batch(SCHEMA).unwrap();
@@ -56,7 +57,7 @@ fn check(steps: &[SqlStep], mmap: bool) -> Result<(), TestCaseError> {
             drop(reference);
             reference = Connection::open(&path).unwrap();
             drop(shoal);
-            shoal = open(&vfs, "diff");
+            shoal = open(vfs, "diff");
             setup(&reference, false);
             setup(&shoal, mmap);
             continue;
@@ -78,7 +79,22 @@ proptest! {
         steps in prop::collection::vec(any::<u8>(), 1..300).prop_map(|b| steps(&b)),
         mmap in any::<bool>(),
     ) {
-        check(&steps, mmap)?;
+        check(&mem_vfs(), &steps, mmap)?;
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 12, ..ProptestConfig::default() })]
+
+    /// Each case in a schema of its own.
+    #[test]
+    fn shoal_on_postgres_matches_the_unix_vfs(
+        steps in prop::collection::vec(any::<u8>(), 1..300).prop_map(|b| steps(&b)),
+        mmap in any::<bool>(),
+    ) {
+        if let Some(schema) = PgSchema::new("shoal_on_postgres_matches_the_unix_vfs") {
+            check(&pg_vfs(&schema), &steps, mmap)?;
+        }
     }
 }
 
@@ -92,5 +108,7 @@ fn update_then_reopen() {
         SqlStep::Update { a: 7, len: 4053 },
         SqlStep::Reopen,
     ];
-    check(&steps, false).unwrap();
+    on_each_backend("update_then_reopen", |vfs| {
+        check(vfs, &steps, false).unwrap()
+    });
 }

@@ -6,8 +6,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use rusqlite::{Connection, OpenFlags};
-use shoal_kv::{Kv, KvStore, MemKv, SledConfig, SledKv};
+use shoal_kv::{Kv, KvStore, MemKv, PgConfig, PgKv, SledConfig, SledKv};
 use shoal_vfs::{DbStats, Vfs, VfsOptions};
+
+pub use shoal_testkit::pg::PgSchema;
 
 static NEXT: AtomicUsize = AtomicUsize::new(0);
 
@@ -49,6 +51,43 @@ pub fn sled_vfs(dir: &Path) -> Vfs {
     let mut config = SledConfig::new(dir);
     config.cache_capacity = 16 << 20;
     vfs_over(Arc::new(SledKv::open(&config).unwrap()))
+}
+
+/// A VFS over PostgreSQL, in `schema`. Each call opens a new store on the same table, so
+/// a VFS sees what an earlier one left there. Drop it before the schema.
+pub fn pg_vfs(schema: &PgSchema) -> Vfs {
+    vfs_over(Arc::new(
+        PgKv::open(&PgConfig::new(schema.url.as_str())).unwrap(),
+    ))
+}
+
+/// Runs `body` on a fresh VFS over each backend the SQL tests cover: MemKv, then PgKv in
+/// a schema of its own (skipped, with a message, when `SHOAL_PG_URL` is unset). Each run
+/// is announced first, so a failure's output says which backend it was.
+pub fn on_each_backend(test: &str, body: impl Fn(&Vfs)) {
+    eprintln!("{test}: on MemKv");
+    body(&mem_vfs());
+    if let Some(schema) = PgSchema::new(test) {
+        eprintln!("{test}: on PgKv, schema {}", schema.name());
+        body(&pg_vfs(&schema));
+    }
+}
+
+/// Opens a new VFS over one store each time it is called.
+pub type Reopen<'a> = Box<dyn Fn() -> Vfs + 'a>;
+
+/// The backends whose stores outlive their VFS, named, each with what opens a new VFS
+/// over the same store: SledKv in `dir`, and PgKv in `pg` when there is one.
+pub fn reopenable_backends<'a>(
+    dir: &'a Path,
+    pg: Option<&'a PgSchema>,
+) -> Vec<(&'static str, Reopen<'a>)> {
+    let mut out: Vec<(&'static str, Reopen<'a>)> =
+        vec![("SledKv", Box::new(move || sled_vfs(dir)))];
+    if let Some(schema) = pg {
+        out.push(("PgKv", Box::new(move || pg_vfs(schema))));
+    }
+    out
 }
 
 /// Opens `db` through `vfs` with the default flags (creating it) and, as the facade

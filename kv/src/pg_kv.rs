@@ -1,0 +1,662 @@
+//! `PgKv`: the store in one PostgreSQL table, for actors that move between hosts.
+//!
+//! Built on the `postgres` client (sync, over tokio-postgres) and an `r2d2` pool. No
+//! PostgreSQL type crosses this module's boundary. The table is Rivet's shape,
+//! `shoal_kv(key bytea PRIMARY KEY, value bytea)`, in the schema the connection's
+//! `search_path` names (`?options=-csearch_path%3Dname` in the URL). The invariants it
+//! keeps for the trait's contract, and why each holds, are in docs/design.md ("The
+//! PostgreSQL backend"):
+//! - a batch is one transaction at READ COMMITTED; its guards are checked first, in the
+//!   same transaction, each on a row it locks (`SELECT .. FOR UPDATE`; a guard on an absent
+//!   key first inserts a placeholder row with a NULL value, so that a racing writer of
+//!   the key waits on it). Readers never see NULL-valued rows;
+//! - every transaction commits with `synchronous_commit = off` (set on each connection):
+//!   applied, visible to every host, and durable at the next [`KvStore::flush`], which is
+//!   one transaction that writes this store's row of `shoal_flush` and commits with
+//!   `synchronous_commit = on` (its commit record is flushed, and with it every commit
+//!   before it in the WAL); the group committer shares one such flush among many
+//!   commits;
+//! - a server restart between a batch's apply and the flush that was to make it durable is
+//!   detected (each connection records the postmaster's start time, its epoch) and the
+//!   waiters of that flush get [`Error::Unavailable`], never a false success;
+//! - an error that means the server is out of reach is [`Error::Unavailable`] and does
+//!   not poison the store: an operation that failed before its COMMIT was sent is tried
+//!   again on a fresh connection, up to [`PgConfig::retry_for`]; one that failed during
+//!   its COMMIT is reported (it may or may not have been applied, and nothing was
+//!   acknowledged);
+//! - values are copied once off the wire (the client owns its buffers).
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use postgres::types::Type;
+use postgres::{Client, NoTls};
+
+use crate::error::{Error, Result};
+use crate::keys::KeyRange;
+use crate::store::{Batch, Entry, KvStats, KvStore, Op, Scan};
+
+/// Rows a scan fetches per round trip.
+const SCAN_PAGE: i64 = 512;
+
+/// The table every host shares.
+const TABLE: &str = "shoal_kv";
+
+/// How to reach the PostgreSQL server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PgConfig {
+    /// A libpq-style URL (`postgresql://user@host:port/db`, a unix socket directory as
+    /// the percent-encoded host) or key-value string (`host=/run/pg user=shoal`).
+    pub url: String,
+    /// Connections in the pool: at most this many operations run on the server at once.
+    pub pool_size: u32,
+    /// How long an operation waits for a connection (and keeps trying to reach a server
+    /// that went away) before it fails with [`Error::Unavailable`].
+    pub retry_for: Duration,
+}
+
+impl PgConfig {
+    /// The server at `url`, with a pool of 16 connections and 5 s of retries.
+    pub fn new(url: impl Into<String>) -> PgConfig {
+        PgConfig {
+            url: url.into(),
+            pool_size: 16,
+            retry_for: Duration::from_secs(5),
+        }
+    }
+}
+
+/// A pooled connection and the epoch (postmaster start time) of the server it reached.
+struct Conn {
+    client: Client,
+    epoch: i64,
+}
+
+impl std::fmt::Debug for Conn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Conn").field("epoch", &self.epoch).finish()
+    }
+}
+
+/// Opens connections for the pool: each set up for asynchronous commits, and stamped
+/// with the epoch of the server it reached.
+#[derive(Debug)]
+struct Manager {
+    config: postgres::Config,
+}
+
+impl r2d2::ManageConnection for Manager {
+    type Connection = Conn;
+    type Error = postgres::Error;
+
+    fn connect(&self) -> std::result::Result<Conn, postgres::Error> {
+        let mut client = self.config.connect(NoTls)?;
+        client.batch_execute("SET synchronous_commit = off")?;
+        let row = client.query_one(
+            "SELECT (extract(epoch FROM pg_postmaster_start_time()) * 1000000)::int8",
+            &[],
+        )?;
+        Ok(Conn {
+            client,
+            epoch: row.get(0),
+        })
+    }
+
+    fn is_valid(&self, conn: &mut Conn) -> std::result::Result<(), postgres::Error> {
+        conn.client.simple_query("").map(|_| ())
+    }
+
+    fn has_broken(&self, conn: &mut Conn) -> bool {
+        conn.client.is_closed()
+    }
+}
+
+/// The shoal store in a PostgreSQL table.
+#[derive(Debug)]
+pub struct PgKv {
+    pool: r2d2::Pool<Manager>,
+    retry_for: Duration,
+    /// The epoch of the server the last successful flush reached.
+    flushed_epoch: AtomicI64,
+    /// Where the store is, for messages (the URL without a password).
+    place: String,
+    /// This store's row in `shoal_flush`, which every flush writes (see `flush`).
+    flush_row: i64,
+}
+
+thread_local! {
+    /// The epoch of the server the last batch this thread applied reached (see
+    /// [`KvStore::apply_mark`]).
+    static APPLIED_EPOCH: std::cell::Cell<i64> = const { std::cell::Cell::new(0) };
+}
+
+/// Whether `e` means the server is (for now) out of reach, rather than refusing the
+/// statement: a closed connection, an I/O error, or SQLSTATE class 08 (connection
+/// exception) or 57P (operator intervention: shutdown, crash, cannot connect now).
+fn unreachable(e: &postgres::Error) -> bool {
+    if e.is_closed() {
+        return true;
+    }
+    match e.code() {
+        Some(code) => {
+            let c = code.code();
+            c.starts_with("08") || c.starts_with("57P")
+        }
+        None => std::error::Error::source(e).is_some_and(|s| s.is::<std::io::Error>()),
+    }
+}
+
+/// Whether the transaction lost a race PostgreSQL resolves by aborting one side
+/// (serialization failure, deadlock): it applied nothing and may simply run again.
+fn lost_race(e: &postgres::Error) -> bool {
+    e.code()
+        .is_some_and(|c| c.code() == "40001" || c.code() == "40P01")
+}
+
+/// The failure of one attempt: whether it is safe to run the operation again.
+enum Attempt {
+    /// Nothing was applied: try again (a new connection if the server went away).
+    Retry(Error),
+    /// Report it.
+    Fail(Error),
+}
+
+impl PgKv {
+    /// Connects to the server and creates the table if it is missing; checks that a
+    /// table found there has the columns shoal writes.
+    pub fn open(config: &PgConfig) -> Result<PgKv> {
+        let pg: postgres::Config = config.url.parse().map_err(|e| Error::Corrupt {
+            what: "the PostgreSQL URL".into(),
+            reason: format!("{e}"),
+        })?;
+        let place = describe_config(&pg);
+        let pool = r2d2::Pool::builder()
+            .max_size(config.pool_size.max(1))
+            .min_idle(Some(0))
+            .connection_timeout(config.retry_for.max(Duration::from_millis(100)))
+            .test_on_check_out(false)
+            .build_unchecked(Manager { config: pg });
+        let kv = PgKv {
+            pool,
+            retry_for: config.retry_for,
+            flushed_epoch: AtomicI64::new(0),
+            place,
+            flush_row: unique_row(),
+        };
+        kv.create_table()?;
+        Ok(kv)
+    }
+
+    /// Where the store is (host, port, database, user), for messages.
+    pub fn place(&self) -> &str {
+        &self.place
+    }
+
+    fn create_table(&self) -> Result<()> {
+        self.run("open", |conn| {
+            let mut tx = conn.client.transaction()?;
+            // Two hosts opening a new store at once: one creates, the other waits. A
+            // schema the URL's search_path names first is created if it is missing.
+            tx.batch_execute(&format!(
+                "SELECT pg_advisory_xact_lock(7306982011277369);
+                 DO $$ BEGIN
+                   IF current_schema() IS NULL THEN
+                     EXECUTE format('CREATE SCHEMA IF NOT EXISTS %I', trim(both '\"' FROM
+                       trim(split_part(current_setting('search_path'), ',', 1))));
+                   END IF;
+                 END $$;
+                 CREATE TABLE IF NOT EXISTS {TABLE} (key bytea PRIMARY KEY, value bytea);
+                 CREATE TABLE IF NOT EXISTS shoal_flush (store int8 PRIMARY KEY, n int8 NOT NULL)"
+            ))?;
+            tx.commit()
+        })?;
+        self.check_table()
+    }
+
+    /// Refuses a table that is not the one shoal writes (altered behind its back).
+    fn check_table(&self) -> Result<()> {
+        let columns: Vec<(String, String, bool)> = self.run("open", |conn| {
+            let rows = conn.client.query(
+                "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod),
+                        EXISTS (SELECT 1 FROM pg_index i
+                                 WHERE i.indrelid = a.attrelid AND i.indisprimary
+                                   AND i.indnatts = 1 AND i.indkey[0] = a.attnum)
+                   FROM pg_attribute a
+                  WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped
+                  ORDER BY a.attnum",
+                &[&TABLE],
+            )?;
+            Ok(rows
+                .iter()
+                .map(|r| (r.get(0), r.get(1), r.get(2)))
+                .collect())
+        })?;
+        let expected = [
+            ("key".to_owned(), "bytea".to_owned(), true),
+            ("value".to_owned(), "bytea".to_owned(), false),
+        ];
+        if columns != expected {
+            let found: Vec<String> = columns
+                .iter()
+                .map(|(n, t, pk)| format!("{n} {t}{}", if *pk { " primary key" } else { "" }))
+                .collect();
+            return Err(Error::Corrupt {
+                what: format!("table {TABLE} at {}", self.place),
+                reason: format!(
+                    "it has columns ({}), not (key bytea primary key, value bytea): it was \
+                     not made by shoal, or was altered",
+                    found.join(", ")
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// Runs `f` on a pooled connection, again on a fresh one while the server is out of
+    /// reach (up to `retry_for`) or the transaction lost a race.
+    fn run<T>(
+        &self,
+        op: &'static str,
+        mut f: impl FnMut(&mut Conn) -> std::result::Result<T, postgres::Error>,
+    ) -> Result<T> {
+        self.attempt(op, |conn| {
+            f(conn).map_err(|e| {
+                if unreachable(&e) || lost_race(&e) {
+                    Attempt::Retry(pg_error(op, e))
+                } else {
+                    Attempt::Fail(pg_error(op, e))
+                }
+            })
+        })
+    }
+
+    fn attempt<T>(
+        &self,
+        op: &'static str,
+        mut f: impl FnMut(&mut Conn) -> std::result::Result<T, Attempt>,
+    ) -> Result<T> {
+        let started = Instant::now();
+        let mut nap = Duration::from_millis(5);
+        loop {
+            let last = match self.pool.get() {
+                Ok(mut conn) => match f(&mut conn) {
+                    Ok(v) => return Ok(v),
+                    Err(Attempt::Fail(e)) => return Err(e),
+                    Err(Attempt::Retry(e)) => e,
+                },
+                Err(e) => Error::Unavailable {
+                    op,
+                    cause: format!("no connection to {}: {e}", self.place),
+                },
+            };
+            if started.elapsed() >= self.retry_for {
+                return Err(last);
+            }
+            std::thread::sleep(nap);
+            nap = (nap * 2).min(Duration::from_millis(200));
+        }
+    }
+
+    /// One attempt at applying `batch`.
+    fn apply_once(
+        conn: &mut Conn,
+        batch: &Batch,
+        writes: &Writes,
+    ) -> std::result::Result<(), Attempt> {
+        let retry = |e: postgres::Error| {
+            if unreachable(&e) || lost_race(&e) {
+                Attempt::Retry(pg_error("apply", e))
+            } else {
+                Attempt::Fail(pg_error("apply", e))
+            }
+        };
+        let mut tx = conn.client.transaction().map_err(retry)?;
+        for pre in &batch.preconditions {
+            let key: &[u8] = &pre.key;
+            if pre.expected.is_none() {
+                // A row to lock even while the key is absent: a racing insert of the key
+                // waits for this transaction.
+                tx.execute(
+                    "INSERT INTO shoal_kv (key, value) VALUES ($1, NULL) ON CONFLICT (key) DO NOTHING",
+                    &[&key],
+                )
+                .map_err(retry)?;
+            }
+            let rows = tx
+                .query_typed(
+                    "SELECT value FROM shoal_kv WHERE key = $1 FOR UPDATE",
+                    &[(&key, Type::BYTEA)],
+                )
+                .map_err(retry)?;
+            let current: Option<&[u8]> = rows.first().and_then(|r| r.get(0));
+            if let Err(e) = pre.check(current) {
+                return Err(Attempt::Fail(e));
+            }
+        }
+        for range in &writes.ranges {
+            if range.end.is_empty() {
+                tx.query_typed(
+                    "DELETE FROM shoal_kv WHERE key >= $1",
+                    &[(&range.start, Type::BYTEA)],
+                )
+                .map_err(retry)?;
+            } else {
+                tx.query_typed(
+                    "DELETE FROM shoal_kv WHERE key >= $1 AND key < $2",
+                    &[(&range.start, Type::BYTEA), (&range.end, Type::BYTEA)],
+                )
+                .map_err(retry)?;
+            }
+        }
+        let (mut put_keys, mut put_values, mut deleted) = (Vec::new(), Vec::new(), Vec::new());
+        for (k, v) in &writes.keys {
+            match v {
+                Some(v) => {
+                    put_keys.push(&k[..]);
+                    put_values.push(&v[..]);
+                }
+                None => deleted.push(&k[..]),
+            }
+        }
+        if !put_keys.is_empty() {
+            tx.query_typed(
+                "INSERT INTO shoal_kv (key, value) SELECT * FROM unnest($1::bytea[], $2::bytea[])
+                 ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
+                &[
+                    (&put_keys, Type::BYTEA_ARRAY),
+                    (&put_values, Type::BYTEA_ARRAY),
+                ],
+            )
+            .map_err(retry)?;
+        }
+        if !deleted.is_empty() {
+            tx.query_typed(
+                "DELETE FROM shoal_kv WHERE key = ANY($1::bytea[])",
+                &[(&deleted, Type::BYTEA_ARRAY)],
+            )
+            .map_err(retry)?;
+        }
+        // A failure from here on is reported, not retried: the server may have committed.
+        tx.commit()
+            .map_err(|e| Attempt::Fail(pg_error("commit", e)))?;
+        APPLIED_EPOCH.with(|c| c.set(conn.epoch));
+        Ok(())
+    }
+}
+
+/// A batch's ops as PostgreSQL applies them: the range deletes first, then one write
+/// per key. Equivalent to the ops in order: a put or delete before a range delete that
+/// covers it is dropped (the range delete removes the key anyway), and one after it
+/// survives, applied after the range deletes.
+#[derive(Debug, Default)]
+struct Writes {
+    ranges: Vec<KeyRange>,
+    keys: BTreeMap<Bytes, Option<Bytes>>,
+}
+
+fn fold(ops: &[Op]) -> Writes {
+    let mut w = Writes::default();
+    for op in ops {
+        match op {
+            Op::Put(k, v) => {
+                w.keys.insert(k.clone(), Some(v.clone()));
+            }
+            Op::Delete(k) => {
+                w.keys.insert(k.clone(), None);
+            }
+            Op::DeleteRange(range) => {
+                if range.is_empty() {
+                    continue;
+                }
+                w.keys.retain(|k, _| !range.contains(k));
+                w.ranges.push(range.clone());
+            }
+        }
+    }
+    w
+}
+
+fn pg_error(op: &'static str, e: postgres::Error) -> Error {
+    if unreachable(&e) {
+        Error::Unavailable {
+            op,
+            cause: e.to_string(),
+        }
+    } else {
+        // The server's message, with its detail, says what was refused.
+        let cause = match e.as_db_error() {
+            Some(db) => format!(
+                "{}: {}{}",
+                db.code().code(),
+                db.message(),
+                db.detail().map(|d| format!(" ({d})")).unwrap_or_default()
+            ),
+            None => e.to_string(),
+        };
+        Error::Backend {
+            op,
+            cause: cause.into(),
+        }
+    }
+}
+
+/// An id for this store's `shoal_flush` row, unique among the stores open on a server
+/// (the time, the process and a counter, hashed).
+fn unique_row() -> i64 {
+    static OPENED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let mut seed = now.to_le_bytes().to_vec();
+    seed.extend_from_slice(&std::process::id().to_le_bytes());
+    seed.extend_from_slice(&OPENED.fetch_add(1, Ordering::Relaxed).to_le_bytes());
+    xxhash_rust::xxh3::xxh3_64(&seed).cast_signed()
+}
+
+/// Host, port, database and user of `pg`, for messages (never the password).
+fn describe_config(pg: &postgres::Config) -> String {
+    let hosts: Vec<String> = pg
+        .get_hosts()
+        .iter()
+        .map(|h| match h {
+            postgres::config::Host::Tcp(name) => name.clone(),
+            #[cfg(unix)]
+            postgres::config::Host::Unix(path) => path.display().to_string(),
+        })
+        .collect();
+    let port = pg
+        .get_ports()
+        .first()
+        .map_or_else(|| "5432".to_owned(), ToString::to_string);
+    format!(
+        "postgresql {}:{port}/{} as {}",
+        hosts.join(","),
+        pg.get_dbname().unwrap_or("(default)"),
+        pg.get_user().unwrap_or("(default)")
+    )
+}
+
+impl KvStore for PgKv {
+    fn get(&self, key: &[u8]) -> Result<Option<Bytes>> {
+        self.run("get", |conn| {
+            let rows = conn.client.query_typed(
+                "SELECT value FROM shoal_kv WHERE key = $1 AND value IS NOT NULL",
+                &[(&key, Type::BYTEA)],
+            )?;
+            Ok(rows
+                .first()
+                .map(|r| Bytes::copy_from_slice(r.get::<_, &[u8]>(0))))
+        })
+    }
+
+    fn scan(&self, range: KeyRange) -> Result<Scan<'_>> {
+        if range.is_empty() {
+            return Ok(Box::new(std::iter::empty()));
+        }
+        Ok(Box::new(PgScan {
+            kv: self,
+            next: range.start.clone(),
+            inclusive: true,
+            end: range.end,
+            page: Vec::new().into_iter(),
+            done: false,
+        }))
+    }
+
+    fn apply(&self, batch: Batch) -> Result<()> {
+        batch.check_limits()?;
+        if batch.ops.is_empty() && batch.preconditions.is_empty() {
+            return Ok(());
+        }
+        let writes = fold(&batch.ops);
+        self.attempt("apply", |conn| PgKv::apply_once(conn, &batch, &writes))
+    }
+
+    fn flush(&self) -> Result<()> {
+        let epoch = self.run("flush", |conn| {
+            let mut tx = conn.client.transaction()?;
+            // The commit of a transaction that wrote WAL, committed synchronously, returns
+            // once the WAL is flushed up to its commit record, so every commit before it
+            // is durable. It must write a row: a transaction that only took an xid
+            // commits asynchronously whatever synchronous_commit says (xact.c
+            // `RecordTransactionCommit` flushes only `if (wrote_xlog && markXidCommitted
+            // ...)`, and `wrote_xlog` counts WAL written before the commit record). Each
+            // store its own row, so hosts' flushes never wait on each other's locks.
+            tx.batch_execute("SET LOCAL synchronous_commit = on")?;
+            tx.execute(
+                "INSERT INTO shoal_flush (store, n) VALUES ($1, 1)
+                 ON CONFLICT (store) DO UPDATE SET n = shoal_flush.n + 1",
+                &[&self.flush_row],
+            )?;
+            tx.commit()?;
+            Ok(conn.epoch)
+        })?;
+        self.flushed_epoch.store(epoch, Ordering::SeqCst);
+        Ok(())
+    }
+
+    fn apply_mark(&self) -> u64 {
+        APPLIED_EPOCH.with(|c| c.get()).cast_unsigned()
+    }
+
+    fn mark_durable(&self, mark: u64) -> Result<()> {
+        let flushed = self.flushed_epoch.load(Ordering::SeqCst).cast_unsigned();
+        if mark == 0 || mark == flushed {
+            Ok(())
+        } else {
+            Err(Error::Unavailable {
+                op: "flush",
+                cause: format!(
+                    "the server at {} restarted after this write was applied and before it \
+                     was flushed: it may be lost (nothing of it was acknowledged as durable)",
+                    self.place
+                ),
+            })
+        }
+    }
+
+    fn now_ms(&self) -> Result<u64> {
+        self.run("clock", |conn| {
+            let row = conn.client.query_one(
+                "SELECT (extract(epoch FROM clock_timestamp()) * 1000)::int8",
+                &[],
+            )?;
+            Ok(row.get::<_, i64>(0).cast_unsigned())
+        })
+    }
+
+    fn stats(&self) -> Result<KvStats> {
+        self.run("stats", |conn| {
+            let row = conn.client.query_one(
+                "SELECT count(*)::int8,
+                        coalesce(sum(length(key) + length(value)), 0)::int8,
+                        pg_total_relation_size(to_regclass('shoal_kv'))::int8
+                   FROM shoal_kv WHERE value IS NOT NULL",
+                &[],
+            )?;
+            Ok(KvStats {
+                keys: row.get::<_, i64>(0).cast_unsigned(),
+                logical_bytes: row.get::<_, i64>(1).cast_unsigned(),
+                disk_bytes: row.get::<_, i64>(2).cast_unsigned(),
+                cache_capacity: 0,
+            })
+        })
+    }
+}
+
+/// A scan in pages of [`SCAN_PAGE`] rows, each page one query from the last key seen.
+struct PgScan<'a> {
+    kv: &'a PgKv,
+    next: Vec<u8>,
+    /// Whether `next` itself is in the scan (only for the first page).
+    inclusive: bool,
+    end: Vec<u8>,
+    page: std::vec::IntoIter<Entry>,
+    done: bool,
+}
+
+impl PgScan<'_> {
+    fn fetch(&mut self) -> Result<()> {
+        let (start, end, inclusive) = (&self.next, &self.end, self.inclusive);
+        let rows: Vec<Entry> = self.kv.run("scan", |conn| {
+            let from = if inclusive { ">=" } else { ">" };
+            let rows = if end.is_empty() {
+                conn.client.query_typed(
+                    &format!(
+                        "SELECT key, value FROM shoal_kv WHERE key {from} $1 AND value IS NOT NULL
+                         ORDER BY key LIMIT {SCAN_PAGE}"
+                    ),
+                    &[(start, Type::BYTEA)],
+                )?
+            } else {
+                conn.client.query_typed(
+                    &format!(
+                        "SELECT key, value FROM shoal_kv
+                          WHERE key {from} $1 AND key < $2 AND value IS NOT NULL
+                          ORDER BY key LIMIT {SCAN_PAGE}"
+                    ),
+                    &[(start, Type::BYTEA), (end, Type::BYTEA)],
+                )?
+            };
+            Ok(rows
+                .iter()
+                .map(|r| {
+                    (
+                        Bytes::copy_from_slice(r.get::<_, &[u8]>(0)),
+                        Bytes::copy_from_slice(r.get::<_, &[u8]>(1)),
+                    )
+                })
+                .collect())
+        })?;
+        if (rows.len() as i64) < SCAN_PAGE {
+            self.done = true;
+        }
+        if let Some((last, _)) = rows.last() {
+            self.next = last.to_vec();
+            self.inclusive = false;
+        }
+        self.page = rows.into_iter();
+        Ok(())
+    }
+}
+
+impl Iterator for PgScan<'_> {
+    type Item = Result<Entry>;
+
+    fn next(&mut self) -> Option<Result<Entry>> {
+        loop {
+            if let Some(entry) = self.page.next() {
+                return Some(Ok(entry));
+            }
+            if self.done {
+                return None;
+            }
+            if let Err(e) = self.fetch() {
+                self.done = true;
+                return Some(Err(e));
+            }
+        }
+    }
+}
