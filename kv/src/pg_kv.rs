@@ -44,6 +44,49 @@ const SCAN_PAGE: i64 = 512;
 /// The table every host shares.
 const TABLE: &str = "shoal_kv";
 
+/// A batch in one round trip: `shoal_apply(guard keys, guard values, guard-expects-absent
+/// flags, range starts, range ends (empty: unbounded), put keys, put values, deleted
+/// keys)`, run as one statement (so one transaction). The guards are checked first, each on
+/// a row it locks, in the order given; the first that fails raises SQLSTATE `SH001` with
+/// its index, which rolls back everything (a guard on an absent key inserts a NULL-valued
+/// placeholder row to lock, see the module docs). Then the range deletes, the upsert and
+/// the deletes, as `apply` folded them. VOLATILE, so at READ COMMITTED each statement
+/// sees what committed before it, as separate statements would.
+const APPLY_FUNCTION: &str = "
+CREATE OR REPLACE FUNCTION shoal_apply(gk bytea[], gv bytea[], ga bool[], rs bytea[],
+    re bytea[], pk bytea[], pv bytea[], dk bytea[]) RETURNS void
+LANGUAGE plpgsql VOLATILE AS $fn$
+DECLARE
+  i int;
+  cur bytea;
+BEGIN
+  FOR i IN 1 .. coalesce(array_length(gk, 1), 0) LOOP
+    IF ga[i] THEN
+      INSERT INTO shoal_kv (key, value) VALUES (gk[i], NULL) ON CONFLICT (key) DO NOTHING;
+    END IF;
+    cur := NULL;
+    SELECT value INTO cur FROM shoal_kv WHERE key = gk[i] FOR UPDATE;
+    IF (ga[i] AND cur IS NOT NULL) OR (NOT ga[i] AND cur IS DISTINCT FROM gv[i]) THEN
+      RAISE EXCEPTION 'shoal guard %', i - 1 USING ERRCODE = 'SH001';
+    END IF;
+  END LOOP;
+  FOR i IN 1 .. coalesce(array_length(rs, 1), 0) LOOP
+    IF length(re[i]) = 0 THEN
+      DELETE FROM shoal_kv WHERE key >= rs[i];
+    ELSE
+      DELETE FROM shoal_kv WHERE key >= rs[i] AND key < re[i];
+    END IF;
+  END LOOP;
+  IF coalesce(array_length(pk, 1), 0) > 0 THEN
+    INSERT INTO shoal_kv (key, value) SELECT * FROM unnest(pk, pv)
+      ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value;
+  END IF;
+  IF coalesce(array_length(dk, 1), 0) > 0 THEN
+    DELETE FROM shoal_kv WHERE key = ANY(dk);
+  END IF;
+END
+$fn$;";
+
 /// How to reach the PostgreSQL server.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PgConfig {
@@ -208,7 +251,8 @@ impl PgKv {
                    END IF;
                  END $$;
                  CREATE TABLE IF NOT EXISTS {TABLE} (key bytea PRIMARY KEY, value bytea);
-                 CREATE TABLE IF NOT EXISTS shoal_flush (store int8 PRIMARY KEY, n int8 NOT NULL)"
+                 CREATE TABLE IF NOT EXISTS shoal_flush (store int8 PRIMARY KEY, n int8 NOT NULL);
+                 {APPLY_FUNCTION}"
             ))?;
             tx.commit()
         })?;
@@ -299,57 +343,33 @@ impl PgKv {
         }
     }
 
-    /// One attempt at applying `batch`.
+    /// One attempt at applying `batch`: one statement, one round trip.
+    ///
+    /// A statement that fails for a lost connection may or may not have committed; it is
+    /// tried again all the same. That is safe because a retry can never apply a batch
+    /// twice where it matters: every commit shoal makes is guarded on its file's metadata
+    /// (and lease), which the first application changed, so a second one fails its guard
+    /// (the VFS then reports the database changed underneath it, and it is reopened,
+    /// finding the commit there); and an unguarded batch only deletes, or puts values
+    /// that a second application writes again unchanged.
     fn apply_once(
         conn: &mut Conn,
         batch: &Batch,
         writes: &Writes,
     ) -> std::result::Result<(), Attempt> {
-        let retry = |e: postgres::Error| {
-            if unreachable(&e) || lost_race(&e) {
-                Attempt::Retry(pg_error("apply", e))
-            } else {
-                Attempt::Fail(pg_error("apply", e))
-            }
-        };
-        let mut tx = conn.client.transaction().map_err(retry)?;
-        for pre in &batch.preconditions {
-            let key: &[u8] = &pre.key;
-            if pre.expected.is_none() {
-                // A row to lock even while the key is absent: a racing insert of the key
-                // waits for this transaction.
-                tx.execute(
-                    "INSERT INTO shoal_kv (key, value) VALUES ($1, NULL) ON CONFLICT (key) DO NOTHING",
-                    &[&key],
-                )
-                .map_err(retry)?;
-            }
-            let rows = tx
-                .query_typed(
-                    "SELECT value FROM shoal_kv WHERE key = $1 FOR UPDATE",
-                    &[(&key, Type::BYTEA)],
-                )
-                .map_err(retry)?;
-            let current: Option<&[u8]> = rows.first().and_then(|r| r.get(0));
-            if let Err(e) = pre.check(current) {
-                return Err(Attempt::Fail(e));
-            }
-        }
-        for range in &writes.ranges {
-            if range.end.is_empty() {
-                tx.query_typed(
-                    "DELETE FROM shoal_kv WHERE key >= $1",
-                    &[(&range.start, Type::BYTEA)],
-                )
-                .map_err(retry)?;
-            } else {
-                tx.query_typed(
-                    "DELETE FROM shoal_kv WHERE key >= $1 AND key < $2",
-                    &[(&range.start, Type::BYTEA), (&range.end, Type::BYTEA)],
-                )
-                .map_err(retry)?;
-            }
-        }
+        let guard_keys: Vec<&[u8]> = batch.preconditions.iter().map(|p| &p.key[..]).collect();
+        let guard_values: Vec<&[u8]> = batch
+            .preconditions
+            .iter()
+            .map(|p| p.expected.as_deref().unwrap_or_default())
+            .collect();
+        let guard_absent: Vec<bool> = batch
+            .preconditions
+            .iter()
+            .map(|p| p.expected.is_none())
+            .collect();
+        let starts: Vec<&[u8]> = writes.ranges.iter().map(|r| &r.start[..]).collect();
+        let ends: Vec<&[u8]> = writes.ranges.iter().map(|r| &r.end[..]).collect();
         let (mut put_keys, mut put_values, mut deleted) = (Vec::new(), Vec::new(), Vec::new());
         for (k, v) in &writes.keys {
             match v {
@@ -360,29 +380,40 @@ impl PgKv {
                 None => deleted.push(&k[..]),
             }
         }
-        if !put_keys.is_empty() {
-            tx.query_typed(
-                "INSERT INTO shoal_kv (key, value) SELECT * FROM unnest($1::bytea[], $2::bytea[])
-                 ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
-                &[
-                    (&put_keys, Type::BYTEA_ARRAY),
-                    (&put_values, Type::BYTEA_ARRAY),
-                ],
-            )
-            .map_err(retry)?;
+        let result = conn.client.query_typed(
+            "SELECT shoal_apply($1, $2, $3, $4, $5, $6, $7, $8)",
+            &[
+                (&guard_keys, Type::BYTEA_ARRAY),
+                (&guard_values, Type::BYTEA_ARRAY),
+                (&guard_absent, Type::BOOL_ARRAY),
+                (&starts, Type::BYTEA_ARRAY),
+                (&ends, Type::BYTEA_ARRAY),
+                (&put_keys, Type::BYTEA_ARRAY),
+                (&put_values, Type::BYTEA_ARRAY),
+                (&deleted, Type::BYTEA_ARRAY),
+            ],
+        );
+        match result {
+            Ok(_) => {
+                APPLIED_EPOCH.with(|c| c.set(conn.epoch));
+                Ok(())
+            }
+            Err(e) if e.code().is_some_and(|c| c.code() == "SH001") => {
+                // The message names the index of the guard that failed.
+                let failed = e
+                    .as_db_error()
+                    .and_then(|db| db.message().rsplit(' ').next()?.parse::<usize>().ok())
+                    .and_then(|i| batch.preconditions.get(i));
+                Err(Attempt::Fail(Error::PreconditionFailed {
+                    what: failed.map_or_else(
+                        || "a guarded key".to_owned(),
+                        |p| crate::keys::describe(&p.key),
+                    ),
+                }))
+            }
+            Err(e) if unreachable(&e) || lost_race(&e) => Err(Attempt::Retry(pg_error("apply", e))),
+            Err(e) => Err(Attempt::Fail(pg_error("apply", e))),
         }
-        if !deleted.is_empty() {
-            tx.query_typed(
-                "DELETE FROM shoal_kv WHERE key = ANY($1::bytea[])",
-                &[(&deleted, Type::BYTEA_ARRAY)],
-            )
-            .map_err(retry)?;
-        }
-        // A failure from here on is reported, not retried: the server may have committed.
-        tx.commit()
-            .map_err(|e| Attempt::Fail(pg_error("commit", e)))?;
-        APPLIED_EPOCH.with(|c| c.set(conn.epoch));
-        Ok(())
     }
 }
 
@@ -515,22 +546,22 @@ impl KvStore for PgKv {
     }
 
     fn flush(&self) -> Result<()> {
+        // One round trip (a query of two statements runs as one implicit transaction,
+        // which SET LOCAL applies to): the commit of a transaction that wrote WAL, committed
+        // synchronously, returns once the WAL is flushed up to its commit record, so every
+        // commit before it is durable. It must write a row: a transaction that only took an
+        // xid commits asynchronously whatever synchronous_commit says (xact.c
+        // `RecordTransactionCommit` flushes only `if (wrote_xlog && markXidCommitted ...)`,
+        // and `wrote_xlog` counts WAL written before the commit record). Each store its own
+        // row, so hosts' flushes never wait on each other's locks.
+        let flush = format!(
+            "SET LOCAL synchronous_commit = on;
+             INSERT INTO shoal_flush (store, n) VALUES ({}, 1)
+               ON CONFLICT (store) DO UPDATE SET n = shoal_flush.n + 1",
+            self.flush_row
+        );
         let epoch = self.run("flush", |conn| {
-            let mut tx = conn.client.transaction()?;
-            // The commit of a transaction that wrote WAL, committed synchronously, returns
-            // once the WAL is flushed up to its commit record, so every commit before it
-            // is durable. It must write a row: a transaction that only took an xid
-            // commits asynchronously whatever synchronous_commit says (xact.c
-            // `RecordTransactionCommit` flushes only `if (wrote_xlog && markXidCommitted
-            // ...)`, and `wrote_xlog` counts WAL written before the commit record). Each
-            // store its own row, so hosts' flushes never wait on each other's locks.
-            tx.batch_execute("SET LOCAL synchronous_commit = on")?;
-            tx.execute(
-                "INSERT INTO shoal_flush (store, n) VALUES ($1, 1)
-                 ON CONFLICT (store) DO UPDATE SET n = shoal_flush.n + 1",
-                &[&self.flush_row],
-            )?;
-            tx.commit()?;
+            conn.client.batch_execute(&flush)?;
             Ok(conn.epoch)
         })?;
         self.flushed_epoch.store(epoch, Ordering::SeqCst);

@@ -302,3 +302,100 @@ fn guards_distinguish_empty_from_absent() {
         assert_eq!(kv.get(b"x").unwrap().unwrap(), &b"2"[..]);
     });
 }
+
+/// Every backend refuses a batch past FoundationDB's limits before applying any of it,
+/// with an error that says which limit.
+#[test]
+fn every_backend_refuses_a_batch_past_the_limits() {
+    use shoal_kv::{MAX_BATCH_BYTES, MAX_BATCH_KEYS, MAX_KEY_LEN, MAX_VALUE_LEN};
+    on_each_backend(|kv| {
+        let mut many = Batch::new();
+        for i in 0..=MAX_BATCH_KEYS {
+            many.put(format!("k{i:06}").into_bytes(), &b"v"[..]);
+        }
+        let mut heavy = Batch::new();
+        for i in 0..(MAX_BATCH_BYTES / MAX_VALUE_LEN + 1) {
+            heavy.put(format!("h{i:06}").into_bytes(), vec![7u8; MAX_VALUE_LEN]);
+        }
+        let mut long_value = Batch::new();
+        long_value.put(&b"a"[..], vec![0u8; MAX_VALUE_LEN + 1]);
+        let mut long_key = Batch::new();
+        long_key.put(vec![b'k'; MAX_KEY_LEN + 1], &b"v"[..]);
+        let mut long_guard = Batch::new();
+        long_guard
+            .put(&b"a"[..], &b"v"[..])
+            .guard(vec![b'g'; MAX_KEY_LEN + 1], None);
+        for (what, batch) in [
+            ("operations in one batch", many),
+            ("bytes in one batch", heavy),
+            ("bytes in a value", long_value),
+            ("bytes in a key", long_key),
+            ("bytes in a guarded key", long_guard),
+        ] {
+            match kv.apply(batch) {
+                Err(e @ Error::LimitExceeded { .. }) => {
+                    assert!(e.to_string().contains(what), "{e}");
+                }
+                other => panic!("{what}: {other:?}"),
+            }
+        }
+        assert!(all(kv).is_empty(), "a refused batch applied something");
+        // At the limits exactly, a batch applies.
+        let mut most = Batch::new();
+        most.put(vec![b'k'; MAX_KEY_LEN], vec![1u8; MAX_VALUE_LEN]);
+        kv.apply(most).unwrap();
+        assert_eq!(all(kv).len(), 1);
+    });
+}
+
+fn all(kv: &dyn KvStore) -> Vec<(Bytes, Bytes)> {
+    kv.scan(everything())
+        .unwrap()
+        .collect::<shoal_kv::Result<_>>()
+        .unwrap()
+}
+
+/// Hostile input on the wire path: keys and values that look like SQL travel as
+/// parameters; a table altered behind shoal's back is refused at open, naming what it
+/// found; a table dropped under an open store gives the server's error, not a panic.
+#[test]
+fn pg_takes_hostile_bytes_and_refuses_an_altered_table() {
+    let Some(schema) = PgSchema::new("pg_hostile") else {
+        return;
+    };
+    let kv = <PgKv as Persistent>::open(&schema);
+    let nasty: &[&[u8]] = &[b"'); DROP TABLE shoal_kv; --", b"\x00\xff\\x00'\"$1$$", b""];
+    for (i, key) in nasty.iter().enumerate() {
+        let mut b = Batch::new();
+        b.put(key.to_vec(), nasty[(i + 1) % nasty.len()].to_vec());
+        kv.apply(b).unwrap();
+    }
+    for (i, key) in nasty.iter().enumerate() {
+        assert_eq!(
+            kv.get(key).unwrap().as_deref(),
+            Some(nasty[(i + 1) % nasty.len()])
+        );
+    }
+    drop(kv);
+
+    let mut client = schema.client();
+    client
+        .batch_execute(
+            "ALTER TABLE shoal_kv ALTER COLUMN value TYPE text USING encode(value, 'hex')",
+        )
+        .unwrap();
+    let err = PgKv::open(&PgConfig::new(&schema.url)).unwrap_err();
+    let text = err.to_string();
+    assert!(
+        matches!(err, Error::Corrupt { .. })
+            && text.contains("value text")
+            && text.contains("altered"),
+        "{text}"
+    );
+
+    client.batch_execute("DROP TABLE shoal_kv").unwrap();
+    let kv = <PgKv as Persistent>::open(&schema);
+    client.batch_execute("DROP TABLE shoal_kv").unwrap();
+    let err = kv.get(b"a").unwrap_err();
+    assert!(err.to_string().contains("does not exist"), "{err}");
+}
