@@ -129,7 +129,7 @@ pub enum Error {
     #[error("the group committer has shut down")]
     Closed,
     /// A batch is past a limit every backend keeps (FoundationDB's: see
-    /// [`Batch::check_limits`](crate::Batch::check_limits)); nothing was applied.
+    /// [`Batch::check_limits`](crate::raw::Batch::check_limits)); nothing was applied.
     #[error("batch refused: {size} {what} is over the limit of {limit}")]
     LimitExceeded {
         /// What was counted.

@@ -6,10 +6,11 @@
 //! `search_path` names (`?options=-csearch_path%3Dname` in the URL). The invariants it
 //! keeps for the trait's contract, and why each holds, are in docs/design.md ("The
 //! PostgreSQL backend"):
-//! - a batch is one transaction at READ COMMITTED; its guards are checked first, in the
-//!   same transaction, each on a row it locks (`SELECT .. FOR UPDATE`; a guard on an absent
-//!   key first inserts a placeholder row with a NULL value, so that a racing writer of
-//!   the key waits on it). Readers never see NULL-valued rows;
+//! - a batch is one statement (so one transaction, at READ COMMITTED) in one round trip:
+//!   the server function `shoal_apply` ([`APPLY_FUNCTION`]) checks its guards first, each
+//!   on a row it locks (`SELECT .. FOR UPDATE`; a guard on an absent key first inserts a
+//!   placeholder row with a NULL value, so that a racing writer of the key waits on it),
+//!   then applies the ops. Readers never see NULL-valued rows;
 //! - every transaction commits with `synchronous_commit = off` (set on each connection):
 //!   applied, visible to every host, and durable at the next [`KvStore::flush`], which is
 //!   one transaction that writes this store's row of `shoal_flush` and commits with
@@ -20,10 +21,9 @@
 //!   detected (each connection records the postmaster's start time, its epoch) and the
 //!   waiters of that flush get [`Error::Unavailable`], never a false success;
 //! - an error that means the server is out of reach is [`Error::Unavailable`] and does
-//!   not poison the store: an operation that failed before its COMMIT was sent is tried
-//!   again on a fresh connection, up to [`PgConfig::retry_for`]; one that failed during
-//!   its COMMIT is reported (it may or may not have been applied, and nothing was
-//!   acknowledged);
+//!   not poison the store: the operation is tried again on a fresh connection, up to
+//!   [`PgConfig::retry_for`] (an apply too: see `apply_once` for why a retry never
+//!   applies a batch twice where it matters);
 //! - values are copied once off the wire (the client owns its buffers).
 
 use std::collections::BTreeMap;
