@@ -16,6 +16,10 @@ use std::time::{Duration, Instant};
 use shoal::{Config, Store};
 use shoal_testkit::pg::PgSchema;
 
+/// What a child host adds to each row it writes for that row's twin, written in the same
+/// transaction.
+const TWIN: i64 = 1 << 40;
+
 /// The lease the hosts of these tests take: short, so takeovers are quick.
 const LEASE: Duration = Duration::from_millis(1_000);
 
@@ -39,8 +43,9 @@ static SERVER: std::sync::RwLock<()> = std::sync::RwLock::new(());
 
 /// The child side: a host on the store named by the environment, taking commands from
 /// standard input, one a line, and answering each with one line starting with `@@`:
-/// - `w N`: insert row N into actor `x` (one durable transaction): `@@ ok N` once it is
-///   acknowledged, `@@ err <message>` if not;
+/// - `w N`: insert rows N and N + [`TWIN`] into actor `x` (one durable transaction, so a
+///   torn one would show as half a pair): `@@ ok N` once it is acknowledged, `@@ err
+///   <message>` if not;
 /// - `loop N`: insert rows N, N+1, ... until killed, answering each as `w` does;
 /// - `sleep`: put every actor to sleep (releasing its lease): `@@ ok`;
 /// - `q`: exit.
@@ -58,7 +63,10 @@ fn child_host() {
     let write = |n: i64| -> String {
         match store.with_actor("x", |c| -> shoal::Result<()> {
             c.execute_batch("CREATE TABLE IF NOT EXISTS t(n INTEGER PRIMARY KEY)")?;
+            c.execute_batch("BEGIN")?;
             c.execute("INSERT INTO t VALUES (?1)", [n])?;
+            c.execute("INSERT INTO t VALUES (?1)", [n + TWIN])?;
+            c.execute_batch("COMMIT")?;
             Ok(())
         }) {
             Ok(()) => format!("@@ ok {n}"),
@@ -158,14 +166,22 @@ impl Drop for Host {
     }
 }
 
+/// The rows of actor `x` (twins left out, after checking each row has its twin: no
+/// transaction is torn).
 fn rows(store: &Store) -> Vec<i64> {
-    store
+    let all: Vec<i64> = store
         .with_actor("x", |c| -> shoal::Result<Vec<i64>> {
             let mut stmt = c.prepare("SELECT n FROM t ORDER BY n")?;
             let rows = stmt.query_map([], |r| r.get(0))?;
             Ok(rows.collect::<Result<_, _>>()?)
         })
-        .unwrap()
+        .unwrap();
+    let (rows, twins): (Vec<i64>, Vec<i64>) = all.iter().partition(|&&n| n < TWIN);
+    // Rows the checking host wrote itself (<= 0, without twins) are left as they are.
+    let paired: Vec<i64> = rows.iter().copied().filter(|&n| n > 0).collect();
+    let untwinned: Vec<i64> = twins.iter().map(|t| t - TWIN).collect();
+    assert_eq!(paired, untwinned, "a transaction is torn");
+    rows
 }
 
 fn integrity(store: &Store) -> String {
@@ -217,7 +233,7 @@ fn a_paused_host_is_fenced_when_it_wakes() {
         let b = Store::open(dir.path(), config(&schema.url, "host-b")).unwrap();
         let started = Instant::now();
         b.with_actor("x", |c| -> shoal::Result<()> {
-            c.execute("INSERT INTO t VALUES (2)", [])?;
+            c.execute("INSERT INTO t VALUES (2), (?1)", [2 + TWIN])?;
             Ok(())
         })
         .unwrap();
@@ -335,7 +351,7 @@ fn a_server_restart_under_load_gives_clear_errors_then_recovers() {
                 attempted.store(n, std::sync::atomic::Ordering::SeqCst);
                 match store.with_actor("x", |c| -> shoal::Result<()> {
                     c.execute_batch("CREATE TABLE IF NOT EXISTS t(n INTEGER PRIMARY KEY)")?;
-                    c.execute("INSERT INTO t VALUES (?1)", [n])?;
+                    c.execute("INSERT INTO t VALUES (?1), (?2)", [n, n + TWIN])?;
                     Ok(())
                 }) {
                     Ok(()) => acknowledged.push(n),

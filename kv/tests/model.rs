@@ -399,3 +399,50 @@ fn pg_takes_hostile_bytes_and_refuses_an_altered_table() {
     let err = kv.get(b"a").unwrap_err();
     assert!(err.to_string().contains("does not exist"), "{err}");
 }
+
+/// Hosts creating the same names at once on one PostgreSQL store, each through its own
+/// `Kv` and connections: every name gets one database, and ids are never shared.
+#[test]
+fn pg_hosts_creating_at_once_get_one_database_per_name() {
+    use shoal_kv::{EntryKind, Kv};
+    let Some(schema) = PgSchema::new("pg_hosts_creating") else {
+        return;
+    };
+    let hosts: Vec<Kv> = (0..4)
+        .map(|_| Kv::open(std::sync::Arc::new(<PgKv as Persistent>::open(&schema))).unwrap())
+        .collect();
+    let created: Vec<Vec<(String, u64, bool)>> = std::thread::scope(|s| {
+        let runs: Vec<_> = hosts
+            .iter()
+            .map(|kv| {
+                s.spawn(move || {
+                    (0..25)
+                        .map(|i| {
+                            let name = format!("n{i}");
+                            let (e, created) =
+                                kv.lookup_or_create(&name, EntryKind::Database).unwrap();
+                            (name, e.id.0, created)
+                        })
+                        .collect()
+                })
+            })
+            .collect();
+        runs.into_iter().map(|r| r.join().unwrap()).collect()
+    });
+    for i in 0..25 {
+        let name = format!("n{i}");
+        let seen: Vec<&(String, u64, bool)> = created
+            .iter()
+            .flatten()
+            .filter(|(n, ..)| *n == name)
+            .collect();
+        assert_eq!(seen.iter().filter(|(.., c)| *c).count(), 1, "{seen:?}");
+        assert!(seen.iter().all(|(_, id, _)| *id == seen[0].1), "{seen:?}");
+    }
+    let listed = hosts[0].list().unwrap();
+    assert_eq!(listed.len(), 25);
+    let mut ids: Vec<u64> = listed.iter().map(|(_, e)| e.id.0).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), 25, "two names share an id");
+}
