@@ -207,14 +207,24 @@ impl Store {
     ) -> Result<Store> {
         let dir = dir.to_path_buf();
         #[cfg(feature = "kv-vfs")]
-        let mode = if mode == OpenMode::Existing
-            && config.backing.is_kv()
-            && config.kv_engine == crate::config::KvEngine::Postgres
-        {
-            // The store is the server; the directory is only this host's, made on demand.
-            OpenMode::Create
-        } else {
-            mode
+        let on_server =
+            config.backing.is_kv() && config.kv_engine == crate::config::KvEngine::Postgres;
+        #[cfg(feature = "kv-vfs")]
+        let mode = match mode {
+            // The store is the server; the directory is only this host's, made on demand
+            // (for a read-only open too: it holds the lock, not the actors).
+            OpenMode::Existing if on_server => OpenMode::Create,
+            OpenMode::ReadOnly if on_server => {
+                create_private_dir(&dir.join(StoreLayout::of(&config).dir_name()))?;
+                let lock = dir.join(LOCK_FILE);
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&lock)
+                    .map_err(Error::io("cannot create", &lock))?;
+                mode
+            }
+            mode => mode,
         };
         if matches!(mode, OpenMode::Create | OpenMode::Alongside) {
             refuse_non_directory(&dir)?;
