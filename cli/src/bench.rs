@@ -389,6 +389,7 @@ fn run_commits(
         CommitVariant::ShoalFull => Some(kv_store(dir, Durability::Full)?),
         CommitVariant::ShoalSolo => {
             let store = kv_store(dir, Durability::Full)?;
+            #[cfg(feature = "kv-vfs")]
             if let Some(vfs) = store.vfs() {
                 vfs.kv().set_group_commit(false);
             }

@@ -90,7 +90,8 @@ impl LeaseConfig {
     }
 }
 
-/// What this host holds of one database's lease.
+/// What this host holds of one database's lease: the one slot of the database in the
+/// host's map, from the acquire that made it until the last release.
 #[derive(Debug)]
 struct Held {
     /// The record as stored: the guard of every commit and renewal.
@@ -100,6 +101,29 @@ struct Held {
     users: usize,
     /// Set when the record was found taken over: every later write fails with it.
     lost: Option<LeaseRecord>,
+    state: SlotState,
+}
+
+/// Where a slot is in its life. Only an `Acquiring` slot's own acquire moves it on, and
+/// only to `Held` or `Gone`; a `Gone` slot is out of the map (or about to be), and an
+/// acquire that finds one tries again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SlotState {
+    Acquiring,
+    Held,
+    Gone,
+}
+
+impl Held {
+    fn acquiring() -> Held {
+        Held {
+            raw: Bytes::new(),
+            record: LeaseRecord::default(),
+            users: 0,
+            lost: None,
+            state: SlotState::Acquiring,
+        }
+    }
 }
 
 type HeldMap = HashMap<DbId, Arc<Mutex<Held>>>;
@@ -150,6 +174,14 @@ impl Leases {
     fn get(&self, id: DbId) -> Option<Arc<Mutex<Held>>> {
         self.held.lock().get(&id).cloned()
     }
+
+    /// Takes `slot` out of the map, if it is still the database's slot there.
+    fn remove_slot(&self, id: DbId, slot: &Arc<Mutex<Held>>) {
+        let mut map = self.held.lock();
+        if map.get(&id).is_some_and(|s| Arc::ptr_eq(s, slot)) {
+            map.remove(&id);
+        }
+    }
 }
 
 fn millis(d: Duration) -> u64 {
@@ -166,7 +198,7 @@ fn renew_all(backend: &dyn KvStore, held: &Mutex<HeldMap>, duration: Duration) {
         .collect();
     for (id, lease) in all {
         let mut lease = lease.lock();
-        if lease.lost.is_some() || lease.users == 0 {
+        if lease.state != SlotState::Held || lease.lost.is_some() || lease.users == 0 {
             continue;
         }
         let Ok(now) = backend.now_ms() else { return };
@@ -224,7 +256,10 @@ impl LeaseHold {
             .leases
             .get()
             .and_then(|l| l.get(self.id))
-            .is_none_or(|held| held.lock().lost.is_some())
+            .is_none_or(|held| {
+                let held = held.lock();
+                held.state != SlotState::Held || held.lost.is_some()
+            })
     }
 }
 
@@ -273,6 +308,11 @@ impl Kv {
     /// second acquire of a lease held counts one more user). Waits up to
     /// [`LeaseConfig::wait`] for a lease another host holds to run out, then takes it
     /// over; fails with [`Error::LeasedElsewhere`] if it is still live by then.
+    ///
+    /// On one host, opens of a database at once share one acquisition: the first makes
+    /// the database's slot (`Acquiring`) and takes the lease, the others wait for it and
+    /// count themselves in. A lease found lost while this host still uses it is not taken
+    /// again until every use is given back ([`Error::Fenced`] meanwhile).
     pub fn acquire_lease(&self, id: DbId) -> Result<()> {
         let Some(leases) = self.leases.get() else {
             return Ok(());
@@ -280,13 +320,62 @@ impl Kv {
         // Not refused on a read-only store: the lease record is how hosts agree who may
         // write, and a reader holds it too, so that no host writes while it reads.
         self.committer.check_writable()?;
-        if let Some(lease) = leases.get(id) {
-            let mut lease = lease.lock();
-            if lease.lost.is_none() {
-                lease.users += 1;
-                return Ok(());
+        loop {
+            let (slot, made) = {
+                let mut map = leases.held.lock();
+                match map.get(&id) {
+                    Some(slot) => (Arc::clone(slot), false),
+                    None => {
+                        let slot = Arc::new(Mutex::new(Held::acquiring()));
+                        map.insert(id, Arc::clone(&slot));
+                        (slot, true)
+                    }
+                }
+            };
+            if made {
+                let taken = self.take_lease(leases, id);
+                let mut held = slot.lock();
+                return match taken {
+                    Ok((raw, record)) => {
+                        *held = Held {
+                            raw,
+                            record,
+                            users: 1,
+                            lost: None,
+                            state: SlotState::Held,
+                        };
+                        Ok(())
+                    }
+                    Err(e) => {
+                        held.state = SlotState::Gone;
+                        leases.remove_slot(id, &slot);
+                        Err(e)
+                    }
+                };
+            }
+            let mut held = slot.lock();
+            match held.state {
+                SlotState::Held => {
+                    if let Some(now) = &held.lost {
+                        return Err(fenced(id, now));
+                    }
+                    held.users += 1;
+                    return Ok(());
+                }
+                // Another open of this host is taking the lease: wait for it.
+                SlotState::Acquiring => {
+                    drop(held);
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                // Given back just now: make a new slot.
+                SlotState::Gone => {}
             }
         }
+    }
+
+    /// Takes database `id`'s lease for this host in the store (see [`Kv::acquire_lease`]):
+    /// the record to guard on, as stored and parsed.
+    fn take_lease(&self, leases: &Leases, id: DbId) -> Result<(Bytes, LeaseRecord)> {
         let backend = self.backend();
         let key = keys::lease_key(id);
         let started = Instant::now();
@@ -297,6 +386,8 @@ impl Kv {
                 Some(raw) => LeaseRecord::decode(id, raw.clone())?,
                 None => LeaseRecord::default(),
             };
+            // This host's own record, with no slot for it, was left by an earlier store
+            // of this process with the same host id: taken again, as a free one is.
             let free = record.owner.is_empty()
                 || record.owner == leases.config.host
                 || record.expires_ms <= now;
@@ -316,16 +407,7 @@ impl Kv {
                         // Whatever this host cached of the database may predate another
                         // owner's writes.
                         self.forget_cached(id);
-                        leases.held.lock().insert(
-                            id,
-                            Arc::new(Mutex::new(Held {
-                                raw,
-                                record: mine,
-                                users: 1,
-                                lost: None,
-                            })),
-                        );
-                        return Ok(());
+                        return Ok((raw, mine));
                     }
                     // Another host got there first: read its record and wait.
                     Err(Error::PreconditionFailed { .. }) => continue,
@@ -359,11 +441,15 @@ impl Kv {
             return Ok(());
         };
         let mut held = lease.lock();
+        if held.state != SlotState::Held {
+            return Ok(());
+        }
         held.users = held.users.saturating_sub(1);
         if held.users > 0 {
             return Ok(());
         }
-        leases.held.lock().remove(&id);
+        held.state = SlotState::Gone;
+        leases.remove_slot(id, &lease);
         self.forget_cached(id);
         if held.lost.is_some() {
             return Ok(());
@@ -407,6 +493,9 @@ impl Kv {
         }
         let lease = leases.get(id).ok_or(Error::NotLeased { id: id.0 })?;
         let mut held = lease.lock();
+        if held.state != SlotState::Held {
+            return Err(Error::NotLeased { id: id.0 });
+        }
         if let Some(now) = &held.lost {
             return Err(fenced(id, now));
         }
@@ -629,5 +718,34 @@ mod tests {
             );
         }
         assert_eq!(hosts[0].list().unwrap().len(), 20);
+    }
+
+    #[test]
+    fn opens_of_one_database_at_once_share_one_acquisition() {
+        let (_store, a, _b) = two_hosts();
+        let id = a.create("x", EntryKind::Database).unwrap().id;
+        for round in 0..20u8 {
+            std::thread::scope(|s| {
+                for t in 0..4u8 {
+                    let a = &a;
+                    s.spawn(move || {
+                        a.acquire_lease(id).unwrap();
+                        // Held by this thread: its writes are fenced by a live lease.
+                        match write(a, id, round * 4 + t) {
+                            Ok(()) | Err(Error::PreconditionFailed { .. }) => {}
+                            Err(e) => panic!("{e}"),
+                        }
+                        a.release_lease(id).unwrap();
+                    });
+                }
+            });
+            let record = a.lease_of(id).unwrap().unwrap();
+            assert_eq!(record.owner, "", "round {round}: released at the end");
+        }
+        // One acquisition per round at most, never one per thread racing another.
+        let generation = a.lease_of(id).unwrap().unwrap().generation;
+        assert!(generation <= 80, "{generation}");
+        let held = a.leases.get().unwrap().held.lock().len();
+        assert_eq!(held, 0, "a slot was left behind");
     }
 }
