@@ -436,7 +436,17 @@ impl Store {
     }
 
     fn checkout(&self, name: &str, create: Create) -> Result<Actor<'_>> {
-        let (conn, _woke) = self.pool.checkout(name, || self.open_valid(name, create))?;
+        let (mut conn, _woke) = self.pool.checkout(name, || self.open_valid(name, create))?;
+        // An awake connection whose actor moved to another host (or changed underneath)
+        // while it sat idle is closed, not handed out: the open that replaces it acquires
+        // the lease again and reads afresh.
+        if self.backend.needs_reopen(name) {
+            self.pool.discard(conn);
+            conn = self
+                .pool
+                .checkout(name, || self.open_valid(name, create))?
+                .0;
+        }
         Ok(Actor {
             store: self,
             name: name.to_owned(),

@@ -199,6 +199,10 @@ impl<K: KvStore> KvStore for FaultyKv<K> {
         self.inner.mark_durable(mark)
     }
 
+    fn durable_here(&self) {
+        self.inner.durable_here();
+    }
+
     fn now_ms(&self) -> Result<u64> {
         self.inner.now_ms()
     }

@@ -159,6 +159,13 @@ impl GroupCommitter {
         }
     }
 
+    /// A probe of whether the store is poisoned, for threads that outlive a borrow of
+    /// the committer (the lease renewer).
+    pub(crate) fn poison_probe(&self) -> impl Fn() -> bool + Send + Sync + 'static {
+        let shared = Arc::clone(&self.shared);
+        move || shared.poisoned.get().is_some()
+    }
+
     /// Refuses every later write and flush, naming `err` as the cause (unless the store
     /// is poisoned already: the first cause stays).
     pub fn poison(&self, err: &Error) {

@@ -40,6 +40,7 @@ use bytes::Bytes;
 use crossbeam_channel::{RecvTimeoutError, Sender};
 use parking_lot::Mutex;
 
+use crate::cache::ReadCache;
 use crate::error::{Error, Result};
 use crate::keys::{self, DbId, FileKind};
 use crate::records::LeaseRecord;
@@ -138,7 +139,12 @@ pub(crate) struct Leases {
 }
 
 impl Leases {
-    pub(crate) fn start(config: LeaseConfig, backend: Arc<dyn KvStore>) -> Result<Leases> {
+    pub(crate) fn start(
+        config: LeaseConfig,
+        backend: Arc<dyn KvStore>,
+        cache: Arc<ReadCache>,
+        poisoned: impl Fn() -> bool + Send + 'static,
+    ) -> Result<Leases> {
         if config.host.is_empty() || config.host.len() > 256 {
             return Err(Error::InvalidName {
                 name: config.host.chars().take(64).collect(),
@@ -160,7 +166,12 @@ impl Leases {
             .name("shoal-lease-renew".into())
             .spawn(move || {
                 while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(every) {
-                    renew_all(&*backend, &renewing, duration);
+                    // A poisoned store writes nothing more: its leases run out, so other
+                    // hosts can take its actors.
+                    if poisoned() {
+                        break;
+                    }
+                    renew_all(&*backend, &renewing, duration, &cache);
                 }
             })
             .map_err(|e| Error::backend("spawning the lease renewer", e))?;
@@ -190,7 +201,7 @@ fn millis(d: Duration) -> u64 {
 
 /// Renews every lease held and not lost. A transient failure is retried at the next
 /// round; a record found changed marks the lease lost.
-fn renew_all(backend: &dyn KvStore, held: &Mutex<HeldMap>, duration: Duration) {
+fn renew_all(backend: &dyn KvStore, held: &Mutex<HeldMap>, duration: Duration, cache: &ReadCache) {
     let all: Vec<(DbId, Arc<Mutex<Held>>)> = held
         .lock()
         .iter()
@@ -217,9 +228,18 @@ fn renew_all(backend: &dyn KvStore, held: &Mutex<HeldMap>, duration: Duration) {
                 lease.raw = raw;
                 lease.record = record;
             }
-            Err(Error::PreconditionFailed { .. }) => {
-                lease.lost = Some(current_record(backend, id).unwrap_or_default());
-            }
+            Err(Error::PreconditionFailed { .. }) => match current_record(backend, id) {
+                // The renewal landed after all (an attempt lost with its connection
+                // committed, and the retry found its own record).
+                Ok(now) if now == record => {
+                    lease.raw = raw;
+                    lease.record = record;
+                }
+                now => {
+                    lease.lost = Some(now.unwrap_or_default());
+                    cache.forget(&keys::db_range(id));
+                }
+            },
             Err(_) => {}
         }
     }
@@ -287,7 +307,12 @@ impl Kv {
     /// Turns leases on for this store (see the module docs): from now on every write of
     /// a database's files needs this host to hold its lease. Once per `Kv`.
     pub fn enable_leases(&self, config: LeaseConfig) -> Result<()> {
-        let leases = Leases::start(config, Arc::clone(self.backend()))?;
+        let leases = Leases::start(
+            config,
+            Arc::clone(self.backend()),
+            Arc::clone(self.read_cache()),
+            self.committer.poison_probe(),
+        )?;
         self.leases.set(leases).map_err(|_| Error::Corrupt {
             what: "lease configuration".into(),
             reason: "leases are already on for this store".into(),
@@ -333,7 +358,17 @@ impl Kv {
                 }
             };
             if made {
-                let taken = self.take_lease(leases, id);
+                // A panic while taking it must not leave the slot Acquiring (every later
+                // open of the database would wait for it forever).
+                let taken = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    self.take_lease(leases, id)
+                }))
+                .unwrap_or_else(|_| {
+                    Err(Error::Corrupt {
+                        what: keys::describe(&keys::lease_key(id)),
+                        reason: "taking the lease panicked".into(),
+                    })
+                });
                 let mut held = slot.lock();
                 return match taken {
                     Ok((raw, record)) => {
@@ -469,6 +504,15 @@ impl Kv {
             Ok(()) | Err(Error::PreconditionFailed { .. }) => Ok(()),
             Err(e) => Err(e),
         }
+    }
+
+    /// Whether database `id`'s lease is held by a host (this one or another) and has not
+    /// run out on the store's clock.
+    pub fn lease_is_live(&self, id: DbId) -> Result<bool> {
+        let Some(record) = self.lease_of(id)? else {
+            return Ok(false);
+        };
+        Ok(!record.owner.is_empty() && record.expires_ms > self.backend().now_ms()?)
     }
 
     /// The lease this host holds on `id`, as stored (for tests and `shoal stats`).

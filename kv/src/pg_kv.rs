@@ -111,10 +111,39 @@ impl PgConfig {
     }
 }
 
-/// A pooled connection and the epoch (postmaster start time) of the server it reached.
+/// A pooled connection and the epoch of the server it reached: the token in the
+/// UNLOGGED table `shoal_boot`, which PostgreSQL empties whenever it recovers from a crash
+/// (an immediate shutdown, a backend that crashed and made the postmaster reinitialize, a
+/// standby promoted), exactly the events that can lose asynchronous commits; the first
+/// connection after one writes a new token. The postmaster's start time would miss a
+/// crash-restart cycle within one postmaster. Read at the connection's first use (a
+/// connection never outlives its server).
 struct Conn {
     client: Client,
-    epoch: i64,
+    epoch: Option<i64>,
+}
+
+impl Conn {
+    fn epoch(&mut self) -> std::result::Result<i64, postgres::Error> {
+        if let Some(epoch) = self.epoch {
+            return Ok(epoch);
+        }
+        loop {
+            // Of two connections racing to write the token, the one whose insert waited
+            // may not see the other's row in its snapshot: it asks again.
+            let rows = self.client.query(
+                "WITH ins AS (INSERT INTO shoal_boot (one, token) VALUES (true, $1)
+                              ON CONFLICT (one) DO NOTHING RETURNING token)
+                 SELECT token FROM ins UNION ALL SELECT token FROM shoal_boot LIMIT 1",
+                &[&unique_row()],
+            )?;
+            if let Some(row) = rows.first() {
+                let epoch = row.get(0);
+                self.epoch = Some(epoch);
+                return Ok(epoch);
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for Conn {
@@ -137,13 +166,9 @@ impl r2d2::ManageConnection for Manager {
     fn connect(&self) -> std::result::Result<Conn, postgres::Error> {
         let mut client = self.config.connect(NoTls)?;
         client.batch_execute("SET synchronous_commit = off")?;
-        let row = client.query_one(
-            "SELECT (extract(epoch FROM pg_postmaster_start_time()) * 1000000)::int8",
-            &[],
-        )?;
         Ok(Conn {
             client,
-            epoch: row.get(0),
+            epoch: None,
         })
     }
 
@@ -169,10 +194,20 @@ pub struct PgKv {
     flush_row: i64,
 }
 
+/// What one thread last applied to one store.
+#[derive(Debug, Clone, Copy)]
+struct Applied {
+    /// The epoch of the server it reached.
+    epoch: i64,
+    /// Not yet known durable: no durable commit of this thread returned since.
+    pending: bool,
+}
+
 thread_local! {
-    /// The epoch of the server the last batch this thread applied reached (see
-    /// [`KvStore::apply_mark`]).
-    static APPLIED_EPOCH: std::cell::Cell<i64> = const { std::cell::Cell::new(0) };
+    /// Per store (by its `flush_row`): what this thread last applied to it (see
+    /// [`KvStore::apply_mark`] and `apply_once`).
+    static APPLIED: std::cell::RefCell<std::collections::HashMap<i64, Applied>> =
+        std::cell::RefCell::new(std::collections::HashMap::new());
 }
 
 /// Whether `e` means the server is (for now) out of reach, rather than refusing the
@@ -252,6 +287,8 @@ impl PgKv {
                  END $$;
                  CREATE TABLE IF NOT EXISTS {TABLE} (key bytea PRIMARY KEY, value bytea);
                  CREATE TABLE IF NOT EXISTS shoal_flush (store int8 PRIMARY KEY, n int8 NOT NULL);
+                 CREATE UNLOGGED TABLE IF NOT EXISTS shoal_boot
+                   (one bool PRIMARY KEY DEFAULT true CHECK (one), token int8 NOT NULL);
                  {APPLY_FUNCTION}"
             ))?;
             tx.commit()
@@ -353,10 +390,49 @@ impl PgKv {
     /// finding the commit there); and an unguarded batch only deletes, or puts values
     /// that a second application writes again unchanged.
     fn apply_once(
+        &self,
         conn: &mut Conn,
         batch: &Batch,
         writes: &Writes,
+        sent: &std::cell::Cell<bool>,
     ) -> std::result::Result<(), Attempt> {
+        let retry_or_fail = |e: postgres::Error| {
+            if unreachable(&e) || lost_race(&e) {
+                Attempt::Retry(pg_error("apply", e))
+            } else {
+                Attempt::Fail(pg_error("apply", e))
+            }
+        };
+        let epoch = conn.epoch().map_err(retry_or_fail)?;
+        // A write of this thread that is not yet known durable reached a server that has
+        // restarted since: it may be lost, and what this thread writes now may depend on
+        // it (the next staged batch of a transaction, its commit, the moves after it).
+        // Refused once, so the caller's transaction fails instead of building on a hole.
+        let store = self.flush_row;
+        let before = APPLIED.with(|a| a.borrow().get(&store).copied());
+        if let Some(Applied {
+            epoch: was,
+            pending: true,
+        }) = before
+            && was != epoch
+        {
+            APPLIED.with(|a| {
+                a.borrow_mut().insert(
+                    store,
+                    Applied {
+                        epoch,
+                        pending: false,
+                    },
+                );
+            });
+            return Err(Attempt::Fail(Error::Unavailable {
+                op: "apply",
+                cause: format!(
+                    "the server at {} restarted after this thread's last write and before                      it was known durable: that write may be lost, so nothing is written on                      top of it (the transaction must run again)",
+                    self.place
+                ),
+            }));
+        }
         let guard_keys: Vec<&[u8]> = batch.preconditions.iter().map(|p| &p.key[..]).collect();
         let guard_values: Vec<&[u8]> = batch
             .preconditions
@@ -380,6 +456,7 @@ impl PgKv {
                 None => deleted.push(&k[..]),
             }
         }
+        sent.set(true);
         let result = conn.client.query_typed(
             "SELECT shoal_apply($1, $2, $3, $4, $5, $6, $7, $8)",
             &[
@@ -395,7 +472,15 @@ impl PgKv {
         );
         match result {
             Ok(_) => {
-                APPLIED_EPOCH.with(|c| c.set(conn.epoch));
+                APPLIED.with(|a| {
+                    a.borrow_mut().insert(
+                        store,
+                        Applied {
+                            epoch,
+                            pending: true,
+                        },
+                    );
+                });
                 Ok(())
             }
             Err(e) if e.code().is_some_and(|c| c.code() == "SH001") => {
@@ -411,9 +496,37 @@ impl PgKv {
                     ),
                 }))
             }
-            Err(e) if unreachable(&e) || lost_race(&e) => Err(Attempt::Retry(pg_error("apply", e))),
-            Err(e) => Err(Attempt::Fail(pg_error("apply", e))),
+            Err(e) => Err(retry_or_fail(e)),
         }
+    }
+
+    /// Whether `writes` are all in the store: every put with its value, every deleted key
+    /// and range empty. After an attempt lost with its connection, a retry whose guard
+    /// fails asks this: a batch shoal writes carries a record unique to it (a file's new
+    /// metadata, a lease's new expiry), so finding all of it means the lost attempt
+    /// committed.
+    fn already_applied(&self, writes: &Writes) -> Result<bool> {
+        let keys: Vec<&[u8]> = writes.keys.keys().map(|k| &k[..]).collect();
+        let found: std::collections::HashMap<Vec<u8>, Vec<u8>> = self.run("apply", |conn| {
+            let rows = conn.client.query_typed(
+                "SELECT key, value FROM shoal_kv WHERE key = ANY($1) AND value IS NOT NULL",
+                &[(&keys, Type::BYTEA_ARRAY)],
+            )?;
+            Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+        })?;
+        let keys_match = writes
+            .keys
+            .iter()
+            .all(|(k, v)| found.get(&k[..]).map(Vec::as_slice) == v.as_deref());
+        if !keys_match {
+            return Ok(false);
+        }
+        for range in &writes.ranges {
+            if self.scan(range.clone())?.next().is_some() {
+                return Ok(false);
+            }
+        }
+        Ok(true)
     }
 }
 
@@ -542,7 +655,37 @@ impl KvStore for PgKv {
             return Ok(());
         }
         let writes = fold(&batch.ops);
-        self.attempt("apply", |conn| PgKv::apply_once(conn, &batch, &writes))
+        // Whether an attempt was sent and then lost with its connection: it may have
+        // committed, so a later guard failure may be this batch's own doing.
+        let (sent, lost) = (std::cell::Cell::new(false), std::cell::Cell::new(false));
+        let result = self.attempt("apply", |conn| {
+            sent.set(false);
+            let attempt = self.apply_once(conn, &batch, &writes, &sent);
+            if let Err(Attempt::Retry(_)) = &attempt
+                && sent.get()
+            {
+                lost.set(true);
+            }
+            attempt
+        });
+        match result {
+            Err(Error::PreconditionFailed { .. })
+                if lost.get() && self.already_applied(&writes)? =>
+            {
+                let epoch = self.run("apply", |conn| conn.epoch())?;
+                APPLIED.with(|a| {
+                    a.borrow_mut().insert(
+                        self.flush_row,
+                        Applied {
+                            epoch,
+                            pending: true,
+                        },
+                    );
+                });
+                Ok(())
+            }
+            other => other,
+        }
     }
 
     fn flush(&self) -> Result<()> {
@@ -561,15 +704,26 @@ impl KvStore for PgKv {
             self.flush_row
         );
         let epoch = self.run("flush", |conn| {
+            let epoch = conn.epoch()?;
             conn.client.batch_execute(&flush)?;
-            Ok(conn.epoch)
+            Ok(epoch)
         })?;
         self.flushed_epoch.store(epoch, Ordering::SeqCst);
         Ok(())
     }
 
     fn apply_mark(&self) -> u64 {
-        APPLIED_EPOCH.with(|c| c.get()).cast_unsigned()
+        APPLIED
+            .with(|a| a.borrow().get(&self.flush_row).map_or(0, |w| w.epoch))
+            .cast_unsigned()
+    }
+
+    fn durable_here(&self) {
+        APPLIED.with(|a| {
+            if let Some(w) = a.borrow_mut().get_mut(&self.flush_row) {
+                w.pending = false;
+            }
+        });
     }
 
     fn mark_durable(&self, mark: u64) -> Result<()> {

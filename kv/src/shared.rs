@@ -48,7 +48,7 @@ pub struct Kv {
     /// Set while one VFS serves this store (see [`Kv::claim`]).
     claimed: std::sync::atomic::AtomicBool,
     /// Verified chunks above the backend (see `cache.rs`).
-    cache: ReadCache,
+    cache: Arc<ReadCache>,
     /// Opened with [`Kv::open_read_only`]: every write is refused.
     read_only: bool,
     /// Whether durable commits share flushes ([`Kv::set_group_commit`]).
@@ -107,6 +107,28 @@ impl Kv {
     }
 
     fn open_mode(backend: Arc<dyn KvStore>, read_cache: usize, read_only: bool) -> Result<Kv> {
+        match Kv::check_version(&backend, read_only) {
+            // A store several hosts share, opened for the first time by two of them at
+            // once: the other wrote the record between this one's read and its write. Read
+            // again (an embedded store's lock makes this impossible).
+            Err(Error::PreconditionFailed { .. }) => Kv::check_version(&backend, read_only)
+                .map_err(|e| match e {
+                    Error::PreconditionFailed { .. } => Error::Corrupt {
+                        what: "store".into(),
+                        reason: "its format version record reads as absent, then as present: \
+                                 the engine's files are damaged (or another process writes \
+                                 to them)"
+                            .into(),
+                    },
+                    other => other,
+                })?,
+            other => other?,
+        }
+        Kv::start(backend, read_cache, read_only)
+    }
+
+    /// Checks (or, on an empty store, writes) the format version record.
+    fn check_version(backend: &Arc<dyn KvStore>, read_only: bool) -> Result<()> {
         let version_key = keys::store_version_key();
         match backend.get(&version_key)? {
             Some(v) => {
@@ -125,6 +147,12 @@ impl Kv {
             None => {
                 if let Some(first) = backend.scan(KeyRange::prefix(&[]))?.next() {
                     let (key, _) = first?;
+                    if key[..] == version_key[..] {
+                        // Written since the read: another host opening the store now.
+                        return Err(Error::PreconditionFailed {
+                            what: keys::describe(&key),
+                        });
+                    }
                     return Err(Error::Corrupt {
                         what: "store".into(),
                         reason: format!(
@@ -134,27 +162,19 @@ impl Kv {
                     });
                 }
                 if read_only {
-                    return Kv::start(backend, read_cache, true);
+                    return Ok(());
                 }
                 let mut b = Batch::new();
                 b.put(version_key.to_vec(), records::encode_store_version())
                     .guard(version_key.to_vec(), None);
-                // The read above found no record; the guard finding one means the
-                // engine's reads disagree with each other (damaged files) or another
-                // writer is at work, which the directory lock should make impossible.
-                backend.apply(b).map_err(|e| match e {
-                    Error::PreconditionFailed { .. } => Error::Corrupt {
-                        what: "store".into(),
-                        reason: "its format version record read as absent, then as \
-                                 present: the engine's files are damaged (or another \
-                                 process writes to them)"
-                            .into(),
-                    },
-                    other => other,
-                })?;
+                // The read above found no record; the guard finding one means another
+                // host wrote it meanwhile (read again, above), or, on an embedded store
+                // whose directory lock rules that out, that the engine's reads disagree
+                // with each other: its files are damaged.
+                backend.apply(b)?;
             }
         }
-        Kv::start(backend, read_cache, read_only)
+        Ok(())
     }
 
     fn start(backend: Arc<dyn KvStore>, read_cache: usize, read_only: bool) -> Result<Kv> {
@@ -164,7 +184,7 @@ impl Kv {
             committer,
             catalog_lock: Mutex::new(()),
             claimed: std::sync::atomic::AtomicBool::new(false),
-            cache: ReadCache::new(read_cache),
+            cache: Arc::new(ReadCache::new(read_cache)),
             read_only,
             group_commit: std::sync::atomic::AtomicBool::new(true),
             leases: std::sync::OnceLock::new(),
@@ -222,6 +242,12 @@ impl Kv {
         Ok(())
     }
 
+    /// The read cache, shared with the lease renewer (which empties it of a lost lease's
+    /// database).
+    pub(crate) fn read_cache(&self) -> &Arc<ReadCache> {
+        &self.cache
+    }
+
     /// Drops every cached chunk of database `id` (its ownership moved, or may have).
     pub(crate) fn forget_cached(&self, id: DbId) {
         self.cache.forget(&keys::db_range(id));
@@ -266,9 +292,12 @@ impl Kv {
                     if !matches!(e, Error::Unavailable { .. }) {
                         self.committer.poison(e);
                     }
-                });
+                })
+                .inspect(|()| self.backend.durable_here());
         }
-        self.committer.commit_durable()
+        self.committer
+            .commit_durable()
+            .inspect(|()| self.backend.durable_here())
     }
 
     /// Fails once the store is poisoned (a failed flush, or a write that left the engine unusable), or if it is read-only.

@@ -256,6 +256,10 @@ pub trait KvStore: Send + Sync + std::fmt::Debug + 'static {
         Ok(())
     }
 
+    /// Told on a thread whose durable commit just returned: everything it applied before
+    /// is durable (a server backend stops guarding against a restart having lost it).
+    fn durable_here(&self) {}
+
     /// Removes every key in `range` atomically.
     fn delete_range(&self, range: KeyRange) -> Result<()> {
         let mut batch = Batch::new();

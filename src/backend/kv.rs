@@ -24,6 +24,24 @@ const STAGING_PREFIX: &str = ".import-";
 
 static NEXT_STAGING: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
+/// A number for this process's import entries, unlikely to be any other process's.
+static PROCESS_NONCE: std::sync::LazyLock<u64> = std::sync::LazyLock::new(|| {
+    use std::hash::BuildHasher;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    // RandomState is seeded at random per process.
+    std::collections::hash_map::RandomState::new().hash_one((now, std::process::id()))
+});
+
+/// Whether import entry `name` is leased to a live host (an import under way elsewhere).
+fn import_under_way(kv: &shoal_kv::Kv, name: &str) -> Result<bool> {
+    let Some(entry) = kv.lookup(name)? else {
+        return Ok(false);
+    };
+    Ok(kv.lease_is_live(entry.id)?)
+}
+
 /// The kv stores this process opened, by directory: a connection that outlives its
 /// `Store` keeps the backing open, and reopening the directory must say so rather than
 /// blame another process.
@@ -52,7 +70,13 @@ impl KvBacking {
     ) -> Result<KvBacking> {
         let (vfs, snapshot) = open_kv(dir, config, backend, read_only)?;
         if !read_only {
+            let kv = vfs.kv();
             for name in vfs.list_prefix(STAGING_PREFIX)? {
+                // On a store hosts share, another host's import under way holds its
+                // entry's lease: left to it (or to an open after that lease ran out).
+                if kv.leases_enabled() && import_under_way(kv, &name)? {
+                    continue;
+                }
                 vfs.delete_database(&name)?;
             }
         }
@@ -115,8 +139,10 @@ impl Backend for KvBacking {
     fn import(&self, staged: &Staged, name: &str) -> Result<()> {
         let vfs = &self.vfs;
         use std::sync::atomic::Ordering;
+        // Unique among the hosts that share a store: this process's nonce, then a count.
         let staging = format!(
-            "{STAGING_PREFIX}{}",
+            "{STAGING_PREFIX}{:016x}-{}",
+            *PROCESS_NONCE,
             NEXT_STAGING.fetch_add(1, Ordering::Relaxed)
         );
         let copied = (|| -> Result<()> {
@@ -131,6 +157,12 @@ impl Backend for KvBacking {
             let backup = rusqlite::backup::Backup::new(&source, &mut target)?;
             backup.run_to_completion(1024, std::time::Duration::ZERO, None)?;
             drop(backup);
+            // The lease stays this host's from the copy to the rename, so another host's
+            // clean-up never takes the entry between the two.
+            let _held = match vfs.kv().lookup(&staging)? {
+                Some(entry) => vfs.kv().hold_lease(entry.id)?,
+                None => None,
+            };
             target.close().map_err(|(_, e)| e)?;
             vfs.rename_database(&staging, name).map_err(|e| match e {
                 shoal_vfs::Error::Kv(shoal_kv::Error::AlreadyExists(_)) => {

@@ -492,15 +492,23 @@ impl Inode {
     /// Moves the overlay of the transaction in progress into the kv's staging area
     /// (one batch no reader sees), freeing its memory.
     fn stage_locked(&self, kv: &Kv, st: &mut FileState) -> Result<()> {
-        if st.dirty.is_empty() {
-            return Ok(());
+        // In batches within the kv's limits (a write far past the end fills its gap with
+        // zero chunks all at once).
+        while !st.dirty.is_empty() {
+            self.stage_part_locked(kv, st)?;
         }
+        Ok(())
+    }
+
+    /// Moves the first chunks of the overlay, up to one batch's worth, to staging.
+    fn stage_part_locked(&self, kv: &Kv, st: &mut FileState) -> Result<()> {
         let mut write = kv.file_write(self.id, FileKind::Staged);
         if st.staged.is_none() {
             write.begin_staging();
         }
-        let pages = st.dirty.len() as u64;
-        let staged = st.move_overlay_to(&mut write);
+        let before = st.dirty.len();
+        let staged = st.move_overlay_part_to(&mut write, MAX_OVERLAY_CHUNKS, WRITEBACK_LIMIT);
+        let pages = (before - st.dirty.len()) as u64;
         self.account(st);
         st.staged = Some(staged);
         let applied = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| write.commit()));
@@ -669,6 +677,11 @@ impl Inode {
     pub(crate) fn commit(&self, kv: &Kv) -> Result<Flushed> {
         let mut st = self.state.lock();
         self.settle_locked(kv, &mut st)?;
+        // More than one batch can carry (a gap filled just before the commit point):
+        // staged first, so the commit batch stays within the kv's limits.
+        if st.dirty.len() >= MAX_OVERLAY_CHUNKS || st.dirty_bytes > WRITEBACK_LIMIT {
+            self.stage_locked(kv, &mut st)?;
+        }
         if st.staged.is_none() {
             let flushed = self.flush_locked(kv, &mut st);
             self.account(&mut st);
@@ -885,6 +898,32 @@ impl FileState {
     /// Adds the overlay to `write` (a write of the staging area), after dropping the
     /// staged chunks truncated away since the last one, and returns what is staged once
     /// it applies. The overlay is left empty.
+    /// [`FileState::move_overlay_to`] for the overlay's first chunks only: at most
+    /// `chunks` of them and about `bytes` bytes (at least one chunk).
+    fn move_overlay_part_to(
+        &mut self,
+        write: &mut FileWrite<'_>,
+        chunks: usize,
+        bytes: usize,
+    ) -> Staged {
+        let mut staged = self.staged.take().unwrap_or_default();
+        if let Some(t) = staged.drop_from.take() {
+            write.drop_chunks_from(ChunkNo(t));
+        }
+        let (mut moved, mut moved_bytes) = (0, 0);
+        while moved < chunks && (moved == 0 || moved_bytes < bytes) {
+            let Some((c, data)) = self.dirty.pop_first() else {
+                break;
+            };
+            moved += 1;
+            moved_bytes += data.len();
+            self.dirty_bytes -= data.len();
+            write.put_chunk(ChunkNo(c), data);
+            staged.chunks.insert(c);
+        }
+        staged
+    }
+
     fn move_overlay_to(&mut self, write: &mut FileWrite<'_>) -> Staged {
         let mut staged = self.staged.take().unwrap_or_default();
         if let Some(t) = staged.drop_from.take() {

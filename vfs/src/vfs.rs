@@ -212,7 +212,7 @@ impl VfsState {
         may_be_absent: bool,
     ) -> Result<Arc<Inode>> {
         if let Some(inode) = self.live_inode(id, kind) {
-            return Ok(inode);
+            return fresh(inode, name);
         }
         // On a store that hosts share, the main file is read only under this host's
         // lease on the database, held as long as the inode lives. Acquired before the
@@ -223,7 +223,7 @@ impl VfsState {
         };
         let mut inodes = self.inodes.lock();
         if let Some(inode) = inodes.get(&(id, kind)).and_then(Weak::upgrade) {
-            return Ok(inode);
+            return fresh(inode, name);
         }
         let mut inode = Inode::load(
             &self.kv,
@@ -948,6 +948,26 @@ impl KvHandle {
             _ => Reply::NotFound,
         })
     }
+}
+
+/// `inode`, unless its view of the file is known stale (a commit found the stored file
+/// changed, or its lease was taken over): a new open must not share it, and cannot read
+/// the file afresh while other handles keep the stale one alive.
+fn fresh(inode: Arc<Inode>, name: &str) -> Result<Arc<Inode>> {
+    let stale = inode.stale.load(std::sync::atomic::Ordering::SeqCst)
+        || inode
+            .lease
+            .as_ref()
+            .is_some_and(shoal_kv::LeaseHold::is_lost);
+    if stale {
+        return Err(Error::cant_open(
+            name,
+            "the stored database changed underneath the connections this process has open \
+             to it (another host took it over, or the server lost writes): close them \
+             first, then open it again",
+        ));
+    }
+    Ok(inode)
 }
 
 /// Inserts a weak reference to `inode`, first dropping dead ones whenever the map has

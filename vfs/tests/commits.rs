@@ -532,3 +532,35 @@ fn registration_is_refused_twice_under_one_name_or_over_one_store() {
     )
     .unwrap();
 }
+
+/// A write far past the end of a database fills the gap with zero chunks at once, more
+/// than one kv batch may carry: they go to the staging area in batches within the limits
+/// (a single batch of them was refused with LimitExceeded), and the file reads back.
+#[test]
+fn a_write_far_past_the_end_stages_in_batches_within_the_limits() {
+    use rusqlite::ffi;
+    use shoal_vfs::contract::Probe;
+    let vfs = common::mem_vfs();
+    let flags = ffi::SQLITE_OPEN_MAIN_DB | ffi::SQLITE_OPEN_CREATE | ffi::SQLITE_OPEN_READWRITE;
+    let (mut file, rc) = Probe::open(vfs.name(), Some("gap"), flags).unwrap();
+    assert_eq!(rc, ffi::SQLITE_OK);
+    assert_eq!(file.lock(ffi::SQLITE_LOCK_SHARED), ffi::SQLITE_OK);
+    assert_eq!(file.lock(ffi::SQLITE_LOCK_RESERVED), ffi::SQLITE_OK);
+    assert_eq!(file.lock(ffi::SQLITE_LOCK_EXCLUSIVE), ffi::SQLITE_OK);
+    let page = vec![7u8; 4096];
+    assert_eq!(file.write(&page, 0), ffi::SQLITE_OK);
+    // 100 MiB on: about 25,600 chunks of 4 KiB, two and a half times a batch's 10,000 keys.
+    let far = 100i64 << 20;
+    assert_eq!(file.write(&page, far), ffi::SQLITE_OK, "{}", vfs_reason());
+    assert_eq!(file.file_size(), (ffi::SQLITE_OK, far + 4096));
+    let mut back = vec![0u8; 4096];
+    assert_eq!(file.read(&mut back, far), ffi::SQLITE_OK);
+    assert_eq!(back, page);
+    assert_eq!(file.read(&mut back, far / 2), ffi::SQLITE_OK);
+    assert_eq!(back, vec![0u8; 4096]);
+    assert_eq!(file.close(), ffi::SQLITE_OK);
+}
+
+fn vfs_reason() -> String {
+    shoal_vfs::take_last_failure().map_or_else(String::new, |(_, reason)| reason)
+}
