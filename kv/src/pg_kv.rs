@@ -203,6 +203,13 @@ struct Applied {
     pending: bool,
 }
 
+/// Records what this thread last applied to store `store` (see [`APPLIED`]).
+fn note_applied(store: i64, epoch: i64, pending: bool) {
+    APPLIED.with(|a| {
+        a.borrow_mut().insert(store, Applied { epoch, pending });
+    });
+}
+
 thread_local! {
     /// Per store (by its `flush_row`): what this thread last applied to it (see
     /// [`KvStore::apply_mark`] and `apply_once`).
@@ -416,15 +423,7 @@ impl PgKv {
         }) = before
             && was != epoch
         {
-            APPLIED.with(|a| {
-                a.borrow_mut().insert(
-                    store,
-                    Applied {
-                        epoch,
-                        pending: false,
-                    },
-                );
-            });
+            note_applied(store, epoch, false);
             return Err(Attempt::Fail(Error::Unavailable {
                 op: "apply",
                 cause: format!(
@@ -472,15 +471,7 @@ impl PgKv {
         );
         match result {
             Ok(_) => {
-                APPLIED.with(|a| {
-                    a.borrow_mut().insert(
-                        store,
-                        Applied {
-                            epoch,
-                            pending: true,
-                        },
-                    );
-                });
+                note_applied(store, epoch, true);
                 Ok(())
             }
             Err(e) if e.code().is_some_and(|c| c.code() == "SH001") => {
@@ -673,15 +664,7 @@ impl KvStore for PgKv {
                 if lost.get() && self.already_applied(&writes)? =>
             {
                 let epoch = self.run("apply", |conn| conn.epoch())?;
-                APPLIED.with(|a| {
-                    a.borrow_mut().insert(
-                        self.flush_row,
-                        Applied {
-                            epoch,
-                            pending: true,
-                        },
-                    );
-                });
+                note_applied(self.flush_row, epoch, true);
                 Ok(())
             }
             other => other,
