@@ -66,16 +66,8 @@ impl FileMeta {
     /// Verifies and parses a value read under `meta_key(id, kind)`.
     pub(crate) fn decode(id: DbId, kind: FileKind, value: Bytes) -> Result<FileMeta> {
         let key = keys::meta_key(id, kind);
-        let payload = checksum::open(&key, value)?;
-        let corrupt = |reason: String| Error::Corrupt {
-            what: keys::describe(&key),
-            reason,
-        };
-        let (version, rest) = payload
-            .split_first()
-            .ok_or_else(|| corrupt("empty record".into()))?;
-        check_version(*version, &key)?;
-        FileMeta::decode_fields(rest, corrupt)
+        let rest = open_record(&key, value)?;
+        FileMeta::decode_fields(&rest, |reason| corrupt(&key, reason))
     }
 }
 
@@ -184,15 +176,8 @@ impl CatalogEntry {
     /// Verifies and parses a value read under `catalog_key(name)`.
     pub(crate) fn decode(name: &[u8], value: Bytes) -> Result<CatalogEntry> {
         let key = keys::catalog_key(name);
-        let payload = checksum::open(&key, value)?;
-        let corrupt = |reason: &str| Error::Corrupt {
-            what: keys::describe(&key),
-            reason: reason.to_owned(),
-        };
-        let (version, rest) = payload
-            .split_first()
-            .ok_or_else(|| corrupt("empty record"))?;
-        check_version(*version, &key)?;
+        let rest = open_record(&key, value)?;
+        let corrupt = |reason: &str| corrupt(&key, reason);
         let (id, rest) = rest
             .split_first_chunk::<8>()
             .ok_or_else(|| corrupt("short record"))?;
@@ -239,15 +224,8 @@ impl LeaseRecord {
     /// Verifies and parses a value read under `lease_key(id)`.
     pub(crate) fn decode(id: DbId, value: Bytes) -> Result<LeaseRecord> {
         let key = keys::lease_key(id);
-        let payload = checksum::open(&key, value)?;
-        let corrupt = |reason: &str| Error::Corrupt {
-            what: keys::describe(&key),
-            reason: reason.to_owned(),
-        };
-        let (version, rest) = payload
-            .split_first()
-            .ok_or_else(|| corrupt("empty record"))?;
-        check_version(*version, &key)?;
+        let rest = open_record(&key, value)?;
+        let corrupt = |reason: &str| corrupt(&key, reason);
         let (generation, rest) = rest
             .split_first_chunk::<8>()
             .ok_or_else(|| corrupt("short record"))?;
@@ -268,6 +246,25 @@ impl LeaseRecord {
             generation: u64::from_be_bytes(*generation),
             expires_ms: u64::from_be_bytes(*expires),
         })
+    }
+}
+
+/// Verifies a record read under `key` (its checksum, then its layout version) and
+/// returns what follows the version byte.
+fn open_record(key: &[u8], value: Bytes) -> Result<Bytes> {
+    let payload = checksum::open(key, value)?;
+    let Some(&version) = payload.first() else {
+        return Err(corrupt(key, "empty record"));
+    };
+    check_version(version, key)?;
+    Ok(payload.slice(1..))
+}
+
+/// The error for a malformed record under `key`.
+fn corrupt(key: &[u8], reason: impl Into<String>) -> Error {
+    Error::Corrupt {
+        what: keys::describe(key),
+        reason: reason.into(),
     }
 }
 
