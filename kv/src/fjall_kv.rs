@@ -45,7 +45,7 @@ use parking_lot::Mutex;
 
 use crate::error::{Error, Result, out_of_space, panic_message};
 use crate::keys::{self, KeyRange};
-use crate::store::{Batch, Entry, KvStats, KvStore, Scan, fold_ops};
+use crate::store::{Batch, Entry, KvStats, KvStore, Paged, Scan, fold_ops};
 
 /// The file in the store's directory that [`FjallKv`] locks while it is open.
 const LOCK_FILE: &str = "shoal.lock";
@@ -752,12 +752,11 @@ struct PagedScan {
     /// Where the next page starts.
     next: Bound<Vec<u8>>,
     end: Bound<Vec<u8>>,
-    page: std::vec::IntoIter<Entry>,
-    done: bool,
 }
 
 impl PagedScan {
-    fn fill(&mut self) -> Result<()> {
+    /// The next page, and whether more may follow.
+    fn fill(&mut self) -> Result<(Vec<Entry>, bool)> {
         let path = self.path.clone();
         match catch_unwind(AssertUnwindSafe(|| self.fill_page())) {
             Ok(filled) => filled,
@@ -765,11 +764,11 @@ impl PagedScan {
         }
     }
 
-    fn fill_page(&mut self) -> Result<()> {
+    fn fill_page(&mut self) -> Result<(Vec<Entry>, bool)> {
         let mut page = Vec::new();
         let mut bytes = 0;
         let mut last = None;
-        self.done = true;
+        let mut more = false;
         let range = (self.next.clone(), self.end.clone());
         for item in self.snapshot.range::<Vec<u8>, _>(&self.keyspace, range) {
             let (k, v) = item
@@ -779,34 +778,14 @@ impl PagedScan {
             page.push((user_key(&k)?, to_bytes(v)));
             last = Some(k);
             if page.len() >= SCAN_PAGE_ENTRIES || bytes >= SCAN_PAGE_BYTES {
-                self.done = false;
+                more = true;
                 break;
             }
         }
         if let Some(k) = last {
             self.next = Bound::Excluded(k.to_vec());
         }
-        self.page = page.into_iter();
-        Ok(())
-    }
-}
-
-impl Iterator for PagedScan {
-    type Item = Result<Entry>;
-
-    fn next(&mut self) -> Option<Result<Entry>> {
-        loop {
-            if let Some(entry) = self.page.next() {
-                return Some(Ok(entry));
-            }
-            if self.done {
-                return None;
-            }
-            if let Err(e) = self.fill() {
-                self.done = true;
-                return Some(Err(e));
-            }
-        }
+        Ok((page, more))
     }
 }
 
@@ -828,15 +807,14 @@ impl KvStore for FjallKv {
         let Some((start, end)) = stored_bounds(&range) else {
             return Ok(Box::new(std::iter::empty()));
         };
-        Ok(Box::new(PagedScan {
+        let mut scan = PagedScan {
             snapshot: self.snapshot(),
             keyspace: self.keyspace.clone(),
             path: self.path.clone(),
             next: start,
             end,
-            page: Vec::new().into_iter(),
-            done: false,
-        }))
+        };
+        Ok(Box::new(Paged::new(move || scan.fill())))
     }
 
     fn apply(&self, batch: Batch) -> Result<()> {

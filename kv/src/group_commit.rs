@@ -141,6 +141,22 @@ impl GroupCommitter {
         }
     }
 
+    /// [`GroupCommitter::commit_durable`] without sharing: this caller's own flush, on its
+    /// own thread (for measuring what the sharing saves). A failure poisons the store as
+    /// the flusher's does, unless the server was only out of reach.
+    pub fn commit_alone(&self) -> Result<()> {
+        self.check_writable()?;
+        let mark = self.backend.apply_mark();
+        self.backend
+            .flush()
+            .and_then(|()| self.backend.mark_durable(mark))
+            .inspect_err(|e| {
+                if !matches!(e, Error::Unavailable { .. }) {
+                    self.poison(e);
+                }
+            })
+    }
+
     /// Marks a batch as being applied until the guard drops, so a flush asked for
     /// meanwhile waits for it (see the module docs).
     pub(crate) fn applying(&self) -> Applying<'_> {

@@ -324,11 +324,6 @@ impl Kv {
         self.leases.get().is_some()
     }
 
-    /// This host's id, with leases on.
-    pub fn lease_host(&self) -> Option<&str> {
-        self.leases.get().map(|l| l.config.host.as_str())
-    }
-
     /// Acquires the lease of database `id` for this host (a no-op with leases off; a
     /// second acquire of a lease held counts one more user). Waits up to
     /// [`LeaseConfig::wait`] for a lease another host holds to run out, then takes it

@@ -36,7 +36,7 @@ use postgres::{Client, NoTls};
 
 use crate::error::{Error, Result};
 use crate::keys::KeyRange;
-use crate::store::{Batch, Entry, KvStats, KvStore, Op, Scan};
+use crate::store::{Batch, Entry, KvStats, KvStore, Op, Paged, Scan};
 
 /// Rows a scan fetches per round trip.
 const SCAN_PAGE: i64 = 512;
@@ -272,11 +272,6 @@ impl PgKv {
         };
         kv.create_table()?;
         Ok(kv)
-    }
-
-    /// Where the store is (host, port, database, user), for messages.
-    pub fn place(&self) -> &str {
-        &self.place
     }
 
     fn create_table(&self) -> Result<()> {
@@ -630,14 +625,13 @@ impl KvStore for PgKv {
         if range.is_empty() {
             return Ok(Box::new(std::iter::empty()));
         }
-        Ok(Box::new(PgScan {
+        let mut scan = PgScan {
             kv: self,
             next: range.start.clone(),
             inclusive: true,
             end: range.end,
-            page: Vec::new().into_iter(),
-            done: false,
-        }))
+        };
+        Ok(Box::new(Paged::new(move || scan.fetch())))
     }
 
     fn apply(&self, batch: Batch) -> Result<()> {
@@ -761,12 +755,11 @@ struct PgScan<'a> {
     /// Whether `next` itself is in the scan (only for the first page).
     inclusive: bool,
     end: Vec<u8>,
-    page: std::vec::IntoIter<Entry>,
-    done: bool,
 }
 
 impl PgScan<'_> {
-    fn fetch(&mut self) -> Result<()> {
+    /// The next page, and whether more may follow.
+    fn fetch(&mut self) -> Result<(Vec<Entry>, bool)> {
         let (start, end, inclusive) = (&self.next, &self.end, self.inclusive);
         let rows: Vec<Entry> = self.kv.run("scan", |conn| {
             let from = if inclusive { ">=" } else { ">" };
@@ -798,33 +791,11 @@ impl PgScan<'_> {
                 })
                 .collect())
         })?;
-        if (rows.len() as i64) < SCAN_PAGE {
-            self.done = true;
-        }
         if let Some((last, _)) = rows.last() {
             self.next = last.to_vec();
             self.inclusive = false;
         }
-        self.page = rows.into_iter();
-        Ok(())
-    }
-}
-
-impl Iterator for PgScan<'_> {
-    type Item = Result<Entry>;
-
-    fn next(&mut self) -> Option<Result<Entry>> {
-        loop {
-            if let Some(entry) = self.page.next() {
-                return Some(Ok(entry));
-            }
-            if self.done {
-                return None;
-            }
-            if let Err(e) = self.fetch() {
-                self.done = true;
-                return Some(Err(e));
-            }
-        }
+        let more = rows.len() as i64 >= SCAN_PAGE;
+        Ok((rows, more))
     }
 }

@@ -278,26 +278,12 @@ impl Kv {
         if self.read_only {
             return Err(Error::ReadOnly { op: "flush" });
         }
-        if !self.group_commit.load(std::sync::atomic::Ordering::Relaxed) {
-            // Each commit its own flush, on its own thread (for measuring what sharing
-            // saves). A failure poisons the store as the flusher's would, unless the
-            // server was only out of reach.
-            self.committer.check_writable()?;
-            let mark = self.backend.apply_mark();
-            return self
-                .backend
-                .flush()
-                .and_then(|()| self.backend.mark_durable(mark))
-                .inspect_err(|e| {
-                    if !matches!(e, Error::Unavailable { .. }) {
-                        self.committer.poison(e);
-                    }
-                })
-                .inspect(|()| self.backend.durable_here());
-        }
-        self.committer
-            .commit_durable()
-            .inspect(|()| self.backend.durable_here())
+        let durable = if self.group_commit.load(std::sync::atomic::Ordering::Relaxed) {
+            self.committer.commit_durable()
+        } else {
+            self.committer.commit_alone()
+        };
+        durable.inspect(|()| self.backend.durable_here())
     }
 
     /// Fails once the store is poisoned (a failed flush, or a write that left the engine unusable), or if it is read-only.

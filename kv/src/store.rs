@@ -27,6 +27,52 @@ pub type Entry = (Bytes, Bytes);
 /// The iterator [`KvStore::scan`] returns: entries in key order.
 pub type Scan<'a> = Box<dyn Iterator<Item = Result<Entry>> + Send + 'a>;
 
+/// A scan read page by page: `fill` returns the next page of entries, in key order, and
+/// whether more may follow. An error ends the scan.
+#[cfg(any(feature = "fjall", feature = "postgres"))]
+pub(crate) struct Paged<F> {
+    fill: F,
+    page: std::vec::IntoIter<Entry>,
+    done: bool,
+}
+
+#[cfg(any(feature = "fjall", feature = "postgres"))]
+impl<F: FnMut() -> Result<(Vec<Entry>, bool)>> Paged<F> {
+    pub(crate) fn new(fill: F) -> Paged<F> {
+        Paged {
+            fill,
+            page: Vec::new().into_iter(),
+            done: false,
+        }
+    }
+}
+
+#[cfg(any(feature = "fjall", feature = "postgres"))]
+impl<F: FnMut() -> Result<(Vec<Entry>, bool)>> Iterator for Paged<F> {
+    type Item = Result<Entry>;
+
+    fn next(&mut self) -> Option<Result<Entry>> {
+        loop {
+            if let Some(entry) = self.page.next() {
+                return Some(Ok(entry));
+            }
+            if self.done {
+                return None;
+            }
+            match (self.fill)() {
+                Ok((page, more)) => {
+                    self.page = page.into_iter();
+                    self.done = !more;
+                }
+                Err(e) => {
+                    self.done = true;
+                    return Some(Err(e));
+                }
+            }
+        }
+    }
+}
+
 /// One operation of a [`Batch`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Op {
