@@ -320,6 +320,13 @@ pub struct Config {
     /// This host's id on a shared store (`None`: the host name, the process id and a
     /// random part). Must differ between the processes sharing the store.
     pub host_id: Option<String>,
+    /// How long each actor's history is kept with the kv backing (`None`: history off):
+    /// every commit stays restorable, and forkable, this long (docs/design.md,
+    /// "History"). 7 days by default.
+    pub history_keep: Option<std::time::Duration>,
+    /// The most bytes of history one actor keeps; its oldest commits go first. 64 MiB by
+    /// default.
+    pub history_max_bytes: u64,
 }
 
 impl Default for Config {
@@ -335,11 +342,22 @@ impl Default for Config {
             postgres_url: None,
             lease_duration: std::time::Duration::from_secs(10),
             host_id: None,
+            history_keep: Some(std::time::Duration::from_secs(7 * 24 * 3600)),
+            history_max_bytes: 64 << 20,
         }
     }
 }
 
 impl Config {
+    /// Keeping each actor's history for `keep` (`None`: off) or `max_bytes`, whichever
+    /// ends first.
+    #[must_use]
+    pub fn with_history(mut self, keep: Option<std::time::Duration>, max_bytes: u64) -> Config {
+        self.history_keep = keep;
+        self.history_max_bytes = max_bytes;
+        self
+    }
+
     /// With actors in `backing`.
     #[must_use]
     pub fn with_backing(mut self, backing: Backing) -> Config {

@@ -118,6 +118,12 @@ pub enum Error {
         /// What needs it.
         what: &'static str,
     },
+    /// History, restore and fork asked of actors stored as files.
+    #[error("{what} needs the kv backing: actors stored as files keep no history")]
+    NeedsKv {
+        /// What was asked.
+        what: &'static str,
+    },
     /// [`crate::KvEngine::Postgres`] was asked for without a server to reach.
     #[error(
         "the postgres kv engine needs a server: give its URL with Config::with_postgres \

@@ -38,6 +38,8 @@ pub use store::{Actor, ActorStats, CheckReport, Store};
 // The types the API's signatures name, so a caller needs no other crate to name them.
 #[cfg(feature = "kv-vfs")]
 pub use shoal_kv::Error as KvError;
+#[cfg(feature = "kv-vfs")]
+pub use shoal_kv::{Bookmark, Collected, CommitInfo, HistoryUsage, PointInTime};
 pub use shoal_vfs::sqlite::SqliteHeap;
 #[cfg(feature = "kv-vfs")]
 pub use shoal_vfs::{Audit, Vfs};

@@ -657,6 +657,102 @@ impl Store {
         }
     }
 
+    #[cfg(feature = "kv-vfs")]
+    fn history_vfs(&self, what: &'static str) -> Result<&shoal_vfs::Vfs> {
+        self.backend.vfs().ok_or(Error::NeedsKv { what })
+    }
+
+    /// Actor `name`'s commits, oldest first (docs/design.md, "History").
+    #[cfg(feature = "kv-vfs")]
+    pub fn actor_history(&self, name: &str) -> Result<Vec<shoal_kv::CommitInfo>> {
+        self.require(name)?;
+        Ok(self.history_vfs("history")?.kv().history(name)?)
+    }
+
+    /// What actor `name`'s history holds on disk.
+    #[cfg(feature = "kv-vfs")]
+    pub fn actor_history_usage(&self, name: &str) -> Result<shoal_kv::HistoryUsage> {
+        self.require(name)?;
+        Ok(self.history_vfs("history")?.kv().history_usage(name)?)
+    }
+
+    /// Restores actor `name` in place, atomically, to `to`: one new commit whose state
+    /// is the state at `to`, which restoring to the commit before it undoes. Returns its
+    /// bookmark. Connections to the actor may stay open; refused while one is inside a
+    /// transaction.
+    #[cfg(feature = "kv-vfs")]
+    pub fn restore_actor(
+        &self,
+        name: &str,
+        to: &shoal_kv::PointInTime,
+    ) -> Result<shoal_kv::Bookmark> {
+        self.writable()?;
+        self.require(name)?;
+        Ok(self.history_vfs("restore")?.restore_database(name, to)?)
+    }
+
+    /// Forks actor `src` at `at` (its current state when `None`) into a new actor
+    /// `new_name`, copying no page: the two share pages until either writes one, and are
+    /// independent. Returns the bookmark of `src` forked.
+    #[cfg(feature = "kv-vfs")]
+    pub fn fork_actor(
+        &self,
+        src: &str,
+        at: Option<&shoal_kv::PointInTime>,
+        new_name: &str,
+    ) -> Result<shoal_kv::Bookmark> {
+        self.writable()?;
+        validate_actor_name(new_name)?;
+        self.require(src)?;
+        if self.actor_exists(new_name)? {
+            return Err(Error::ActorExists(new_name.to_owned()));
+        }
+        Ok(self.history_vfs("fork")?.fork_database(src, at, new_name)?)
+    }
+
+    /// Pins restore point `label` of actor `name` at `at` (its current state when
+    /// `None`): it is never collected while pinned.
+    #[cfg(feature = "kv-vfs")]
+    pub fn pin_actor(
+        &self,
+        name: &str,
+        label: &str,
+        at: Option<&shoal_kv::PointInTime>,
+    ) -> Result<shoal_kv::Bookmark> {
+        self.writable()?;
+        self.require(name)?;
+        Ok(self.history_vfs("pin")?.kv().pin(name, label, at)?)
+    }
+
+    /// Removes restore point `label` of actor `name`.
+    #[cfg(feature = "kv-vfs")]
+    pub fn unpin_actor(&self, name: &str, label: &str) -> Result<()> {
+        self.writable()?;
+        self.require(name)?;
+        Ok(self.history_vfs("unpin")?.kv().unpin(name, label)?)
+    }
+
+    /// Collects the history past its retention of every actor, one bounded pass at a
+    /// time (no actor is locked between passes). Returns what was removed.
+    #[cfg(feature = "kv-vfs")]
+    pub fn collect_history(&self) -> Result<shoal_kv::Collected> {
+        self.writable()?;
+        let kv = self.history_vfs("collection")?.kv();
+        let mut total = shoal_kv::Collected::default();
+        for name in self.list_actors()? {
+            loop {
+                let pass = kv.collect_history(&name)?;
+                total.commits += pass.commits;
+                total.pages += pass.pages;
+                total.bytes += pass.bytes;
+                if !pass.more {
+                    break;
+                }
+            }
+        }
+        Ok(total)
+    }
+
     /// The kv backing's VFS (for counters and tests); `None` for file backings.
     #[cfg(feature = "kv-vfs")]
     pub fn vfs(&self) -> Option<&shoal_vfs::Vfs> {

@@ -92,6 +92,53 @@ enum Command {
         /// An actor name.
         name: Option<String>,
     },
+    /// An actor's commits, oldest first, one per line, tab-separated: bookmark, time
+    /// (UTC), size in bytes, restore points pinned to it.
+    History {
+        /// The actor.
+        name: String,
+    },
+    /// Restore an actor in place to an earlier commit (itself a new commit, which a
+    /// restore to the commit before it undoes). Prints the new commit's bookmark.
+    Restore {
+        /// The actor.
+        name: String,
+        /// A bookmark (from `shoal history`), a time (RFC 3339, e.g.
+        /// 2026-12-03T18:00:00Z: the last commit at or before it), or a restore point's
+        /// label.
+        #[arg(long)]
+        to: String,
+    },
+    /// Fork an actor into a new one, copying no page. Prints the bookmark forked.
+    Fork {
+        /// The actor forked.
+        src: String,
+        /// The new actor (must not exist).
+        new: String,
+        /// The point to fork at, as `restore --to` takes it; the current state when
+        /// absent.
+        #[arg(long)]
+        at: Option<String>,
+    },
+    /// Pin a restore point: a label for a commit, kept whatever the retention.
+    Pin {
+        /// The actor.
+        name: String,
+        /// The label: letters, digits and -_.: (up to 128 bytes).
+        label: String,
+        /// The commit, as `restore --to` takes it; the current one when absent.
+        #[arg(long)]
+        at: Option<String>,
+    },
+    /// Remove a restore point.
+    Unpin {
+        /// The actor.
+        name: String,
+        /// The label.
+        label: String,
+    },
+    /// Collect every actor's history past its retention now, and print what went.
+    Gc,
     /// Run SQL statements on an actor and print result rows, tab-separated.
     Sql {
         /// Create the actor (and the store) if missing; if a statement then fails, the
@@ -139,6 +186,68 @@ fn one_line(e: &anyhow::Error) -> String {
         }
     }
     line
+}
+
+/// A point in an actor's history as the command line names it: a bookmark, an RFC 3339
+/// time, or a restore point's label.
+#[cfg(feature = "kv-vfs")]
+fn point(text: &str) -> shoal::PointInTime {
+    if let Some(b) = shoal::Bookmark::parse(text) {
+        return shoal::PointInTime::Bookmark(b);
+    }
+    match humantime::parse_rfc3339_weak(text) {
+        Ok(t) => shoal::PointInTime::Time(t),
+        Err(_) => shoal::PointInTime::Label(text.to_owned()),
+    }
+}
+
+/// `history`, `restore`, `fork`, `pin`, `unpin` and `gc`.
+#[cfg(feature = "kv-vfs")]
+fn history_command(cli: &Cli, out: &mut impl Write) -> anyhow::Result<()> {
+    match &cli.command {
+        Command::History { name } => {
+            for c in open_read_only(cli)?.actor_history(name)? {
+                writeln!(
+                    out,
+                    "{}\t{}\t{}\t{}",
+                    c.bookmark,
+                    humantime::format_rfc3339_millis(c.time),
+                    c.size,
+                    c.labels.join(",")
+                )?;
+            }
+        }
+        Command::Restore { name, to } => {
+            let b = open_existing(cli)?.restore_actor(name, &point(to))?;
+            writeln!(out, "{b}")?;
+        }
+        Command::Fork { src, new, at } => {
+            let at = at.as_deref().map(point);
+            let b = open_existing(cli)?.fork_actor(src, at.as_ref(), new)?;
+            writeln!(out, "{b}")?;
+        }
+        Command::Pin { name, label, at } => {
+            let at = at.as_deref().map(point);
+            let b = open_existing(cli)?.pin_actor(name, label, at.as_ref())?;
+            writeln!(out, "{b}")?;
+        }
+        Command::Unpin { name, label } => open_existing(cli)?.unpin_actor(name, label)?,
+        Command::Gc => {
+            let c = open_existing(cli)?.collect_history()?;
+            writeln!(
+                out,
+                "collected_commits\t{}\ncollected_pages\t{}\ncollected_bytes\t{}",
+                c.commits, c.pages, c.bytes
+            )?;
+        }
+        _ => unreachable!("not a history command"),
+    }
+    Ok(())
+}
+
+#[cfg(not(feature = "kv-vfs"))]
+fn history_command(_cli: &Cli, _out: &mut impl Write) -> anyhow::Result<()> {
+    bail!("history, restore and fork need the kv backing, which this shoal was built without")
 }
 
 /// What `--kv` names: an embedded engine, or a PostgreSQL server's URL.
@@ -223,6 +332,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             writeln!(out, "actor\t{}\nsize_bytes\t{}", s.name, s.size)?;
             // The VFS counts in memory, from when this process opened the store: the
             // names say so, or a fresh command's zeros would read as an idle actor.
+            #[cfg(feature = "kv-vfs")]
+            if store.vfs().is_some() {
+                let h = store.actor_history_usage(name)?;
+                writeln!(
+                    out,
+                    "history_commits\t{}\nhistory_pages\t{}\nhistory_bytes\t{}\nrestore_points\t{}\nforks_sharing_pages\t{}",
+                    h.commits, h.pages, h.bytes, h.pins, h.forks
+                )?;
+            }
             if let Some(io) = s.io {
                 for field in io.to_string().split(' ') {
                     if let Some((counter, value)) = field.split_once('=') {
@@ -248,6 +366,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     "kv_keys\t{}\nkv_logical_bytes\t{}\nkv_disk_bytes\t{}\nkv_cache_capacity\t{}",
                     kv.keys, kv.logical_bytes, kv.disk_bytes, kv.cache_capacity
                 )?;
+                // Current pages and history apart, summed over the actors.
+                let (mut pages, mut history) = (0u64, 0u64);
+                for name in &actors {
+                    pages += store.actor_stats(name)?.size;
+                    history += store.actor_history_usage(name)?.bytes;
+                }
+                writeln!(out, "actor_bytes\t{pages}\nhistory_bytes\t{history}")?;
             }
         }
         Command::Export { name, file } => {
@@ -320,6 +445,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 );
             }
         }
+        Command::History { .. }
+        | Command::Restore { .. }
+        | Command::Fork { .. }
+        | Command::Pin { .. }
+        | Command::Unpin { .. }
+        | Command::Gc => history_command(&cli, &mut out)?,
         Command::Sql {
             create,
             name,

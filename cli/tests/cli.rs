@@ -87,7 +87,16 @@ fn housekeeping_commands_round_trip_an_actor() {
     // their names say so.
     #[cfg(feature = "kv-vfs")]
     {
-        let counters: Vec<&str> = stats.lines().skip(2).collect();
+        let counters: Vec<&str> = stats
+            .lines()
+            .skip(2)
+            .filter(|l| {
+                !["history_", "restore_points", "forks_"]
+                    .iter()
+                    .any(|p| l.starts_with(p))
+            })
+            .collect();
+        assert!(stats.contains("history_commits\t"), "{stats}");
         assert!(counters.contains(&"batch_commits_since_open\t0"), "{stats}");
         for line in counters {
             let (name, _) = line.split_once('\t').unwrap();
@@ -106,6 +115,61 @@ fn housekeeping_commands_round_trip_an_actor() {
     assert_eq!(n, 4);
     ok(&store, &["rm", "alice"]);
     assert_eq!(ok(&store, &["ls"]), "");
+}
+
+#[cfg(feature = "kv-vfs")]
+#[test]
+fn history_restore_fork_and_pin_from_the_command_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    ok(
+        &store,
+        &[
+            "sql",
+            "--create",
+            "a",
+            "CREATE TABLE t(x); INSERT INTO t VALUES (1)",
+        ],
+    );
+    ok(&store, &["sql", "a", "INSERT INTO t VALUES (2)"]);
+    let history = ok(&store, &["history", "a"]);
+    let lines: Vec<Vec<&str>> = history.lines().map(|l| l.split('\t').collect()).collect();
+    assert!(lines.len() >= 2, "{history}");
+    // Bookmark first, then the time, oldest first.
+    assert!(lines.windows(2).all(|w| w[0][0] < w[1][0]), "{history}");
+    assert!(
+        lines
+            .iter()
+            .all(|l| l[0].len() == 16 && l[1].ends_with('Z')),
+        "{history}"
+    );
+    let one = lines[lines.len() - 2][0];
+    assert_eq!(
+        ok(&store, &["pin", "a", "one", "--at", one]),
+        format!("{one}\n")
+    );
+    let forked = ok(&store, &["fork", "a", "b"]);
+    assert_eq!(forked.trim(), lines[lines.len() - 1][0]);
+    ok(&store, &["restore", "a", "--to", "one"]);
+    assert_eq!(ok(&store, &["sql", "a", "SELECT x FROM t"]), "1\n");
+    assert_eq!(ok(&store, &["sql", "b", "SELECT x FROM t"]), "1\n2\n");
+    ok(&store, &["fork", "a", "c", "--at", one]);
+    assert_eq!(ok(&store, &["sql", "c", "SELECT x FROM t"]), "1\n");
+    fails(
+        &store,
+        &["restore", "a", "--to", "00000000000fffff"],
+        "no commit has bookmark",
+    );
+    fails(&store, &["fork", "a", "b"], "already exists");
+    fails(&store, &["pin", "a", "has space"], "label");
+    fails(
+        &store,
+        &["restore", "a", "--to", "1999-01-01T00:00:00Z"],
+        "before the history kept",
+    );
+    ok(&store, &["unpin", "a", "one"]);
+    assert!(ok(&store, &["gc"]).starts_with("collected_commits\t"));
+    assert!(ok(&store, &["stats"]).contains("history_bytes\t"));
 }
 
 #[test]

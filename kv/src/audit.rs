@@ -29,6 +29,8 @@ pub struct Audit {
     /// or left by one a crash interrupted (removed, or moved into place if it had
     /// committed, when the database is next opened). Their checksums are verified.
     pub staged: u64,
+    /// Pages of a fork read from its origin (it has not written them).
+    pub inherited: u64,
 }
 
 impl Kv {
@@ -67,9 +69,7 @@ impl Kv {
                         let cs = u64::from(m.chunk_size.max(1));
                         let c = u64::from(no.0);
                         if c != expected_next {
-                            audit
-                                .problems
-                                .push(format!("{kind} chunks {expected_next}..{c} are missing"));
+                            self.missing(entry.id, kind, expected_next..c, &mut audit)?;
                         }
                         expected_next = c + 1;
                         match checksum::open(&key, value) {
@@ -95,9 +95,7 @@ impl Kv {
             if let Some(m) = meta {
                 let want = m.size.div_ceil(u64::from(m.chunk_size.max(1)));
                 if expected_next < want {
-                    audit
-                        .problems
-                        .push(format!("{kind} chunks {expected_next}..{want} are missing"));
+                    self.missing(entry.id, kind, expected_next..want, &mut audit)?;
                 }
             } else if kind == FileKind::Main && entry.kind == EntryKind::Database {
                 audit
@@ -106,6 +104,36 @@ impl Kv {
             }
         }
         Ok(Some(audit))
+    }
+
+    /// Chunks `range` of a file are not stored: a problem, unless the file is a fork's
+    /// main file and its origin holds each of them (see `history.rs`).
+    fn missing(
+        &self,
+        id: crate::keys::DbId,
+        kind: FileKind,
+        range: std::ops::Range<u64>,
+        audit: &mut Audit,
+    ) -> Result<()> {
+        if kind == FileKind::Main {
+            let mut all = true;
+            for c in range.clone() {
+                let no = crate::keys::ChunkNo(u32::try_from(c).unwrap_or(u32::MAX));
+                if self.inherited(id, no)?.is_some() {
+                    audit.inherited += 1;
+                } else {
+                    all = false;
+                }
+            }
+            if all {
+                return Ok(());
+            }
+        }
+        audit.problems.push(format!(
+            "{kind} chunks {}..{} are missing",
+            range.start, range.end
+        ));
+        Ok(())
     }
 
     /// The staging area: a record that decodes and chunks that verify; numbering and

@@ -185,6 +185,25 @@ pub enum Error {
         /// How long this host waited for it.
         waited_ms: u64,
     },
+    /// A point in a database's history that does not exist, is past its retention, or
+    /// cannot be restored (a bookmark of no commit, a time before the history kept, an
+    /// unknown or malformed label).
+    #[error("{db}: {reason}")]
+    NoSuchPoint {
+        /// The database, named.
+        db: String,
+        /// What is wrong with the point asked for.
+        reason: String,
+    },
+    /// An operation on history that cannot run now: the database is in use, or a
+    /// transaction of it is being moved into place.
+    #[error("{db}: {reason}")]
+    HistoryBusy {
+        /// The database, named.
+        db: String,
+        /// Why the operation cannot run now.
+        reason: String,
+    },
 }
 
 impl Error {

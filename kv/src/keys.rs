@@ -14,7 +14,15 @@
 //! [0x02][DbId u64 BE][FileKind u8]             file metadata          -> FileMeta
 //! [0x02][DbId u64 BE][FileKind u8][ChunkNo u32 BE]  one chunk of a file -> chunk bytes
 //! [0x03][DbId u64 BE]                          a database's lease      -> LeaseRecord
+//! [0x04][DbId u64 BE][0x00][Version u64 BE]      a commit in its history -> CommitRecord
+//! [0x04][DbId u64 BE][0x01][Page u32 BE][Version u64 BE]  a page before that commit -> page bytes
+//! [0x04][DbId u64 BE][0x02][label bytes]        a pinned restore point  -> [Version u64 BE]
+//! [0x04][DbId u64 BE][0x03]                     the fork's origin       -> OriginRecord
+//! [0x04][DbId u64 BE][0x04][Child DbId u64 BE]  a fork made of it       -> [Version u64 BE]
 //! ```
+//!
+//! A database's history (`history.rs`) lies in [`history_range`], outside [`db_range`]: a
+//! range delete of its files never drops it, and dropping the database drops it apart.
 //!
 //! Invariants this encoding keeps (tested below):
 //! - every key of one database lies in [`db_range`], and nothing else does;
@@ -38,7 +46,13 @@ pub const FORMAT_VERSION: u8 = 1;
 /// as it is (it has no staged keys) and marked version 2 when opened for writing; a
 /// build that knows only version 1 refuses a version-2 store, which may hold a committed
 /// transaction whose pages are not yet in place.
-pub const STORE_VERSION: u8 = 2;
+///
+/// Version 3 added history (`history.rs`): commit records, the pages each commit
+/// replaced, and forks whose pages are read from their origin. A version-2 store has no
+/// history and reads as it is (marked version 3 when opened for writing); a build that
+/// knows only version 2 refuses a version-3 store, whose forks it would read as missing
+/// pages and whose history it would not keep.
+pub const STORE_VERSION: u8 = 3;
 
 /// The oldest store version this build reads.
 pub const OLDEST_STORE_VERSION: u8 = 1;
@@ -50,6 +64,13 @@ const TAG_SYSTEM: u8 = 0x00;
 const TAG_CATALOG: u8 = 0x01;
 const TAG_DATA: u8 = 0x02;
 const TAG_LEASE: u8 = 0x03;
+const TAG_HISTORY: u8 = 0x04;
+
+const HIST_COMMIT: u8 = 0x00;
+const HIST_UNDO: u8 = 0x01;
+const HIST_PIN: u8 = 0x02;
+const HIST_ORIGIN: u8 = 0x03;
+const HIST_CHILD: u8 = 0x04;
 
 const SYSTEM_VERSION: u8 = b'v';
 const SYSTEM_NEXT_DB_ID: u8 = b'n';
@@ -128,6 +149,16 @@ pub enum Key {
     Chunk(DbId, FileKind, ChunkNo),
     /// The lease of a database (which host may write it).
     Lease(DbId),
+    /// The record of commit `version` in a database's history.
+    Commit(DbId, u64),
+    /// Page `page` of a database as it was before commit `version` replaced it.
+    Undo(DbId, ChunkNo, u64),
+    /// A pinned restore point of a database, by label.
+    Pin(DbId, Vec<u8>),
+    /// Where a fork's pages come from.
+    Origin(DbId),
+    /// A fork made of a database (whose history it keeps alive).
+    Child(DbId, DbId),
 }
 
 impl Key {
@@ -162,6 +193,29 @@ impl Key {
                 Ok(id) => Ok(Key::Lease(DbId(u64::from_be_bytes(id)))),
                 Err(_) => Err(bad("bad lease key length")),
             },
+            [TAG_HISTORY, rest @ ..] => {
+                let (id, rest) = rest
+                    .split_first_chunk::<8>()
+                    .ok_or_else(|| bad("short history key"))?;
+                let id = DbId(u64::from_be_bytes(*id));
+                let u64_of = |b: &[u8]| <[u8; 8]>::try_from(b).map(u64::from_be_bytes);
+                match rest {
+                    [HIST_COMMIT, v @ ..] => u64_of(v)
+                        .map(|v| Key::Commit(id, v))
+                        .map_err(|_| bad("bad commit key")),
+                    [HIST_UNDO, p0, p1, p2, p3, v @ ..] => u64_of(v)
+                        .map(|v| {
+                            Key::Undo(id, ChunkNo(u32::from_be_bytes([*p0, *p1, *p2, *p3])), v)
+                        })
+                        .map_err(|_| bad("bad page history key")),
+                    [HIST_PIN, label @ ..] => Ok(Key::Pin(id, label.to_vec())),
+                    [HIST_ORIGIN] => Ok(Key::Origin(id)),
+                    [HIST_CHILD, c @ ..] => u64_of(c)
+                        .map(|c| Key::Child(id, DbId(c)))
+                        .map_err(|_| bad("bad fork key")),
+                    _ => Err(bad("unknown history key")),
+                }
+            }
             _ => Err(bad("unknown key tag")),
         }
     }
@@ -175,6 +229,11 @@ impl Key {
             Key::Meta(id, kind) => meta_key(*id, *kind).to_vec(),
             Key::Chunk(id, kind, no) => chunk_key(*id, *kind, *no).to_vec(),
             Key::Lease(id) => lease_key(*id).to_vec(),
+            Key::Commit(id, v) => commit_key(*id, *v).to_vec(),
+            Key::Undo(id, page, v) => undo_key(*id, *page, *v).to_vec(),
+            Key::Pin(id, label) => pin_key(*id, label),
+            Key::Origin(id) => origin_key(*id).to_vec(),
+            Key::Child(id, child) => child_key(*id, *child).to_vec(),
         }
     }
 }
@@ -188,6 +247,13 @@ impl fmt::Display for Key {
             Key::Meta(id, kind) => write!(f, "{id} {kind} metadata"),
             Key::Chunk(id, kind, no) => write!(f, "{id} {kind} chunk {}", no.0),
             Key::Lease(id) => write!(f, "{id} lease"),
+            Key::Commit(id, v) => write!(f, "{id} commit {v:016x}"),
+            Key::Undo(id, page, v) => write!(f, "{id} page {} before commit {v:016x}", page.0),
+            Key::Pin(id, label) => {
+                write!(f, "{id} restore point {:?}", String::from_utf8_lossy(label))
+            }
+            Key::Origin(id) => write!(f, "{id} fork origin"),
+            Key::Child(id, child) => write!(f, "{id} fork {child}"),
         }
     }
 }
@@ -296,6 +362,96 @@ pub fn lease_key(id: DbId) -> [u8; 9] {
     tag.copy_from_slice(&[TAG_LEASE]);
     db.copy_from_slice(&id.0.to_be_bytes());
     k
+}
+
+fn history_prefix(id: DbId, sub: u8) -> [u8; 10] {
+    let mut k = [0u8; 10];
+    let (tag, rest) = k.split_at_mut(1);
+    let (db, sub_byte) = rest.split_at_mut(8);
+    tag.copy_from_slice(&[TAG_HISTORY]);
+    db.copy_from_slice(&id.0.to_be_bytes());
+    sub_byte.copy_from_slice(&[sub]);
+    k
+}
+
+fn history_key<const N: usize>(id: DbId, sub: u8, tail: &[u8]) -> [u8; N] {
+    let mut k = [0u8; N];
+    let (head, rest) = k.split_at_mut(10);
+    head.copy_from_slice(&history_prefix(id, sub));
+    rest.copy_from_slice(tail);
+    k
+}
+
+/// Key of commit `version`'s record in database `id`'s history.
+pub fn commit_key(id: DbId, version: u64) -> [u8; 18] {
+    history_key(id, HIST_COMMIT, &version.to_be_bytes())
+}
+
+/// Key of page `page` of database `id` as it was before commit `version`.
+pub fn undo_key(id: DbId, page: ChunkNo, version: u64) -> [u8; 22] {
+    let mut tail = [0u8; 12];
+    let (p, v) = tail.split_at_mut(4);
+    p.copy_from_slice(&page.0.to_be_bytes());
+    v.copy_from_slice(&version.to_be_bytes());
+    history_key(id, HIST_UNDO, &tail)
+}
+
+/// Key of restore point `label` of database `id`.
+pub fn pin_key(id: DbId, label: &[u8]) -> Vec<u8> {
+    let mut k = history_prefix(id, HIST_PIN).to_vec();
+    k.extend_from_slice(label);
+    k
+}
+
+/// Key of fork `id`'s origin record.
+pub fn origin_key(id: DbId) -> [u8; 10] {
+    history_prefix(id, HIST_ORIGIN)
+}
+
+/// Key recording that `child` was forked from `id`.
+pub fn child_key(id: DbId, child: DbId) -> [u8; 18] {
+    history_key(id, HIST_CHILD, &child.0.to_be_bytes())
+}
+
+/// Every history key of one database: commits, replaced pages, restore points, origin and
+/// forks.
+pub fn history_range(id: DbId) -> KeyRange {
+    let mut prefix = [0u8; 9];
+    let (tag, db) = prefix.split_at_mut(1);
+    tag.copy_from_slice(&[TAG_HISTORY]);
+    db.copy_from_slice(&id.0.to_be_bytes());
+    KeyRange::prefix(&prefix)
+}
+
+/// The commit records of database `id`, oldest first.
+pub fn commits_range(id: DbId) -> KeyRange {
+    KeyRange::prefix(&history_prefix(id, HIST_COMMIT))
+}
+
+/// Every replaced page of database `id`, by page, then by commit.
+pub fn undo_range(id: DbId) -> KeyRange {
+    KeyRange::prefix(&history_prefix(id, HIST_UNDO))
+}
+
+/// The replaced versions of page `page` of database `id` from commit `after + 1` on,
+/// oldest first: the first one holds the page as it was at commit `after`.
+pub fn undo_after(id: DbId, page: ChunkNo, after: u64) -> KeyRange {
+    let mut prefix = history_prefix(id, HIST_UNDO).to_vec();
+    prefix.extend_from_slice(&page.0.to_be_bytes());
+    KeyRange {
+        start: undo_key(id, page, after.saturating_add(1)).to_vec(),
+        end: prefix_successor(&prefix),
+    }
+}
+
+/// The restore points of database `id`, by label.
+pub fn pins_range(id: DbId) -> KeyRange {
+    KeyRange::prefix(&history_prefix(id, HIST_PIN))
+}
+
+/// The forks made of database `id`.
+pub fn children_range(id: DbId) -> KeyRange {
+    KeyRange::prefix(&history_prefix(id, HIST_CHILD))
 }
 
 /// Every key of one database: all its files' metadata and chunks.

@@ -524,6 +524,18 @@ impl Kv {
     /// [`Error::NotLeased`]. Super-journals (named per connection, never shared between
     /// hosts) are not leased.
     pub(crate) fn apply_for(&self, id: DbId, kind: FileKind, mut batch: Batch) -> Result<()> {
+        if kind == FileKind::Main {
+            // The pages this write replaces, kept in the database's history: in the
+            // batch, or in batches of their own just before it (see `history.rs`).
+            for before in self.record_history(id, &mut batch)? {
+                self.apply_leased(id, kind, before)?;
+            }
+        }
+        self.apply_leased(id, kind, batch)
+    }
+
+    /// [`Kv::apply_for`] without the history: only the lease guard.
+    fn apply_leased(&self, id: DbId, kind: FileKind, mut batch: Batch) -> Result<()> {
         let Some(leases) = self.leases.get() else {
             return self.apply(batch);
         };

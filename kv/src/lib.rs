@@ -35,6 +35,7 @@ mod fjall_kv;
 #[cfg(feature = "fjall")]
 mod fjall_preflight;
 mod group_commit;
+mod history;
 mod keys;
 mod lease;
 mod mem;
@@ -55,6 +56,10 @@ pub use file_write::FileWrite;
 #[cfg(feature = "fjall")]
 pub use fjall_kv::{FjallConfig, FjallKv};
 pub use group_commit::{GroupCommitStats, GroupCommitter};
+pub use history::{
+    Bookmark, Collected, CommitInfo, HistoryUsage, MAX_FORK_DEPTH, MAX_LABEL_LEN, PointInTime,
+    Retention, validate_label,
+};
 pub use keys::{ChunkNo, DbId, FileKind, KeyRange, MAX_NAME_LEN, validate_name};
 pub use lease::{LeaseConfig, LeaseHold};
 pub use mem::MemKv;

@@ -249,6 +249,107 @@ impl LeaseRecord {
     }
 }
 
+/// One commit in a database's history, stored under `commit_key(id, version)`: when it
+/// was applied and the main file's shape after it. Layout
+/// `[FORMAT_VERSION][time_ms u64][size u64][chunk_size u32]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CommitRecord {
+    /// When the commit was applied, in milliseconds since the Unix epoch (this host's
+    /// clock).
+    pub time_ms: u64,
+    /// The main file's size in bytes after the commit.
+    pub size: u64,
+    /// Its chunk size after the commit.
+    pub chunk_size: u32,
+}
+
+impl CommitRecord {
+    /// The sealed value stored under `commit_key(id, version)`.
+    pub(crate) fn encode(&self, id: DbId, version: u64) -> Bytes {
+        let mut v = Vec::with_capacity(1 + 8 + 8 + 4 + checksum::TRAILER_LEN);
+        v.push(FORMAT_VERSION);
+        v.extend_from_slice(&self.time_ms.to_be_bytes());
+        v.extend_from_slice(&self.size.to_be_bytes());
+        v.extend_from_slice(&self.chunk_size.to_be_bytes());
+        checksum::seal(&keys::commit_key(id, version), v)
+    }
+
+    /// Verifies and parses a value read under `commit_key(id, version)`.
+    pub(crate) fn decode(id: DbId, version: u64, value: Bytes) -> Result<CommitRecord> {
+        let key = keys::commit_key(id, version);
+        let rest = open_record(&key, value)?;
+        let short = || corrupt(&key, "short record");
+        let (time_ms, rest) = rest.split_first_chunk::<8>().ok_or_else(short)?;
+        let (size, rest) = rest.split_first_chunk::<8>().ok_or_else(short)?;
+        let (chunk_size, rest) = rest.split_first_chunk::<4>().ok_or_else(short)?;
+        if !rest.is_empty() {
+            return Err(corrupt(&key, format!("{} trailing bytes", rest.len())));
+        }
+        Ok(CommitRecord {
+            time_ms: u64::from_be_bytes(*time_ms),
+            size: u64::from_be_bytes(*size),
+            chunk_size: u32::from_be_bytes(*chunk_size),
+        })
+    }
+}
+
+/// Where a fork's pages come from, stored under `origin_key(id)`: the database it was
+/// forked from and the commit it was forked at. A page the fork never wrote is that
+/// database's page as of that commit. Layout `[FORMAT_VERSION][parent u64][version u64]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OriginRecord {
+    /// The database forked.
+    pub parent: DbId,
+    /// The commit of it the fork started from.
+    pub version: u64,
+}
+
+impl OriginRecord {
+    /// The sealed value stored under `origin_key(id)`.
+    pub(crate) fn encode(&self, id: DbId) -> Bytes {
+        let mut v = Vec::with_capacity(1 + 16 + checksum::TRAILER_LEN);
+        v.push(FORMAT_VERSION);
+        v.extend_from_slice(&self.parent.0.to_be_bytes());
+        v.extend_from_slice(&self.version.to_be_bytes());
+        checksum::seal(&keys::origin_key(id), v)
+    }
+
+    /// Verifies and parses a value read under `origin_key(id)`.
+    pub(crate) fn decode(id: DbId, value: Bytes) -> Result<OriginRecord> {
+        let key = keys::origin_key(id);
+        let rest = open_record(&key, value)?;
+        let fields: [u8; 16] = rest[..]
+            .try_into()
+            .map_err(|_| corrupt(&key, "wrong record length"))?;
+        let (parent, version) = fields.split_at(8);
+        let be = |b: &[u8]| u64::from_be_bytes(b.try_into().unwrap_or_default());
+        Ok(OriginRecord {
+            parent: DbId(be(parent)),
+            version: be(version),
+        })
+    }
+}
+
+/// The sealed commit record (for [`crate::raw`]).
+pub fn encode_commit(record: &CommitRecord, id: DbId, version: u64) -> Bytes {
+    record.encode(id, version)
+}
+
+/// Verifies and parses a commit record read under `commit_key(id, version)`.
+pub fn decode_commit(id: DbId, version: u64, value: Bytes) -> Result<CommitRecord> {
+    CommitRecord::decode(id, version, value)
+}
+
+/// The sealed origin record of fork `id` (for [`crate::raw`]).
+pub fn encode_origin(record: &OriginRecord, id: DbId) -> Bytes {
+    record.encode(id)
+}
+
+/// Verifies and parses an origin record read under `origin_key(id)`.
+pub fn decode_origin(id: DbId, value: Bytes) -> Result<OriginRecord> {
+    OriginRecord::decode(id, value)
+}
+
 /// Verifies a record read under `key` (its checksum, then its layout version) and
 /// returns what follows the version byte.
 fn open_record(key: &[u8], value: Bytes) -> Result<Bytes> {

@@ -55,6 +55,8 @@ pub struct Kv {
     group_commit: std::sync::atomic::AtomicBool,
     /// This host's leases, once [`Kv::enable_leases`] turned them on.
     pub(crate) leases: std::sync::OnceLock<crate::lease::Leases>,
+    /// Retention, and what is known of forks (see `history.rs`).
+    pub(crate) history: crate::history::HistoryState,
 }
 
 /// The one-writer claim on a [`Kv`], from [`Kv::claim`]: while it lives, every other
@@ -188,6 +190,7 @@ impl Kv {
             read_only,
             group_commit: std::sync::atomic::AtomicBool::new(true),
             leases: std::sync::OnceLock::new(),
+            history: crate::history::HistoryState::default(),
         })
     }
 
@@ -251,6 +254,7 @@ impl Kv {
     /// Drops every cached chunk of database `id` (its ownership moved, or may have).
     pub(crate) fn forget_cached(&self, id: DbId) {
         self.cache.forget(&keys::db_range(id));
+        self.history.forget(id);
     }
 
     /// Poisons the store if `err` leaves the engine unusable.
@@ -315,21 +319,25 @@ impl Kv {
         Ok(Some(StoredMeta { meta, raw }))
     }
 
-    /// One chunk's bytes, verified and sharing the backend's buffer; `None` if absent.
+    /// One chunk's bytes, verified and sharing the backend's buffer; `None` if absent. A
+    /// page of the main file of a fork that the fork never wrote is its origin's (see
+    /// `history.rs`).
     pub fn read_chunk(&self, id: DbId, kind: FileKind, no: ChunkNo) -> Result<Option<Bytes>> {
         let key = keys::chunk_key(id, kind, no);
         let epoch = match self.cache.get(&key) {
             Ok(hit) => return Ok(Some(hit)),
             Err(epoch) => epoch,
         };
-        match self.backend.get(&key)? {
-            Some(v) => {
-                let payload = checksum::open(&key, v)?;
-                self.cache.insert(&key, payload.clone(), epoch);
-                Ok(Some(payload))
-            }
-            None => Ok(None),
-        }
+        let payload = match self.backend.get(&key)? {
+            Some(v) => checksum::open(&key, v)?,
+            None if kind == FileKind::Main => match self.inherited(id, no)? {
+                Some(page) => page,
+                None => return Ok(None),
+            },
+            None => return Ok(None),
+        };
+        self.cache.insert(&key, payload.clone(), epoch);
+        Ok(Some(payload))
     }
 
     // ---- catalog ----
@@ -371,6 +379,44 @@ impl Kv {
         if let Some(entry) = self.lookup(name)? {
             return Ok((entry, false));
         }
+        let primary = kind.primary_file();
+        let entry = self.try_create_with(name, kind, |batch, id| {
+            batch.put(
+                keys::meta_key(id, primary).to_vec(),
+                FileMeta::EMPTY.encode(id, primary),
+            );
+        })?;
+        Ok((entry, true))
+    }
+
+    /// Creates database `name` (which must not exist) in one batch with what `files`
+    /// adds for its new id: the batch is guarded on the name being free and the id
+    /// counter unchanged, and tried again if another host raced it.
+    pub(crate) fn create_with(
+        &self,
+        name: &str,
+        mut files: impl FnMut(&mut Batch, DbId),
+    ) -> Result<CatalogEntry> {
+        keys::validate_name(name)?;
+        let _serial = self.catalog_lock.lock();
+        let mut raced = 0;
+        loop {
+            if self.lookup(name)?.is_some() {
+                return Err(Error::AlreadyExists(name.to_owned()));
+            }
+            match self.try_create_with(name, EntryKind::Database, &mut files) {
+                Err(Error::PreconditionFailed { .. }) if raced < CATALOG_RETRIES => raced += 1,
+                other => return other,
+            }
+        }
+    }
+
+    fn try_create_with(
+        &self,
+        name: &str,
+        kind: EntryKind,
+        mut files: impl FnMut(&mut Batch, DbId),
+    ) -> Result<CatalogEntry> {
         let counter_key = keys::next_db_id_key();
         let previous = self.backend.get(&counter_key)?;
         let id = match &previous {
@@ -392,16 +438,12 @@ impl Kv {
                 counter_key.to_vec(),
                 records::encode_u64(&counter_key, next),
             );
-        let primary = kind.primary_file();
-        batch.put(
-            keys::meta_key(entry.id, primary).to_vec(),
-            FileMeta::EMPTY.encode(entry.id, primary),
-        );
+        files(&mut batch, entry.id);
         batch
             .guard(counter_key.to_vec(), previous)
             .guard(keys::catalog_key(name.as_bytes()), None);
         self.apply(batch)?;
-        Ok((entry, true))
+        Ok(entry)
     }
 
     /// Every catalog entry, in name order.
@@ -462,6 +504,8 @@ impl Kv {
             .ok_or_else(|| Error::NotFound(name.to_owned()))?;
         let key = keys::catalog_key(name.as_bytes());
         let mut batch = Batch::new();
+        // Its forks get their own copies of the pages they share with it first.
+        self.prepare_drop(entry.id, &mut batch)?;
         batch
             .delete(key.clone())
             .delete_range(keys::db_range(entry.id))
@@ -477,7 +521,7 @@ impl Kv {
 
     /// Runs `f` holding database `id`'s lease (with leases on: acquired for it, unless
     /// this host holds it already, and released after).
-    fn with_lease<T>(&self, id: DbId, f: impl FnOnce(&Kv) -> Result<T>) -> Result<T> {
+    pub(crate) fn with_lease<T>(&self, id: DbId, f: impl FnOnce(&Kv) -> Result<T>) -> Result<T> {
         self.acquire_lease(id)?;
         let result = f(self);
         let released = self.release_lease(id);

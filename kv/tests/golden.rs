@@ -115,6 +115,21 @@ fn current_keys() -> Vec<(String, Vec<u8>)> {
             }
         }
         out.push((format!("lease.{:x}", id.0), keys::lease_key(id).to_vec()));
+        let at = format!("{:x}", id.0);
+        out.push((format!("commit.{at}.2a"), keys::commit_key(id, 42).to_vec()));
+        out.push((
+            format!("undo.{at}.3.2a"),
+            keys::undo_key(id, ChunkNo(3), 42).to_vec(),
+        ));
+        out.push((
+            format!("pin.{at}.before-deploy"),
+            keys::pin_key(id, b"before-deploy"),
+        ));
+        out.push((format!("origin.{at}"), keys::origin_key(id).to_vec()));
+        out.push((
+            format!("child.{at}.9"),
+            keys::child_key(id, DbId(9)).to_vec(),
+        ));
     }
     out
 }
@@ -205,7 +220,38 @@ fn current_records() -> Vec<(String, Vec<u8>)> {
             "lease.held".to_owned(),
             records::encode_lease(&sample_lease(), DB).to_vec(),
         ),
+        (
+            "commit.2a".to_owned(),
+            records::encode_commit(&sample_commit(), DB, 42).to_vec(),
+        ),
+        (
+            "undo.3.2a".to_owned(),
+            checksum::seal(&keys::undo_key(DB, ChunkNo(3), 42), chunk_payload()).to_vec(),
+        ),
+        (
+            "pin.before-deploy.2a".to_owned(),
+            records::encode_u64(&keys::pin_key(DB, b"before-deploy"), 42).to_vec(),
+        ),
+        (
+            "origin.db8.2a".to_owned(),
+            records::encode_origin(&sample_origin(), DB).to_vec(),
+        ),
     ]
+}
+
+fn sample_commit() -> records::CommitRecord {
+    records::CommitRecord {
+        time_ms: 1_780_000_000_123,
+        size: 3 * 4096,
+        chunk_size: 4096,
+    }
+}
+
+fn sample_origin() -> records::OriginRecord {
+    records::OriginRecord {
+        parent: DbId(8),
+        version: 42,
+    }
 }
 
 fn sample_lease() -> records::LeaseRecord {
@@ -217,7 +263,7 @@ fn sample_lease() -> records::LeaseRecord {
 }
 
 /// Records of older formats that this build still reads (it writes none of them).
-const OLDER: &[&str] = &["store_version.v1"];
+const OLDER: &[&str] = &["store_version.v1", "store_version.v2"];
 
 #[test]
 fn records_are_the_golden_bytes() {
@@ -248,6 +294,32 @@ fn records_decode_from_the_golden_bytes() {
     readable(
         "store_version.v1",
         records::check_store_version(value("store_version.v1")).map(|v| v == 1),
+    );
+    // A store of format 2 (before history) is read as it is: it has no history keys.
+    readable(
+        "store_version.v2",
+        records::check_store_version(value("store_version.v2")).map(|v| v == 2),
+    );
+    readable(
+        "commit.2a",
+        records::decode_commit(DB, 42, value("commit.2a")).map(|r| r == sample_commit()),
+    );
+    readable(
+        "undo.3.2a",
+        checksum::open(&keys::undo_key(DB, ChunkNo(3), 42), value("undo.3.2a"))
+            .map(|p| p[..] == chunk_payload()[..]),
+    );
+    readable(
+        "pin.before-deploy.2a",
+        records::decode_u64(
+            &keys::pin_key(DB, b"before-deploy"),
+            value("pin.before-deploy.2a"),
+        )
+        .map(|v| v == 42),
+    );
+    readable(
+        "origin.db8.2a",
+        records::decode_origin(DB, value("origin.db8.2a")).map(|r| r == sample_origin()),
     );
     readable(
         "lease.held",

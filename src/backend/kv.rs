@@ -343,6 +343,10 @@ fn open_kv(
     } else {
         shoal_kv::Kv::open_with_cache(backend, read_cache)?
     });
+    kv.set_retention(match config.history_keep {
+        Some(keep) => shoal_kv::Retention::keep(keep, config.history_max_bytes),
+        None => shoal_kv::Retention::OFF,
+    });
     if config.kv_engine == KvEngine::Postgres || config.host_id.is_some() {
         // A store other hosts may share: each actor is written by the one host holding
         // its lease (docs/design.md, "Leases and fencing").

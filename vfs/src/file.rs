@@ -644,6 +644,38 @@ impl Inode {
         resized
     }
 
+    /// Runs `change`, a change of the stored database made beside SQLite (a restore of
+    /// its history), while no handle holds a lock on it and none can take one, then reads
+    /// the file afresh. Refused with [`Error::InUse`] while any handle reads or writes it.
+    /// The change must move the header's change counter on, so that every connection's
+    /// page cache sees it at its next transaction.
+    pub(crate) fn replace<T>(&self, kv: &Kv, change: impl FnOnce() -> Result<T>) -> Result<T> {
+        let locks = self.locks.lock();
+        if !locks.idle() {
+            return Err(Error::InUse(self.name.clone()));
+        }
+        let mut st = self.state.lock();
+        self.settle_locked(kv, &mut st)?;
+        if st.has_pending() {
+            return Err(Error::InUse(self.name.clone()));
+        }
+        let changed = change();
+        // Whatever happened, read the stored file again.
+        let persisted = kv.read_meta(self.id, self.kind)?;
+        st.persisted = persisted;
+        st.first_chunk = None;
+        st.durable_generation = None;
+        st.reset_to_persisted();
+        drop(locks);
+        changed
+    }
+
+    /// Runs `f` while no commit of this file can run (a fork reads its committed state).
+    pub(crate) fn quiet<T>(&self, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        let _st = self.state.lock();
+        f()
+    }
+
     /// Applies the overlay as one kv batch (see the module docs).
     pub(crate) fn flush(&self, kv: &Kv) -> Result<Flushed> {
         let mut st = self.state.lock();

@@ -351,6 +351,33 @@ impl Vfs {
         self.state().file_size(&self.state().canonical(name)?)
     }
 
+    /// Restores database `name` in place to `to`, atomically, as one new commit (which
+    /// restoring to the commit before it undoes); returns its bookmark. Open connections
+    /// may stay open: refused with [`Error::InUse`] only while one reads or writes it, and
+    /// each sees the restored state at its next transaction.
+    pub fn restore_database(
+        &self,
+        name: &str,
+        to: &shoal_kv::PointInTime,
+    ) -> Result<shoal_kv::Bookmark> {
+        let state = self.state();
+        let name = &*state.canonical(name)?;
+        state.restore(name, to)
+    }
+
+    /// Forks database `src` at `at` (its current state when `None`) into a new database
+    /// `new_name`, copying no page; returns the bookmark forked.
+    pub fn fork_database(
+        &self,
+        src: &str,
+        at: Option<&shoal_kv::PointInTime>,
+        new_name: &str,
+    ) -> Result<shoal_kv::Bookmark> {
+        let state = self.state();
+        let (src, new_name) = (&*state.canonical(src)?, &*state.canonical(new_name)?);
+        state.fork(src, at, new_name)
+    }
+
     /// Deletes database `name` and every key it has, durably. Refused while any
     /// connection has it open.
     pub fn delete_database(&self, name: &str) -> Result<()> {

@@ -92,6 +92,11 @@ impl LockTable {
         *held = want;
     }
 
+    /// Whether no handle holds any lock: nothing reads or writes the database.
+    pub(crate) fn idle(&self) -> bool {
+        self.level == LockLevel::None
+    }
+
     /// Whether some handle holds RESERVED or more (xCheckReservedLock).
     pub(crate) fn reserved(&self) -> bool {
         self.level > LockLevel::Shared

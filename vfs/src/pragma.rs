@@ -44,6 +44,21 @@ pub(crate) enum Pragma {
     Durability(Option<Durability>),
     /// Read `shoal_stats`.
     Stats,
+    /// A history operation on the database.
+    History(HistoryOp),
+}
+
+/// The history pragmas: `shoal_bookmark` (the current commit's bookmark),
+/// `shoal_history` (one line per commit, oldest first: bookmark, tab, milliseconds since
+/// the Unix epoch), `shoal_pin = 'label'`, `shoal_fork = 'new-name'` (the current state)
+/// and `shoal_restore = 'bookmark or label'`. Each answers with a bookmark but the list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum HistoryOp {
+    Bookmark,
+    List,
+    Pin(String),
+    Fork(String),
+    Restore(shoal_kv::PointInTime),
 }
 
 fn unquote(v: &str) -> &str {
@@ -181,6 +196,23 @@ pub(crate) fn classify(name: &str, value: Option<&[u8]>) -> Pragma {
                 "shoal_durability must be 'full' or 'relaxed', not {shown:?}"
             )),
         },
+        ("shoal_bookmark", None) => Pragma::History(HistoryOp::Bookmark),
+        ("shoal_history", None) => Pragma::History(HistoryOp::List),
+        ("shoal_pin", Some(_)) => Pragma::History(HistoryOp::Pin(unquote(shown).to_owned())),
+        ("shoal_fork", Some(_)) => Pragma::History(HistoryOp::Fork(unquote(shown).to_owned())),
+        ("shoal_restore", Some(_)) => {
+            let point = unquote(shown);
+            Pragma::History(HistoryOp::Restore(match shoal_kv::Bookmark::parse(point) {
+                Some(b) => shoal_kv::PointInTime::Bookmark(b),
+                None => shoal_kv::PointInTime::Label(point.to_owned()),
+            }))
+        }
+        ("shoal_bookmark" | "shoal_history", Some(_)) => {
+            Pragma::Refused(format!("{name} is read-only"))
+        }
+        ("shoal_pin" | "shoal_fork" | "shoal_restore", None) => {
+            Pragma::Refused(format!("{name} needs a value: PRAGMA {name} = '...'"))
+        }
         ("shoal_stats", None) => Pragma::Stats,
         ("shoal_stats", Some(_)) => Pragma::Refused("shoal_stats is read-only".into()),
         _ => Pragma::NotOurs,

@@ -192,6 +192,41 @@ impl VfsState {
         })
     }
 
+    /// Restores database `name` (canonical) in place to `to` (see
+    /// [`shoal_kv::Kv::restore`]): with its file open, while no handle holds a lock on it.
+    pub(crate) fn restore(
+        &self,
+        name: &str,
+        to: &shoal_kv::PointInTime,
+    ) -> Result<shoal_kv::Bookmark> {
+        let entry = self
+            .kv
+            .lookup(name)?
+            .ok_or_else(|| Error::Kv(shoal_kv::Error::NotFound(name.to_owned())))?;
+        match self.live_inode(entry.id, FileKind::Main) {
+            Some(inode) => inode.replace(&self.kv, || Ok(self.kv.restore(name, to)?)),
+            None => Ok(self.kv.restore(name, to)?),
+        }
+    }
+
+    /// Forks database `src` (canonical) into `new_name` at `at` (see
+    /// [`shoal_kv::Kv::fork`]), with no commit of `src` running meanwhile.
+    pub(crate) fn fork(
+        &self,
+        src: &str,
+        at: Option<&shoal_kv::PointInTime>,
+        new_name: &str,
+    ) -> Result<shoal_kv::Bookmark> {
+        let entry = self
+            .kv
+            .lookup(src)?
+            .ok_or_else(|| Error::Kv(shoal_kv::Error::NotFound(src.to_owned())))?;
+        match self.live_inode(entry.id, FileKind::Main) {
+            Some(inode) => inode.quiet(|| Ok(self.kv.fork(src, at, new_name)?)),
+            None => Ok(self.kv.fork(src, at, new_name)?),
+        }
+    }
+
     fn live_inode(&self, id: DbId, kind: FileKind) -> Option<Arc<Inode>> {
         self.inodes.lock().get(&(id, kind)).and_then(Weak::upgrade)
     }
@@ -796,6 +831,34 @@ impl VfsImpl for VfsState {
 }
 
 impl KvHandle {
+    /// A `shoal_*` history pragma on this database (see `pragma.rs`).
+    fn history(&self, op: pragma::HistoryOp) -> Result<String> {
+        use pragma::HistoryOp;
+        let kv = self.kv();
+        let name = self.inode.name.as_str();
+        Ok(match op {
+            HistoryOp::Bookmark => kv.current_bookmark(name)?.to_string(),
+            HistoryOp::List => kv
+                .history(name)?
+                .iter()
+                .map(|c| {
+                    let ms = c
+                        .time
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_millis());
+                    format!("{}\t{ms}", c.bookmark)
+                })
+                .collect::<Vec<_>>()
+                .join("\n"),
+            HistoryOp::Pin(label) => kv.pin(name, &label, None)?.to_string(),
+            HistoryOp::Fork(new_name) => {
+                let new_name = self.vfs.canonical(&new_name)?;
+                self.vfs.fork(name, None, &new_name)?.to_string()
+            }
+            HistoryOp::Restore(point) => self.vfs.restore(name, &point)?.to_string(),
+        })
+    }
+
     fn kv(&self) -> &Kv {
         &self.vfs.kv
     }
@@ -932,6 +995,7 @@ impl KvHandle {
                     Reply::Text(effective.as_str().to_owned())
                 }
                 Pragma::Stats => Reply::Text(self.inode.counters.snapshot().to_string()),
+                Pragma::History(op) => Reply::Text(self.history(op)?),
             },
             Control::MmapSize(new) => {
                 let current = self.mmap_size;

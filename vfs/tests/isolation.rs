@@ -104,6 +104,10 @@ fn a_thousand_databases_are_independent_and_deleting_one_removes_all_its_keys() 
         .unwrap()
         .count();
     assert!(victim_keys >= 3, "meta plus pages: {victim_keys}");
+    let victim_history = raw::of(vfs.kv())
+        .scan(keys::history_range(victim.id))
+        .unwrap()
+        .count();
     let total_before = vfs.kv().stats().unwrap().keys;
 
     let conn = open(&vfs, "actor-500");
@@ -122,10 +126,17 @@ fn a_thousand_databases_are_independent_and_deleting_one_removes_all_its_keys() 
         0
     );
     assert!(vfs.kv().lookup("actor-500").unwrap().is_none());
-    // Its catalog entry plus every key of its range, and nothing else.
+    assert_eq!(
+        raw::of(vfs.kv())
+            .scan(keys::history_range(victim.id))
+            .unwrap()
+            .count(),
+        0
+    );
+    // Its catalog entry plus every key of its range and of its history, and nothing else.
     assert_eq!(
         vfs.kv().stats().unwrap().keys,
-        total_before - victim_keys as u64 - 1
+        total_before - victim_keys as u64 - victim_history as u64 - 1
     );
     for i in (0..1000).step_by(37).chain([499, 501]) {
         let conn = open(&vfs, &format!("actor-{i}"));
