@@ -54,6 +54,10 @@ fn tests() -> Vec<(&'static str, fn())> {
         ),
         ("crash_during_import_files", crash_during_import_files),
         (
+            "crash_during_restore_fork_and_collection",
+            crash_during_restore_fork_and_collection,
+        ),
+        (
             "killed_creation_leaves_a_store_that_opens",
             killed_creation_leaves_a_store_that_opens,
         ),
@@ -66,9 +70,10 @@ fn tests() -> Vec<(&'static str, fn())> {
 }
 
 /// The children, by the name after `child` on the command line.
-const CHILDREN: [(&str, fn()); 3] = [
+const CHILDREN: [(&str, fn()); 4] = [
     ("cycles", crash_child),
     ("import", crash_import_child),
+    ("history", history_child),
     ("creation", creation_child),
 ];
 
@@ -610,6 +615,143 @@ fn crash_during_import_kv() {
 
 fn crash_during_import_files() {
     crash_during_import(Backing::Files, 20);
+}
+
+/// Rows of the actor `history_child` restores, forks and collects (about 9 MB, so each
+/// restore and fork settles several batches).
+const HISTORY_ROWS: i64 = 2_500;
+
+fn history_config() -> Config {
+    Config::default()
+        .with_memory_budget(64 << 20)
+        .with_history(Some(Duration::from_secs(3600)), 1 << 30)
+}
+
+/// The history child: restores actor `h` to its restore points `a` (every `v` 0) and `b`
+/// (every `v` 1), forks it at `a` into `f` and deletes the fork, writes actor `j` and
+/// collects every actor's history, over and over until killed.
+fn history_child() {
+    let dir = std::env::var("SHOAL_CRASH_CHILD").unwrap();
+    let store = Store::open(&dir, history_config()).unwrap();
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "ready").unwrap();
+    out.flush().unwrap();
+    for i in 0.. {
+        for label in ["a", "b"] {
+            store
+                .restore_actor("h", &shoal::PointInTime::Label(label.into()))
+                .unwrap();
+        }
+        store
+            .fork_actor("h", Some(&shoal::PointInTime::Label("a".into())), "f")
+            .unwrap();
+        // Kills then also land while the fork exists.
+        std::thread::sleep(Duration::from_millis(100));
+        store.delete_actor("f").unwrap();
+        store
+            .with_actor("j", |c| -> shoal::Result<_> {
+                Ok(c.execute("UPDATE t SET v = ?1", [i])?)
+            })
+            .unwrap();
+        store.collect_history().unwrap();
+    }
+}
+
+fn count_and_sum(store: &Store, actor: &str) -> (i64, i64) {
+    store
+        .with_actor(actor, |c| -> shoal::Result<_> {
+            Ok(c.query_row("SELECT count(*), total(v) FROM t", [], |r| {
+                Ok((r.get(0)?, r.get::<_, f64>(1)? as i64))
+            })?)
+        })
+        .unwrap()
+}
+
+/// SIGKILL while a child restores, forks and collects: afterwards the actor is in one of
+/// its two states, whole, a fork is absent or whole, and both still restore.
+fn crash_during_restore_fork_and_collection() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("store");
+    {
+        let store = Store::open(&dir, history_config()).unwrap();
+        let sql = |actor: &str, sql: &str| {
+            store
+                .with_actor(actor, |c| -> shoal::Result<_> { Ok(c.execute_batch(sql)?) })
+                .unwrap();
+        };
+        sql(
+            "h",
+            &format!(
+                "CREATE TABLE t(id INTEGER PRIMARY KEY, v, b);
+                 WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM n WHERE i < {HISTORY_ROWS})
+                 INSERT INTO t(v, b) SELECT 0, zeroblob(3000) FROM n;"
+            ),
+        );
+        store.pin_actor("h", "a", None).unwrap();
+        sql("h", "UPDATE t SET v = 1");
+        store.pin_actor("h", "b", None).unwrap();
+        sql("j", "CREATE TABLE t(v); INSERT INTO t VALUES (0)");
+    }
+    let cycles = 12;
+    let mut rng = fastrand::Rng::with_seed(0x415);
+    let mut seen = [0usize; 2];
+    let mut forks = 0;
+    for cycle in 0..cycles {
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .args(["child", "history"])
+            .env("SHOAL_CRASH_CHILD", &dir)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        assert!(
+            lines.any(|l| l.is_ok_and(|l| l.ends_with("ready"))),
+            "cycle {cycle}: the child never became ready"
+        );
+        std::thread::sleep(Duration::from_millis(rng.u64(20..1_500)));
+        child.kill().unwrap();
+        child.wait().unwrap();
+
+        let store = Store::open(&dir, history_config()).unwrap();
+        let (n, sum) = count_and_sum(&store, "h");
+        assert_eq!(n, HISTORY_ROWS, "cycle {cycle}");
+        assert!(
+            sum == 0 || sum == HISTORY_ROWS,
+            "cycle {cycle}: a mixed state, sum {sum}"
+        );
+        seen[usize::from(sum != 0)] += 1;
+        assert!(store.check_actor("h").unwrap().is_ok(), "cycle {cycle}");
+        if store.actor_exists("f").unwrap() {
+            assert_eq!(
+                count_and_sum(&store, "f"),
+                (HISTORY_ROWS, 0),
+                "cycle {cycle}"
+            );
+            assert!(store.check_actor("f").unwrap().is_ok(), "cycle {cycle}");
+            store.delete_actor("f").unwrap();
+            forks += 1;
+        }
+        assert!(store.check_actor("j").unwrap().is_ok(), "cycle {cycle}");
+        let names = store.list_actors().unwrap();
+        assert_eq!(names, ["h", "j"], "cycle {cycle}: leftovers");
+        // Both points still restore.
+        for (label, want) in [("a", 0), ("b", HISTORY_ROWS)] {
+            store
+                .restore_actor("h", &shoal::PointInTime::Label(label.into()))
+                .unwrap();
+            assert_eq!(
+                count_and_sum(&store, "h"),
+                (HISTORY_ROWS, want),
+                "cycle {cycle}"
+            );
+        }
+    }
+    println!(
+        "{cycles} kills during restore, fork and collection: {} left state a, {} state b, \
+         {forks} a whole fork",
+        seen[0], seen[1]
+    );
 }
 
 /// Rows the child of `killed_creation` writes into its one actor, in one transaction.

@@ -256,6 +256,12 @@ fn collection_removes_expired_history_but_not_pins_or_shared_pages() {
     store.delete_actor("f").unwrap();
     store.collect_history().unwrap();
     let last = store.actor_history_usage("a").unwrap();
+    let kv_last = store.vfs().unwrap().kv().stats().unwrap();
+    println!(
+        "without the pin and the fork: history of a {} bytes in {} commits; store logical bytes {}",
+        last.bytes, last.commits, kv_last.logical_bytes
+    );
+    assert!(kv_last.logical_bytes < kv_after.logical_bytes);
     assert!(last.bytes <= budget, "{last:?}");
     assert!(last.commits >= 1);
     // The current state is untouched by collection, and the oldest kept point restores.

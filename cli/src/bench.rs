@@ -37,6 +37,7 @@ pub enum BenchName {
     Coldwake,
     Soak,
     Takeover,
+    History,
 }
 
 #[derive(Debug, Args)]
@@ -77,6 +78,9 @@ pub struct BenchArgs {
     /// Kills per lease length for `takeover`.
     #[arg(long, default_value_t = 20)]
     kills: usize,
+    /// Actor sizes for `history`, in MiB.
+    #[arg(long, value_delimiter = ',', default_values_t = [1u64, 8, 64])]
+    history_mb: Vec<u64>,
 }
 
 #[derive(Debug, Args)]
@@ -215,6 +219,7 @@ pub fn bench(store_dir: &Path, args: &BenchArgs) -> anyhow::Result<()> {
         BenchName::Coldwake => coldwake(&scratch, args),
         BenchName::Soak => soak(&scratch, args),
         BenchName::Takeover => takeover(&scratch, args),
+        BenchName::History => history(&scratch, args),
     };
     let _ = std::fs::remove_dir_all(&scratch);
     let mut result = result?;
@@ -234,7 +239,15 @@ const CACHE: &str = "PRAGMA cache_size = -2000;";
 pub static POSTGRES: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 
 fn kv_store(dir: &Path, durability: Durability) -> anyhow::Result<Store> {
-    let config = Config::default()
+    kv_store_with(dir, durability, true)
+}
+
+/// [`kv_store`], with history on (the default retention) or off.
+fn kv_store_with(dir: &Path, durability: Durability, history: bool) -> anyhow::Result<Store> {
+    let defaults = Config::default();
+    let keep = if history { defaults.history_keep } else { None };
+    let config = defaults
+        .with_history(keep, Config::default().history_max_bytes)
         .with_backing(Backing::DEFAULT)
         .with_kv_engine(KvEngine::Fjall)
         .with_durability(durability)
@@ -313,16 +326,22 @@ enum CommitVariant {
     FilesWal,
     ShoalRelaxed,
     FilesWalNormal,
+    /// shoal full with history off (the cost of history is the ratio to `ShoalFull`).
+    ShoalFullNoHistory,
+    /// shoal relaxed with history off.
+    ShoalRelaxedNoHistory,
 }
 
 impl CommitVariant {
-    const ALL: [CommitVariant; 6] = [
+    const ALL: [CommitVariant; 8] = [
         CommitVariant::ShoalFull,
         CommitVariant::ShoalSolo,
         CommitVariant::FilesDelete,
         CommitVariant::FilesWal,
         CommitVariant::ShoalRelaxed,
         CommitVariant::FilesWalNormal,
+        CommitVariant::ShoalFullNoHistory,
+        CommitVariant::ShoalRelaxedNoHistory,
     ];
 
     fn name(self) -> &'static str {
@@ -333,6 +352,8 @@ impl CommitVariant {
             CommitVariant::FilesWal => "files WAL FULL",
             CommitVariant::ShoalRelaxed => "shoal relaxed",
             CommitVariant::FilesWalNormal => "files WAL NORMAL",
+            CommitVariant::ShoalFullNoHistory => "shoal full, history off",
+            CommitVariant::ShoalRelaxedNoHistory => "shoal relaxed, history off",
         }
     }
 
@@ -344,6 +365,8 @@ impl CommitVariant {
             CommitVariant::FilesWal => "files_wal_full",
             CommitVariant::ShoalRelaxed => "shoal_relaxed",
             CommitVariant::FilesWalNormal => "files_wal_normal",
+            CommitVariant::ShoalFullNoHistory => "shoal_full_history_off",
+            CommitVariant::ShoalRelaxedNoHistory => "shoal_relaxed_history_off",
         }
     }
 }
@@ -396,6 +419,10 @@ fn run_commits(
             Some(store)
         }
         CommitVariant::ShoalRelaxed => Some(kv_store(dir, Durability::Relaxed)?),
+        CommitVariant::ShoalFullNoHistory => Some(kv_store_with(dir, Durability::Full, false)?),
+        CommitVariant::ShoalRelaxedNoHistory => {
+            Some(kv_store_with(dir, Durability::Relaxed, false)?)
+        }
         _ => None,
     };
     let pragmas = match variant {
@@ -503,6 +530,10 @@ fn commits(scratch: &Path, args: &BenchArgs) -> anyhow::Result<Value> {
             "vs WAL",
             "relaxed vs"
         );
+        println!(
+            "{:>6}  (history off: shoal full, relaxed, and history on / off for each)",
+            ""
+        );
     }
     let seconds = args.seconds.unwrap_or(2.0);
     let actors = if args.actors.is_empty() {
@@ -559,7 +590,23 @@ fn commits(scratch: &Path, args: &BenchArgs) -> anyhow::Result<Value> {
                 "{n:>6}  {:>12.0}/s {:>12.0}/s {:>16.0}/s {:>13.0}/s {:>12.0}/s {:>15.0}/s   {speedup:>9.2}x {relaxed_speedup:>9.2}x",
                 rates[0], rates[1], rates[2], rates[3], rates[4], rates[5]
             );
+            println!(
+                "{:>6}  {:>12.0}/s {:>12.0}/s   history on / off {:>5.2}x full, {:>5.2}x relaxed",
+                "",
+                rates[6],
+                rates[7],
+                ratio(rates[0], rates[6]),
+                ratio(rates[4], rates[7])
+            );
         }
+        row.insert(
+            "history_cost_full".into(),
+            rounded(ratio(rates[0], rates[6])),
+        );
+        row.insert(
+            "history_cost_relaxed".into(),
+            rounded(ratio(rates[4], rates[7])),
+        );
         bytes_rows.push((n, bytes, bytes_vs_wal, relaxed_bytes_vs));
         rows.push(Value::Object(row));
     }
@@ -570,8 +617,8 @@ fn commits(scratch: &Path, args: &BenchArgs) -> anyhow::Result<Value> {
         }
         for (n, b, vs_wal, relaxed_vs) in bytes_rows {
             println!(
-                "{n:>6}  {:>14.0} {:>14.0} {:>18.0} {:>15.0} {:>14.0} {:>17.0}   {vs_wal:>9.2}x {relaxed_vs:>9.2}x",
-                b[0], b[1], b[2], b[3], b[4], b[5]
+                "{n:>6}  {:>14.0} {:>14.0} {:>18.0} {:>15.0} {:>14.0} {:>17.0}   {vs_wal:>9.2}x {relaxed_vs:>9.2}x   history off {:>6.0} {:>6.0}",
+                b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]
             );
         }
     }
@@ -1195,4 +1242,142 @@ fn coldwake(scratch: &Path, args: &BenchArgs) -> anyhow::Result<Value> {
         results.insert(backing.as_str().to_owned(), entry);
     }
     Ok(json!({ "bench": "coldwake", "actors": n, "results": results }))
+}
+
+// ---------------------------------------------------------------- history
+
+#[cfg(feature = "kv-vfs")]
+/// Fills actor `name` with `mb` MiB of 4000-byte rows; returns the rows.
+fn fill_history(store: &Store, name: &str, mb: u64) -> anyhow::Result<i64> {
+    let rows = i64::try_from(mb * 256)?;
+    let conn = store.open_actor(name)?;
+    conn.execute_batch(&format!(
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, v INTEGER, b BLOB);
+         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM n WHERE i < {rows})
+         INSERT INTO t(v, b) SELECT 0, zeroblob(4000) FROM n;"
+    ))?;
+    Ok(rows)
+}
+
+#[cfg(feature = "kv-vfs")]
+/// Milliseconds `f` takes, the median of `n` runs.
+fn median_ms(n: usize, mut f: impl FnMut(usize) -> anyhow::Result<()>) -> anyhow::Result<f64> {
+    let mut times = Vec::with_capacity(n);
+    for i in 0..n {
+        let t = Instant::now();
+        f(i)?;
+        times.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    times.sort_by(f64::total_cmp);
+    Ok(times.get(n / 2).copied().unwrap_or(f64::NAN))
+}
+
+#[cfg(feature = "kv-vfs")]
+/// Random point reads of the current state per second, over `rows` rows.
+fn point_reads(conn: &Connection, rows: i64, n: usize) -> anyhow::Result<f64> {
+    let mut rng = fastrand::Rng::with_seed(42);
+    let mut stmt = conn.prepare("SELECT length(b) + v FROM t WHERE id = ?1")?;
+    let t = Instant::now();
+    for _ in 0..n {
+        let _: i64 = stmt.query_row([rng.i64(1..=rows)], |r| r.get(0))?;
+    }
+    Ok(n as f64 / t.elapsed().as_secs_f64())
+}
+
+/// What history costs and gives: fork time against actor size, restore time, and the
+/// reads of the current state with history kept against none (commits: `bench commits`,
+/// its history-off columns).
+#[cfg(feature = "kv-vfs")]
+fn history(scratch: &Path, args: &BenchArgs) -> anyhow::Result<Value> {
+    use shoal::PointInTime;
+    let mut runs = Vec::new();
+    if !args.json {
+        println!(
+            "{:>8}  {:>10} {:>16} {:>20} {:>22} {:>18}",
+            "actor",
+            "fork",
+            "restore 1 row",
+            "restore 10% of rows",
+            "reads, history on",
+            "on / off"
+        );
+    }
+    for &mb in &args.history_mb {
+        let dir_on = scratch.join(format!("history-{mb}-on"));
+        let dir_off = scratch.join(format!("history-{mb}-off"));
+        std::fs::create_dir_all(&dir_on)?;
+        std::fs::create_dir_all(&dir_off)?;
+        let on = kv_store_with(&dir_on, Durability::Full, true)?;
+        let off = kv_store_with(&dir_off, Durability::Full, false)?;
+        let rows = fill_history(&on, "a", mb)?;
+        fill_history(&off, "a", mb)?;
+        let fork_ms = median_ms(5, |i| {
+            on.fork_actor("a", None, &format!("f{i}"))?;
+            Ok(())
+        })?;
+        // Restore one commit back, after a one-row update.
+        let update = |store: &Store, sql: &str| -> anyhow::Result<()> {
+            store.open_actor("a")?.execute_batch(sql)?;
+            Ok(())
+        };
+        let restore_one_ms = median_ms(5, |i| {
+            let before = on.vfs().map(|v| v.kv().current_bookmark("a")).transpose()?;
+            update(&on, &format!("UPDATE t SET v = v + 1 WHERE id = {}", i + 1))?;
+            if let Some(b) = before {
+                on.restore_actor("a", &PointInTime::Bookmark(b))?;
+            }
+            Ok(())
+        })?;
+        let restore_tenth_ms = median_ms(3, |_| {
+            let before = on.vfs().map(|v| v.kv().current_bookmark("a")).transpose()?;
+            update(&on, "UPDATE t SET v = v + 1 WHERE id % 10 = 0")?;
+            if let Some(b) = before {
+                on.restore_actor("a", &PointInTime::Bookmark(b))?;
+            }
+            Ok(())
+        })?;
+        // The same 200 small updates on both, then reads of the current state.
+        for i in 0..200 {
+            let sql = format!("UPDATE t SET v = v + 1 WHERE id % 97 = {}", i % 97);
+            update(&on, &sql)?;
+            update(&off, &sql)?;
+        }
+        let reads = rows.clamp(1, 20_000) as usize * 2;
+        let (mut r_on, mut r_off) = (0.0f64, 0.0f64);
+        let (c_on, c_off) = (on.open_actor("a")?, off.open_actor("a")?);
+        c_on.execute_batch(CACHE)?;
+        c_off.execute_batch(CACHE)?;
+        // Alternated, best of three each: the machine is shared.
+        for _ in 0..3 {
+            r_on = r_on.max(point_reads(&c_on, rows, reads)?);
+            r_off = r_off.max(point_reads(&c_off, rows, reads)?);
+        }
+        let usage = on.actor_history_usage("a")?;
+        if !args.json {
+            println!(
+                "{:>5} MB  {fork_ms:>7.2} ms {restore_one_ms:>13.2} ms {restore_tenth_ms:>17.1} ms {r_on:>18.0}/s {:>17.2}x",
+                mb,
+                r_on / r_off.max(f64::MIN_POSITIVE)
+            );
+        }
+        runs.push(json!({
+            "actor_mb": mb,
+            "fork_ms": (fork_ms * 100.0).round() / 100.0,
+            "restore_one_row_ms": (restore_one_ms * 100.0).round() / 100.0,
+            "restore_tenth_ms": (restore_tenth_ms * 10.0).round() / 10.0,
+            "reads_per_s_history_on": r_on.round(),
+            "reads_per_s_history_off": r_off.round(),
+            "history_bytes": usage.bytes,
+            "history_commits": usage.commits,
+        }));
+        drop((c_on, c_off, on, off));
+        let _ = std::fs::remove_dir_all(&dir_on);
+        let _ = std::fs::remove_dir_all(&dir_off);
+    }
+    Ok(json!({ "bench": "history", "runs": runs }))
+}
+
+#[cfg(not(feature = "kv-vfs"))]
+fn history(_scratch: &Path, _args: &BenchArgs) -> anyhow::Result<Value> {
+    bail!("bench history needs the kv backing, which this shoal was built without")
 }

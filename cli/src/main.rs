@@ -41,6 +41,13 @@ struct Cli {
     /// it at 32 KiB each). A larger bound lets awake actors outgrow the budget.
     #[arg(long, global = true)]
     max_awake: Option<usize>,
+    /// How long each actor's history is kept (with the kv backing): a duration such as
+    /// 7d or 12h, or `off`.
+    #[arg(long, global = true, default_value = "7d", value_parser = parse_keep)]
+    history: Keep,
+    /// The most MiB of history one actor keeps (its oldest commits go first).
+    #[arg(long, global = true, default_value_t = 64)]
+    history_mb: u64,
     #[command(subcommand)]
     command: Command,
 }
@@ -250,6 +257,19 @@ fn history_command(_cli: &Cli, _out: &mut impl Write) -> anyhow::Result<()> {
     bail!("history, restore and fork need the kv backing, which this shoal was built without")
 }
 
+/// What `--history` names: how long history is kept, or `None` for off.
+#[derive(Debug, Clone, Copy)]
+struct Keep(Option<std::time::Duration>);
+
+fn parse_keep(s: &str) -> Result<Keep, String> {
+    if s == "off" {
+        return Ok(Keep(None));
+    }
+    humantime::parse_duration(s)
+        .map(|d| Keep(Some(d)))
+        .map_err(|e| format!("{e} (a duration such as 7d or 12h, or off)"))
+}
+
 /// What `--kv` names: an embedded engine, or a PostgreSQL server's URL.
 #[derive(Debug, Clone)]
 enum KvChoice {
@@ -276,7 +296,8 @@ fn config(cli: &Cli) -> Config {
     let config = Config::default()
         .with_backing(cli.backing)
         .with_memory_budget(cli.budget_mb << 20)
-        .with_max_awake(cli.max_awake);
+        .with_max_awake(cli.max_awake)
+        .with_history(cli.history.0, cli.history_mb << 20);
     match &cli.kv {
         KvChoice::Embedded(engine) => config.with_kv_engine(*engine),
         KvChoice::Postgres(url) => config.with_postgres(url.clone()),

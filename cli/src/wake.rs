@@ -285,6 +285,13 @@ pub fn wake(dir: &Path, config: Config, args: &WakeArgs) -> anyhow::Result<()> {
             })
             .arg("--budget-mb")
             .arg((config.memory_budget >> 20).to_string())
+            .arg("--history")
+            .arg(config.history_keep.map_or_else(
+                || "off".to_owned(),
+                |d| humantime::format_duration(d).to_string(),
+            ))
+            .arg("--history-mb")
+            .arg((config.history_max_bytes >> 20).to_string())
             .args(["populate", "--actors", &total.to_string()])
             .args(["--messages", &args.messages.to_string()])
             .args(["--concurrency", &args.concurrency.to_string()])

@@ -172,6 +172,10 @@ pub const MAX_FORK_DEPTH: usize = 16;
 /// The longest label of a restore point, in bytes.
 pub const MAX_LABEL_LEN: usize = 128;
 
+/// Bytes of pages a restore stages, or a drop copies into a fork, per batch (with at most
+/// 1,000 of them, well inside the batch limits at any page size).
+const STAGE_BYTES: usize = 4 << 20;
+
 /// Keys one collection pass deletes at most.
 const COLLECT_PASS_KEYS: usize = 20_000;
 
@@ -206,7 +210,13 @@ impl Default for HistoryState {
 impl HistoryState {
     /// Forgets what is cached of database `id` (its ownership may have moved).
     pub(crate) fn forget(&self, id: DbId) {
-        self.children.lock().remove(&id);
+        // A database known to have forks keeps recording history: that can only cost
+        // (a few replaced pages a fork dropped since no longer needs), never lose.
+        let mut children = self.children.lock();
+        if children.get(&id) == Some(&false) {
+            children.remove(&id);
+        }
+        drop(children);
         self.origins.lock().remove(&id);
     }
 }
@@ -284,8 +294,15 @@ impl Kv {
             return Ok(*known);
         }
         let has = self.scan(keys::children_range(id))?.next().is_some();
-        self.history.children.lock().insert(id, has);
-        Ok(has)
+        // A fork that marked the database meanwhile wins over what was read before it.
+        Ok(*self.history.children.lock().entry(id).or_insert(has))
+    }
+
+    /// Marks database `id` as having forks before a fork of it is made: from now on its
+    /// commits record what they replace. The VFS calls it before it quiets the
+    /// database's writers, so a commit either saw the mark or had finished.
+    pub fn will_fork(&self, id: DbId) {
+        self.history.children.lock().insert(id, true);
     }
 
     /// Adds database `id`'s history to `batch`, a write of its main file: the pages it
@@ -343,8 +360,30 @@ impl Kv {
                 None => return Ok(Vec::new()),
             },
         };
-        let old = self.read_meta(id, FileKind::Main)?;
-        let old_pages = old.map_or(0, |m| pages_of(m.meta.size, m.meta.chunk_size));
+        // The batches of replaced pages written before this one carry its guards (and a
+        // move's, the staging record as it is), so a stale writer's are refused too
+        // instead of overwriting the real ones.
+        let mut guards = batch.preconditions.clone();
+        if moving {
+            let key = keys::meta_key(id, FileKind::Staged);
+            guards.push(crate::store::Precondition {
+                key: Bytes::copy_from_slice(&key),
+                expected: self.get(&key)?,
+            });
+        }
+        // The metadata before this write: what its guard expects (no read), or, for a
+        // move batch, as stored.
+        let guarded = batch
+            .preconditions
+            .iter()
+            .find(|p| p.key[..] == meta_key[..])
+            .map(|p| p.expected.clone());
+        let old = match guarded {
+            Some(Some(raw)) => Some(FileMeta::decode(id, FileKind::Main, raw)?),
+            Some(None) => None,
+            None => self.read_meta(id, FileKind::Main)?.map(|m| m.meta),
+        };
+        let old_pages = old.map_or(0, |m| pages_of(m.size, m.chunk_size));
         let mut replaced: Vec<u32> = puts.iter().copied().filter(|c| *c < old_pages).collect();
         if let Some(t) = drop_from {
             // A staged commit's last batch may drop pages an earlier batch of the same
@@ -373,9 +412,7 @@ impl Kv {
                 });
             };
             let key = keys::undo_key(id, ChunkNo(c), version);
-            let mut v = Vec::with_capacity(page.len() + checksum::TRAILER_LEN);
-            v.extend_from_slice(&page);
-            undo.push((key, checksum::seal(&key, v)));
+            undo.push((key, records::seal_undo(&key, &page)));
         }
         if let Some(m) = new_meta {
             let record = CommitRecord {
@@ -399,12 +436,16 @@ impl Kv {
             }
             return Ok(Vec::new());
         }
+        let guarded = || Batch {
+            ops: Vec::new(),
+            preconditions: guards.clone(),
+        };
         let mut before = Vec::new();
-        let mut part = Batch::new();
+        let mut part = guarded();
         let mut part_bytes = 0;
         for (k, v) in undo {
             if part.ops.len() >= UNDO_IN_BATCH_KEYS * 2 || part_bytes + v.len() > 8 << 20 {
-                before.push(std::mem::take(&mut part));
+                before.push(std::mem::replace(&mut part, guarded()));
                 part_bytes = 0;
             }
             part_bytes += k.len() + v.len();
@@ -432,19 +473,40 @@ impl Kv {
     /// Page `no` of fork `id` that the fork has not written: its origin's page as of the
     /// fork point. `None` if `id` is not a fork (the page is missing).
     pub(crate) fn inherited(&self, id: DbId, no: ChunkNo) -> Result<Option<Bytes>> {
-        match self.origin(id)? {
-            Some(o) => self.page_at(o.parent, no, o.version),
-            None => Ok(None),
-        }
+        self.inherited_at_depth(id, no, 0)
     }
 
-    /// Page `no` of database `id` as it was just after commit `version`.
-    fn page_at(&self, id: DbId, no: ChunkNo, version: u64) -> Result<Option<Bytes>> {
+    fn inherited_at_depth(&self, id: DbId, no: ChunkNo, depth: usize) -> Result<Option<Bytes>> {
+        let Some(o) = self.origin(id)? else {
+            return Ok(None);
+        };
+        if depth >= MAX_FORK_DEPTH {
+            return Err(Error::Corrupt {
+                what: keys::describe(&keys::origin_key(id)),
+                reason: format!("its forks' origins go more than {MAX_FORK_DEPTH} deep"),
+            });
+        }
+        self.page_at(o.parent, no, o.version, depth + 1)
+    }
+
+    /// Page `no` of database `id` as it was just after commit `version`. The current
+    /// page is read first, straight from the store (this host may not own `id`, so its
+    /// cache may not follow it), then the first page replaced after `version`: a commit
+    /// between the two reads leaves that replaced page, which is the right one.
+    fn page_at(&self, id: DbId, no: ChunkNo, version: u64, depth: usize) -> Result<Option<Bytes>> {
+        let key = keys::chunk_key(id, FileKind::Main, no);
+        let current = match self.get(&key)? {
+            Some(v) => Some(checksum::open(&key, v)?),
+            None => None,
+        };
         if let Some(item) = self.scan(keys::undo_after(id, no, version))?.next() {
             let (key, value) = item?;
-            return checksum::open(&key, value).map(Some);
+            return records::open_undo(&key, value).map(Some);
         }
-        self.read_chunk(id, FileKind::Main, no)
+        match current {
+            Some(page) => Ok(Some(page)),
+            None => self.inherited_at_depth(id, no, depth),
+        }
     }
 
     fn commit_record(&self, id: DbId, version: u64) -> Result<Option<CommitRecord>> {
@@ -633,6 +695,24 @@ impl Kv {
         };
         validate_label(label).map_err(refuse)?;
         let entry = self.entry_of(name)?;
+        self.with_lease(entry.id, |kv| kv.pin_leased(name, entry.id, label, at))
+    }
+
+    fn pin_leased(
+        &self,
+        name: &str,
+        id: DbId,
+        label: &str,
+        at: Option<&PointInTime>,
+    ) -> Result<Bookmark> {
+        let refuse = |reason: String| Error::NoSuchPoint {
+            db: format!("database {name:?}"),
+            reason,
+        };
+        let entry = crate::records::CatalogEntry {
+            id,
+            kind: crate::records::EntryKind::Database,
+        };
         let stored = self.current_meta(name, entry.id)?;
         let current = stored.meta.generation;
         let version = match at {
@@ -733,7 +813,7 @@ impl Kv {
             begin.begin_staging();
             begin.commit()?;
             let mut write = self.file_write(id, FileKind::Staged);
-            let mut in_write = 0usize;
+            let (mut in_write, mut pages_in) = (0usize, 0usize);
             let mut first_done = false;
             let mut last: Option<u32> = None;
             for item in kv.scan(keys::undo_range(id))? {
@@ -745,7 +825,7 @@ impl Kv {
                     continue;
                 }
                 last = Some(page.0);
-                let data = checksum::open(&key, value)?;
+                let data = records::open_undo(&key, value)?;
                 let page_bytes = if page.0 == 0 {
                     first_done = true;
                     restored_first(&data)
@@ -754,9 +834,11 @@ impl Kv {
                     v.extend_from_slice(&data);
                     v
                 };
+                in_write += page_bytes.len();
+                pages_in += 1;
                 write.put_chunk(page, page_bytes);
-                in_write += 1;
-                if in_write >= 1_000 {
+                if in_write >= STAGE_BYTES || pages_in >= 1_000 {
+                    pages_in = 0;
                     write.commit()?;
                     write = self.file_write(id, FileKind::Staged);
                     in_write = 0;
@@ -801,6 +883,18 @@ impl Kv {
                 reason: "only a database can be forked".into(),
             });
         }
+        // From now on every commit of `src` records what it replaces.
+        self.will_fork(id);
+        self.with_lease(id, |kv| kv.fork_leased(src, id, at, new_name))
+    }
+
+    fn fork_leased(
+        &self,
+        src: &str,
+        id: DbId,
+        at: Option<&PointInTime>,
+        new_name: &str,
+    ) -> Result<Bookmark> {
         if self.get(&keys::meta_key(id, FileKind::Staged))?.is_some() {
             return Err(Error::HistoryBusy {
                 db: format!("database {src:?}"),
@@ -845,14 +939,12 @@ impl Kv {
                 generation: version,
             }
         };
-        // From now on every commit of `src` records what it replaces.
-        self.history.children.lock().insert(id, true);
         let fork_meta = FileMeta {
             generation: version,
             ..shape
         };
-        self.with_lease(id, |kv| {
-            kv.create_with(new_name, |batch, new_id| {
+        {
+            self.create_with(new_name, |batch, new_id| {
                 batch
                     .put(
                         keys::meta_key(new_id, FileKind::Main).to_vec(),
@@ -884,7 +976,7 @@ impl Kv {
                         Some(stored.raw.clone()),
                     );
             })
-        })?;
+        }?;
         self.commit_durable()?;
         Ok(Bookmark(version))
     }
@@ -921,12 +1013,13 @@ impl Kv {
     /// origin had it, each guarded on the fork still not holding it.
     fn copy_inherited(&self, child: DbId, origin: OriginRecord, pages: u32) -> Result<()> {
         let mut batch = Batch::new();
+        let mut bytes = 0usize;
         for c in 0..pages {
             let key = keys::chunk_key(child, FileKind::Main, ChunkNo(c));
             if self.get(&key)?.is_some() {
                 continue;
             }
-            let Some(page) = self.page_at(origin.parent, ChunkNo(c), origin.version)? else {
+            let Some(page) = self.page_at(origin.parent, ChunkNo(c), origin.version, 1)? else {
                 return Err(Error::Corrupt {
                     what: keys::describe(&key),
                     reason: "neither the fork nor its origin holds it".into(),
@@ -934,9 +1027,11 @@ impl Kv {
             };
             let mut v = Vec::with_capacity(page.len() + checksum::TRAILER_LEN);
             v.extend_from_slice(&page);
+            bytes += v.len();
             crate::file_write::put_chunk(&mut batch, child, FileKind::Main, ChunkNo(c), v);
             batch.guard(key.to_vec(), None);
-            if batch.ops.len() >= 1_000 {
+            if batch.ops.len() >= 1_000 || bytes >= STAGE_BYTES {
+                bytes = 0;
                 self.apply(std::mem::take(&mut batch))?;
             }
         }
@@ -986,7 +1081,15 @@ impl Kv {
     pub fn collect_history(&self, name: &str) -> Result<Collected> {
         let _serial = self.history.lock.lock();
         let entry = self.entry_of(name)?;
-        let id = entry.id;
+        // On a store hosts share, the host that writes the database collects it, under
+        // its lease, so that no fork, pin or restore there races the collection.
+        if self.leased_elsewhere(entry.id)? {
+            return Ok(Collected::default());
+        }
+        self.with_lease(entry.id, |kv| kv.collect_leased(entry.id))
+    }
+
+    fn collect_leased(&self, id: DbId) -> Result<Collected> {
         let Some(stored) = self.read_meta(id, FileKind::Main)? else {
             return Ok(Collected::default());
         };
@@ -1292,3 +1395,7 @@ mod tests {
         assert!(err.to_string().contains("history off"), "{err}");
     }
 }
+
+#[cfg(test)]
+#[path = "history_tests.rs"]
+mod review_tests;

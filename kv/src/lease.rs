@@ -510,6 +510,20 @@ impl Kv {
         Ok(!record.owner.is_empty() && record.expires_ms > self.backend().now_ms()?)
     }
 
+    /// Whether another host holds a live lease on `id` (never, with leases off).
+    pub(crate) fn leased_elsewhere(&self, id: DbId) -> Result<bool> {
+        let Some(leases) = self.leases.get() else {
+            return Ok(false);
+        };
+        if leases
+            .get(id)
+            .is_some_and(|slot| slot.lock().state == SlotState::Held)
+        {
+            return Ok(false);
+        }
+        self.lease_is_live(id)
+    }
+
     /// The lease this host holds on `id`, as stored (for tests and `shoal stats`).
     pub fn lease_of(&self, id: DbId) -> Result<Option<LeaseRecord>> {
         match self.backend().get(&keys::lease_key(id))? {

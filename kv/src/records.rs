@@ -350,6 +350,40 @@ pub fn decode_origin(id: DbId, value: Bytes) -> Result<OriginRecord> {
     OriginRecord::decode(id, value)
 }
 
+/// The sealed value of a replaced page under `key` (`undo_key`): `[0][page]`, or `[1][lz4 block with its length]`
+/// when that is shorter (a page is mostly free space more often than not).
+pub fn seal_undo(key: &[u8], page: &[u8]) -> Bytes {
+    let packed = lz4_flex::block::compress_prepend_size(page);
+    let mut v;
+    if packed.len() < page.len() {
+        v = Vec::with_capacity(1 + packed.len() + checksum::TRAILER_LEN);
+        v.push(1);
+        v.extend_from_slice(&packed);
+    } else {
+        v = Vec::with_capacity(1 + page.len() + checksum::TRAILER_LEN);
+        v.push(0);
+        v.extend_from_slice(page);
+    }
+    checksum::seal(key, v)
+}
+
+/// The page a replaced-page record under `key` holds, verified.
+pub fn open_undo(key: &[u8], value: Bytes) -> Result<Bytes> {
+    let payload = checksum::open(key, value)?;
+    let corrupt = |reason: String| Error::Corrupt {
+        what: keys::describe(key),
+        reason,
+    };
+    match payload.first() {
+        Some(0) => Ok(payload.slice(1..)),
+        Some(1) => lz4_flex::block::decompress_size_prepended(payload.get(1..).unwrap_or_default())
+            .map(Bytes::from)
+            .map_err(|e| corrupt(format!("its compressed page does not decompress: {e}"))),
+        Some(other) => Err(corrupt(format!("unknown page encoding {other}"))),
+        None => Err(corrupt("empty record".into())),
+    }
+}
+
 /// Verifies a record read under `key` (its checksum, then its layout version) and
 /// returns what follows the version byte.
 fn open_record(key: &[u8], value: Bytes) -> Result<Bytes> {

@@ -498,14 +498,14 @@ impl Kv {
 
     /// Removes `name` and every key of its database, in one batch.
     pub fn drop_entry(&self, name: &str) -> Result<CatalogEntry> {
+        // History's lock first, as a fork takes it before the catalog's.
+        let _history = self.history.lock.lock();
         let _serial = self.catalog_lock.lock();
         let entry = self
             .lookup(name)?
             .ok_or_else(|| Error::NotFound(name.to_owned()))?;
         let key = keys::catalog_key(name.as_bytes());
         let mut batch = Batch::new();
-        // Its forks get their own copies of the pages they share with it first.
-        self.prepare_drop(entry.id, &mut batch)?;
         batch
             .delete(key.clone())
             .delete_range(keys::db_range(entry.id))
@@ -515,7 +515,11 @@ impl Kv {
             // host may be writing it), then deleted in the same batch.
             batch.delete(keys::lease_key(entry.id).to_vec());
         }
-        self.with_lease(entry.id, |kv| kv.apply_for(entry.id, FileKind::Main, batch))?;
+        self.with_lease(entry.id, |kv| {
+            // Its forks get their own copies of the pages they share with it first.
+            kv.prepare_drop(entry.id, &mut batch)?;
+            kv.apply_for(entry.id, FileKind::Main, batch)
+        })?;
         Ok(entry)
     }
 

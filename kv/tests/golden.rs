@@ -226,7 +226,11 @@ fn current_records() -> Vec<(String, Vec<u8>)> {
         ),
         (
             "undo.3.2a".to_owned(),
-            checksum::seal(&keys::undo_key(DB, ChunkNo(3), 42), chunk_payload()).to_vec(),
+            records::seal_undo(&keys::undo_key(DB, ChunkNo(3), 42), &chunk_payload()).to_vec(),
+        ),
+        (
+            "undo.3.2a.lz4".to_owned(),
+            records::seal_undo(&keys::undo_key(DB, ChunkNo(3), 42), &[0u8; 4096]).to_vec(),
         ),
         (
             "pin.before-deploy.2a".to_owned(),
@@ -306,8 +310,13 @@ fn records_decode_from_the_golden_bytes() {
     );
     readable(
         "undo.3.2a",
-        checksum::open(&keys::undo_key(DB, ChunkNo(3), 42), value("undo.3.2a"))
+        records::open_undo(&keys::undo_key(DB, ChunkNo(3), 42), value("undo.3.2a"))
             .map(|p| p[..] == chunk_payload()[..]),
+    );
+    readable(
+        "undo.3.2a.lz4",
+        records::open_undo(&keys::undo_key(DB, ChunkNo(3), 42), value("undo.3.2a.lz4"))
+            .map(|p| p[..] == [0u8; 4096][..]),
     );
     readable(
         "pin.before-deploy.2a",

@@ -51,6 +51,8 @@ static OPENED: std::sync::Mutex<Vec<(PathBuf, shoal_vfs::StoreUsage)>> =
 /// Pages in the shared key-value store, through a registered shoal VFS.
 #[derive(Debug)]
 pub(crate) struct KvBacking {
+    /// Collects expired history in the background (stopped before the VFS goes).
+    _collector: Option<Collector>,
     vfs: shoal_vfs::Vfs,
     /// What the store's caches may hold (the kv share of the budget).
     cache_capacity: u64,
@@ -80,11 +82,77 @@ impl KvBacking {
                 vfs.delete_database(&name)?;
             }
         }
+        let collector = (!read_only).then(|| Collector::start(Arc::clone(vfs.kv())));
         Ok(KvBacking {
+            _collector: collector,
             vfs,
             cache_capacity: config.kv_cache_bytes(),
             _snapshot: snapshot,
         })
+    }
+}
+
+/// How often the collector sweeps every actor's history.
+const COLLECT_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// A thread that, every [`COLLECT_EVERY`], collects the history past its retention of
+/// every actor, one bounded pass at a time ([`shoal_kv::Kv::collect_history`]): no
+/// writer waits on it, since a pass only deletes keys no commit writes.
+#[derive(Debug)]
+struct Collector {
+    stop: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Collector {
+    fn start(kv: Arc<shoal_kv::Kv>) -> Collector {
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("shoal-history".into())
+            .spawn(move || {
+                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                    stopped.recv_timeout(COLLECT_EVERY)
+                {
+                    sweep(&kv, &stopped);
+                }
+            })
+            .ok();
+        Collector {
+            stop: Some(stop),
+            thread,
+        }
+    }
+}
+
+/// One sweep over every database; a failure on one (a poisoned store, a database
+/// dropped meanwhile) skips it until the next sweep.
+fn sweep(kv: &shoal_kv::Kv, stopped: &std::sync::mpsc::Receiver<()>) {
+    let Ok(entries) = kv.list() else { return };
+    for (name, entry) in entries {
+        if entry.kind != shoal_kv::EntryKind::Database {
+            continue;
+        }
+        loop {
+            if !matches!(
+                stopped.try_recv(),
+                Err(std::sync::mpsc::TryRecvError::Empty)
+            ) {
+                return;
+            }
+            match kv.collect_history(&name) {
+                Ok(pass) if pass.more => {}
+                _ => break,
+            }
+        }
+    }
+}
+
+impl Drop for Collector {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 }
 

@@ -221,6 +221,9 @@ impl VfsState {
             .kv
             .lookup(src)?
             .ok_or_else(|| Error::Kv(shoal_kv::Error::NotFound(src.to_owned())))?;
+        // Marked before its writers are quieted: a commit either sees the mark (and
+        // records what it replaces) or finished before the fork reads the source.
+        self.kv.will_fork(entry.id);
         match self.live_inode(entry.id, FileKind::Main) {
             Some(inode) => inode.quiet(|| Ok(self.kv.fork(src, at, new_name)?)),
             None => Ok(self.kv.fork(src, at, new_name)?),
