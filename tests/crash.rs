@@ -540,6 +540,24 @@ fn imported_rows(store: &Store) -> i64 {
         .unwrap()
 }
 
+/// Starts child `which` (`<binary> child <which>`) with `env`, and returns once it says
+/// it is ready.
+fn start_child(which: &str, env: &[(&str, &std::ffi::OsStr)], cycle: usize) -> std::process::Child {
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args(["child", which])
+        .envs(env.iter().copied())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    assert!(
+        lines.any(|l| l.is_ok_and(|l| l.ends_with("ready"))),
+        "cycle {cycle}: the child never became ready"
+    );
+    child
+}
+
 fn crash_during_import(backing: Backing, cycles: usize) {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("store");
@@ -555,19 +573,14 @@ fn crash_during_import(backing: Backing, cycles: usize) {
     let mut rng = fastrand::Rng::with_seed(0x1a7 ^ cycles as u64);
     let (mut whole, mut absent) = (0, 0);
     for cycle in 0..cycles {
-        let mut child = Command::new(std::env::current_exe().unwrap())
-            .args(["child", "import"])
-            .env("SHOAL_CRASH_CHILD", &dir)
-            .env("SHOAL_CRASH_IMPORT", &source)
-            .env("SHOAL_CRASH_BACKING", backing.as_str())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        assert!(
-            lines.any(|l| l.is_ok_and(|l| l.ends_with("ready"))),
-            "cycle {cycle}: the child never became ready"
+        let mut child = start_child(
+            "import",
+            &[
+                ("SHOAL_CRASH_CHILD", dir.as_os_str()),
+                ("SHOAL_CRASH_IMPORT", source.as_os_str()),
+                ("SHOAL_CRASH_BACKING", backing.as_str().as_ref()),
+            ],
+            cycle,
         );
         std::thread::sleep(Duration::from_millis(rng.u64(5..250)));
         child.kill().unwrap();
@@ -697,18 +710,7 @@ fn crash_during_restore_fork_and_collection() {
     let mut seen = [0usize; 2];
     let mut forks = 0;
     for cycle in 0..cycles {
-        let mut child = Command::new(std::env::current_exe().unwrap())
-            .args(["child", "history"])
-            .env("SHOAL_CRASH_CHILD", &dir)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        assert!(
-            lines.any(|l| l.is_ok_and(|l| l.ends_with("ready"))),
-            "cycle {cycle}: the child never became ready"
-        );
+        let mut child = start_child("history", &[("SHOAL_CRASH_CHILD", dir.as_os_str())], cycle);
         std::thread::sleep(Duration::from_millis(rng.u64(20..1_500)));
         child.kill().unwrap();
         child.wait().unwrap();

@@ -1254,7 +1254,7 @@ fn fill_history(store: &Store, name: &str, mb: u64) -> anyhow::Result<i64> {
     conn.execute_batch(&format!(
         "CREATE TABLE t(id INTEGER PRIMARY KEY, v INTEGER, b BLOB);
          WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM n WHERE i < {rows})
-         INSERT INTO t(v, b) SELECT 0, zeroblob(4000) FROM n;"
+         INSERT INTO t(v, b) SELECT 0, randomblob(4000) FROM n;"
     ))?;
     Ok(rows)
 }
@@ -1336,6 +1336,18 @@ fn history(scratch: &Path, args: &BenchArgs) -> anyhow::Result<Value> {
             }
             Ok(())
         })?;
+        let kv = on.vfs().map(|v| std::sync::Arc::clone(v.kv()));
+        let disk_of = |kv: &Option<std::sync::Arc<shoal_kv::Kv>>| -> anyhow::Result<(u64, u64)> {
+            Ok(match kv {
+                Some(kv) => {
+                    kv.compact()?;
+                    let s = kv.stats()?;
+                    (s.disk_bytes, s.garbage_bytes)
+                }
+                None => (0, 0),
+            })
+        };
+        let disk_without = disk_of(&kv)?;
         // The same 200 small updates on both, then reads of the current state.
         for i in 0..200 {
             let sql = format!("UPDATE t SET v = v + 1 WHERE id % 97 = {}", i % 97);
@@ -1353,11 +1365,37 @@ fn history(scratch: &Path, args: &BenchArgs) -> anyhow::Result<Value> {
             r_off = r_off.max(point_reads(&c_off, rows, reads)?);
         }
         let usage = on.actor_history_usage("a")?;
+        // Collection, measured on disk: with the forks gone (they hold the history after
+        // their fork point), every commit past a retention of zero goes, then the engine
+        // rewrites its files.
+        for i in 0..5 {
+            on.delete_actor(&format!("f{i}"))?;
+        }
+        let disk_before = disk_of(&kv)?;
+        if let Some(kv) = &kv {
+            kv.set_retention(shoal_kv::Retention::keep(Duration::ZERO, 0));
+        }
+        on.collect_history()?;
+        let disk_after = disk_of(&kv)?;
+        let history_after = on.actor_history_usage("a")?.bytes;
         if !args.json {
             println!(
                 "{:>5} MB  {fork_ms:>7.2} ms {restore_one_ms:>13.2} ms {restore_tenth_ms:>17.1} ms {r_on:>18.0}/s {:>17.2}x",
                 mb,
                 r_on / r_off.max(f64::MIN_POSITIVE)
+            );
+        }
+        if !args.json {
+            println!(
+                "{:>8}  history {:.1} MB in {} commits, collected to {:.1} MB; store on disk (compacted) {:.1} MB before the updates, {:.1} MB with their history, {:.1} MB after collection, of which {:.1} MB stale in blob files",
+                "",
+                usage.bytes as f64 / 1e6,
+                usage.commits,
+                history_after as f64 / 1e6,
+                disk_without.0 as f64 / 1e6,
+                disk_before.0 as f64 / 1e6,
+                disk_after.0 as f64 / 1e6,
+                disk_after.1 as f64 / 1e6
             );
         }
         runs.push(json!({
@@ -1369,6 +1407,11 @@ fn history(scratch: &Path, args: &BenchArgs) -> anyhow::Result<Value> {
             "reads_per_s_history_off": r_off.round(),
             "history_bytes": usage.bytes,
             "history_commits": usage.commits,
+            "history_bytes_collected_to": history_after,
+            "disk_bytes_before_updates": disk_without.0,
+            "disk_bytes_before_collection": disk_before.0,
+            "disk_bytes_after_collection": disk_after.0,
+            "stale_blob_bytes_after_collection": disk_after.1,
         }));
         drop((c_on, c_off, on, off));
         let _ = std::fs::remove_dir_all(&dir_on);

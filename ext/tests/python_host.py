@@ -375,6 +375,28 @@ def test_stats(r, st):
     conn.execute("DELETE FROM t WHERE v = 'after-export'")
 
 
+def test_history(r, st):
+    conn = st["conn"]
+    before = one(conn, "SELECT count(*) FROM t")
+    first = one(conn, "PRAGMA shoal_bookmark")
+    r.check("PRAGMA shoal_bookmark is 16 hex digits", len(first or "") == 16, first)
+    r.eq("PRAGMA shoal_pin answers with the bookmark pinned", one(conn, "PRAGMA shoal_pin = 'py-before'"), first)
+    conn.execute("INSERT INTO t(v) VALUES ('history')")
+    second = one(conn, "PRAGMA shoal_bookmark")
+    r.check("a commit's bookmark sorts after the one before", second > first, first, second)
+    r.eq("PRAGMA shoal_fork forks the current state", one(conn, "PRAGMA shoal_fork = 'actor-1-fork'"), second)
+    listed = one(conn, "PRAGMA shoal_history").splitlines()
+    r.check("PRAGMA shoal_history lists both commits", any(l.startswith(first + "\t") for l in listed) and any(l.startswith(second + "\t") for l in listed), listed[-3:])
+    one(conn, "PRAGMA shoal_restore = 'py-before'")
+    r.eq("a restore to the pinned point is seen by the open connection", one(conn, "SELECT count(*) FROM t"), before)
+    one(conn, "PRAGMA shoal_restore = '%s'" % second)
+    r.eq("and undone by a restore to the commit before it", one(conn, "SELECT count(*) FROM t"), before + 1)
+    fork = connect(uri("actor-1-fork", os.path.join(st["tmp"], "store")))
+    r.eq("the fork holds the state it was made of", one(fork, "SELECT count(*) FROM t"), before + 1)
+    fork.close()
+    conn.execute("DELETE FROM t WHERE v = 'history'")
+
+
 def test_second_process(r, st):
     # This process holds the store (st["conn"] is open on it).
     r.eq("this process holds the store open", one(st["conn"], "SELECT count(*) FROM t"), 4005)
@@ -588,6 +610,7 @@ def run_tests(tmp):
         ("large transactions", test_large),
         ("shoal_check, shoal_export", test_export_check),
         ("shoal_stats", test_stats),
+        ("history pragmas", test_history),
         ("second process", test_second_process),
         ("errors in this process", test_errors_in_process),
     ):

@@ -23,7 +23,7 @@ use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use shoal_kv::raw::keys::chunk_key;
 use shoal_kv::{
@@ -285,28 +285,10 @@ fn bench_group(kv: &Arc<Kv>, threads: u32, b: Budget) -> GroupResult {
     }
 }
 
-/// Today's date (UTC) from the system clock.
+/// Today's date and time to the minute (UTC) from the system clock.
 fn today() -> String {
-    let secs = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    // Howard Hinnant's civil_from_days.
-    let z = (secs / 86_400) as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    let hms = secs % 86_400;
-    format!(
-        "{year:04}-{month:02}-{day:02} {:02}:{:02} UTC",
-        hms / 3600,
-        hms % 3600 / 60
-    )
+    let now = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
+    format!("{} UTC", now.get(..16).unwrap_or(&now).replace('T', " "))
 }
 
 fn proc_field(file: &str, field: &str) -> Option<String> {

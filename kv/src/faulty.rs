@@ -187,6 +187,10 @@ impl<K: KvStore> KvStore for FaultyKv<K> {
         self.inner.flush()
     }
 
+    fn compact(&self) -> Result<()> {
+        self.inner.compact()
+    }
+
     fn stats(&self) -> Result<KvStats> {
         self.inner.stats()
     }

@@ -887,6 +887,13 @@ impl KvStore for FjallKv {
         Ok(())
     }
 
+    fn compact(&self) -> Result<()> {
+        self.keyspace
+            .rotate_memtable_and_wait()
+            .and_then(|()| self.keyspace.major_compact())
+            .map_err(|e| self.error("compact", e))
+    }
+
     fn flush(&self) -> Result<()> {
         // fjall fsyncs even with nothing new; sled returns at once. Cleared before the
         // sync, so a commit racing with it sets the flag again and the next flush syncs
@@ -914,6 +921,7 @@ impl KvStore for FjallKv {
             // Tables, blob files and journals by file length.
             disk_bytes: self.db.disk_space().map_err(|e| self.error("stats", e))?,
             cache_capacity: self.cache_capacity,
+            garbage_bytes: self.keyspace.fragmented_blob_bytes(),
         })
     }
 }

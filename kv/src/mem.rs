@@ -99,6 +99,7 @@ impl KvStore for MemKv {
             logical_bytes: map.iter().map(|(k, v)| (k.len() + v.len()) as u64).sum(),
             disk_bytes: 0,
             cache_capacity: 0,
+            garbage_bytes: 0,
         })
     }
 }

@@ -743,6 +743,7 @@ impl KvStore for PgKv {
                 logical_bytes: row.get::<_, i64>(1).cast_unsigned(),
                 disk_bytes: row.get::<_, i64>(2).cast_unsigned(),
                 cache_capacity: 0,
+                garbage_bytes: 0,
             })
         })
     }

@@ -298,6 +298,14 @@ impl Kv {
         self.committer.check_writable()
     }
 
+    /// Has the engine rewrite its files now, so that deleted keys (collected history, a
+    /// dropped database) leave the disk; for measurements and tools.
+    pub fn compact(&self) -> Result<()> {
+        self.check_writable()?;
+        self.backend.flush()?;
+        self.backend.compact()
+    }
+
     /// Backend statistics.
     pub fn stats(&self) -> Result<KvStats> {
         self.backend.stats()

@@ -376,6 +376,7 @@ impl KvStore for SledKv {
             logical_bytes,
             disk_bytes: self.call("stats", |db| db.size_on_disk())?,
             cache_capacity: self.cache_capacity,
+            garbage_bytes: 0,
         })
     }
 }

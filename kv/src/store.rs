@@ -256,6 +256,10 @@ pub struct KvStats {
     pub disk_bytes: u64,
     /// The backend's configured cache capacity in bytes (0 if it has none).
     pub cache_capacity: u64,
+    /// Bytes on disk of values already deleted or overwritten that the engine has not
+    /// reclaimed yet (fjall: stale parts of blob files, rewritten once a quarter of a file
+    /// is stale; 0 for engines that do not report it).
+    pub garbage_bytes: u64,
 }
 
 /// An ordered, atomic-batch key-value store shared by every database of a process.
@@ -305,6 +309,12 @@ pub trait KvStore: Send + Sync + std::fmt::Debug + 'static {
     /// Told on a thread whose durable commit just returned: everything it applied before
     /// is durable (a server backend stops guarding against a restart having lost it).
     fn durable_here(&self) {}
+
+    /// Rewrites the engine's files now, so that what was deleted leaves the disk (for
+    /// measuring collection; engines that reclaim space as they go do nothing).
+    fn compact(&self) -> Result<()> {
+        Ok(())
+    }
 
     /// Removes every key in `range` atomically.
     fn delete_range(&self, range: KeyRange) -> Result<()> {
