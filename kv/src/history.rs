@@ -1191,9 +1191,29 @@ impl Kv {
     }
 }
 
-/// A time for messages, as RFC 3339 UTC (milliseconds since the Unix epoch in).
+/// A time for messages, as RFC 3339 UTC (milliseconds since the Unix epoch in; the
+/// civil date from the day number by Howard Hinnant's `civil_from_days`). Written here:
+/// the library links none of the date crates the command uses.
 fn humanish(ms: u64) -> String {
-    humantime::format_rfc3339_millis(time_of(ms)).to_string()
+    let secs = ms / 1000;
+    let days = i64::try_from(secs / 86_400).unwrap_or(i64::MAX / 2);
+    let rem = secs % 86_400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        ms % 1000
+    )
 }
 
 #[cfg(test)]
