@@ -41,6 +41,19 @@ fn dump(store: &Store, actor: &str) -> Vec<Vec<String>> {
         .unwrap()
 }
 
+/// Creates table `t` in `actor` with `rows` rows of `v` and a `blob`-byte blob each.
+fn seed(store: &Store, actor: &str, rows: usize, v: &str, blob: usize) {
+    sql(
+        store,
+        actor,
+        &format!(
+            "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT, b BLOB);
+             WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM n WHERE i < {rows})
+             INSERT INTO t(v, b) SELECT '{v}', zeroblob({blob}) FROM n;"
+        ),
+    );
+}
+
 fn bookmark(store: &Store, actor: &str) -> Bookmark {
     let text = store
         .with_actor(actor, |c| -> shoal::Result<String> {
@@ -133,13 +146,7 @@ fn restoring_to_every_bookmark_gives_exactly_that_state() {
 fn a_fork_is_independent_of_its_source_and_outlives_it() {
     let tmp = tempfile::tempdir().unwrap();
     let store = Store::open(tmp.path(), config()).unwrap();
-    sql(
-        &store,
-        "src",
-        "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT, b BLOB);
-         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM n WHERE i < 500)
-         INSERT INTO t(v, b) SELECT 'one', zeroblob(2000) FROM n;",
-    );
+    seed(&store, "src", 500, "one", 2000);
     let early = bookmark(&store, "src");
     let at_early = dump(&store, "src");
     sql(&store, "src", "UPDATE t SET v = 'two' WHERE id % 2 = 0");
@@ -205,13 +212,7 @@ fn collection_removes_expired_history_but_not_pins_or_shared_pages() {
         config().with_history(Some(Duration::from_secs(3600)), budget),
     )
     .unwrap();
-    sql(
-        &store,
-        "a",
-        "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT, b BLOB);
-         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM n WHERE i < 300)
-         INSERT INTO t(v, b) SELECT 'x', zeroblob(1000) FROM n;",
-    );
+    seed(&store, "a", 300, "x", 1000);
     let pinned = dump(&store, "a");
     store.pin_actor("a", "seeded", None).unwrap();
     sql(&store, "a", "UPDATE t SET v = 'forked'");

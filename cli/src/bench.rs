@@ -246,8 +246,9 @@ fn kv_store(dir: &Path, durability: Durability) -> anyhow::Result<Store> {
 fn kv_store_with(dir: &Path, durability: Durability, history: bool) -> anyhow::Result<Store> {
     let defaults = Config::default();
     let keep = if history { defaults.history_keep } else { None };
+    let max_bytes = defaults.history_max_bytes;
     let config = defaults
-        .with_history(keep, Config::default().history_max_bytes)
+        .with_history(keep, max_bytes)
         .with_backing(Backing::DEFAULT)
         .with_kv_engine(KvEngine::Fjall)
         .with_durability(durability)

@@ -221,6 +221,14 @@ impl HistoryState {
     }
 }
 
+/// The error for a point of database `name`'s history that cannot be used.
+fn no_such_point(name: &str, reason: String) -> Error {
+    Error::NoSuchPoint {
+        db: format!("database {name:?}"),
+        reason,
+    }
+}
+
 fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -342,33 +350,36 @@ impl Kv {
         if puts.is_empty() && drop_from.is_none() && new_meta.is_none() {
             return Ok(Vec::new());
         }
+        // The staging record, read only where it matters: a batch without metadata is a
+        // staged commit's move, and a truncation may be its last batch.
+        let staged_key = keys::meta_key(id, FileKind::Staged);
+        let staged_raw = if new_meta.is_none() || drop_from.is_some() {
+            self.get(&staged_key)?
+        } else {
+            None
+        };
+        let staged_target = match &staged_raw {
+            Some(raw) => match StageRecord::decode(id, raw.clone())? {
+                StageRecord::Committed(target) => Some(target),
+                StageRecord::Staging => None,
+            },
+            None => None,
+        };
         // The version this write belongs to: the metadata it writes, or, for a batch of a
         // staged commit's move, the metadata the commit record carries.
-        let staged_target = || -> Result<Option<FileMeta>> {
-            match self.get(&keys::meta_key(id, FileKind::Staged))? {
-                Some(raw) => match StageRecord::decode(id, raw)? {
-                    StageRecord::Committed(target) => Ok(Some(target)),
-                    StageRecord::Staging => Ok(None),
-                },
-                None => Ok(None),
-            }
-        };
-        let (version, moving) = match new_meta {
-            Some(m) => (m.generation, false),
-            None => match staged_target()? {
-                Some(t) => (t.generation, true),
-                None => return Ok(Vec::new()),
-            },
+        let (version, moving) = match (new_meta, staged_target) {
+            (Some(m), _) => (m.generation, false),
+            (None, Some(t)) => (t.generation, true),
+            (None, None) => return Ok(Vec::new()),
         };
         // The batches of replaced pages written before this one carry its guards (and a
         // move's, the staging record as it is), so a stale writer's are refused too
         // instead of overwriting the real ones.
         let mut guards = batch.preconditions.clone();
         if moving {
-            let key = keys::meta_key(id, FileKind::Staged);
             guards.push(crate::store::Precondition {
-                key: Bytes::copy_from_slice(&key),
-                expected: self.get(&key)?,
+                key: Bytes::copy_from_slice(&staged_key),
+                expected: staged_raw,
             });
         }
         // The metadata before this write: what its guard expects (no read), or, for a
@@ -388,7 +399,7 @@ impl Kv {
         if let Some(t) = drop_from {
             // A staged commit's last batch may drop pages an earlier batch of the same
             // commit moved: their replaced page is already recorded.
-            let also_moved = moving || staged_target()?.is_some();
+            let also_moved = staged_target.is_some();
             for c in t..old_pages {
                 if puts.contains(&c) {
                     continue;
@@ -529,29 +540,35 @@ impl Kv {
         Ok(out)
     }
 
-    fn pins(&self, id: DbId) -> Result<Vec<(String, u64)>> {
+    /// The version-valued records of `range` (restore points, forks), each with what
+    /// `pick` makes of its key.
+    fn versions_in<T>(
+        &self,
+        range: crate::keys::KeyRange,
+        pick: impl Fn(Key) -> Option<T>,
+    ) -> Result<Vec<(T, u64)>> {
         let mut out = Vec::new();
-        for item in self.scan(keys::pins_range(id))? {
+        for item in self.scan(range)? {
             let (key, value) = item?;
-            let Key::Pin(_, label) = Key::decode(&key)? else {
-                continue;
-            };
-            let version = records::decode_u64(&key, value)?;
-            out.push((String::from_utf8_lossy(&label).into_owned(), version));
+            if let Some(t) = pick(Key::decode(&key)?) {
+                out.push((t, records::decode_u64(&key, value)?));
+            }
         }
         Ok(out)
     }
 
+    fn pins(&self, id: DbId) -> Result<Vec<(String, u64)>> {
+        self.versions_in(keys::pins_range(id), |k| match k {
+            Key::Pin(_, label) => Some(String::from_utf8_lossy(&label).into_owned()),
+            _ => None,
+        })
+    }
+
     fn children(&self, id: DbId) -> Result<Vec<(DbId, u64)>> {
-        let mut out = Vec::new();
-        for item in self.scan(keys::children_range(id))? {
-            let (key, value) = item?;
-            let Key::Child(_, child) = Key::decode(&key)? else {
-                continue;
-            };
-            out.push((child, records::decode_u64(&key, value)?));
-        }
-        Ok(out)
+        self.versions_in(keys::children_range(id), |k| match k {
+            Key::Child(_, child) => Some(child),
+            _ => None,
+        })
     }
 
     fn entry_of(&self, name: &str) -> Result<crate::records::CatalogEntry> {
@@ -613,14 +630,6 @@ impl Kv {
         Ok(Bookmark(self.current_meta(name, entry.id)?.meta.generation))
     }
 
-    /// The commit `point` names in database `name`, checked restorable.
-    pub fn resolve_point(&self, name: &str, point: &PointInTime) -> Result<Bookmark> {
-        let entry = self.entry_of(name)?;
-        let current = self.current_meta(name, entry.id)?.meta.generation;
-        self.resolve_version(name, entry.id, current, point)
-            .map(Bookmark)
-    }
-
     fn resolve_version(
         &self,
         name: &str,
@@ -628,10 +637,7 @@ impl Kv {
         current: u64,
         point: &PointInTime,
     ) -> Result<u64> {
-        let refuse = |reason: String| Error::NoSuchPoint {
-            db: format!("database {name:?}"),
-            reason,
-        };
+        let refuse = |reason: String| no_such_point(name, reason);
         let records = self.commit_records(id)?;
         let start = Kv::chain_start(&records, current);
         let version = match point {
@@ -689,11 +695,7 @@ impl Kv {
     /// `None`): collection keeps it until it is unpinned. Fails if the label is taken.
     pub fn pin(&self, name: &str, label: &str, at: Option<&PointInTime>) -> Result<Bookmark> {
         let _serial = self.history.lock.lock();
-        let refuse = |reason: String| Error::NoSuchPoint {
-            db: format!("database {name:?}"),
-            reason,
-        };
-        validate_label(label).map_err(refuse)?;
+        validate_label(label).map_err(|reason| no_such_point(name, reason))?;
         let entry = self.entry_of(name)?;
         self.with_lease(entry.id, |kv| kv.pin_leased(name, entry.id, label, at))
     }
@@ -705,27 +707,20 @@ impl Kv {
         label: &str,
         at: Option<&PointInTime>,
     ) -> Result<Bookmark> {
-        let refuse = |reason: String| Error::NoSuchPoint {
-            db: format!("database {name:?}"),
-            reason,
-        };
-        let entry = crate::records::CatalogEntry {
-            id,
-            kind: crate::records::EntryKind::Database,
-        };
-        let stored = self.current_meta(name, entry.id)?;
-        let current = stored.meta.generation;
+        let refuse = |reason: String| no_such_point(name, reason);
+        let current = self.current_meta(name, id)?.meta.generation;
         let version = match at {
-            Some(point) => self.resolve_version(name, entry.id, current, point)?,
+            Some(point) => self.resolve_version(name, id, current, point)?,
             None => current,
         };
-        if self.commit_record(entry.id, version)?.is_none() {
+        let commit_key = keys::commit_key(id, version);
+        let Some(commit) = self.get(&commit_key)? else {
             return Err(refuse(format!(
                 "commit {} has no record in the history (history was off when it was made)",
                 Bookmark(version)
             )));
-        }
-        let key = keys::pin_key(entry.id, label.as_bytes());
+        };
+        let key = keys::pin_key(id, label.as_bytes());
         if self.get(&key)?.is_some() {
             return Err(refuse(format!("restore point {label:?} exists already")));
         }
@@ -733,12 +728,9 @@ impl Kv {
         batch
             .put(key.clone(), records::encode_u64(&key, version))
             .guard(key, None)
-            // Not collected between the resolution and the pin: collection takes the
-            // same lock in this process; across hosts the commit record is guarded.
-            .guard(
-                keys::commit_key(entry.id, version).to_vec(),
-                self.get(&keys::commit_key(entry.id, version))?,
-            );
+            // Not collected between the resolution and the pin (collection takes the
+            // same lock and lease; the guard says so in the batch itself).
+            .guard(commit_key.to_vec(), Some(commit));
         self.apply(batch)?;
         self.commit_durable()?;
         Ok(Bookmark(version))
@@ -750,10 +742,10 @@ impl Kv {
         let entry = self.entry_of(name)?;
         let key = keys::pin_key(entry.id, label.as_bytes());
         if self.get(&key)?.is_none() {
-            return Err(Error::NoSuchPoint {
-                db: format!("database {name:?}"),
-                reason: format!("no restore point is labelled {label:?}"),
-            });
+            return Err(no_such_point(
+                name,
+                format!("no restore point is labelled {label:?}"),
+            ));
         }
         let mut batch = Batch::new();
         batch.delete(key);
@@ -776,12 +768,12 @@ impl Kv {
         if version == current {
             return Ok(Bookmark(current));
         }
-        let record = self
-            .commit_record(id, version)?
-            .ok_or_else(|| Error::NoSuchPoint {
-                db: format!("database {name:?}"),
-                reason: format!("commit {} is not in the history", Bookmark(version)),
-            })?;
+        let record = self.commit_record(id, version)?.ok_or_else(|| {
+            no_such_point(
+                name,
+                format!("commit {} is not in the history", Bookmark(version)),
+            )
+        })?;
         let pages = pages_of(record.size, record.chunk_size);
         // The header's change counter must move on, or a connection that cached the
         // pages of a state with the same counter would not see the restore.
@@ -808,65 +800,78 @@ impl Kv {
             size: record.size,
             generation: current + 1,
         };
-        self.with_lease(id, |kv: &Kv| {
-            let mut begin = self.file_write(id, FileKind::Staged);
-            begin.begin_staging();
-            begin.commit()?;
-            let mut write = self.file_write(id, FileKind::Staged);
-            let (mut in_write, mut pages_in) = (0usize, 0usize);
-            let mut first_done = false;
-            let mut last: Option<u32> = None;
-            for item in kv.scan(keys::undo_range(id))? {
-                let (key, value) = item?;
-                let Key::Undo(_, page, v) = Key::decode(&key)? else {
-                    continue;
-                };
-                if v <= version || last == Some(page.0) || page.0 >= pages {
-                    continue;
-                }
-                last = Some(page.0);
-                let data = records::open_undo(&key, value)?;
-                let page_bytes = if page.0 == 0 {
-                    first_done = true;
-                    restored_first(&data)
-                } else {
-                    let mut v = Vec::with_capacity(data.len() + FileWrite::SPARE_CAPACITY);
-                    v.extend_from_slice(&data);
-                    v
-                };
-                in_write += page_bytes.len();
-                pages_in += 1;
-                write.put_chunk(page, page_bytes);
-                if in_write >= STAGE_BYTES || pages_in >= 1_000 {
-                    pages_in = 0;
-                    write.commit()?;
-                    write = self.file_write(id, FileKind::Staged);
-                    in_write = 0;
-                }
-            }
-            if !first_done && pages > 0 {
-                let Some(first) = kv.read_chunk(id, FileKind::Main, ChunkNo(0))? else {
-                    return Err(Error::Corrupt {
-                        what: format!("database {name:?}"),
-                        reason: "its first page is missing".into(),
-                    });
-                };
-                write.put_chunk(ChunkNo(0), restored_first(&first));
-            }
-            Ok(write)
-        })
-        .and_then(|write| self.with_lease(id, |_| write.commit_staged(&target, Some(&stored))))
-        .inspect_err(|_| {
-            // Before the commit batch the database is as it was; the pages staged so far
-            // go (a failure inside the commit's move is settled at the next open).
-            if let Ok(Some(raw)) = self.get(&keys::meta_key(id, FileKind::Staged))
-                && matches!(StageRecord::decode(id, raw), Ok(StageRecord::Staging))
-            {
-                let _ = self.discard_staged(id);
-            }
+        self.with_lease(id, |kv| {
+            kv.stage_restore(id, name, version, pages, &restored_first)
+                .and_then(|write| write.commit_staged(&target, Some(&stored)))
+                .inspect_err(|_| {
+                    // Before the commit batch the database is as it was; the pages staged
+                    // so far go (a failure inside the commit's move is settled at the next
+                    // open).
+                    if let Ok(Some(raw)) = kv.get(&keys::meta_key(id, FileKind::Staged))
+                        && matches!(StageRecord::decode(id, raw), Ok(StageRecord::Staging))
+                    {
+                        let _ = kv.discard_staged(id);
+                    }
+                })
         })?;
         self.commit_durable()?;
         Ok(Bookmark(target.generation))
+    }
+
+    /// Stages the pages of database `id` that differ at commit `version` (of its first
+    /// `pages`), page 1 through `first_page`, and returns the write that commits them.
+    fn stage_restore(
+        &self,
+        id: DbId,
+        name: &str,
+        version: u64,
+        pages: u32,
+        first_page: &dyn Fn(&[u8]) -> Vec<u8>,
+    ) -> Result<FileWrite<'_>> {
+        let mut begin = self.file_write(id, FileKind::Staged);
+        begin.begin_staging();
+        begin.commit()?;
+        let mut write = self.file_write(id, FileKind::Staged);
+        let (mut in_write, mut pages_in) = (0usize, 0usize);
+        let mut first_done = false;
+        let mut last: Option<u32> = None;
+        for item in self.scan(keys::undo_range(id))? {
+            let (key, value) = item?;
+            let Key::Undo(_, page, v) = Key::decode(&key)? else {
+                continue;
+            };
+            if v <= version || last == Some(page.0) || page.0 >= pages {
+                continue;
+            }
+            last = Some(page.0);
+            let data = records::open_undo(&key, value)?;
+            let page_bytes = if page.0 == 0 {
+                first_done = true;
+                first_page(&data)
+            } else {
+                let mut v = Vec::with_capacity(data.len() + FileWrite::SPARE_CAPACITY);
+                v.extend_from_slice(&data);
+                v
+            };
+            in_write += page_bytes.len();
+            pages_in += 1;
+            write.put_chunk(page, page_bytes);
+            if in_write >= STAGE_BYTES || pages_in >= 1_000 {
+                (in_write, pages_in) = (0, 0);
+                write.commit()?;
+                write = self.file_write(id, FileKind::Staged);
+            }
+        }
+        if !first_done && pages > 0 {
+            let Some(first) = self.read_chunk(id, FileKind::Main, ChunkNo(0))? else {
+                return Err(Error::Corrupt {
+                    what: format!("database {name:?}"),
+                    reason: "its first page is missing".into(),
+                });
+            };
+            write.put_chunk(ChunkNo(0), first_page(&first));
+        }
+        Ok(write)
     }
 
     /// Forks database `src` at `at` (its current state when `None`) into a new database
@@ -924,59 +929,53 @@ impl Kv {
             Some(point) => self.resolve_version(src, id, current, point)?,
             None => current,
         };
-        let shape = if version == current {
+        let fork_meta = if version == current {
             stored.meta
         } else {
-            let r = self
-                .commit_record(id, version)?
-                .ok_or_else(|| Error::NoSuchPoint {
-                    db: format!("database {src:?}"),
-                    reason: format!("commit {} is not in the history", Bookmark(version)),
-                })?;
+            let r = self.commit_record(id, version)?.ok_or_else(|| {
+                no_such_point(
+                    src,
+                    format!("commit {} is not in the history", Bookmark(version)),
+                )
+            })?;
             FileMeta {
                 chunk_size: r.chunk_size,
                 size: r.size,
                 generation: version,
             }
         };
-        let fork_meta = FileMeta {
-            generation: version,
-            ..shape
-        };
-        {
-            self.create_with(new_name, |batch, new_id| {
-                batch
-                    .put(
-                        keys::meta_key(new_id, FileKind::Main).to_vec(),
-                        fork_meta.encode(new_id, FileKind::Main),
-                    )
-                    .put(
-                        keys::origin_key(new_id).to_vec(),
-                        OriginRecord {
-                            parent: id,
-                            version,
-                        }
-                        .encode(new_id),
-                    )
-                    .put(
-                        keys::commit_key(new_id, version).to_vec(),
-                        CommitRecord {
-                            time_ms: now_ms(),
-                            size: fork_meta.size,
-                            chunk_size: fork_meta.chunk_size,
-                        }
-                        .encode(new_id, version),
-                    );
-                let child = keys::child_key(id, new_id);
-                batch
-                    .put(child.to_vec(), records::encode_u64(&child, version))
-                    // No commit of `src` slipped in between its metadata read and here.
-                    .guard(
-                        keys::meta_key(id, FileKind::Main).to_vec(),
-                        Some(stored.raw.clone()),
-                    );
-            })
-        }?;
+        self.create_with(new_name, |batch, new_id| {
+            batch
+                .put(
+                    keys::meta_key(new_id, FileKind::Main).to_vec(),
+                    fork_meta.encode(new_id, FileKind::Main),
+                )
+                .put(
+                    keys::origin_key(new_id).to_vec(),
+                    OriginRecord {
+                        parent: id,
+                        version,
+                    }
+                    .encode(new_id),
+                )
+                .put(
+                    keys::commit_key(new_id, version).to_vec(),
+                    CommitRecord {
+                        time_ms: now_ms(),
+                        size: fork_meta.size,
+                        chunk_size: fork_meta.chunk_size,
+                    }
+                    .encode(new_id, version),
+                );
+            let child = keys::child_key(id, new_id);
+            batch
+                .put(child.to_vec(), records::encode_u64(&child, version))
+                // No commit of `src` slipped in between its metadata read and here.
+                .guard(
+                    keys::meta_key(id, FileKind::Main).to_vec(),
+                    Some(stored.raw.clone()),
+                );
+        })?;
         self.commit_durable()?;
         Ok(Bookmark(version))
     }
@@ -1042,8 +1041,8 @@ impl Kv {
     }
 
     /// Before database `id` is dropped: gives each fork of it its own copy of the pages
-    /// it still shares, and removes `id` from its own origin's forks. Returns the ops that
-    /// remove `id`'s history, for the drop's batch.
+    /// it still shares, and removes `id` from its own origin's forks; adds to `batch`, the
+    /// drop's, the removal of `id`'s history.
     pub(crate) fn prepare_drop(&self, id: DbId, batch: &mut Batch) -> Result<()> {
         for (child, _) in self.children(id)? {
             self.materialize(child)?;
@@ -1096,11 +1095,16 @@ impl Kv {
         let current = stored.meta.generation;
         let records = self.commit_records(id)?;
         let retention = self.retention();
+        // One scan of the replaced pages: their sizes by version, and their keys for the
+        // deletes below.
         let mut bytes_by_version: BTreeMap<u64, u64> = BTreeMap::new();
+        let mut replaced = Vec::new();
         for item in self.scan(keys::undo_range(id))? {
             let (key, value) = item?;
             if let Key::Undo(_, _, v) = Key::decode(&key)? {
-                *bytes_by_version.entry(v).or_default() += (key.len() + value.len()) as u64;
+                let bytes = (key.len() + value.len()) as u64;
+                *bytes_by_version.entry(v).or_default() += bytes;
+                replaced.push((key, v, bytes));
             }
         }
         // The oldest state to keep restorable: `keep_from`. Keeping the state after
@@ -1130,7 +1134,7 @@ impl Kv {
             }
             keep_from = by_time.max(by_bytes);
         }
-        keep_from = keep_from.max(Kv::chain_start(&records, current).min(current));
+        keep_from = keep_from.max(Kv::chain_start(&records, current));
         // Never past a pinned point or a fork's origin point.
         for (_, v) in self.pins(id)? {
             keep_from = keep_from.min(v);
@@ -1138,7 +1142,6 @@ impl Kv {
         for (_, v) in self.children(id)? {
             keep_from = keep_from.min(v);
         }
-        // A fork's own first record (its fork point) is kept like any other.
         let mut out = Collected::default();
         let mut batch = Batch::new();
         let mut deleted = 0usize;
@@ -1163,20 +1166,16 @@ impl Kv {
                 flush(&mut batch, self)?;
             }
         }
-        for item in self.scan(keys::undo_range(id))? {
+        for (key, v, bytes) in replaced {
             if deleted >= COLLECT_PASS_KEYS {
                 out.more = true;
                 break;
             }
-            let (key, value) = item?;
-            let Key::Undo(_, _, v) = Key::decode(&key)? else {
-                continue;
-            };
             if v > keep_from {
                 continue;
             }
             out.pages += 1;
-            out.bytes += (key.len() + value.len()) as u64;
+            out.bytes += bytes;
             deleted += 1;
             batch.delete(key);
             if batch.ops.len() >= 4_000 {

@@ -192,6 +192,13 @@ impl VfsState {
         })
     }
 
+    /// The catalog entry of database `name` (canonical), which must exist.
+    fn entry(&self, name: &str) -> Result<shoal_kv::CatalogEntry> {
+        self.kv
+            .lookup(name)?
+            .ok_or_else(|| Error::Kv(shoal_kv::Error::NotFound(name.to_owned())))
+    }
+
     /// Restores database `name` (canonical) in place to `to` (see
     /// [`shoal_kv::Kv::restore`]): with its file open, while no handle holds a lock on it.
     pub(crate) fn restore(
@@ -199,10 +206,7 @@ impl VfsState {
         name: &str,
         to: &shoal_kv::PointInTime,
     ) -> Result<shoal_kv::Bookmark> {
-        let entry = self
-            .kv
-            .lookup(name)?
-            .ok_or_else(|| Error::Kv(shoal_kv::Error::NotFound(name.to_owned())))?;
+        let entry = self.entry(name)?;
         match self.live_inode(entry.id, FileKind::Main) {
             Some(inode) => inode.replace(&self.kv, || Ok(self.kv.restore(name, to)?)),
             None => Ok(self.kv.restore(name, to)?),
@@ -217,10 +221,7 @@ impl VfsState {
         at: Option<&shoal_kv::PointInTime>,
         new_name: &str,
     ) -> Result<shoal_kv::Bookmark> {
-        let entry = self
-            .kv
-            .lookup(src)?
-            .ok_or_else(|| Error::Kv(shoal_kv::Error::NotFound(src.to_owned())))?;
+        let entry = self.entry(src)?;
         // Marked before its writers are quieted: a commit either sees the mark (and
         // records what it replaces) or finished before the fork reads the source.
         self.kv.will_fork(entry.id);
