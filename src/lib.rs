@@ -10,7 +10,8 @@
 //! - list, delete, stats, export to a plain SQLite file, import from one, check;
 //! - [`configure_sqlite_heap`], called first thing in `main`, puts SQLite's heap on an
 //!   allocator arena of its own so that memory freed by sleeping actors goes back to the
-//!   kernel (see its documentation).
+//!   kernel (see its documentation), and [`cap_malloc_arenas`] keeps glibc's per-thread
+//!   arenas from holding freed memory beyond the budget.
 //!
 //! With the default feature `kv-vfs` actors live in the shared key-value store through
 //! the shoal VFS ([`Backing::Kv`]); without it, and with [`Backing::Files`] or
@@ -67,6 +68,22 @@ pub use shoal_vfs::{DbStats, Error as VfsError, HeapRefused};
 /// [`HeapRefused`] if the process has other threads, or its thread count is unknown.
 pub fn configure_sqlite_heap() -> std::result::Result<SqliteHeap, HeapRefused> {
     shoal_vfs::sqlite::configure_heap()
+}
+
+/// Caps the malloc arenas glibc makes for the process's threads at `max`, so memory that
+/// many threads freed is reused instead of held in an arena per thread; returns whether
+/// the cap was set (`false` with another C library, or for `max` 0).
+///
+/// Why: with many threads writing, glibc's arenas (up to eight per core) each keep what
+/// their threads freed, outside any budget: 1,000 actors committing on 64 threads peaked
+/// at up to 296 MB with glibc's bound, 227 to 242 MB with two arenas per core
+/// (docs/BENCHMARKS.md, "Memory while 1,000 actors write"). Call it first thing in `main`
+/// (arenas made before it stay). Fewer arenas are contended more: one per core cost
+/// relaxed commits a fifth of their rate, two per core nothing measurable. The `shoal`
+/// command calls it with twice the machine's core count unless the `MALLOC_ARENA_MAX`
+/// environment variable is set; [`Store::open`] does not.
+pub fn cap_malloc_arenas(max: usize) -> bool {
+    shoal_vfs::sqlite::cap_malloc_arenas(max)
 }
 
 /// Re-exported so callers name the same rusqlite the store hands out.

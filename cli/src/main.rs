@@ -160,6 +160,14 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // Before any thread starts: glibc's malloc arenas capped at two per core (glibc's own
+    // bound is eight), so that many writer threads share what they free instead of each
+    // arena keeping its own (see `shoal::cap_malloc_arenas`; one per core cost relaxed
+    // commits a fifth of their rate). A cap the environment sets is left as is.
+    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        shoal::cap_malloc_arenas(2 * cores);
+    }
     // Before anything uses SQLite: its heap on an arena of its own, so that memory freed
     // by sleeping actors goes back to the kernel. main runs on the process's only thread,
     // so the call is not refused where it can be made (Linux); elsewhere SQLite keeps its

@@ -104,8 +104,8 @@ pub use stats::DbStats;
 pub mod sqlite {
     pub use crate::ffi::heap::{SqliteHeap, configure as configure_heap, current as heap};
     pub use crate::ffi::sqlite::{
-        cache_used, connection_memory, memory_highwater, memory_used, set_lookaside,
-        set_soft_heap_limit, trim_heap,
+        cache_used, cap_malloc_arenas, connection_memory, memory_highwater, memory_used,
+        set_lookaside, set_soft_heap_limit, trim_heap,
     };
 }
 
