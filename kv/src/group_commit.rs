@@ -1,18 +1,21 @@
 //! `GroupCommitter`: many durable commits share one flush.
 //!
-//! One flusher thread takes requests from a crossbeam channel. It blocks for the first,
-//! drains every other request already queued, calls the backend's `flush` once, and
-//! answers them all. A request therefore completes only after a flush that *began after
-//! the request was queued* has completed: exactly what durability needs. While a flush
-//! runs, new requests pile up in the channel and are served together by the next one, so
-//! under load the number of flushes stays far below the number of commits.
+//! A durable commit asks for a flush that *begins after its request*: exactly what
+//! durability needs. The committers elect one of themselves to run it (leader and
+//! followers, no thread of its own): a request that finds no flush under way flushes on
+//! its own thread; requests that arrive while a flush runs wait, and when it ends one of
+//! them flushes once for all of them. So a lone committer pays for its fsync and nothing
+//! else (no hand-off to another thread and back), and under load the number of flushes
+//! stays far below the number of commits. Flushes are numbered; a request waits for the
+//! number after the last one begun, and takes that flush's result.
 //!
-//! Before it flushes, the flusher waits (briefly, at most `GATHER_LIMIT`) for batches
+//! Before it flushes, the leader waits (briefly, at most `GATHER_LIMIT`) for batches
 //! that are being applied at that moment: their committers are about to ask for a flush
 //! too, and with backends that block applies while they flush (fjall holds its journal
 //! lock across the fsync) flushing at once would make every one of them wait for the next
 //! flush instead. Threads in [`Kv::apply`](crate::Kv::apply) are counted by
-//! `GroupCommitter::applying`.
+//! `GroupCommitter::applying`. Requests that arrive during that wait are served by the
+//! flush it precedes.
 //!
 //! A flush that failed because a database server was out of reach
 //! ([`Error::Unavailable`]: the backend knows nothing applied since its last good flush was
@@ -25,12 +28,12 @@
 //! itself) poisons it the same way ([`GroupCommitter::poison`]); the first cause is kept
 //! and every later refusal names it.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender};
+use parking_lot::{Condvar, Mutex};
 
 use crate::error::{Error, Result};
 use crate::store::KvStore;
@@ -45,9 +48,6 @@ struct Poison {
     /// a later flush may succeed.
     transient: bool,
 }
-
-/// A waiter: where to answer, and the backend's mark of the writes it waits for.
-type Reply = (Sender<Result<(), Poison>>, u64);
 
 /// The longest a flush waits for batches being applied when it is asked for.
 pub(crate) const GATHER_LIMIT: Duration = Duration::from_micros(500);
@@ -65,13 +65,32 @@ impl Drop for Applying<'_> {
 /// Counters of a [`GroupCommitter`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct GroupCommitStats {
-    /// Durable requests queued to the flusher. Counted just after queueing, so for an
-    /// instant it may trail `completed`.
+    /// Durable requests made.
     pub requests: u64,
     /// Requests answered.
     pub completed: u64,
     /// Backend flushes performed.
     pub flushes: u64,
+}
+
+/// One flush's waiters and, once it ended, its result.
+#[derive(Debug, Default)]
+struct Slot {
+    waiters: usize,
+    result: Option<std::result::Result<(), Poison>>,
+}
+
+/// The flushes, under one lock.
+#[derive(Debug, Default)]
+struct Flushes {
+    /// A committer has taken the lead: it is gathering, or flushing.
+    leading: bool,
+    /// Number of the last flush begun; flushes are numbered from 1.
+    begun: u64,
+    /// Number of the last flush ended (`begun` or one less).
+    ended: u64,
+    /// The waiters of each flush not yet answered, by number.
+    slots: HashMap<u64, Slot>,
 }
 
 #[derive(Debug, Default)]
@@ -96,54 +115,125 @@ impl Shared {
 #[derive(Debug)]
 pub struct GroupCommitter {
     backend: Arc<dyn KvStore>,
-    tx: Option<Sender<Reply>>,
-    thread: Option<JoinHandle<()>>,
     shared: Arc<Shared>,
+    flushes: Mutex<Flushes>,
+    /// Signalled whenever a flush ends.
+    ended: Condvar,
 }
 
 impl GroupCommitter {
-    /// Starts the flusher thread for `backend`.
+    /// A committer for `backend`. It starts no thread: committers flush on their own.
     pub fn start(backend: Arc<dyn KvStore>) -> Result<GroupCommitter> {
-        let (tx, rx) = crossbeam_channel::unbounded();
-        let shared = Arc::new(Shared::default());
-        let thread = std::thread::Builder::new()
-            .name("shoal-flusher".into())
-            .spawn({
-                let shared = Arc::clone(&shared);
-                let backend = Arc::clone(&backend);
-                move || flusher(&*backend, &rx, &shared)
-            })
-            .map_err(|e| Error::backend("start flusher thread", e))?;
         Ok(GroupCommitter {
             backend,
-            tx: Some(tx),
-            thread: Some(thread),
-            shared,
+            shared: Arc::new(Shared::default()),
+            flushes: Mutex::new(Flushes::default()),
+            ended: Condvar::new(),
         })
     }
 
     /// Returns once everything applied before the call is durable.
     pub fn commit_durable(&self) -> Result<()> {
         self.check_writable()?;
-        let (reply, answer) = crossbeam_channel::bounded(1);
-        let tx = self.tx.as_ref().ok_or(Error::Closed)?;
-        tx.send((reply, self.backend.apply_mark()))
-            .map_err(|_| Error::Closed)?;
-        // Counted once queued, so `requests` never includes a request the flusher cannot
-        // yet see, and one refused with `Closed` is not counted as pending forever.
+        let mark = self.backend.apply_mark();
         self.shared.requests.fetch_add(1, Ordering::SeqCst);
-        match answer.recv() {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(Poison {
+        let mut f = self.flushes.lock();
+        // The first flush to begin from now on.
+        let wanted = f.begun + 1;
+        f.slots.entry(wanted).or_default().waiters += 1;
+        while f.ended < wanted {
+            if f.leading {
+                self.ended.wait(&mut f);
+            } else {
+                f.leading = true;
+                drop(f);
+                self.lead();
+                f = self.flushes.lock();
+            }
+        }
+        let slot = f
+            .slots
+            .get_mut(&wanted)
+            .expect("a flush's waiters are counted");
+        let result = slot.result.clone().expect("an ended flush has its result");
+        slot.waiters -= 1;
+        if slot.waiters == 0 {
+            f.slots.remove(&wanted);
+        }
+        drop(f);
+        self.shared.completed.fetch_add(1, Ordering::SeqCst);
+        match result.and_then(|()| {
+            self.backend.mark_durable(mark).map_err(|e| Poison {
+                cause: e.to_string(),
+                disk_full: false,
+                transient: true,
+            })
+        }) {
+            Ok(()) => Ok(()),
+            Err(Poison {
                 cause, disk_full, ..
-            })) => Err(Error::FlushFailed { cause, disk_full }),
-            Err(_) => Err(Error::Closed),
+            }) => Err(Error::FlushFailed { cause, disk_full }),
         }
     }
 
+    /// Runs one flush for every request made until it begins (the caller has taken the
+    /// lead), then hands the lead back and wakes the waiters.
+    fn lead(&self) {
+        let shared = &*self.shared;
+        let deadline = Instant::now() + GATHER_LIMIT;
+        while shared.applying.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+            std::thread::yield_now();
+        }
+        let number = {
+            let mut f = self.flushes.lock();
+            f.begun += 1;
+            f.begun
+        };
+        let result = match shared.poison_cause() {
+            Some(Poison {
+                cause, disk_full, ..
+            }) => Err(Poison {
+                cause: format!("the store was poisoned earlier: {cause}"),
+                disk_full,
+                transient: false,
+            }),
+            None => {
+                shared.flushes.fetch_add(1, Ordering::SeqCst);
+                // A panicking backend must not leave the lead taken and hang every waiter.
+                match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    self.backend.flush()
+                })) {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(e)) => Err(Poison {
+                        cause: e.to_string(),
+                        disk_full: e.is_disk_full(),
+                        transient: matches!(e, Error::Unavailable { .. }),
+                    }),
+                    Err(_) => Err(Poison {
+                        cause: "the backend panicked while flushing".to_owned(),
+                        disk_full: false,
+                        transient: false,
+                    }),
+                }
+            }
+        };
+        if let Err(cause) = &result
+            && !cause.transient
+        {
+            // The first failure stays the cause.
+            let _ = shared.poisoned.set(cause.clone());
+        }
+        let mut f = self.flushes.lock();
+        f.slots.entry(number).or_default().result = Some(result);
+        f.ended = number;
+        f.leading = false;
+        drop(f);
+        self.ended.notify_all();
+    }
+
     /// [`GroupCommitter::commit_durable`] without sharing: this caller's own flush, on its
-    /// own thread (for measuring what the sharing saves). A failure poisons the store as
-    /// the flusher's does, unless the server was only out of reach.
+    /// own thread, never shared (for measuring what the sharing saves). A failure poisons
+    /// the store as a shared flush's does, unless the server was only out of reach.
     pub fn commit_alone(&self) -> Result<()> {
         self.check_writable()?;
         let mark = self.backend.apply_mark();
@@ -203,72 +293,6 @@ impl GroupCommitter {
             requests: self.shared.requests.load(Ordering::SeqCst),
             completed: self.shared.completed.load(Ordering::SeqCst),
             flushes: self.shared.flushes.load(Ordering::SeqCst),
-        }
-    }
-}
-
-fn flusher(backend: &dyn KvStore, rx: &Receiver<Reply>, shared: &Shared) {
-    while let Ok(first) = rx.recv() {
-        let deadline = Instant::now() + GATHER_LIMIT;
-        while shared.applying.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
-            std::thread::yield_now();
-        }
-        let mut waiters = vec![first];
-        waiters.extend(rx.try_iter());
-        let result = match shared.poison_cause() {
-            Some(Poison {
-                cause, disk_full, ..
-            }) => Err(Poison {
-                cause: format!("the store was poisoned earlier: {cause}"),
-                disk_full,
-                transient: false,
-            }),
-            None => {
-                shared.flushes.fetch_add(1, Ordering::SeqCst);
-                // A panicking backend must not kill the flusher and hang every waiter.
-                match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| backend.flush())) {
-                    Ok(Ok(())) => Ok(()),
-                    Ok(Err(e)) => Err(Poison {
-                        cause: e.to_string(),
-                        disk_full: e.is_disk_full(),
-                        transient: matches!(e, Error::Unavailable { .. }),
-                    }),
-                    Err(_) => Err(Poison {
-                        cause: "the backend panicked while flushing".to_owned(),
-                        disk_full: false,
-                        transient: false,
-                    }),
-                }
-            }
-        };
-        if let Err(cause) = &result
-            && !cause.transient
-        {
-            // The first failure stays the cause.
-            let _ = shared.poisoned.set(cause.clone());
-        }
-        shared
-            .completed
-            .fetch_add(waiters.len() as u64, Ordering::SeqCst);
-        for (w, mark) in waiters {
-            let answer = result.clone().and_then(|()| {
-                backend.mark_durable(mark).map_err(|e| Poison {
-                    cause: e.to_string(),
-                    disk_full: false,
-                    transient: true,
-                })
-            });
-            // A waiter that gave up (its thread died) is no reason to stop serving others.
-            let _ = w.send(answer);
-        }
-    }
-}
-
-impl Drop for GroupCommitter {
-    fn drop(&mut self) {
-        drop(self.tx.take());
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
         }
     }
 }

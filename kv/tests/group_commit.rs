@@ -176,8 +176,8 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// Opens the gate when dropped, so a failing assertion cannot leave the flusher blocked
-/// and the test hung in the committer's `Drop`. Declare it after the store it guards.
+/// Opens the gate when dropped, so a failing assertion cannot leave a committer blocked
+/// in its flush and the test hung joining it. Declare it after the store it guards.
 struct OpenOnDrop<K: KvStore>(Arc<Probe<K>>);
 
 impl<K: KvStore> Drop for OpenOnDrop<K> {
@@ -339,8 +339,8 @@ fn a_request_waits_for_a_flush_that_began_after_it() {
         kv.commit_stats().requests == 2
     });
 
-    // Let the held flush finish. It must answer only the first request; the flusher then
-    // takes the second and begins flush #2, which stays held. (Were the second answered
+    // Let the held flush finish. It must answer only the first request; the second then
+    // leads flush #2, which stays held. (Were the second answered
     // by the first flush, it would return now, and the checks below would catch it.)
     backend.let_one_through();
     let (first_batch, durable) = first.join().unwrap();

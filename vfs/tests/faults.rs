@@ -57,15 +57,16 @@ fn watch_panics() {
     });
 }
 
-/// Panics seen on this test's thread or on a flusher thread (the only threads that run
-/// shoal code in these tests; other tests' assertion failures are theirs).
+/// Panics seen on this test's thread (the only thread that runs shoal code in these tests:
+/// durable commits flush on the committing thread; other tests' assertion failures are
+/// theirs).
 fn panics_here() -> Vec<String> {
     let me = format!("[{}]", std::thread::current().name().unwrap_or("?"));
     PANICS
         .lock()
         .unwrap()
         .iter()
-        .filter(|p| p.starts_with(&me) || p.starts_with("[shoal-flusher]"))
+        .filter(|p| p.starts_with(&me))
         .cloned()
         .collect()
 }
