@@ -73,11 +73,16 @@ pub struct GroupCommitStats {
     pub flushes: u64,
 }
 
-/// One flush's waiters and, once it ended, its result.
+/// One flush's waiters and, once it ended, each one's answer.
 #[derive(Debug, Default)]
 struct Slot {
-    waiters: usize,
-    result: Option<std::result::Result<(), Poison>>,
+    /// The backend's mark of the writes each waiter waits for, in the order they came.
+    marks: Vec<u64>,
+    /// Set when the flush ends: the answer to each mark, checked by the leader before it
+    /// hands the lead on (a later flush must not decide an earlier one's answers).
+    answers: Option<Vec<std::result::Result<(), Poison>>>,
+    /// Answers taken; the slot goes when all are.
+    taken: usize,
 }
 
 /// The flushes, under one lock.
@@ -136,11 +141,15 @@ impl GroupCommitter {
     pub fn commit_durable(&self) -> Result<()> {
         self.check_writable()?;
         let mark = self.backend.apply_mark();
-        self.shared.requests.fetch_add(1, Ordering::SeqCst);
         let mut f = self.flushes.lock();
         // The first flush to begin from now on.
         let wanted = f.begun + 1;
-        f.slots.entry(wanted).or_default().waiters += 1;
+        let slot = f.slots.entry(wanted).or_default();
+        let index = slot.marks.len();
+        slot.marks.push(mark);
+        // Counted once the flush that will answer it is decided, so `requests` never
+        // includes a request no flush is yet bound to serve.
+        self.shared.requests.fetch_add(1, Ordering::SeqCst);
         while f.ended < wanted {
             if f.leading {
                 self.ended.wait(&mut f);
@@ -155,20 +164,18 @@ impl GroupCommitter {
             .slots
             .get_mut(&wanted)
             .expect("a flush's waiters are counted");
-        let result = slot.result.clone().expect("an ended flush has its result");
-        slot.waiters -= 1;
-        if slot.waiters == 0 {
+        let answer = slot
+            .answers
+            .as_ref()
+            .and_then(|answers| answers.get(index).cloned())
+            .expect("an ended flush answers each of its waiters");
+        slot.taken += 1;
+        if slot.taken == slot.marks.len() {
             f.slots.remove(&wanted);
         }
         drop(f);
         self.shared.completed.fetch_add(1, Ordering::SeqCst);
-        match result.and_then(|()| {
-            self.backend.mark_durable(mark).map_err(|e| Poison {
-                cause: e.to_string(),
-                disk_full: false,
-                transient: true,
-            })
-        }) {
+        match answer {
             Ok(()) => Ok(()),
             Err(Poison {
                 cause, disk_full, ..
@@ -179,6 +186,11 @@ impl GroupCommitter {
     /// Runs one flush for every request made until it begins (the caller has taken the
     /// lead), then hands the lead back and wakes the waiters.
     fn lead(&self) {
+        let mut lead = Lead {
+            committer: self,
+            number: None,
+            done: false,
+        };
         let shared = &*self.shared;
         let deadline = Instant::now() + GATHER_LIMIT;
         while shared.applying.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
@@ -189,6 +201,7 @@ impl GroupCommitter {
             f.begun += 1;
             f.begun
         };
+        lead.number = Some(number);
         let result = match shared.poison_cause() {
             Some(Poison {
                 cause, disk_full, ..
@@ -223,12 +236,7 @@ impl GroupCommitter {
             // The first failure stays the cause.
             let _ = shared.poisoned.set(cause.clone());
         }
-        let mut f = self.flushes.lock();
-        f.slots.entry(number).or_default().result = Some(result);
-        f.ended = number;
-        f.leading = false;
-        drop(f);
-        self.ended.notify_all();
+        lead.end(Some(result));
     }
 
     /// [`GroupCommitter::commit_durable`] without sharing: this caller's own flush, on its
@@ -293,6 +301,69 @@ impl GroupCommitter {
             requests: self.shared.requests.load(Ordering::SeqCst),
             completed: self.shared.completed.load(Ordering::SeqCst),
             flushes: self.shared.flushes.load(Ordering::SeqCst),
+        }
+    }
+}
+
+/// The lead a committer holds while it flushes for the others. Ending it answers the
+/// waiters of its flush and hands the lead on; dropped without ending (an unwind out of
+/// the flush), it ends the flush as failed, so no waiter is left behind.
+struct Lead<'a> {
+    committer: &'a GroupCommitter,
+    /// The flush's number, once it has begun.
+    number: Option<u64>,
+    /// Ended: the waiters answered (if the flush began) and the lead handed on.
+    done: bool,
+}
+
+impl Lead<'_> {
+    /// Answers the waiters of the flush (`None`: abandoned), hands the lead on and wakes
+    /// them.
+    fn end(&mut self, result: Option<std::result::Result<(), Poison>>) {
+        self.done = true;
+        let gc = self.committer;
+        let mut f = gc.flushes.lock();
+        if let Some(number) = self.number.take() {
+            let result = result.unwrap_or_else(|| {
+                let abandoned = Poison {
+                    cause: "a flush was abandoned by a panic".to_owned(),
+                    disk_full: false,
+                    transient: false,
+                };
+                let _ = gc.shared.poisoned.set(abandoned.clone());
+                Err(abandoned)
+            });
+            let slot = f.slots.entry(number).or_default();
+            // Each waiter's writes are durable if the flush succeeded and the backend
+            // says its mark is covered, checked now, before a later flush can begin.
+            let answers = slot
+                .marks
+                .iter()
+                .map(|&mark| {
+                    result.clone().and_then(|()| {
+                        gc.backend.mark_durable(mark).map_err(|e| Poison {
+                            cause: e.to_string(),
+                            disk_full: false,
+                            transient: true,
+                        })
+                    })
+                })
+                .collect();
+            slot.answers = Some(answers);
+            f.ended = number;
+        }
+        f.leading = false;
+        drop(f);
+        gc.ended.notify_all();
+    }
+}
+
+impl Drop for Lead<'_> {
+    fn drop(&mut self) {
+        // Only on an unwind out of `lead`: its flush (if begun) failed, and the lead
+        // must not stay taken.
+        if !self.done {
+            self.end(None);
         }
     }
 }
