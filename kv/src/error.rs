@@ -125,8 +125,8 @@ pub enum Error {
         /// Its index among operations of its kind, from 1.
         nth: u64,
     },
-    /// The group committer has shut down.
-    #[error("the group committer has shut down")]
+    /// The store was already closed (sled's handle dropped while closing).
+    #[error("the store is closed")]
     Closed,
     /// A batch is past a limit every backend keeps (FoundationDB's: see
     /// [`Batch::check_limits`](crate::raw::Batch::check_limits)); nothing was applied.
