@@ -520,23 +520,30 @@ impl FjallKv {
         Ok(())
     }
 
-    /// Whether fjall's background threads have nothing left to write: no sealed memtable
-    /// waits for a flush, no flush is queued, no compaction runs, one journal is left, and
-    /// the write buffer is under a quarter of its least size, far from where the write
-    /// path seals a memtable (half of it). A copy of the directory taken then, between
-    /// two commits, is what a crash of this process would leave: for tests that reopen
-    /// such a copy instead of waiting for a close. A compaction may still start during
-    /// the copy (fjall queues one after each flush): a caller relies on this only while
-    /// the store has been sealed fewer than 4 times (level 0 then stays under fjall's
-    /// compaction threshold) and has taken in too little to have sealed a memtable by
-    /// itself.
+    /// A mark of fjall's background work when its threads have nothing left to write:
+    /// no sealed memtable waits for a flush, no flush is queued, no compaction runs, one
+    /// journal is left, and the write buffer is under a quarter of its least size, far
+    /// from where the write path seals a memtable (half of it). `None` otherwise.
+    ///
+    /// A copy of the directory taken between two commits, with the same mark before and
+    /// after it, is what a crash of this process would leave: for tests that reopen such
+    /// a copy instead of waiting for a close. The mark (the compactions fjall has run)
+    /// is needed because a compaction may be queued but not yet started when the copy
+    /// begins: fjall queues one after each flush, and lsm-tree's leveled strategy then
+    /// moves a lone level-0 table down a level, which writes a new version file and
+    /// `current` during the copy (a copy once held a `current` naming a version file it
+    /// did not have). A caller must also keep the store from sealing a memtable by
+    /// itself, by writing too little for that.
     #[doc(hidden)]
-    pub fn is_quiescent(&self) -> bool {
-        self.keyspace.tree.sealed_memtable_count() == 0
+    pub fn quiescence(&self) -> Option<usize> {
+        let completed = self.db.compactions_completed();
+        let idle = self.keyspace.tree.sealed_memtable_count() == 0
             && self.db.outstanding_flushes() == 0
             && self.db.active_compactions() == 0
             && self.db.journal_count() == 1
-            && self.db.write_buffer_size() < MIN_WRITE_BUFFER / 4
+            && self.db.write_buffer_size() < MIN_WRITE_BUFFER / 4;
+        // A compaction that ran between the first read and the checks moved the mark.
+        (idle && self.db.compactions_completed() == completed).then_some(completed)
     }
 
     /// A snapshot at the last batch committed in full.

@@ -18,7 +18,7 @@
 //!
 //! Inputs share one store while they can: an input starts on an empty [`FjallKv`] and
 //! empties it at the end, and the next input reuses it as long as a crash copy of it is
-//! still exact (see `Run::crash_copy_is_exact`); otherwise the store is closed and the
+//! still exact (see `Run::crash_copy_mark`); otherwise the store is closed and the
 //! next input opens a fresh one. Every check is of what the store holds, so a finding
 //! replays from its input alone on a fresh store, unless it needs what earlier inputs
 //! left in the store (tombstones, tables): such a finding may not replay alone. A store
@@ -268,15 +268,17 @@ impl Run {
         &self.counted().fjall
     }
 
-    /// Whether a copy of the store's directory now is what a crash would leave: fjall has
-    /// nothing left to write (see [`FjallKv::is_quiescent`]), and has never had a reason
-    /// to compact (it does at 4 segments in level 0, and only seals make segments here)
-    /// or to seal a memtable by itself (at 256 KiB, a quarter of this store's write buffer;
-    /// the bound counts 128 bytes of overhead per entry, more than fjall's).
-    fn crash_copy_is_exact(&self) -> bool {
-        self.seals < 4
-            && self.written.load(Ordering::Relaxed) < 192 << 10
-            && self.real().is_quiescent()
+    /// fjall's mark (see [`FjallKv::quiescence`]) when a copy of the store's directory
+    /// taken now can be what a crash would leave: fjall has nothing left to write, and
+    /// has taken in too little to seal a memtable by itself (at 256 KiB, a quarter of
+    /// this store's write buffer; the bound counts 128 bytes of overhead per entry, more
+    /// than fjall's). Under 4 seals, so level 0 never reaches fjall's threshold for a
+    /// compaction that rewrites tables (the ones left are moves of whole tables).
+    fn crash_copy_mark(&self) -> Option<usize> {
+        if self.seals >= 4 || self.written.load(Ordering::Relaxed) >= 192 << 10 {
+            return None;
+        }
+        self.real().quiescence()
     }
 
     /// Opens the layer over both stores; both must succeed or fail alike.
@@ -337,9 +339,9 @@ impl Run {
     /// waits for fjall's workers, which would make such inputs the bulk of a fuzzing run;
     /// `kv/tests/model.rs` closes and reopens stores in every state.
     fn reopen(&mut self) {
-        if !self.crash_copy_is_exact() {
+        let Some(mark) = self.crash_copy_mark() else {
             return;
-        }
+        };
         // The layer's group committer holds the store too: drop it first.
         let layer = self.layer.take();
         let (model, valid) =
@@ -350,8 +352,22 @@ impl Run {
             1,
             "someone still holds the store"
         );
+        // A compaction fjall queued before the mark may run during the copy (and remove
+        // a file the copy lists): copy again until the mark holds across one.
         let copy = fresh_dir();
-        copy_dir(&self.dir, &copy).expect("copy the store");
+        let mut mark = Some(mark);
+        for attempt in 0.. {
+            if let Some(before) = mark
+                && copy_dir(&self.dir, &copy).is_ok()
+                && store.fjall.quiescence() == Some(before)
+            {
+                break;
+            }
+            assert!(attempt < 10_000, "fjall's background work did not settle");
+            let _ = std::fs::remove_dir_all(&copy);
+            std::thread::sleep(std::time::Duration::from_millis(1));
+            mark = store.fjall.quiescence();
+        }
         close_later(store, std::mem::replace(&mut self.dir, copy));
         self.real = Some(open_fjall(&self.dir, &self.written));
         self.same_contents("after a crash");
@@ -626,7 +642,7 @@ impl Layer {
 }
 
 /// The store inputs share: left empty by the input before, and still one whose crash copy
-/// is exact (see [`Run::crash_copy_is_exact`]), with what it has taken in since it was
+/// is exact (see [`Run::crash_copy_mark`]), with what it has taken in since it was
 /// created. Opening a fjall store costs more than most inputs (it fsyncs the files and
 /// directories it creates), so inputs reuse one until it is no longer exact; a reopen
 /// step then still has a store it can copy.
@@ -700,7 +716,7 @@ pub fn kv_ops(data: &[u8]) {
     let mut clear = Batch::new();
     clear.delete_range(KeyRange::prefix(&[]));
     run.counted().apply(clear).expect("clearing the store");
-    let reusable = run.crash_copy_is_exact();
+    let reusable = run.crash_copy_mark().is_some();
     let store = run.real.take().expect("the store is open");
     if reusable {
         *POOL.lock() = Some(Pooled {
